@@ -1,0 +1,1 @@
+"""Corpus, passages, passage store, dense / sparse / edit indexes. Imports nothing above it."""

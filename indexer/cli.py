@@ -1,0 +1,177 @@
+"""`rag-index`: build, update, search and inspect an index folder. Results are JSON on stdout."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from indexer.corpus import CorpusError, FieldMap, read_documents
+from indexer.dense import KINDS
+from indexer.encoder import DEFAULT_ENCODER, TextEncoder
+from indexer.index import MODES, Index, build_index
+from indexer.manifest import IndexFolderError
+from indexer.records import Document
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CorpusError, IndexFolderError, ValueError, KeyError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"rag-index: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rag-index: interrupted; the index is unchanged", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rag-index", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    build = commands.add_parser("build", help="build a new index folder from corpus files",
+                                description="Build a new index folder from corpus files (jsonl[.gz], DPR tsv, parquet, "
+                                            "or a folder saved by `datasets`). The folder appears only when complete.")
+    build.add_argument("--out", required=True, type=Path, help="index folder to create (must not exist)")
+    build.add_argument("--corpus", required=True, nargs="+", metavar="FILE", help="corpus files")
+    build.add_argument("--dense", choices=KINDS, default="flat",
+                       help="FAISS index: flat (exact, default), ivf, ivfpq (trained, smaller/faster), hnsw (read-only)")
+    build.add_argument("--no-sparse", action="store_true", help="skip the BM25 index (dense search only)")
+    build.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder name or path (default {DEFAULT_ENCODER})")
+    build.add_argument("--chunk-words", type=int, default=100, help="words per passage, 0 = one passage per document (default 100)")
+    build.add_argument("--chunk-overlap", type=int, default=0, help="words shared by consecutive passages (default 0)")
+    build.add_argument("--chunk-tokens", type=int, default=0, help="chunk by N encoder tokens instead of words (RETRO-style)")
+    build.add_argument("--device", default="cpu", help="device for encoding and search: cpu or cuda")
+    _add_reading_options(build)
+    build.set_defaults(run=_build)
+
+    upsert = commands.add_parser("upsert", help="add or replace documents", description=
+                                 "Add or replace documents in one atomic change. Only passages whose text changed are re-encoded.")
+    upsert.add_argument("--index", required=True, type=Path)
+    upsert.add_argument("files", nargs="+", metavar="FILE", help="corpus files with the new document versions")
+    _add_reading_options(upsert)
+    upsert.set_defaults(run=_upsert)
+
+    delete = commands.add_parser("delete", help="delete documents", description="Delete documents in one atomic change.")
+    delete.add_argument("--index", required=True, type=Path)
+    delete.add_argument("--doc-ids", required=True, nargs="+", metavar="ID")
+    delete.set_defaults(run=_delete)
+
+    search = commands.add_parser("search", help="search passages", description=
+                                 "Print the best passages as JSON lines {id, doc_id, title, text, score}. "
+                                 "Without a query, read one query per line from standard input.")
+    search.add_argument("--index", required=True, type=Path)
+    search.add_argument("--k", type=int, default=5, help="passages per query (default 5)")
+    search.add_argument("--mode", choices=MODES, default="hybrid", help="dense, sparse (BM25) or hybrid (default)")
+    search.add_argument("--format", choices=("json", "text"), default="json", help="json lines (default) or text for people")
+    search.add_argument("query", nargs="?", help="the query; omit to read queries from standard input")
+    search.set_defaults(run=_search)
+
+    stats = commands.add_parser("stats", help="counts, encoder and size of an index")
+    stats.add_argument("--index", required=True, type=Path)
+    stats.set_defaults(run=_stats)
+    return parser
+
+
+def _add_reading_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fields", default="", metavar="SPEC",
+                        help="map field names, e.g. id=docid,text=contents (default id, title, text)")
+    parser.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                        help="on a malformed record: stop with nothing changed (default), or skip it and report it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _documents(files: Sequence[str], args: argparse.Namespace, skipped: list[str]) -> Iterator[Document]:
+    """Documents of all files; an id seen in an earlier file is an error (or skipped)."""
+    fields = FieldMap.parse(args.fields)
+    # Every path is checked here, before the encoder loads or anything is written.
+    readers = [(f, read_documents(f, fields, args.on_error, skipped)) for f in files]
+
+    def documents() -> Iterator[Document]:
+        first_seen: dict[str, str] = {}
+        for name, docs in readers:
+            for doc in docs:
+                if doc.id in first_seen:
+                    message = f"{name}: duplicate id {doc.id!r} (first seen in {first_seen[doc.id]})"
+                    if args.on_error == "stop":
+                        raise CorpusError(message + ". Remove one, or pass --on-error skip.")
+                    skipped.append(message)
+                    continue
+                first_seen[doc.id] = name
+                yield doc
+
+    return documents()
+
+
+def _report(report: dict, skipped: list[str]) -> None:
+    for message in skipped[:20]:
+        print(f"rag-index: skipped {message}", file=sys.stderr)
+    if len(skipped) > 20:
+        print(f"rag-index: ... and {len(skipped) - 20} more skipped records", file=sys.stderr)
+    print(json.dumps({**report, "skipped": len(skipped)}))
+
+
+def _build(args: argparse.Namespace) -> int:
+    if args.out.exists():
+        raise IndexFolderError(f"{args.out} already exists: choose a new --out, or use `rag-index upsert` to change it")
+    skipped: list[str] = []
+    documents = _documents(args.corpus, args, skipped)
+    encoder = TextEncoder(args.encoder, device=None if args.device == "cpu" else args.device)
+    report = build_index(args.out, documents, encoder, progress=not args.quiet, dense=args.dense,
+                         sparse=not args.no_sparse, chunk_words=args.chunk_words, chunk_overlap=args.chunk_overlap,
+                         chunk_tokens=args.chunk_tokens, device=args.device)
+    _report({"index": str(args.out), **report.to_json()}, skipped)
+    return 0
+
+
+def _upsert(args: argparse.Namespace) -> int:
+    skipped: list[str] = []
+    documents = _documents(args.files, args, skipped)
+    with Index.open(args.index) as index:
+        report = index.upsert(documents, progress=not args.quiet)
+    _report(report.to_json(), skipped)
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with Index.open(args.index) as index:
+        print(json.dumps(index.delete(args.doc_ids).to_json()))
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    with Index.open(args.index, readonly=True) as index:
+        interactive = args.query is None and sys.stdin.isatty()
+        queries = [args.query] if args.query is not None else _stdin_queries(interactive)
+        for query in queries:
+            for hit in index.search(query, k=args.k, mode=args.mode):
+                if args.format == "json":
+                    print(json.dumps(hit.to_json(), ensure_ascii=False))
+                else:
+                    print(f"[{hit.score:.3f}] {hit.title} ({hit.id})\n    {hit.text[:300]}\n")
+            sys.stdout.flush()
+    return 0
+
+
+def _stdin_queries(interactive: bool) -> Iterator[str]:
+    while True:
+        if interactive:
+            print("query> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def _stats(args: argparse.Namespace) -> int:
+    with Index.open(args.index, readonly=True) as index:
+        print(json.dumps(index.stats()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

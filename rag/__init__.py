@@ -1,0 +1,1 @@
+"""The models: retriever, readers, pipeline and knowledge editing (issues 3, 5, 8)."""

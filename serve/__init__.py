@@ -1,0 +1,1 @@
+"""HTTP API, web page and command line for asking questions (issues 3, 4)."""

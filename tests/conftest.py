@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny randomly initialised encoder (real tokenizer, real code path) and small corpora."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from indexer.encoder import TextEncoder, resolve_model_path
+from indexer.records import Document
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 32-d BERT with MiniLM's tokenizer, saved as a model folder."""
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_encoder_path: str) -> TextEncoder:
+    return TextEncoder(tiny_encoder_path, device="cpu")
+
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+
+
+def make_documents(n: int, words: int = 30, prefix: str = "doc") -> list[Document]:
+    """n distinct documents; document i mentions the word `topic{i}` so searches can find it."""
+    docs = []
+    for i in range(n):
+        body = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(words))
+        docs.append(Document(f"{prefix}-{i}", f"Title {i}", f"topic{i} {body} topic{i}", {"source": "test"}))
+    return docs
+
+
+def write_jsonl(path: Path, docs: list[Document]) -> Path:
+    with open(path, "w") as fh:
+        for d in docs:
+            fh.write(json.dumps({"id": d.id, "title": d.title, "text": d.text, **d.meta}) + "\n")
+    return path

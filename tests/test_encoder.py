@@ -1,0 +1,68 @@
+"""The encoder: vectors in input order, normalised, equal to sentence-transformers' on the real model."""
+from __future__ import annotations
+
+import gzip
+import json
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.encoder import TextEncoder, resolve_model_path
+from indexer.index import Index, build_index, encoder_input
+from indexer.records import Document
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data/corpus/wiki-default.jsonl.gz"
+
+
+def test_vectors_follow_input_order_whatever_the_batching(tiny_encoder: TextEncoder) -> None:
+    texts = [" ".join(["word"] * n) + f" tail{n}" for n in (50, 3, 120, 7, 1, 64)]
+    together = tiny_encoder(texts)
+    alone = np.stack([tiny_encoder([t])[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    tiny_encoder.batch_tokens, saved = 64, tiny_encoder.batch_tokens  # force many small batches
+    try:
+        np.testing.assert_allclose(tiny_encoder(texts), together, atol=1e-5)
+    finally:
+        tiny_encoder.batch_tokens = saved
+
+
+def test_vectors_are_normalised_and_empty_input_gives_no_rows(tiny_encoder: TextEncoder) -> None:
+    vectors = tiny_encoder(["one text", "another, longer text " * 20])
+    assert vectors.dtype == np.float32 and vectors.shape == (2, tiny_encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert tiny_encoder([]).shape == (0, tiny_encoder.dim)
+
+
+def test_unknown_encoder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="cannot load encoder"):
+        TextEncoder(str(tmp_path / "no-such-model"))
+
+
+@pytest.fixture(scope="module")
+def minilm() -> TextEncoder:
+    return TextEncoder()
+
+
+def test_default_encoder_matches_sentence_transformers(minilm: TextEncoder) -> None:
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    with gzip.open(DEFAULT_CORPUS, "rt") as fh:
+        records = [json.loads(line) for line in islice(fh, 40)]
+    texts = [encoder_input(r["title"], r["text"]) for r in records]
+    reference = sentence_transformers.SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")
+    np.testing.assert_allclose(minilm(texts), reference.encode(texts), atol=1e-5)
+    assert minilm.dim == 384 and minilm.normalize
+
+
+def test_default_encoder_retrieves_the_passage_a_question_is_about(minilm: TextEncoder, tmp_path: Path) -> None:
+    docs = [
+        Document("eiffel", "Eiffel Tower", "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889."),
+        Document("nile", "Nile", "The Nile is a major north-flowing river in northeastern Africa."),
+        Document("insulin", "Insulin", "Insulin is a peptide hormone produced by beta cells of the pancreatic islets."),
+    ]
+    build_index(tmp_path / "idx", docs, minilm)
+    with Index.open(tmp_path / "idx", minilm) as index:
+        for mode in ("dense", "hybrid"):
+            assert index.search("Which hormone do pancreatic beta cells make?", k=1, mode=mode)[0].doc_id == "insulin"
+            assert index.search("how tall is the tower in paris", k=1, mode=mode)[0].doc_id == "eiffel"
