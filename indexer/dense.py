@@ -26,7 +26,7 @@ class DenseIndex:
         self.index = index
         self.kind = kind
         self.device = device
-        self._exact: TorchExactSearch | None = None  # built lazily for device != "cpu"
+        self._on_device: TorchExactSearch | faiss.Index | None = None  # built lazily for device != "cpu"
 
     @classmethod
     def create(cls, dim: int, kind: str = "flat", device: str = "cpu", training_vectors: np.ndarray | None = None) -> DenseIndex:
@@ -36,8 +36,9 @@ class DenseIndex:
         if kind == "flat":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         elif kind == "hnsw":
-            index = faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT))
-            index.index.hnsw.efSearch = 128
+            graph = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efSearch = 128
+            index = faiss.IndexIDMap2(graph)
         else:
             if training_vectors is None or len(training_vectors) == 0:
                 raise ValueError(f"a {kind} index is trained on the corpus: it cannot be built empty")
@@ -55,27 +56,37 @@ class DenseIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
-            self._exact = None
+            self._on_device = None
 
     def remove(self, ids: np.ndarray) -> None:
         if self.kind not in UPDATABLE:
             raise ValueError(f"a {self.kind} index is read-only: rebuild with --dense flat, ivf or ivfpq to update it")
         if len(ids) and self.ntotal:
             self.index.remove_ids(np.asarray(ids, dtype=np.int64))
-            self._exact = None
+            self._on_device = None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n, k); missing results have id -1 and score -inf."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.ntotal == 0 or k <= 0:
             return np.full((len(queries), max(k, 0)), -np.inf, np.float32), np.full((len(queries), max(k, 0)), -1, np.int64)
-        if self.device != "cpu" and self.kind == "flat":
-            if self._exact is None:
-                self._exact = TorchExactSearch.from_faiss(self.index, self.device)
-            return self._exact.search(queries, k)
-        scores, ids = self.index.search(queries, k)
+        searcher = self.index
+        if self.device != "cpu":
+            if self._on_device is None:
+                self._on_device = self._device_searcher()
+            searcher = self._on_device
+        scores, ids = searcher.search(queries, k)
         scores[ids < 0] = -np.inf
         return scores, ids
+
+    def _device_searcher(self) -> TorchExactSearch | faiss.Index:
+        """Flat: one torch matmul on the device. IVF: a FAISS GPU copy where FAISS has GPU support.
+        HNSW (no FAISS GPU version) and FAISS builds without GPUs: the CPU index."""
+        if self.kind == "flat":
+            return TorchExactSearch.from_faiss(self.index, self.device)
+        if self.kind in ("ivf", "ivfpq") and faiss.get_num_gpus() > 0:
+            return faiss.index_cpu_to_all_gpus(self.index)
+        return self.index
 
     def clone(self) -> DenseIndex:
         return DenseIndex(faiss.clone_index(self.index), self.kind, self.device)

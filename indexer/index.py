@@ -337,8 +337,6 @@ class Index:
 
     def _catch_up_dense(self, dense: DenseIndex | None, since: int, to: int) -> DenseIndex | None:
         """Return `dense` (known to be at least at generation `since`) moved to generation `to`."""
-        if since == to and dense is not None:
-            return dense
         changes = self.store.changed_rows(since)
         if dense is None:
             if not any(c.visible_at(to) for c in changes):

@@ -1,0 +1,109 @@
+"""Helpers shared by the benchmark scripts: corpus/QA loading, machine info, result files, stats."""
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import os
+import hashlib
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from indexer.corpus import read_documents
+from indexer.records import Document
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+CORPUS_FILES = sorted(Path("/work/shared/data/corpus").glob("*.jsonl.gz"))
+QA_DIR = Path("/work/shared/data/qa")
+DEFAULT_INDEX = Path("/work/main/indexes/shared")
+# For telling a contended run: CPU seconds used by this process vs wall seconds (2 cores: at most ~2x).
+_WALL0, _CPU0 = time.perf_counter(), time.process_time()
+
+
+def log(*parts: object) -> None:
+    """Progress line on stderr, with a wall-clock time."""
+    print(time.strftime("%H:%M:%S"), *parts, file=sys.stderr, flush=True)
+
+
+def documents(files: list[Path] | None = None) -> Iterator[Document]:
+    """All documents of the corpus files, in file order."""
+    return itertools.chain.from_iterable(read_documents(f) for f in (files or CORPUS_FILES))
+
+
+def read_qa(name: str) -> list[dict[str, Any]]:
+    """Records {id, question, answers, gold_ids} of a QA file such as 'squad-open-dev'."""
+    with gzip.open(QA_DIR / f"{name}.jsonl.gz", "rt") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count, torch threads and versions, so results can be compared across machines."""
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": os.getloadavg(),
+        "code": code_info(),
+    }
+
+
+def code_info() -> dict[str, Any]:
+    """The git commit and a hash of indexer/*.py as run (others may be editing the working tree)."""
+    root = BENCH_DIR.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        head = ""
+    digest = hashlib.sha1()
+    for f in sorted((root / "indexer").glob("*.py")):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return {"git_head": head, "indexer_sha1": digest.hexdigest()}
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    """p50/p95/mean in milliseconds of a list of durations in seconds."""
+    a = np.asarray(seconds) * 1000.0
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)), "mean_ms": float(a.mean()), "n": len(a)}
+
+
+def default_out(script: str) -> Path:
+    return RESULTS_DIR / f"{Path(script).stem}.json"
+
+
+def check_out(path: Path) -> Path:
+    """Result files live under bench/results/."""
+    path = path.resolve()
+    if RESULTS_DIR.resolve() not in path.parents:
+        raise SystemExit(f"--out must be under {RESULTS_DIR}, got {path}")
+    return path
+
+
+def write_result(path: Path, results: dict[str, Any], info: dict[str, Any]) -> None:
+    """Write one JSON result file with the command line, machine info and a timestamp."""
+    payload = {
+        "command": " ".join(sys.argv),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {**info, "loadavg_at_end": os.getloadavg(), "process_wall_seconds": time.perf_counter() - _WALL0,
+                    "process_cpu_seconds": time.process_time() - _CPU0},
+        **results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    log(f"wrote {path}")

@@ -1,0 +1,130 @@
+"""Benchmark: search latency per mode, and our overhead over raw FAISS / tantivy calls.
+
+Measures, one query at a time over a seeded sample of squad-open-dev questions (after a warm-up):
+- p50/p95 latency (ms) and QPS of `index.search(q, k, mode)` for dense, sparse and hybrid
+  (dense and hybrid include encoding the query);
+- query encoding latency alone (`encoder([q])`);
+- overhead of our search over the raw library call, ours_p50 / raw_p50 - 1, goal <= 0.10:
+  dense: `search_many([q], k, "dense", query_vectors=v)` vs `faiss_index.search(v, k)` (vectors precomputed);
+  sparse: `search(q, k, "sparse")` vs tantivy `searcher.search(parse_query(cleaned q), k)` + `searcher.doc(addr)`
+  per hit. Ours and raw alternate query by query (and which goes first), so machine noise hits both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, percentiles_ms, read_qa, write_result
+from indexer.encoder import TextEncoder
+from indexer.index import MODES, Index
+
+OVERHEAD_GOAL = 0.10
+_WORD = re.compile(r"\w+")  # the same cleaning as indexer.sparse.SparseIndex.search
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired(ours: Callable[[int], object], raw: Callable[[int], object], n: int) -> dict:
+    """Time ours(i) and raw(i) for each query i, alternating which runs first."""
+    t_ours, t_raw = [], []
+    for i in range(n):
+        if i % 2 == 0:
+            t_ours.append(timed(lambda: ours(i)))
+            t_raw.append(timed(lambda: raw(i)))
+        else:
+            t_raw.append(timed(lambda: raw(i)))
+            t_ours.append(timed(lambda: ours(i)))
+    o, r = percentiles_ms(t_ours), percentiles_ms(t_raw)
+    overhead = o["p50_ms"] / r["p50_ms"] - 1
+    return {"ours": o, "raw": r, "overhead_p50": overhead, "overhead_mean": o["mean_ms"] / r["mean_ms"] - 1,
+            "goal": OVERHEAD_GOAL, "goal_met": bool(overhead <= OVERHEAD_GOAL)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="index folder (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=default_out(__file__), help="result JSON (default %(default)s)")
+    ap.add_argument("--queries", type=int, default=500, help="timed queries per measurement (default %(default)s)")
+    ap.add_argument("--warmup", type=int, default=20, help="warm-up queries before each measurement (default %(default)s)")
+    ap.add_argument("--k", type=int, default=5, help="results per query (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="question sample seed (default %(default)s)")
+    args = ap.parse_args()
+    out = check_out(args.out)
+    info = machine_info()
+
+    questions = [r["question"] for r in read_qa("squad-open-dev")]
+    sample = random.Random(args.seed).sample(questions, args.warmup + args.queries)
+    warm, timed_qs = sample[: args.warmup], sample[args.warmup :]
+    n, k = len(timed_qs), args.k
+    encoder = TextEncoder()
+    index = Index.open(args.index, encoder, readonly=True)
+    log(f"opened {args.index}: {index.stats()}")
+    result: dict = {"index": str(args.index), "index_stats": index.stats(), "queries": n, "warmup": args.warmup,
+                    "k": k, "seed": args.seed, "question_set": "squad-open-dev"}
+
+    # 1. End-to-end latency per mode, one query at a time.
+    result["search"] = {}
+    for mode in MODES:
+        for q in warm:
+            index.search(q, k, mode)
+        times = []
+        start = time.perf_counter()
+        for q in timed_qs:
+            times.append(timed(lambda: index.search(q, k, mode)))
+        wall = time.perf_counter() - start
+        result["search"][mode] = {**percentiles_ms(times), "qps": n / wall}
+        log(f"search {mode}: {result['search'][mode]}")
+
+    # 2. Query encoding alone.
+    for q in warm:
+        encoder([q])
+    result["query_encoding"] = percentiles_ms([timed(lambda: encoder([q])) for q in timed_qs])
+    log(f"query encoding: {result['query_encoding']}")
+
+    # 3. Overhead over raw FAISS (encoding excluded: vectors precomputed for both sides).
+    vectors = np.stack([encoder([q])[0] for q in warm + timed_qs])  # one at a time, as a single-query search would
+    faiss_index = index._snapshot.dense.index
+    dense_ours = lambda i: index.search_many([sample[i]], k, "dense", query_vectors=vectors[i : i + 1])
+    dense_raw = lambda i: faiss_index.search(vectors[i : i + 1], k)
+    for i in range(args.warmup):
+        dense_ours(i), dense_raw(i)
+    result["overhead_dense"] = paired(lambda i: dense_ours(args.warmup + i), lambda i: dense_raw(args.warmup + i), n)
+    log(f"dense overhead: {result['overhead_dense']['overhead_p50']:.3f}")
+
+    # 4. Overhead over raw tantivy: parse, search, fetch each hit's stored document.
+    searcher, tantivy_index = index._snapshot.sparse, index.sparse.index
+    cleaned = [" ".join(_WORD.findall(q.lower())) for q in sample]
+
+    def sparse_raw(i: int) -> list:
+        hits = searcher.search(tantivy_index.parse_query(cleaned[i], ["title", "text"]), k).hits
+        return [searcher.doc(addr) for _, addr in hits]
+
+    sparse_ours = lambda i: index.search(sample[i], k, "sparse")
+    for i in range(args.warmup):
+        sparse_ours(i), sparse_raw(i)
+    result["overhead_sparse"] = paired(lambda i: sparse_ours(args.warmup + i), lambda i: sparse_raw(args.warmup + i), n)
+    log(f"sparse overhead: {result['overhead_sparse']['overhead_p50']:.3f}")
+
+    # Sanity: ours and raw return the same rows.
+    same_dense = sum([h.row for h in dense_ours(i)[0]] == [int(x) for x in dense_raw(i)[1][0] if x >= 0] for i in range(len(sample)))
+    same_sparse = sum([h.row for h in sparse_ours(i)] == [d["row"][0] for d in sparse_raw(i)] for i in range(len(sample)))
+    result["same_results_as_raw"] = {"dense": same_dense, "sparse": same_sparse, "of": len(sample)}
+    log(f"same results as raw: {result['same_results_as_raw']}")
+    write_result(out, result, info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""`rag-index` in-process: JSON output, updates, and errors that leave nothing half-done."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_documents, write_jsonl
+from indexer.cli import main
+from indexer.index import Index
+
+HIT_KEYS = {"id", "doc_id", "title", "text", "score"}
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def folder_state(path: Path) -> dict[str, bytes]:
+    """Every file of a folder with its content, to show a command changed nothing."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "corpus.jsonl", make_documents(10))
+
+
+@pytest.fixture()
+def built(tmp_path: Path, corpus: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> Path:
+    out = tmp_path / "idx"
+    code, stdout, err = run(capsys, "build", "--out", out, "--corpus", corpus, "--encoder", tiny_encoder_path, "--quiet")
+    assert code == 0, err
+    return out
+
+
+def assert_no_index(tmp_path: Path, name: str = "idx") -> None:
+    assert not (tmp_path / name).exists()
+    assert not [p.name for p in tmp_path.iterdir() if ".building-" in p.name]
+
+
+# -- the happy paths -------------------------------------------------------------------------------
+def test_build_reports_json_and_stats_match(tmp_path: Path, corpus: Path, tiny_encoder_path: str,
+                                            capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "idx"
+    code, stdout, _ = run(capsys, "build", "--out", out, "--corpus", corpus, "--encoder", tiny_encoder_path, "--quiet")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["index"] == str(out) and report["documents_added"] == 10 and report["skipped"] == 0
+    assert report["generation"] == 1 and report["passages_encoded"] == 10
+    code, stdout, _ = run(capsys, "stats", "--index", out)
+    assert code == 0
+    stats = json.loads(stdout)
+    assert stats["documents"] == 10 and stats["passages"] == 10 and stats["deleted"] == 0
+    assert stats["encoder"] == tiny_encoder_path and stats["dim"] == 32 and stats["generation"] == 1
+    assert stats["dense"] == "flat" and stats["sparse"] is True and stats["bytes"] > 0
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_search_prints_json_lines(built: Path, capsys: pytest.CaptureFixture, mode: str) -> None:
+    code, stdout, _ = run(capsys, "search", "--index", built, "--k", "3", "--mode", mode, "topic4 alpha")
+    assert code == 0
+    hits = json_lines(stdout)
+    assert 1 <= len(hits) <= 3
+    for hit in hits:
+        assert set(hit) == HIT_KEYS
+        assert hit["id"].startswith(hit["doc_id"] + "#") and isinstance(hit["score"], float)
+        assert hit["title"] == f"Title {hit['doc_id'].split('-')[1]}" and hit["text"]
+    if mode != "dense":
+        assert hits[0]["id"] == "doc-4#0"
+
+
+def test_search_reads_queries_from_stdin_and_prints_text(built: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("topic1\n\n   \ntopic2\n"))
+    code, stdout, _ = run(capsys, "search", "--index", built, "--k", "1", "--mode", "sparse")
+    assert code == 0
+    assert [h["doc_id"] for h in json_lines(stdout)] == ["doc-1", "doc-2"]
+    code, stdout, _ = run(capsys, "search", "--index", built, "--k", "1", "--mode", "sparse", "--format", "text", "topic6")
+    assert code == 0 and "(doc-6#0)" in stdout and "Title 6" in stdout
+
+
+def test_upsert_and_delete(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    update = tmp_path / "update.jsonl"
+    update.write_text(json.dumps({"id": "doc-2", "title": "Two", "text": "flamingo replaces doc two"}) + "\n"
+                      + json.dumps({"id": "new", "title": "New", "text": "a new heron document"}) + "\n")
+    code, stdout, _ = run(capsys, "upsert", "--index", built, update, "--quiet")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["documents_updated"] == 1 and report["documents_added"] == 1 and report["skipped"] == 0
+    assert report["generation"] == 2 and report["passages_encoded"] == 2
+    code, stdout, _ = run(capsys, "search", "--index", built, "--mode", "sparse", "flamingo")
+    assert [h["id"] for h in json_lines(stdout)] == ["doc-2#0"]
+    code, stdout, _ = run(capsys, "search", "--index", built, "--mode", "sparse", "topic2")
+    assert json_lines(stdout) == []
+    code, stdout, _ = run(capsys, "delete", "--index", built, "--doc-ids", "new", "doc-3")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["documents_deleted"] == 2 and report["generation"] == 3
+    for query in ("heron", "topic3"):
+        code, stdout, _ = run(capsys, "search", "--index", built, "--mode", "hybrid", "--k", "20", query)
+        assert code == 0 and not {"new", "doc-3"} & {h["doc_id"] for h in json_lines(stdout)}
+    code, stdout, _ = run(capsys, "stats", "--index", built)
+    assert json.loads(stdout)["documents"] == 9 and json.loads(stdout)["generation"] == 3
+
+
+def test_field_mapping(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
+    corpus = tmp_path / "mapped.jsonl"
+    corpus.write_text("".join(json.dumps({"docid": f"m{i}", "title": f"T{i}", "contents": f"mapped text word{i}", "year": i})
+                              + "\n" for i in range(4)))
+    out = tmp_path / "idx"
+    code, stdout, err = run(capsys, "build", "--out", out, "--corpus", corpus, "--encoder", tiny_encoder_path,
+                            "--quiet", "--fields", "id=docid,text=contents")
+    assert code == 0, err
+    assert json.loads(stdout)["documents_added"] == 4
+    code, stdout, _ = run(capsys, "search", "--index", out, "--mode", "sparse", "word2")
+    assert [(h["doc_id"], h["title"], h["text"]) for h in json_lines(stdout)] == [("m2", "T2", "mapped text word2")]
+    with Index.open(out, readonly=True) as index:
+        assert index.document("m3").meta == {"year": 3}
+
+
+def test_dpr_tsv_corpus_builds(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
+    corpus = tmp_path / "psgs_w100.tsv"
+    corpus.write_text('id\ttext\ttitle\n1\t"Aaron is a ""prophet"" with a rod"\tAaron\n2\tZebras are striped equines\tZebra\n')
+    out = tmp_path / "idx"
+    code, stdout, err = run(capsys, "build", "--out", out, "--corpus", corpus, "--encoder", tiny_encoder_path, "--quiet")
+    assert code == 0, err
+    assert json.loads(stdout)["documents_added"] == 2
+    code, stdout, _ = run(capsys, "search", "--index", out, "--mode", "sparse", "prophet")
+    hits = json_lines(stdout)
+    assert [(h["id"], h["title"], h["text"]) for h in hits] == [("1#0", "Aaron", 'Aaron is a "prophet" with a rod')]
+
+
+def test_no_sparse_index_searches_dense_only(tmp_path: Path, corpus: Path, tiny_encoder_path: str,
+                                            capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "idx"
+    code, _, err = run(capsys, "build", "--out", out, "--corpus", corpus, "--encoder", tiny_encoder_path, "--quiet",
+                       "--no-sparse")
+    assert code == 0, err
+    code, stdout, _ = run(capsys, "search", "--index", out, "--mode", "dense", "topic1")
+    assert code == 0 and json_lines(stdout)
+    for mode in ("sparse", "hybrid"):
+        code, stdout, err = run(capsys, "search", "--index", out, "--mode", mode, "topic1")
+        assert code == 2 and stdout == ""
+        assert "rag-index: error:" in err and "--mode dense" in err
+
+
+# -- errors: exit 2, a message, nothing half-done --------------------------------------------------
+def test_missing_corpus_file(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "nope.jsonl"
+    code, stdout, err = run(capsys, "build", "--out", tmp_path / "idx", "--corpus", missing, "--encoder", tiny_encoder_path,
+                            "--quiet")
+    assert code == 2 and stdout == ""
+    assert "rag-index: error:" in err and str(missing) in err and "no such file" in err
+    assert_no_index(tmp_path)
+
+
+def malformed_corpus(tmp_path: Path) -> Path:
+    lines = [json.dumps({"id": "a", "title": "A", "text": "first fine record"}),
+             json.dumps({"id": "b", "title": "B", "text": "second fine record"}),
+             '{"id": "c", "title": "C", "text": broken json',
+             json.dumps({"id": "d", "title": "D", "text": "fourth fine record"})]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_malformed_json_line_stops_the_build(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
+    bad = malformed_corpus(tmp_path)
+    code, stdout, err = run(capsys, "build", "--out", tmp_path / "idx", "--corpus", bad, "--encoder", tiny_encoder_path,
+                            "--quiet")
+    assert code == 2 and stdout == ""
+    assert f"{bad}:3" in err and "--on-error skip" in err
+    assert_no_index(tmp_path)
+
+
+def test_on_error_skip_skips_and_reports(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
+    bad = malformed_corpus(tmp_path)
+    code, stdout, err = run(capsys, "build", "--out", tmp_path / "idx", "--corpus", bad, "--encoder", tiny_encoder_path,
+                            "--quiet", "--on-error", "skip")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["skipped"] == 1 and report["documents_added"] == 3
+    assert f"{bad}:3" in err
+    code, stdout, _ = run(capsys, "stats", "--index", tmp_path / "idx")
+    assert json.loads(stdout)["documents"] == 3
+
+
+def test_empty_text_stops_the_build(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "a", "text": "fine"}) + "\n" + json.dumps({"id": "b", "title": "B", "text": "  "}) + "\n")
+    code, stdout, err = run(capsys, "build", "--out", tmp_path / "idx", "--corpus", corpus, "--encoder", tiny_encoder_path,
+                            "--quiet")
+    assert code == 2 and stdout == ""
+    assert f"{corpus}:2" in err and "empty text" in err
+    assert_no_index(tmp_path)
+
+
+def test_duplicate_ids_across_files_stop_the_build(tmp_path: Path, tiny_encoder_path: str,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    first = write_jsonl(tmp_path / "first.jsonl", make_documents(3))
+    second = write_jsonl(tmp_path / "second.jsonl", make_documents(2, prefix="other") + make_documents(2)[1:])
+    code, stdout, err = run(capsys, "build", "--out", tmp_path / "idx", "--corpus", first, second, "--encoder",
+                            tiny_encoder_path, "--quiet")
+    assert code == 2 and stdout == ""
+    assert "duplicate id 'doc-1'" in err and str(first) in err and str(second) in err
+    assert_no_index(tmp_path)
+
+
+def test_existing_out_is_refused_and_untouched(built: Path, corpus: Path, tiny_encoder_path: str,
+                                               capsys: pytest.CaptureFixture) -> None:
+    before = folder_state(built)
+    code, stdout, err = run(capsys, "build", "--out", built, "--corpus", corpus, "--encoder", tiny_encoder_path, "--quiet")
+    assert code == 2 and stdout == "" and "already exists" in err
+    assert folder_state(built) == before
+
+
+def test_existing_empty_out_folder_is_refused(tmp_path: Path, corpus: Path, tiny_encoder_path: str,
+                                              capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "build", "--out", tmp_path / "empty", "--corpus", corpus, "--encoder", tiny_encoder_path,
+                       "--quiet")
+    assert code == 2 and "already exists" in err
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_delete_of_an_unknown_id_changes_nothing(built: Path, capsys: pytest.CaptureFixture) -> None:
+    run(capsys, "search", "--index", built, "topic1")  # let a reader leave whatever it leaves
+    before = folder_state(built)
+    code, stdout, err = run(capsys, "delete", "--index", built, "--doc-ids", "doc-1", "no-such-doc")
+    assert code == 2 and stdout == ""
+    assert "rag-index: error:" in err and "no-such-doc" in err
+    code, stdout, _ = run(capsys, "stats", "--index", built)
+    stats = json.loads(stdout)
+    assert stats["generation"] == 1 and stats["documents"] == 10
+    code, stdout, _ = run(capsys, "search", "--index", built, "--mode", "sparse", "topic1")
+    assert [h["doc_id"] for h in json_lines(stdout)] == ["doc-1"]
+    after = folder_state(built)
+    assert after.get("manifest.json") == before.get("manifest.json")
+
+
+def test_a_bad_upsert_file_changes_nothing(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = malformed_corpus(tmp_path)
+    code, stdout, err = run(capsys, "upsert", "--index", built, bad, "--quiet")
+    assert code == 2 and stdout == "" and f"{bad}:3" in err
+    code, stdout, _ = run(capsys, "stats", "--index", built)
+    assert json.loads(stdout)["generation"] == 1 and json.loads(stdout)["documents"] == 10
+    code, stdout, _ = run(capsys, "search", "--index", built, "--mode", "sparse", "first fine record")
+    assert json_lines(stdout) == []
+
+
+@pytest.mark.parametrize("command", ["search", "stats", "upsert", "delete"])
+def test_commands_on_a_folder_that_is_not_an_index(tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture,
+                                                   command: str) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    extra = {"search": ["topic1"], "stats": [], "upsert": [str(corpus), "--quiet"], "delete": ["--doc-ids", "doc-1"]}[command]
+    code, stdout, err = run(capsys, command, "--index", plain, *extra)
+    assert code == 2 and stdout == ""
+    assert "rag-index: error:" in err and "not an index folder" in err
+    assert list(plain.iterdir()) == []
+    code, _, err = run(capsys, command, "--index", tmp_path / "missing", *extra)
+    assert code == 2 and "no such index folder" in err and not (tmp_path / "missing").exists()

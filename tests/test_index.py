@@ -1,0 +1,488 @@
+"""The Index: build, search, upsert, delete, atomic failures, reopening, snapshots and read-only openers."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+import indexer.index as index_module
+from conftest import make_documents
+from indexer.encoder import TextEncoder
+from indexer.index import Index, build_index, encoder_input
+from indexer.manifest import IndexFolderError
+from indexer.records import Document, SearchHit
+
+N_DOCS = 12
+QUERIES = ["topic3", "topic7 alpha", "bravo charlie", "Title 5", "kilo lima mike"]
+
+
+def exact_query(doc: Document) -> str:
+    """For a one-passage document, a query whose vector is the passage's vector."""
+    return encoder_input(doc.title, doc.text)
+
+
+def results(index: Index, queries=QUERIES, k: int = 5) -> dict:
+    """Every mode's results for some queries, as comparable values."""
+    return {
+        (mode, q): [(h.id, round(h.score, 5)) for h in index.search(q, k=k, mode=mode)]
+        for mode in ("dense", "sparse", "hybrid")
+        for q in queries
+    }
+
+
+def doc_ids(hits: list[SearchHit]) -> set[str]:
+    return {h.doc_id for h in hits}
+
+
+@pytest.fixture()
+def built(tmp_path: Path, tiny_encoder: TextEncoder) -> Path:
+    path = tmp_path / "idx"
+    build_index(path, make_documents(N_DOCS), tiny_encoder)
+    return path
+
+
+@pytest.fixture()
+def index(built: Path, tiny_encoder: TextEncoder):
+    with Index.open(built, tiny_encoder) as opened:
+        yield opened
+
+
+# -- build and search ----------------------------------------------------------------------------
+def test_build_creates_a_folder_that_opens_with_counts(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    path = tmp_path / "idx"
+    docs = make_documents(5) + [Document("long", "Long", " ".join(f"w{i}" for i in range(220)))]
+    report = build_index(path, docs, tiny_encoder, chunk_words=100)
+    assert report.documents_added == 6 and report.generation == 1
+    assert report.passages_encoded == 5 + 2  # 220 words: 100 + 120 (the 20-word tail is merged)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporary folder left behind
+    with Index.open(path, tiny_encoder) as index:
+        stats = index.stats()
+        assert stats["documents"] == 6 and stats["passages"] == 7 and stats["deleted"] == 0
+        assert stats["dim"] == tiny_encoder.dim and stats["encoder"] == tiny_encoder.name
+        assert stats["generation"] == 1 == index.generation and stats["bytes"] > 0
+        assert index.document("long").passage_ids == ["long#0", "long#1"]
+        assert index.document("doc-2").meta == {"source": "test"}
+    with pytest.raises(IndexFolderError, match="already exists"):
+        build_index(path, make_documents(2), tiny_encoder)
+
+
+def test_a_failed_build_leaves_no_folder(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    docs = make_documents(3) + [Document("bad", "Bad", "   ")]
+    with pytest.raises(ValueError, match="no text"):
+        build_index(tmp_path / "idx", docs, tiny_encoder)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_search_modes_return_hits_with_passage_ids(index: Index, mode: str) -> None:
+    hits = index.search("topic7 alpha bravo", k=4, mode=mode)
+    assert 1 <= len(hits) <= 4
+    for hit in hits:
+        assert isinstance(hit, SearchHit)
+        assert re.fullmatch(r"doc-\d+#\d+", hit.id) and hit.id.startswith(hit.doc_id + "#")
+        stored = index.document(hit.doc_id)
+        assert hit.title == stored.title and hit.text in stored.text and hit.id in stored.passage_ids
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len({h.id for h in hits}) == len(hits)
+    if mode != "dense":  # sparse and hybrid put the passage with the unique word first
+        assert index.search("topic7", k=4, mode=mode)[0].id == "doc-7#0"
+
+
+def test_sparse_finds_the_document_with_a_unique_word(index: Index) -> None:
+    for i in (0, 5, 11):
+        hits = index.search(f"topic{i}", k=5, mode="sparse")
+        assert [h.id for h in hits] == [f"doc-{i}#0"]
+
+
+def test_dense_finds_a_passage_from_its_own_text(index: Index) -> None:
+    docs = make_documents(N_DOCS)
+    found = index.search_many([exact_query(d) for d in docs], k=1, mode="dense")
+    assert [hits[0].doc_id for hits in found] == [d.id for d in docs]
+    assert all(hits[0].score == pytest.approx(1.0, abs=1e-4) for hits in found)
+
+
+def test_bad_search_arguments_are_refused(index: Index) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        index.search("topic1", mode="bm25")
+    with pytest.raises(ValueError, match="k must"):
+        index.search("topic1", k=0)
+    with pytest.raises(ValueError, match="empty query"):
+        index.search("   ")
+    assert index.search("?!", mode="sparse") == []
+
+
+# -- upsert ----------------------------------------------------------------------------------------
+def windows(*parts: str) -> str:
+    return " ".join(parts)
+
+
+W0 = "aa0 aa1 aa2 aa3 aa4 aa5 aa6 aa7 aa8 aa9"
+W1 = "bb0 bb1 bb2 bb3 bb4 bb5 bb6 bb7 bb8 bb9"
+W2_OLD = "cc0 cc1 cc2 oldword cc4 cc5 cc6 cc7 cc8 cc9"
+W2_NEW = "cc0 cc1 cc2 newword cc4 cc5 cc6 cc7 cc8 cc9"
+
+
+@pytest.fixture()
+def windowed(tmp_path: Path, tiny_encoder: TextEncoder):
+    path = tmp_path / "win"
+    build_index(path, make_documents(4) + [Document("multi", "Multi", windows(W0, W1, W2_OLD))], tiny_encoder,
+                chunk_words=10)
+    with Index.open(path, tiny_encoder) as index:
+        assert index.document("multi").passage_ids == ["multi#0", "multi#1", "multi#2"]
+        yield index
+
+
+def test_upsert_of_a_changed_document_replaces_its_text(windowed: Index) -> None:
+    passages_before = windowed.stats()["passages"]
+    report = windowed.upsert([Document("multi", "Multi", windows(W0, W1, W2_NEW))])
+    assert report.documents_updated == 1 and report.documents_added == 0
+    assert report.passages_encoded == 1  # only the last window changed
+    assert report.generation == 2 == windowed.generation
+    hits = windowed.search("newword", k=5, mode="sparse")
+    assert [h.id for h in hits] == ["multi#2"] and "newword" in hits[0].text
+    # The word only the old version had is gone, from every mode.
+    assert windowed.search("oldword", k=5, mode="sparse") == []
+    for mode in ("dense", "hybrid"):
+        assert all("oldword" not in h.text for h in windowed.search("oldword", k=20, mode=mode))
+    dense = windowed.search(encoder_input("Multi", W2_NEW), k=1, mode="dense")
+    assert dense[0].id == "multi#2" and dense[0].score == pytest.approx(1.0, abs=1e-4)
+    stored = windowed.document("multi")
+    assert stored.text == windows(W0, W1, W2_NEW) and stored.version == 2
+    assert stored.passage_ids == ["multi#0", "multi#1", "multi#2"]
+    stats = windowed.stats()
+    assert stats["passages"] == passages_before and stats["documents"] == 5
+
+
+def ranking(index: Index, queries: list[str]) -> dict:
+    """Passage ids in rank order, per mode and query (BM25 scores may drift with tantivy's statistics)."""
+    return {key: [pid for pid, _ in hits] for key, hits in results(index, queries).items()}
+
+
+def test_identical_reupsert_encodes_nothing(windowed: Index) -> None:
+    queries = ["oldword", "aa3", "topic1"]
+    before, dense_before, stats = ranking(windowed, queries), results(windowed, queries), windowed.stats()
+    report = windowed.upsert([Document("multi", "Multi", windows(W0, W1, W2_OLD)), *make_documents(2)])
+    assert report.documents_unchanged == 3
+    assert report.documents_updated == report.documents_added == report.passages_encoded == 0
+    assert report.passages_removed == 0
+    assert ranking(windowed, queries) == before
+    after = results(windowed, queries)
+    assert {k: v for k, v in after.items() if k[0] == "dense"} == {k: v for k, v in dense_before.items() if k[0] == "dense"}
+    assert {k: v for k, v in windowed.stats().items() if k not in ("generation", "bytes")} == \
+        {k: v for k, v in stats.items() if k not in ("generation", "bytes")}
+    assert windowed.document("multi").version == 1
+
+
+def test_moved_passages_reuse_their_vectors(windowed: Index) -> None:
+    # A window inserted in front shifts every passage id; only the new window is new text.
+    report = windowed.upsert([Document("multi", "Multi", windows("zz0 zz1 zz2 zz3 zz4 zz5 zz6 zz7 zz8 zz9", W0, W1, W2_OLD))])
+    assert report.passages_encoded == 1 and report.passages_reused == 3
+    hit = windowed.search(encoder_input("Multi", W2_OLD), k=1, mode="dense")[0]
+    assert hit.id == "multi#3" and hit.score == pytest.approx(1.0, abs=1e-4)
+    assert windowed.document("multi").passage_ids == ["multi#0", "multi#1", "multi#2", "multi#3"]
+
+
+def test_a_title_change_reencodes_every_passage(windowed: Index) -> None:
+    report = windowed.upsert([Document("multi", "Renamed", windows(W0, W1, W2_OLD))])
+    assert report.passages_encoded == 3
+    assert {h.title for h in windowed.search("renamed", k=5, mode="sparse")} == {"Renamed"}
+    assert windowed.search("renamed", k=5, mode="sparse")[0].doc_id == "multi"
+
+
+def test_a_shorter_document_loses_its_tail_passages(windowed: Index) -> None:
+    passages_before = windowed.stats()["passages"]
+    report = windowed.upsert([Document("multi", "Multi", W0)])
+    assert report.passages_encoded == 0 and report.passages_removed == 2
+    assert windowed.document("multi").passage_ids == ["multi#0"]
+    assert windowed.search("bb5", k=5, mode="sparse") == []
+    assert windowed.stats()["passages"] == passages_before - 2
+
+
+def test_upsert_of_a_new_document_adds_it(index: Index) -> None:
+    new = Document("new-doc", "Walrus", "the walrus lives on arctic ice floes")
+    report = index.upsert([new])
+    assert report.documents_added == 1 and report.passages_encoded == 1
+    assert index.stats()["documents"] == N_DOCS + 1 and index.stats()["passages"] == N_DOCS + 1
+    assert [h.id for h in index.search("walrus", mode="sparse")] == ["new-doc#0"]
+    assert index.search(exact_query(new), k=1, mode="dense")[0].id == "new-doc#0"
+    assert index.search("walrus arctic", k=3, mode="hybrid")[0].id == "new-doc#0"
+    assert index.document("new-doc").text == new.text
+
+
+# -- delete ----------------------------------------------------------------------------------------
+def test_delete_removes_a_document_from_every_mode(index: Index) -> None:
+    doc3 = make_documents(N_DOCS)[3]
+    report = index.delete(["doc-3"])
+    assert report.documents_deleted == 1 and report.passages_removed == 1 and report.generation == 2
+    assert index.document("doc-3") is None
+    assert index.search("topic3", k=5, mode="sparse") == []
+    for mode in ("dense", "hybrid"):
+        assert "doc-3" not in doc_ids(index.search(exact_query(doc3), k=50, mode=mode))
+        assert "doc-3" not in doc_ids(index.search("topic3", k=50, mode=mode))
+    stats = index.stats()
+    assert stats["documents"] == N_DOCS - 1 and stats["passages"] == N_DOCS - 1
+    # A deleted id can come back.
+    index.upsert([doc3])
+    assert [h.id for h in index.search("topic3", mode="sparse")] == ["doc-3#0"]
+    assert index.document("doc-3").version >= 1
+
+
+@pytest.mark.parametrize("ids", [["nope"], ["doc-1", "nope"], ["doc-1", "doc-2", "missing-a", "missing-b"]])
+def test_deleting_unknown_ids_raises_and_changes_nothing(index: Index, ids: list[str]) -> None:
+    generation, before = index.generation, results(index)
+    with pytest.raises(KeyError, match="nope|missing"):
+        index.delete(ids)
+    assert index.generation == generation and index.store.generation == generation
+    assert index.document("doc-1") is not None and index.document("doc-2") is not None
+    assert results(index) == before
+    assert index.delete(["doc-1"]).generation == generation + 1  # and the index still takes changes
+
+
+def test_deleted_document_stays_deleted_after_reopen(built: Path, tiny_encoder: TextEncoder) -> None:
+    with Index.open(built, tiny_encoder) as index:
+        index.delete(["doc-4", "doc-6"])
+    with Index.open(built, tiny_encoder) as index:
+        assert index.document("doc-4") is None and index.document("doc-6") is None
+        assert index.search("topic4", mode="sparse") == [] and index.stats()["documents"] == N_DOCS - 2
+        assert index._snapshot.dense.ntotal == N_DOCS - 2
+
+
+# -- a bad document aborts the whole change ------------------------------------------------------
+BAD = {
+    "empty text": Document("bad", "Bad", "   "),
+    "hash in id": Document("bad#1", "Bad", "text with a bad id"),
+    "empty id": Document(" ", "Bad", "text without an id"),
+    "duplicate id": Document("doc-2", "Again", "doc-2 a second time in one call"),
+}
+
+
+@pytest.mark.parametrize("small_batches", [False, True], ids=["one-batch", "batches-written"])
+@pytest.mark.parametrize("bad", list(BAD), ids=list(BAD))
+def test_a_bad_document_leaves_the_index_exactly_as_before(
+    built: Path, tiny_encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch, bad: str, small_batches: bool
+) -> None:
+    if small_batches:  # the good documents before the bad one have already been written in the transaction
+        monkeypatch.setattr(index_module, "UPSERT_BATCH", 2)
+    with Index.open(built, tiny_encoder) as index:
+        generation, stats, before = index.generation, index.stats(), results(index)
+        docs = [
+            Document("added", "Added", "zebra crossing"),
+            Document("doc-2", "Changed", "changed text quokka"),
+            Document("doc-9", "Changed", "changed text wombat"),
+            BAD[bad],
+            Document("after", "After", "platypus after the bad one"),
+        ]
+        with pytest.raises(ValueError):
+            index.upsert(docs)
+        assert index.generation == generation and index.store.generation == generation
+        assert index.stats() == stats
+        assert results(index) == before
+        assert index.document("added") is None and index.document("doc-2").text == make_documents(3)[2].text
+        for word in ("zebra", "quokka", "wombat", "platypus"):
+            assert index.search(word, mode="sparse") == []
+        # The writer is not left locked or mid-transaction.
+        assert index.upsert([Document("later", "Later", "kangaroo")]).generation == generation + 1
+    with Index.open(built, tiny_encoder) as index:
+        assert index.document("added") is None and index.document("later") is not None
+        assert index.search("quokka", mode="sparse") == []
+
+
+# -- reopening -------------------------------------------------------------------------------------
+def test_reopen_gives_the_same_results(built: Path, tiny_encoder: TextEncoder) -> None:
+    with Index.open(built, tiny_encoder) as index:
+        index.upsert([Document("doc-1", "T", "replacement text emu"), Document("x", "X", "brand new ibis")])
+        index.delete(["doc-8"])
+        before, stats = results(index, QUERIES + ["emu", "ibis"]), index.stats()
+    with Index.open(built, tiny_encoder) as index:
+        assert results(index, QUERIES + ["emu", "ibis"]) == before
+        assert {k: v for k, v in index.stats().items() if k != "bytes"} == {k: v for k, v in stats.items() if k != "bytes"}
+    with Index.open(built, tiny_encoder, readonly=True) as index:
+        assert results(index, QUERIES + ["emu", "ibis"]) == before
+
+
+@pytest.fixture(scope="module")
+def wider_encoder(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_path: str) -> TextEncoder:
+    folder = tmp_path_factory.mktemp("wider-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_path)
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return TextEncoder(str(folder), device="cpu")
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_opening_with_another_encoder_is_refused(built: Path, tiny_encoder_path: str, wider_encoder: TextEncoder,
+                                                 tmp_path: Path, readonly: bool) -> None:
+    with pytest.raises(IndexFolderError, match="encoder"):
+        Index.open(built, wider_encoder, readonly=readonly)
+    # The same weights under another name are another encoder as far as the index knows.
+    alias = tmp_path / "alias"
+    alias.symlink_to(tiny_encoder_path)
+    renamed = TextEncoder(str(alias), device="cpu")
+    assert renamed.dim == 32
+    with pytest.raises(IndexFolderError, match="encoder"):
+        Index.open(built, renamed, readonly=readonly)
+
+
+def test_another_format_version_is_refused(built: Path, tiny_encoder: TextEncoder) -> None:
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["format_version"] = manifest["format_version"] + 1
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFolderError, match="format version"):
+        Index.open(built, tiny_encoder)
+    with pytest.raises(IndexFolderError, match="format version"):
+        Index.open(built, tiny_encoder, readonly=True)
+
+
+def test_not_an_index_folder_is_refused(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    with pytest.raises(IndexFolderError, match="no such index folder"):
+        Index.open(tmp_path / "missing", tiny_encoder)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(IndexFolderError, match="not an index folder"):
+        Index.open(tmp_path / "plain", tiny_encoder)
+    assert list((tmp_path / "plain").iterdir()) == []  # nothing was created there
+
+
+# -- snapshots, read-only openers, the dense checkpoint ------------------------------------------
+TAG = re.compile(r"\bver(\d+)\b")
+
+
+def versioned(doc: int, version: int) -> Document:
+    """Three 5-word windows, each carrying the version tag and the shared word 'common'."""
+    text = " ".join(f"ver{version} common d{doc}w{j} d{doc}x{j} ver{version}" for j in range(3))
+    return Document(f"v-{doc}", f"Versioned {doc}", text)
+
+
+def writes(steps: int, docs: int) -> list[tuple[str, int, int]]:
+    """The writer's changes: (upsert|delete, document, version), one generation each."""
+    return [("delete" if step % 5 == 0 else "upsert", step % docs, step) for step in range(1, steps + 1)]
+
+
+def test_searches_during_writes_see_one_version_of_each_document(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    path = tmp_path / "snap"
+    n_docs, changes = 6, writes(20, 6)
+    build_index(path, [versioned(d, 0) for d in range(n_docs)], tiny_encoder, chunk_words=5)
+    # What each generation holds: document -> version tag.
+    expected = {1: {f"v-{d}": "0" for d in range(n_docs)}}
+    for gen, (verb, doc, version) in enumerate(changes, start=2):
+        state = dict(expected[gen - 1])
+        if verb == "delete":
+            state.pop(f"v-{doc}")
+        else:
+            state[f"v-{doc}"] = str(version)
+        expected[gen] = state
+    index = Index.open(path, tiny_encoder)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    problems: list[str] = []
+    exact_checks = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            for mode in ("sparse", "dense", "hybrid"):
+                try:
+                    gen_before = index.generation
+                    hits = index.search("common ver0 d1w1", k=200, mode=mode)
+                    gen_after = index.generation
+                except BaseException as exc:  # noqa: BLE001 - any error is a failure
+                    errors.append(exc)
+                    return
+                by_doc: dict[str, list[SearchHit]] = {}
+                for h in hits:
+                    by_doc.setdefault(h.doc_id, []).append(h)
+                seen: dict[str, str] = {}
+                for doc, doc_hits in by_doc.items():
+                    tags = {TAG.search(h.text).group(1) for h in doc_hits}
+                    if len(tags) != 1:
+                        problems.append(f"{mode}: {doc} mixes versions {sorted(tags)}")
+                    if sorted(h.id for h in doc_hits) != [f"{doc}#{j}" for j in range(3)]:
+                        problems.append(f"{mode}: {doc} has passages {sorted(h.id for h in doc_hits)}")
+                    seen[doc] = min(tags)
+                if gen_before == gen_after:  # the search read that generation: all of it, nothing else
+                    exact_checks[0] += 1
+                    if seen != expected[gen_before]:
+                        problems.append(f"{mode} at generation {gen_before}: saw {seen}, expected {expected[gen_before]}")
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        for verb, doc, version in changes:
+            if verb == "delete":
+                index.delete([f"v-{doc}"])
+            else:
+                index.upsert([versioned(doc, version)])
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    index.close()
+    assert not errors, f"a search failed during writes: {errors[0]!r}"
+    assert not problems, problems[:5]
+    assert exact_checks[0] > 0
+
+
+def test_a_readonly_opener_keeps_its_generation(built: Path, tiny_encoder: TextEncoder) -> None:
+    docs = make_documents(N_DOCS)
+    reader = Index.open(built, tiny_encoder, readonly=True)
+    old_generation, before = reader.generation, results(reader, QUERIES + ["topic2", exact_query(docs[2])])
+    with Index.open(built, tiny_encoder) as writer:
+        writer.upsert([Document("doc-1", "New", "capybara replaces the old text"), Document("fresh", "F", "axolotl")])
+        writer.delete(["doc-2"])
+        new_generation = writer.generation
+    assert new_generation == old_generation + 2
+    # The old opener still serves its generation, in every mode.
+    assert reader.generation == old_generation
+    assert results(reader, QUERIES + ["topic2", exact_query(docs[2])]) == before
+    assert reader.document("doc-2") is not None and reader.document("fresh") is None
+    assert reader.document("doc-1").text == docs[1].text
+    assert reader.search("capybara", mode="sparse") == [] and reader.search("axolotl", mode="sparse") == []
+    with pytest.raises(IndexFolderError, match="read-only"):
+        reader.upsert([Document("y", "Y", "nope")])
+    reader.close()
+    # A new read-only opener sees the new generation.
+    with Index.open(built, tiny_encoder, readonly=True) as fresh:
+        assert fresh.generation == new_generation
+        assert fresh.document("doc-2") is None and fresh.search("topic2", mode="sparse") == []
+        assert [h.id for h in fresh.search("capybara", mode="sparse")] == ["doc-1#0"]
+        assert fresh.search(exact_query(Document("fresh", "F", "axolotl")), k=1, mode="dense")[0].id == "fresh#0"
+        assert "doc-2" not in doc_ids(fresh.search(exact_query(docs[2]), k=50, mode="dense"))
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("fraction", [1e9, None], ids=["never-checkpoint", "default"])
+def test_a_stale_dense_file_is_caught_up_on_open(tmp_path: Path, tiny_encoder: TextEncoder,
+                                                 monkeypatch: pytest.MonkeyPatch, fraction: float | None) -> None:
+    path = tmp_path / "idx"
+    docs = make_documents(60)
+    build_index(path, docs, tiny_encoder)
+    saved = file_digest(path / "dense.faiss")
+    if fraction is not None:
+        monkeypatch.setattr(index_module, "DENSE_CHECKPOINT_FRACTION", fraction)
+    new = Document("late", "Late", "a late passage about narwhals")
+    changed = Document("doc-5", "Changed", "doc five was rewritten about pelicans")
+    with Index.open(path, tiny_encoder) as index:
+        index.upsert([new])
+        index.upsert([changed])
+        index.delete(["doc-7"])
+    if fraction is not None:
+        assert file_digest(path / "dense.faiss") == saved  # the FAISS file is older than the store
+    for readonly in (True, False, True):
+        with Index.open(path, tiny_encoder, readonly=readonly) as index:
+            assert index.generation == 4
+            found = index.search_many([exact_query(new), exact_query(changed)], k=1, mode="dense")
+            assert [hits[0].id for hits in found] == ["late#0", "doc-5#0"]
+            assert all(hits[0].score == pytest.approx(1.0, abs=1e-4) for hits in found)
+            everything = index.search_many([exact_query(docs[5]), exact_query(docs[7])], k=100, mode="dense")
+            assert all("doc-7" not in doc_ids(hits) for hits in everything)
+            assert all(h.text != docs[5].text for hits in everything for h in hits)
+            assert index._snapshot.dense.ntotal == index.stats()["passages"] == 60
