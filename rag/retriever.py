@@ -1,0 +1,63 @@
+"""Dual-encoder retriever: a query encoder and a passage encoder (shared or separate weights).
+
+Plain torch modules, so a trainer can update them; pooling and normalisation follow the model's
+sentence-transformers folder (mean pooling, normalised, for the default MiniLM), so its vectors
+match the ones the indexer stored.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from indexer.encoder import DEFAULT_ENCODER, _sentence_transformers_layout, resolve_model_path
+
+
+class DualEncoder(torch.nn.Module):
+    """E_q and E_p of a dual encoder; `forward(texts, side)` returns differentiable embeddings."""
+
+    def __init__(self, name_or_path: str = DEFAULT_ENCODER, shared: bool = True, max_length: int | None = None) -> None:
+        super().__init__()
+        path = resolve_model_path(name_or_path)
+        local = os.path.isdir(path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
+            self.query_model = AutoModel.from_pretrained(path, local_files_only=local or None)
+        except OSError as exc:
+            raise RuntimeError(f"cannot load retriever encoder {name_or_path!r}: {exc}") from exc
+        # Separate weights start as a copy: both sides begin where the index's encoder is.
+        self.passage_model = self.query_model if shared else copy.deepcopy(self.query_model)
+        self.name = name_or_path
+        self.shared = shared
+        self.pooling, self.normalize, st_max = _sentence_transformers_layout(Path(path)) if local else ("mean", True, None)
+        self.max_length = max_length or st_max or min(self.tokenizer.model_max_length, 512)
+        self.dim = int(self.query_model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.query_model.parameters()).device
+
+    def forward(self, texts: Sequence[str], side: str = "query") -> torch.Tensor:
+        """(len(texts), dim) embeddings from the query or the passage side, with gradients when enabled."""
+        if side not in ("query", "passage"):
+            raise ValueError(f"side must be 'query' or 'passage', got {side!r}")
+        model = self.query_model if side == "query" else self.passage_model
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+        hidden = model(**batch).last_hidden_state
+        if self.pooling == "cls":
+            vectors = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(vectors, dim=-1) if self.normalize else vectors
+
+    @torch.inference_mode()
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Query vectors as float32, the form `Index.search_many(query_vectors=...)` takes."""
+        parts = [self(texts[i : i + batch_size], "query").float().cpu().numpy() for i in range(0, len(texts), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)

@@ -1,0 +1,167 @@
+"""The answering path end to end on tiny models: pipeline, `rag-serve ask`, `rag-eval qa` and its metrics."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_documents
+from indexer.index import Index, build_index
+from indexer.encoder import TextEncoder
+from rag.pipeline import Pipeline
+from rag.reader import DecoderReader
+from rag.retriever import DualEncoder
+from serve.cli import main as serve_main
+from trainer.cli import main as eval_main
+from trainer.qa_data import QARecord, read_qa, sample
+from trainer.qa_metrics import contains_answer, exact_match, f1_score, normalize_answer
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder) -> Path:
+    out = tmp_path_factory.mktemp("pipe") / "idx"
+    build_index(out, make_documents(12), tiny_encoder)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline(index_dir: Path, tiny_reader_path: str) -> Pipeline:
+    return Pipeline(Index.open(index_dir, readonly=True), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=6))
+
+
+@pytest.fixture()
+def qa_file(tmp_path: Path) -> Path:
+    rows = [{"id": f"q{i}", "question": f"what is topic{i}?", "answers": [f"topic{i}"], "gold_ids": [f"doc-{i}"]} for i in range(6)]
+    rows.append({"id": "q-nogold", "question": "anything about topic7?", "answers": ["x"]})
+    path = tmp_path / "qa.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+def test_ask_returns_answer_with_its_passages(pipeline: Pipeline) -> None:
+    answer = pipeline.ask("what is topic3?", k=3, mode="hybrid")
+    assert isinstance(answer.text, str) and "\n" not in answer.text
+    assert len(answer.passages) == 3 and answer.passages[0].doc_id == "doc-3"
+    assert set(answer.timings) == {"retrieve_ms", "read_ms", "total_ms"}
+    body = answer.to_json()
+    assert body["passages"][0]["doc_id"] == "doc-3" and body["answer"] == answer.text
+
+
+def test_ask_many_matches_ask(pipeline: Pipeline) -> None:
+    questions = ["what is topic1?", "tell me about topic5", "topic9 please"]
+    batched = pipeline.ask_many(questions, k=2, mode="hybrid")
+    single = [pipeline.ask(q, k=2, mode="hybrid") for q in questions]
+    assert [a.text for a in batched] == [a.text for a in single]
+    assert [[p.id for p in a.passages] for a in batched] == [[p.id for p in a.passages] for a in single]
+
+
+def test_closed_book_needs_no_index(tiny_reader_path: str) -> None:
+    answer = Pipeline(None, DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4)).ask("who?", k=0)
+    assert answer.passages == []
+    with pytest.raises(ValueError, match="no index"):
+        Pipeline(None, DecoderReader(tiny_reader_path, device="cpu")).ask("who?", k=3)
+
+
+@pytest.mark.parametrize("question, k, mode, message", [
+    ("   ", 5, "hybrid", "empty question"),
+    ("ok?", -1, "hybrid", "k must be"),
+    ("ok?", 1000, "hybrid", "k must be"),
+    ("ok?", 5, "fuzzy", "unknown mode"),
+])
+def test_bad_requests_are_rejected(pipeline: Pipeline, question: str, k: int, mode: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        pipeline.ask(question, k=k, mode=mode)
+
+
+def test_trained_query_encoder_is_used(index_dir: Path, tiny_reader_path: str, tiny_encoder_path: str) -> None:
+    """A DualEncoder with the index's weights retrieves exactly what the index's own encoder does."""
+    index = Index.open(index_dir, readonly=True)
+    with_retriever = Pipeline(index, DecoderReader(tiny_reader_path, device="cpu"), DualEncoder(tiny_encoder_path))
+    questions = ["what is topic4?", "topic11"]
+    ours = with_retriever.retrieve(questions, 5, "dense")
+    plain = index.search_many(questions, k=5, mode="dense")
+    assert [[h.id for h in hits] for hits in ours] == [[h.id for h in hits] for hits in plain]
+
+
+def test_metrics_follow_squad_normalisation() -> None:
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert exact_match("the eiffel tower", ["Eiffel Tower", "x"]) == 1.0
+    assert exact_match("eiffel", ["Eiffel Tower"]) == 0.0
+    assert f1_score("eiffel", ["Eiffel Tower"]) == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    assert f1_score("paris france", ["Paris", "Lyon France"]) == pytest.approx(2 / 3)
+    assert f1_score("", ["a"]) == 1.0  # both empty after normalisation, as the SQuAD script scores it
+    assert contains_answer("It was built in 1889 by Eiffel.", ["1889"])
+    assert not contains_answer("In 18890 units", ["1889"])
+
+
+def test_qa_file_errors_name_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "question": "q?", "answers": ["a"]}\n{"id": 2, "question": "q?"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: .*missing field 'answers'"):
+        read_qa(bad)
+    bad.write_text('{"question": "q?", "answers": []}\n')
+    with pytest.raises(ValueError, match="non-empty list"):
+        read_qa(bad)
+
+
+def test_sample_is_seeded_and_ordered() -> None:
+    records = [QARecord(str(i), f"q{i}", ["a"]) for i in range(100)]
+    first, again, other = sample(records, 10, 0), sample(records, 10, 0), sample(records, 10, 1)
+    assert first == again and first != other and len(first) == 10
+    assert [int(r.id) for r in first] == sorted(int(r.id) for r in first)
+    assert sample(records, None) == records and sample(records, 1000) == records
+
+
+def test_rag_eval_qa_prints_metrics(index_dir: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    predictions = tmp_path / "pred.jsonl"
+    code = eval_main(["qa", "--index", str(index_dir), "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "2",
+                      "--mode", "sparse", "--device", "cpu", "--predictions", str(predictions)])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    summary = json.loads(out)
+    expected = {"n", "em", "f1", "recall@1", "recall@5", "recall@20", "answer_recall@5", "latency_p50_ms", "latency_p95_ms"}
+    assert expected <= set(summary) and summary["n"] == 7 and summary["n_with_gold_ids"] == 6
+    # Sparse search puts the document naming topic{i} first: every gold document is found at rank 1.
+    assert summary["recall@1"] == 1.0
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert summary["em"] == pytest.approx(sum(exact_match(r["prediction"], r["answers"]) for r in rows) / 7)
+    # Each gold passage contains its answer "topic{i}"; the last question's answer "x" is in no passage.
+    assert summary["answer_recall@5"] == pytest.approx(6 / 7)
+    assert all(1 <= len(r["passages"]) <= 2 for r in rows)  # BM25 returns only passages sharing a word
+
+
+def test_rag_eval_closed_book_has_no_recall(qa_file: Path, tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:
+    code = eval_main(["qa", "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "0", "--limit", "3", "--device", "cpu"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["n"] == 3 and summary["recall@5"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--qa", "missing.jsonl", "--k", "0"], "QA file not found"),
+    (["--qa", "QA", "--k", "3"], "--index is required"),
+    (["--qa", "QA", "--k", "0", "--limit", "0"], "--limit must be at least 1"),
+    (["--qa", "QA", "--k", "0", "--adapter", "nowhere"], "not a peft adapter folder"),
+])
+def test_rag_eval_bad_input(argv: list[str], message: str, qa_file: Path, tiny_reader_path: str,
+                            capsys: pytest.CaptureFixture) -> None:
+    argv = [str(qa_file) if a == "QA" else a for a in argv]
+    assert eval_main(["qa", "--reader", tiny_reader_path, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_rag_serve_ask(index_dir: Path, tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:
+    argv = ["ask", "--index", str(index_dir), "--reader", tiny_reader_path, "--k", "2", "--device", "cpu"]
+    assert serve_main([*argv, "--json", "what is topic2?"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["question"] == "what is topic2?" and len(body["passages"]) == 2
+    assert {"id", "doc_id", "title", "text", "score"} == set(body["passages"][0])
+    assert serve_main([*argv, "what is topic2?"]) == 0
+    text = capsys.readouterr().out
+    assert "[1] Title 2 (doc-2#0" in text
+    assert serve_main([*argv, "  "]) == 2
+    assert "empty question" in capsys.readouterr().err
+    assert serve_main(["ask", "--index", "/nonexistent", "--reader", tiny_reader_path, "q?"]) == 2

@@ -1,0 +1,96 @@
+"""DecoderReader on a tiny random Llama: batched scoring and generation agree with one-at-a-time computation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from indexer.records import Passage
+from rag.reader import DecoderReader
+
+PASSAGES = [
+    Passage("a#0", "a", "Paris", "Paris is the capital and most populous city of France."),
+    Passage("b#0", "b", "Berlin", "Berlin is the capital of Germany and its largest city by population, on the Spree."),
+    Passage("c#0", "c", "Oslo", "Oslo is the capital of Norway."),
+]
+
+
+@pytest.fixture(scope="module")
+def reader(tiny_reader_path: str) -> DecoderReader:
+    return DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=8)
+
+
+def direct_logprob(reader: DecoderReader, prompt: list[int], answer: list[int]) -> float:
+    """log p(answer | prompt) from one unpadded forward pass over the whole sequence."""
+    ids = torch.tensor([prompt + answer])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(reader.model(ids).logits[0].float(), -1)
+    return sum(logprobs[len(prompt) + i - 1, tok].item() for i, tok in enumerate(answer))
+
+
+def test_score_matches_unbatched_computation(reader: DecoderReader) -> None:
+    scores = reader.score("What is the capital of France?", PASSAGES, "Paris")
+    assert scores.shape == (3,)
+    answer = reader.answer_ids("Paris")
+    for k, passage in enumerate(PASSAGES):
+        expected = direct_logprob(reader, reader.prompt_ids("What is the capital of France?", [passage]), answer)
+        assert scores[k].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_score_is_differentiable(reader: DecoderReader) -> None:
+    reader.model.zero_grad()
+    reader.score("Capital of Norway?", PASSAGES[:2], "Oslo").sum().backward()
+    grads = [p.grad for p in reader.model.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    reader.model.zero_grad()
+
+
+def test_score_with_one_passage(reader: DecoderReader) -> None:
+    assert reader.score("q?", PASSAGES[:1], "x").shape == (1,)
+    with pytest.raises(ValueError, match="at least one passage"):
+        reader.score("q?", [], "x")
+
+
+def test_answer_ends_with_end_of_turn(reader: DecoderReader) -> None:
+    ids = reader.answer_ids("  Paris ")
+    assert reader.tokenizer.decode(ids[:-1]) == "Paris"
+    assert reader.tokenizer.convert_ids_to_tokens(ids[-1]) == "<|im_end|>"
+
+
+def test_batched_generation_equals_one_at_a_time(reader: DecoderReader) -> None:
+    questions = ["What is the capital of France?", "Which river flows through Berlin, the capital of Germany?", "Oslo?"]
+    contexts = [PASSAGES, PASSAGES[1:2], []]
+    batched = reader.generate(questions, contexts)
+    single = [reader.generate([q], [c])[0] for q, c in zip(questions, contexts)]
+    assert batched == single
+    assert all("\n" not in a for a in batched)
+
+
+def test_prompt_holds_passages_and_question(reader: DecoderReader) -> None:
+    text = reader.tokenizer.decode(reader.prompt_ids("Where is Oslo?", PASSAGES[2:]))
+    assert "Oslo is the capital of Norway." in text and "Question: Where is Oslo?" in text
+    assert text.rstrip().endswith("assistant")
+    closed = reader.tokenizer.decode(reader.prompt_ids("Where is Oslo?", []))
+    assert "Passages" not in closed and "Where is Oslo?" in closed
+
+
+def test_long_passages_are_truncated(tiny_reader_path: str) -> None:
+    short = DecoderReader(tiny_reader_path, device="cpu", max_passage_tokens=16)
+    long_passage = Passage("l#0", "l", "Long", "word " * 500)
+    assert len(short.prompt_ids("q?", [long_passage])) < 120
+
+
+def test_end_tokens_all_end_a_line_or_a_turn(reader: DecoderReader) -> None:
+    for token_id in reader.end_ids:
+        text = reader.tokenizer.decode([token_id])
+        assert "\n" in text or token_id in (reader.tokenizer.eos_token_id, reader.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+
+
+def test_mismatched_batch_is_rejected(reader: DecoderReader) -> None:
+    with pytest.raises(ValueError, match="2 questions but 1 passage lists"):
+        reader.generate(["a?", "b?"], [[]])
+    assert reader.generate([], []) == []
+
+
+def test_unknown_reader_gives_clear_error(tmp_path) -> None:
+    with pytest.raises(RuntimeError, match="cannot load reader"):
+        DecoderReader(str(tmp_path / "missing"), device="cpu")

@@ -1,0 +1,28 @@
+"""Integration: the real default reader converts from GGUF once, reloads from its safetensors cache, and answers."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from indexer.records import Passage
+from rag.models import DEFAULT_READER, resolve_reader_path
+from rag.reader import DecoderReader
+
+
+def test_default_reader_is_cached_and_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
+    folder = Path(resolve_reader_path(DEFAULT_READER))
+    assert folder == tmp_path / "cache" / "readers" / DEFAULT_READER
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert [p.name for p in folder.parent.iterdir()] == [DEFAULT_READER]  # no temp folder left behind
+
+    start = time.perf_counter()
+    reader = DecoderReader(device="cpu", max_new_tokens=12)
+    assert time.perf_counter() - start < 30  # a cached load, not another GGUF conversion (~30 s or more)
+    passage = Passage("p#0", "p", "France", "Paris is the capital and most populous city of France.")
+    answer = reader.generate(["What is the capital of France?"], [[passage]])[0]
+    assert "Paris" in answer and "\n" not in answer
+    scores = reader.score("What is the capital of France?", [passage, Passage("q#0", "q", "Oslo", "Oslo is in Norway.")], "Paris")
+    assert scores.shape == (2,) and bool((scores < 0).all())

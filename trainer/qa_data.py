@@ -1,0 +1,55 @@
+"""Question-answer files: JSON lines `{id, question, answers, gold_ids?}`, plain or gzipped."""
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class QARecord:
+    """One question with its gold answers and, where known, the ids of the documents that answer it."""
+
+    id: str
+    question: str
+    answers: list[str]
+    gold_ids: list[str] = field(default_factory=list)
+
+
+def read_qa(path: str | Path) -> list[QARecord]:
+    """All records of a QA file; a malformed line raises ValueError naming file:line and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"QA file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    records = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                answers = raw["answers"]
+                if isinstance(answers, str):
+                    answers = [answers]
+                if not isinstance(raw["question"], str) or not raw["question"].strip():
+                    raise ValueError("empty question")
+                if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+                    raise ValueError("answers must be a non-empty list of strings")
+                records.append(QARecord(str(raw.get("id", n)), raw["question"], answers, [str(g) for g in raw.get("gold_ids") or []]))
+            except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+                what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+                raise ValueError(f"{path}:{n}: bad QA record ({what}); expected {{id, question, answers: [..], gold_ids?}}") from exc
+    if not records:
+        raise ValueError(f"{path}: no QA records")
+    return records
+
+
+def sample(records: list[QARecord], limit: int | None, seed: int = 0) -> list[QARecord]:
+    """A seeded random sample of `limit` records, in file order; all of them when limit is None or too big."""
+    if not limit or limit >= len(records):
+        return list(records)
+    chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
+    return [records[i] for i in chosen]
