@@ -1,0 +1,103 @@
+"""`rag-train reader` on tiny models: examples keep the gold passage, training learns, outputs load back."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_documents
+from indexer.encoder import TextEncoder
+from indexer.index import Index, build_index
+from rag.pipeline import Pipeline
+from rag.reader import DecoderReader
+from trainer.cli import main_train
+from trainer.qa_data import QARecord
+from trainer.reader_data import build_examples
+from trainer.reader_training import ReaderTrainingConfig, split_train_dev, train_reader
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder) -> Path:
+    out = tmp_path_factory.mktemp("train") / "idx"
+    build_index(out, make_documents(20), tiny_encoder)
+    return out
+
+
+def qa_file(path: Path, n: int = 20) -> Path:
+    with gzip.open(path, "wt") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"q{i}", "question": f"which topic is number {i}?", "answers": [f"topic{i}"],
+                                 "gold_ids": [f"doc-{i}"]}) + "\n")
+    return path
+
+
+def test_examples_hold_the_gold_passage_at_a_random_position(index_dir: Path) -> None:
+    index = Index.open(index_dir, readonly=True)
+    records = [QARecord(f"q{i}", f"unrelated words {i}", [f"topic{i}"], [f"doc-{i}"]) for i in range(12)]
+    examples = build_examples(index, records, k=3, seed=0, mode="dense", progress=False)
+    assert all(len(e.passages) == 3 for e in examples)
+    assert all(e.gold_position is not None and f"topic{i}" in e.passages[e.gold_position].text for i, e in enumerate(examples))
+    assert len({e.gold_position for e in examples}) > 1  # not always first
+    no_gold = build_examples(index, [QARecord("x", "q", ["nowhere"])], k=2, progress=False)[0]
+    assert no_gold.gold_position is None and len(no_gold.passages) == 2
+
+
+def test_split_train_dev_is_disjoint_and_seeded() -> None:
+    records = [QARecord(str(i), f"q{i}", ["a"]) for i in range(50)]
+    train, dev = split_train_dev(records, 10, seed=3)
+    assert len(dev) == 10 and len(train) == 40 and not {r.id for r in train} & {r.id for r in dev}
+    assert split_train_dev(records, 10, seed=3) == (train, dev)
+
+
+def test_full_finetuning_learns_the_answer(index_dir: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+    """Twenty steps on one question make the tiny reader say its answer; the folder loads as a reader."""
+    train_file = qa_file(tmp_path / "one.jsonl.gz", n=1)
+    config = ReaderTrainingConfig(train=[train_file], index=index_dir, out=tmp_path / "full", reader=tiny_reader_path,
+                                  method="full", k=2, steps=25, batch_size=2, lr=1e-2, dev_size=0, dev_eval=0, device="cpu")
+    record = train_reader(config, progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 25 and losses[-1] < losses[0] / 5
+    assert record["examples_with_gold_passage"] == 1
+    trained = Pipeline(Index.open(index_dir, readonly=True), DecoderReader(str(tmp_path / "full"), device="cpu"))
+    assert trained.ask("which topic is number 0?", k=2).text == "topic0"
+
+
+def test_lora_cli_writes_an_adapter_that_loads(index_dir: Path, tiny_reader_path: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "lora"
+    code = main_train(["reader", "--train", str(qa_file(tmp_path / "qa.jsonl.gz")), "--index", str(index_dir), "--out", str(out),
+                       "--reader", tiny_reader_path, "--steps", "3", "--batch-size", "2", "--dev-size", "4", "--dev-eval", "2",
+                       "--device", "cpu"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["dev"]["n"] == 2
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["method"] == "lora" and record["config"]["steps"] == 3 and record["train_seconds"] > 0
+    adapted = DecoderReader(tiny_reader_path, adapter=out, device="cpu", max_new_tokens=4)
+    assert isinstance(adapted.generate(["which topic is number 1?"], [[]])[0], str)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train", "missing.jsonl"], "training file not found"),
+    (["--steps", "0"], "--steps must be at least 1"),
+])
+def test_bad_training_input(argv: list[str], message: str, index_dir: Path, tmp_path: Path, tiny_reader_path: str,
+                            capsys: pytest.CaptureFixture) -> None:
+    base = {"--train": str(qa_file(tmp_path / "qa.jsonl.gz")), "--index": str(index_dir), "--out": str(tmp_path / "o"),
+            "--reader": tiny_reader_path, "--steps": "1"}
+    base.update(dict(zip(argv[::2], argv[1::2])))
+    assert main_train(["reader", *[x for kv in base.items() for x in kv]]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_refuses_a_non_empty_out_folder(index_dir: Path, tmp_path: Path, tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main_train(["reader", "--train", str(qa_file(tmp_path / "qa.jsonl.gz")), "--index", str(index_dir),
+                       "--out", str(out), "--reader", tiny_reader_path]) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"

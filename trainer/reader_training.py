@@ -1,0 +1,161 @@
+"""`rag-train reader`: supervised RAG-tuning of the decoder reader, LoRA (peft) or full finetuning.
+
+Each step reads a batch of (question, top-k passages with the gold one among them, answer) and
+minimises the answer's negative log-likelihood, on the answer tokens only. The output folder is a
+peft adapter (LoRA) or a whole model (full) that `--adapter` / `--reader` accept, plus
+`training.json`: the command, data, steps, time and machine, so the run can be repeated.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from indexer.index import Index
+from rag.models import DEFAULT_READER
+from rag.pipeline import Pipeline
+from rag.reader import DecoderReader
+from trainer.evaluate import evaluate_qa
+from trainer.qa_data import QARecord, read_qa
+from trainer.reader_data import ReaderExample, build_examples
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class ReaderTrainingConfig:
+    train: list[Path]
+    index: Path
+    out: Path
+    reader: str = DEFAULT_READER
+    method: str = "lora"  # lora | full
+    k: int = 3
+    steps: int = 500
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 5e-4
+    warmup: float = 0.05
+    lora_rank: int = 16
+    max_passage_tokens: int = 160
+    dev_size: int = 200
+    dev_eval: int = 100  # dev questions answered at the end (generation is the slow part on a CPU)
+    seed: int = 0
+    bf16: bool = False
+    device: str = "auto"
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+def split_train_dev(records: list[QARecord], dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """A seeded hold-out of `dev_size` records for choosing settings; the rest trains."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    dev = {i for i in order[:dev_size]}
+    return [r for i, r in enumerate(records) if i not in dev], [records[i] for i in sorted(dev)]
+
+
+def _load_records(files: list[Path], needed: int, dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """Train and dev records mixed from all files; only as many train records as the run can use."""
+    train: list[QARecord] = []
+    dev: list[QARecord] = []
+    for path in files:
+        part_train, part_dev = split_train_dev(read_qa(path), dev_size // len(files), seed)
+        train += part_train
+        dev += part_dev
+    random.Random(seed).shuffle(train)
+    return train[:needed], dev
+
+
+def _trainable(reader: DecoderReader, config: ReaderTrainingConfig) -> list[torch.nn.Parameter]:
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_dropout=0.05,
+                          target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        reader.model = get_peft_model(reader.model, lora)
+    elif config.method != "full":
+        raise ValueError(f"unknown method {config.method!r}: choose lora or full")
+    return [p for p in reader.model.parameters() if p.requires_grad]
+
+
+def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
+    """Train, save to `config.out`, evaluate on the held-out dev questions; returns the run's record."""
+    if config.out.exists() and any(config.out.iterdir()):
+        raise ValueError(f"--out {config.out} is not empty: choose a new folder")
+    for path in config.train:
+        if not path.is_file():
+            raise ValueError(f"training file not found: {path}")
+    torch.manual_seed(config.seed)
+    started = time.time()
+    index = Index.open(config.index, readonly=True)
+    train_records, dev_records = _load_records(config.train, config.steps * config.batch_size * config.grad_accum,
+                                               config.dev_size, config.seed)
+    examples = build_examples(index, train_records, config.k, seed=config.seed, progress=progress)
+    reader = DecoderReader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
+    params = _trainable(reader, config)
+    reader.model.train()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)
+    config.out.mkdir(parents=True, exist_ok=True)
+    log = open(config.out / "metrics.jsonl", "w")
+    autocast = torch.autocast(reader.device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    bar = tqdm(range(config.steps), desc="train reader", unit="step", disable=not progress)
+    cursor, running = 0, None
+    for step in bar:
+        for _ in range(config.grad_accum):
+            batch = [examples[(cursor + i) % len(examples)] for i in range(config.batch_size)]
+            cursor += config.batch_size
+            with autocast:
+                loss = answer_nll(reader, batch) / config.grad_accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item() * config.grad_accum
+        running = value if running is None else 0.95 * running + 0.05 * value
+        bar.set_postfix(loss=f"{running:.3f}")
+        log.write(json.dumps({"step": step + 1, "loss": value, "lr": schedule.get_last_lr()[0], "seconds": time.time() - started}) + "\n")
+        log.flush()
+    log.close()
+    train_seconds = time.time() - started
+    reader.model.eval()
+    reader.model.save_pretrained(config.out)
+    if config.method == "full":
+        reader.tokenizer.save_pretrained(config.out)
+    if config.method == "lora":
+        reader.model = reader.model.merge_and_unload()
+    dev_summary = {}
+    if config.dev_eval and dev_records:
+        dev_summary, _ = evaluate_qa(Pipeline(index, reader), dev_records[: config.dev_eval], k=config.k, progress=progress)
+    record = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "train": [str(p) for p in config.train],
+        "examples": len(examples),
+        "examples_with_gold_passage": sum(e.gold_position is not None for e in examples),
+        "train_seconds": round(train_seconds, 1),
+        "final_loss": running,
+        "dev": dev_summary,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "device": str(reader.device), "threads": torch.get_num_threads()},
+    }
+    record["config"]["train"] = [str(p) for p in config.train]
+    (config.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def answer_nll(reader: DecoderReader, batch: list[ReaderExample]) -> torch.Tensor:
+    """Mean negative log-likelihood per answer token of a batch, each answer given its passages."""
+    prompts = [reader.prompt_ids(e.question, e.passages) for e in batch]
+    answers = [reader.answer_ids(e.answer) for e in batch]
+    logprobs, lengths = reader.answer_logprobs(prompts, answers)
+    return -logprobs.sum() / lengths.sum()
