@@ -12,12 +12,13 @@ from rag.pipeline import Pipeline
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool = True) -> None:
-    """--index, --k, --mode, --reader, --adapter, --device."""
+    """--index, --k, --mode, --reader, --adapter, --constrain, --device."""
     parser.add_argument("--index", type=Path, required=index_required, help="index folder (built by `rag-index build`)")
     parser.add_argument("--k", type=int, default=5, help="passages given to the reader; 0 answers closed-book (default 5)")
     parser.add_argument("--mode", choices=MODES, default="hybrid", help="retrieval: dense, sparse (BM25) or hybrid (default)")
     parser.add_argument("--reader", default=DEFAULT_READER, help=f"causal LM name or folder (default {DEFAULT_READER})")
     parser.add_argument("--adapter", type=Path, default=None, help="a peft adapter folder to load over the reader")
+    parser.add_argument("--constrain", action="store_true", help="answers must be substrings of the retrieved passages")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
 
 
@@ -27,7 +28,7 @@ def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
         raise ValueError(f"--k must be 0 or more, got {args.k}")
     if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
         raise ValueError(f"--adapter {args.adapter}: not a peft adapter folder (no adapter_config.json)")
-    return Pipeline.load(args.index, reader=args.reader, adapter=args.adapter, device=args.device)
+    return Pipeline.load(args.index, reader=args.reader, adapter=args.adapter, device=args.device, constrain_to_passages=args.constrain)
 
 
 def run_command(prog: str, args: argparse.Namespace) -> int:

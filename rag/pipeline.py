@@ -52,12 +52,17 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, index_dir: str | Path | None, reader: str | None = None, adapter: str | Path | None = None, device: str | None = None
+        cls,
+        index_dir: str | Path | None,
+        reader: str | None = None,
+        adapter: str | Path | None = None,
+        device: str | None = None,
+        constrain_to_passages: bool = False,
     ) -> Pipeline:
         """Open an index read-only and load the reader (default: SmolLM2-135M-Instruct)."""
         index = Index.open(index_dir, readonly=True, device=device or "cpu") if index_dir else None
         kwargs = {"name_or_path": reader} if reader else {}
-        return cls(index, DecoderReader(adapter=adapter, device=device, **kwargs))
+        return cls(index, DecoderReader(adapter=adapter, device=device, constrain_to_passages=constrain_to_passages, **kwargs))
 
     def retrieve(self, questions: Sequence[str], k: int, mode: str = "hybrid") -> list[list[SearchHit]]:
         """The top-k passages for each question (empty lists when k=0)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from rag.models import DEFAULT_READER, resolve_reader_path
 
@@ -36,6 +36,48 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+class SpanConstraint(LogitsProcessor):
+    """Greedy decoding that may only spell a substring of the row's passages (or end the answer).
+
+    Candidates are the tokens of the passages' own tokenisation (words with and without their
+    leading space): testing a few hundred candidates per step instead of the whole vocabulary.
+    """
+
+    def __init__(self, reader: DecoderReader, passages: Sequence[Sequence[PassageText]], prompt_width: int) -> None:
+        self.tokenizer = reader.tokenizer
+        self.ends = reader.end_ids
+        self.prompt_width = prompt_width
+        self.texts = [[" ".join(p.text.split()) for p in row] for row in passages]
+        self.candidates = [self._candidates(texts) for texts in self.texts]
+
+    def _candidates(self, texts: list[str]) -> torch.Tensor:
+        if not texts:
+            return torch.zeros(0, dtype=torch.long)
+        words = {w for text in texts for w in text.split()}
+        pieces = texts + sorted(words)
+        ids = {t for ids in self.tokenizer(pieces, add_special_tokens=False)["input_ids"] for t in ids}
+        return torch.tensor(sorted(ids - set(self.ends)), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        allowed = torch.full_like(scores, float("-inf"))
+        for row in range(scores.shape[0]):
+            if not self.texts[row]:
+                allowed[row] = scores[row]
+                continue
+            so_far = self.tokenizer.decode(input_ids[row, self.prompt_width :], skip_special_tokens=True)
+            candidates = self.candidates[row].to(scores.device)
+            order = candidates[scores[row, candidates].argsort(descending=True)].tolist()
+            # Greedy needs only the best candidate that still spells a passage substring.
+            best = next((t for t in order if self._fits(row, so_far + self.tokenizer.decode([t]))), None)
+            ok = ([best] if best is not None else []) + (self.ends if so_far.strip() or best is None else [])
+            allowed[row, ok] = scores[row, ok]
+        return allowed
+
+    def _fits(self, row: int, answer: str) -> bool:
+        answer = " ".join(answer.split())
+        return bool(answer) and any(answer in text for text in self.texts[row])
+
+
 class DecoderReader:
     """A causal LM that reads passages and answers; any Hugging Face causal LM name or folder works."""
 
@@ -47,6 +89,7 @@ class DecoderReader:
         dtype: torch.dtype | None = None,
         max_new_tokens: int = 24,
         max_passage_tokens: int = 192,
+        constrain_to_passages: bool = False,
     ) -> None:
         path = resolve_reader_path(name_or_path)
         local = os.path.isdir(path)
@@ -69,6 +112,7 @@ class DecoderReader:
         self.model.to(self.device).eval()
         self.max_new_tokens = max_new_tokens
         self.max_passage_tokens = max_passage_tokens
+        self.constrain_to_passages = constrain_to_passages
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.end_ids = self._end_token_ids()
 
@@ -125,12 +169,16 @@ class DecoderReader:
 
     @torch.inference_mode()
     def generate(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[str]:
-        """Greedy short answers, one per question, each from its own list of passages (empty list: closed book)."""
+        """Greedy short answers, one per question, each from its own list of passages (empty list: closed book).
+
+        With `constrain_to_passages`, every answer is a substring of its passages (white space collapsed).
+        """
         if len(questions) != len(passages):
             raise ValueError(f"{len(questions)} questions but {len(passages)} passage lists")
         if not questions:
             return []
         ids, mask, _ = self._left_pad([self.prompt_ids(q, p) for q, p in zip(questions, passages)])
+        constraint = LogitsProcessorList([SpanConstraint(self, passages, ids.shape[1])]) if self.constrain_to_passages else None
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -138,6 +186,7 @@ class DecoderReader:
             max_new_tokens=self.max_new_tokens,
             eos_token_id=self.end_ids,
             pad_token_id=self.pad_id,
+            logits_processor=constraint,
         )
         answers = []
         for row in out[:, ids.shape[1] :].tolist():

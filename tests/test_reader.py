@@ -94,3 +94,15 @@ def test_mismatched_batch_is_rejected(reader: DecoderReader) -> None:
 def test_unknown_reader_gives_clear_error(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="cannot load reader"):
         DecoderReader(str(tmp_path / "missing"), device="cpu")
+
+
+def test_constrained_answers_are_passage_spans(tiny_reader_path: str) -> None:
+    constrained = DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=6, constrain_to_passages=True)
+    questions = ["What is the capital of France?", "Capital of Norway?", "closed book?"]
+    contexts = [PASSAGES[:2], PASSAGES[2:], []]
+    answers = constrained.generate(questions, contexts)
+    for answer, context in zip(answers[:2], contexts):
+        assert answer and any(answer in p.text for p in context), answer
+    free = DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=6).generate(questions, contexts)
+    assert answers[2] == free[2]  # no passages: nothing to constrain to
+    assert answers[:2] != free[:2]  # a random model's free answers are not passage spans
