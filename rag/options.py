@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from indexer.index import MODES
+from indexer.index import MODES, Index
 from indexer.manifest import IndexFolderError
 from rag.models import DEFAULT_READER
 from rag.pipeline import Pipeline
@@ -22,13 +22,20 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
 
 
-def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
-    """Load the pipeline the options describe."""
+def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipeline:
+    """Load the pipeline the options describe. `writable` opens the index for upserts too (the server)."""
     if args.k < 0:
         raise ValueError(f"--k must be 0 or more, got {args.k}")
     if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
         raise ValueError(f"--adapter {args.adapter}: not a peft adapter folder (no adapter_config.json)")
-    return Pipeline.load(args.index, reader=args.reader, adapter=args.adapter, device=args.device, constrain_to_passages=args.constrain)
+    load = dict(reader=args.reader, adapter=args.adapter, device=args.device, constrain_to_passages=args.constrain)
+    if not writable or args.index is None:
+        return Pipeline.load(args.index, **load)
+    # The index first: a wrong folder fails at once, not after the reader has loaded.
+    index = Index.open(args.index, device=args.device or "cpu")
+    pipeline = Pipeline.load(None, **load)
+    pipeline.index = index
+    return pipeline
 
 
 def run_command(prog: str, args: argparse.Namespace) -> int:

@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${RAG_VENV:-.venv}
+# The web page's test drives Debian's chromium through its matching chromedriver (no browser download).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "installing chromium and chromedriver for the web page's test..." >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "warning: no chromium/chromedriver (apt-get install chromium chromium-driver): the browser test will be skipped" >&2
+    fi
+fi
 stamp="$VENV/.installed"
 want=$(cat pyproject.toml scripts/install.sh | sha1sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -1,11 +1,17 @@
-"""`rag-serve`: answer questions from the command line (`ask`); the HTTP server (`run`) arrives with issue 4."""
+"""`rag-serve`: answer questions from the command line (`ask`) or serve the HTTP API and web page (`run`)."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
+import socket
+import sys
 from typing import Sequence
 
 from rag.options import add_pipeline_arguments, pipeline_from_args, run_command
+
+TOKEN_ENV = "RAG_SERVE_TOKEN"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +27,26 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON object {question, answer, passages, timings}")
     ask.add_argument("question", help="the question, quoted")
     ask.set_defaults(run=_ask)
+
+    run = commands.add_parser("run", help="serve the HTTP API and the web page",
+                              description="Serve questions and document updates over HTTP, with a web page at /. "
+                                          "--k and --mode are the defaults of requests that do not say.")
+    add_pipeline_arguments(run)
+    run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    run.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    run.add_argument("--token", default=None,
+                     help=f"require 'Authorization: Bearer TOKEN' for writes (default: ${TOKEN_ENV}; none: writes are open)")
+    run.add_argument("--max-batch", type=int, default=16, help="most questions answered together (default 16)")
+    run.add_argument("--max-wait-ms", type=float, default=5.0,
+                     help="how long a question waits for others to batch with (default 5)")
+    run.add_argument("--no-batching", action="store_true", help="answer questions one at a time (same as --max-batch 1)")
+    run.add_argument("--max-queue", type=int, default=1024, help="questions waiting beyond this get 503 (default 1024)")
+    run.add_argument("--max-question-chars", type=int, default=2000, help="longest question taken (default 2000)")
+    run.add_argument("--max-documents", type=int, default=1000, help="most documents in one upsert (default 1000)")
+    run.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body (default 16 MiB)")
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="server log level")
+    run.add_argument("--access-log", action="store_true", help="log every request")
+    run.set_defaults(run=_run)
     return parser
 
 
@@ -36,3 +62,65 @@ def _ask(args: argparse.Namespace) -> int:
         print(f"  [{n}] {hit.title} ({hit.id}, score {hit.score:.3f}): {snippet}")
     print(f"  ({answer.timings['total_ms']:.0f} ms: retrieve {answer.timings['retrieve_ms']:.0f}, read {answer.timings['read_ms']:.0f})")
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here: `rag-serve ask` should not pay for the web stack.
+    import uvicorn
+
+    from serve.app import ServeSettings, create_app
+
+    for name in ("max_batch", "max_queue", "max_question_chars", "max_documents", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_wait_ms < 0:
+        raise ValueError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms}")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if token is None and not _is_loopback(args.host):
+        print(f"rag-serve: warning: listening on {args.host} without a token: anyone who can reach this port can change "
+              f"the index. Pass --token or set ${TOKEN_ENV}.", file=sys.stderr)
+    # Listen before loading the models, so a taken port fails in a second, not after a minute.
+    sock = _listen(args.host, args.port)
+    pipeline = pipeline_from_args(args, writable=True)
+    _ = pipeline.index.encoder  # load the query encoder now rather than on the first question
+    settings = ServeSettings(token=token, k=args.k, mode=args.mode, max_batch=1 if args.no_batching else args.max_batch,
+                             max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                             max_question_chars=args.max_question_chars, max_documents=args.max_documents,
+                             max_body_bytes=args.max_body_bytes)
+    url = _url(args.host, sock.getsockname()[1])
+
+    def ready() -> None:
+        print(f"rag-serve: serving {args.index} -- open {url} (API docs: {url}docs)", flush=True)
+
+    app = create_app(pipeline, settings, on_ready=ready)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, timeout_graceful_shutdown=30)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a message that says why there cannot be one."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port or --host") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"

@@ -1,0 +1,328 @@
+"""The HTTP API and the web page: ask questions, add, update and delete documents, watch the index.
+
+Reads (`/ask`, `GET /documents/...`, `/stats`, `/health`, `/metrics`) are open; writes need
+`Authorization: Bearer <token>` when the server has a token. Questions go through the micro-batcher
+(serve/batching.py); writes run one at a time in their own thread. The index publishes a change by
+swapping its snapshot, so a question never waits for a write and never sees half of one.
+Routes are grouped by area (answering, documents, operations); a later area (edits) adds its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, AsyncIterator, Callable, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from swagger_ui_bundle import swagger_ui_path
+
+from indexer.index import ChangeReport, Index
+from indexer.manifest import IndexFolderError
+from indexer.records import Document
+from rag.pipeline import MAX_K, Pipeline, check_request
+from serve.batching import MicroBatcher, Overloaded
+from serve.body import BodyGuard
+from serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("rag.serve")
+
+
+@dataclass
+class ServeSettings:
+    """What the server allows and how it batches; `rag-serve run` sets these from its options."""
+
+    token: str | None = None
+    k: int = 5
+    mode: str = "hybrid"
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    max_question_chars: int = 2000
+    max_documents: int = 1000
+    max_body_bytes: int = 16 * 1024 * 1024
+
+
+# -- request and response bodies -------------------------------------------------------------------
+
+def _encodable(value: str) -> str:
+    # JSON may spell an unpaired surrogate (\ud800); no tokenizer or database can take one.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode: unpaired surrogate {value[exc.start]!a} at character {exc.start}") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
+class AskRequest(BaseModel):
+    """A question; k and mode default to the server's --k and --mode."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    question: Text = Field(description="the question")
+    k: int | None = Field(None, ge=0, le=MAX_K, description="passages to read (0: closed book)")
+    mode: Literal["dense", "sparse", "hybrid"] | None = Field(None, description="retrieval mode")
+
+
+class PassageOut(BaseModel):
+    id: str
+    doc_id: str
+    title: str
+    text: str
+    score: float
+
+
+class AskResponse(BaseModel):
+    """The answer, the passages it was read from (best first), and where the time went (ms)."""
+
+    question: str
+    answer: str
+    passages: list[PassageOut]
+    timings: dict[str, float]
+    batch_size: int = Field(description="questions answered together in this one's micro-batch")
+
+
+class DocumentIn(BaseModel):
+    """A document to add or replace. Fields other than id, title and text are kept as its metadata."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    id: Text = Field(min_length=1, max_length=512, pattern=r"^[^#\s](?:[^#]*[^#\s])?$",
+                     description="document id: no '#' (passage ids use it), no leading or trailing space")
+    title: Text = ""
+    text: Text = Field(min_length=1, pattern=r"\S", description="the text; must not be blank")
+
+    @model_validator(mode="after")
+    def _encodable_meta(self) -> DocumentIn:
+        for key, value in (self.model_extra or {}).items():
+            _encodable(f"{key}{value}")
+        return self
+
+
+class UpsertRequest(BaseModel):
+    """A batch of documents, written as one atomic change."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    documents: list[DocumentIn] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> UpsertRequest:
+        seen: set[str] = set()
+        for doc in self.documents:
+            if doc.id in seen:
+                raise ValueError(f"document id {doc.id!r} appears twice in one batch")
+            seen.add(doc.id)
+        return self
+
+
+class DocumentOut(BaseModel):
+    id: str
+    title: str
+    text: str
+    meta: dict[str, Any]
+    version: int
+    passage_ids: list[str]
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 415, 422, 503)}
+
+
+# -- the app ---------------------------------------------------------------------------------------
+
+def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
+               on_ready: Callable[[], None] | None = None) -> FastAPI:
+    """The server over `pipeline`, whose index must be writable. `on_ready` runs once it can take requests."""
+    settings = settings or ServeSettings()
+    index = pipeline.index
+    if index is None or index.readonly:
+        raise ValueError("the server needs an index opened for writing (Index.open(path))")
+    batcher = MicroBatcher(lambda questions, k, mode: pipeline.ask_many(questions, k=k, mode=mode),
+                           max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue)
+    metrics = Metrics(index.stats, lambda: batcher.pending)
+    batcher.observe = metrics.observe_batch
+    writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            writes.shutdown(wait=True)  # a write under way finishes, so its client's change is not cut short
+
+    app = FastAPI(title="rag-serve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Retrieval-augmented question answering over an index you can update while it serves.")
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    _add_error_handlers(app)
+
+    async def write(fn: Callable[..., ChangeReport], *args: Any) -> ChangeReport:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(writes, fn, *args)
+        except IndexFolderError as exc:
+            raise HTTPException(409, str(exc)) from exc
+
+    # -- answering ---------------------------------------------------------------------------
+    answering = APIRouter(tags=["answering"])
+
+    @answering.post("/ask", response_model=AskResponse, responses=ERRORS)
+    async def ask(body: AskRequest) -> AskResponse:
+        """Answer a question from the top-k passages of the index."""
+        if len(body.question) > settings.max_question_chars:
+            raise HTTPException(413, f"the question is {len(body.question):,} characters long; this server "
+                                     f"takes at most {settings.max_question_chars:,} (--max-question-chars)")
+        k = settings.k if body.k is None else body.k
+        mode = body.mode or settings.mode
+        try:
+            check_request(body.question, k, mode)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        start = time.perf_counter()
+        try:
+            answered = await batcher.ask(body.question, k, mode)
+        except Overloaded as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from exc
+        answer = answered.answer
+        timings = {**answer.timings, "queue_ms": answered.queue_ms, "server_ms": (time.perf_counter() - start) * 1e3}
+        return AskResponse(question=answer.question, answer=answer.text,
+                           passages=[PassageOut(**p.to_json()) for p in answer.passages],
+                           timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
+
+    # -- documents ---------------------------------------------------------------------------
+    def require_token(authorization: Annotated[str | None, Header(description="Bearer <token>")] = None) -> None:
+        if settings.token is None:
+            return
+        expected = f"Bearer {settings.token}".encode()
+        # Starlette decodes header bytes as latin-1: encoding back gives the bytes the client sent.
+        if authorization is None or not hmac.compare_digest(authorization.encode("latin-1"), expected):
+            raise HTTPException(401, "writes need the header Authorization: Bearer <token> with this server's token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    documents = APIRouter(prefix="/documents", tags=["documents"])
+    guarded = [Depends(require_token)]
+
+    @documents.post("", response_model=ChangeReport, responses=ERRORS, dependencies=guarded)
+    async def upsert(body: UpsertRequest) -> ChangeReport:
+        """Add or replace a batch of documents in one atomic change; acknowledged once durable."""
+        if len(body.documents) > settings.max_documents:
+            raise HTTPException(413, f"{len(body.documents):,} documents in one batch; this server takes at most "
+                                     f"{settings.max_documents:,} (--max-documents): send several batches")
+        docs = [Document(d.id, d.title, d.text, dict(d.model_extra or {})) for d in body.documents]
+        try:
+            return await write(index.upsert, docs)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+
+    @documents.get("/{doc_id:path}", response_model=DocumentOut, responses=ERRORS)
+    def get_document(doc_id: str) -> DocumentOut:
+        """A document as the index serves it now."""
+        doc = index.document(doc_id)
+        if doc is None:
+            raise HTTPException(404, f"no document with id {doc_id!r}")
+        return DocumentOut(id=doc.doc_id, title=doc.title, text=doc.text, meta=doc.meta, version=doc.version,
+                           passage_ids=doc.passage_ids)
+
+    @documents.delete("/{doc_id:path}", response_model=ChangeReport, responses=ERRORS, dependencies=guarded)
+    async def delete_document(doc_id: str) -> ChangeReport:
+        """Delete a document and its passages in one atomic change."""
+        try:
+            return await write(index.delete, [doc_id])
+        except KeyError as exc:
+            raise HTTPException(404, f"no document with id {doc_id!r}; nothing was deleted") from exc
+
+    # -- operations --------------------------------------------------------------------------
+    operations = APIRouter(tags=["operations"])
+
+    @operations.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness, the generation being served and how questions are batched."""
+        return {"status": "ok", "generation": index.generation, "reader": getattr(pipeline.reader, "name", "?"),
+                "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms, "queued": batcher.pending}
+
+    @operations.get("/stats")
+    def stats() -> dict[str, Any]:
+        """Passages, documents, deleted versions, encoder, generation and bytes of the index."""
+        return index.stats()
+
+    @operations.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+    def prometheus() -> Response:
+        """Metrics in Prometheus text format."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    for router in (answering, documents, operations):
+        app.include_router(router)
+    _add_pages(app)
+    return app
+
+
+def _add_pages(app: FastAPI) -> None:
+    """The web page at /, its files, and the OpenAPI page with Swagger UI served from a package, not a CDN."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="rag-serve API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is `{"error": message}`; a client's mistake is a 4xx that names it, never a 500."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        for error in errors:
+            if error["type"] == "json_invalid":
+                reason = error.get("ctx", {}).get("error", "malformed")
+                return JSONResponse({"error": f"the request body is not valid JSON: {reason} at offset {error['loc'][-1]}"},
+                                    status_code=400)
+        message = "; ".join(_describe(error) for error in errors)
+        details = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in errors]
+        return JSONResponse({"error": message, "details": jsonable_encoder(details)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}): {exc}"}, status_code=500)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """`body.documents.0.text: String should have at least 1 character` for a pydantic error."""
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "string_pattern_mismatch" and error["loc"][-1] == "id":
+        message = "a document id must not contain '#' or start or end with white space"
+    elif error["type"] == "string_pattern_mismatch" and error["loc"][-1] == "text":
+        message = "the text must not be blank"
+    return f"{where}: {message}"

@@ -1,0 +1,150 @@
+// The rag-serve page: ask, show the answer with its sources, add/update/delete documents, index stats.
+// Plain DOM, no build step. Text from the index is always set with textContent, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function say(text, ok) {
+  const box = $("message");
+  box.textContent = text;
+  box.className = ok ? "ok" : "error";
+}
+
+async function call(method, path, body, write) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const token = $("token").value.trim();
+  if (write && token) headers["Authorization"] = "Bearer " + token;
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  try { data = await response.json(); } catch (e) { data = null; }
+  if (!response.ok) {
+    const reason = data && data.error ? data.error : response.statusText;
+    throw new Error(`${response.status}: ${reason}`);
+  }
+  return data;
+}
+
+function showAnswer(data) {
+  $("answer").textContent = data.answer || "(no answer)";
+  const t = data.timings;
+  $("timings").textContent =
+    `${Math.round(t.server_ms)} ms (retrieve ${Math.round(t.retrieve_ms)}, read ${Math.round(t.read_ms)}, ` +
+    `queued ${Math.round(t.queue_ms)}; batch of ${data.batch_size})`;
+  const list = $("sources");
+  list.replaceChildren();
+  for (const p of data.passages) {
+    const item = document.createElement("li");
+    item.className = "source";
+    const title = document.createElement("span");
+    title.className = "source-title";
+    title.textContent = p.title || p.doc_id;
+    const meta = document.createElement("span");
+    meta.className = "source-meta";
+    meta.textContent = ` ${p.id} · score ${p.score.toFixed(3)} `;
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.className = "small";
+    edit.textContent = "edit";
+    edit.addEventListener("click", () => loadDocument(p.doc_id));
+    const text = document.createElement("p");
+    text.className = "source-text";
+    text.textContent = p.text;
+    item.append(title, meta, edit, text);
+    list.append(item);
+  }
+  if (!data.passages.length) {
+    const item = document.createElement("li");
+    item.textContent = "no passages (closed book, or nothing matched)";
+    list.append(item);
+  }
+  $("answer-box").hidden = false;
+}
+
+async function ask(event) {
+  event.preventDefault();
+  const button = $("ask-button");
+  button.disabled = true;
+  say("thinking...", true);
+  try {
+    const data = await call("POST", "/ask", { question: $("question").value, k: Number($("k").value), mode: $("mode").value });
+    showAnswer(data);
+    say("", true);
+  } catch (e) {
+    $("answer-box").hidden = true;  // an old answer under a new question would mislead
+    say(e.message, false);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function loadDocument(docId) {
+  const id = docId || $("doc-id").value.trim();
+  if (!id) { say("type a document id to load", false); return; }
+  try {
+    const doc = await call("GET", "/documents/" + encodeURIComponent(id));
+    $("doc-id").value = doc.id;
+    $("doc-title").value = doc.title;
+    $("doc-text").value = doc.text;
+    say(`loaded ${doc.id} (version ${doc.version}, ${doc.passage_ids.length} passages)`, true);
+  } catch (e) {
+    say(e.message, false);
+  }
+}
+
+async function saveDocument(event) {
+  event.preventDefault();
+  const doc = { id: $("doc-id").value.trim(), title: $("doc-title").value, text: $("doc-text").value };
+  try {
+    const report = await call("POST", "/documents", { documents: [doc] }, true);
+    const what = report.documents_added ? "added" : report.documents_updated ? "updated" : "unchanged";
+    say(`${doc.id} ${what} (generation ${report.generation})`, true);
+    refreshStats();
+  } catch (e) {
+    say(e.message, false);
+  }
+}
+
+async function deleteDocument() {
+  const id = $("doc-id").value.trim();
+  if (!id) { say("type the id of the document to delete", false); return; }
+  try {
+    const report = await call("DELETE", "/documents/" + encodeURIComponent(id), undefined, true);
+    say(`${id} deleted (generation ${report.generation})`, true);
+    refreshStats();
+  } catch (e) {
+    say(e.message, false);
+  }
+}
+
+async function refreshStats() {
+  try {
+    const stats = await call("GET", "/stats");
+    const list = $("stats");
+    list.replaceChildren();
+    const shown = { documents: stats.documents, passages: stats.passages, "deleted versions": stats.deleted,
+                    generation: stats.generation, encoder: `${stats.encoder} (${stats.dim}-d)`,
+                    dense: stats.dense, size: `${(stats.bytes / 1048576).toFixed(1)} MiB` };
+    for (const [name, value] of Object.entries(shown)) {
+      const term = document.createElement("dt");
+      term.textContent = name;
+      const detail = document.createElement("dd");
+      detail.id = "stat-" + name.replace(/\s+/g, "-");
+      detail.textContent = String(value);
+      list.append(term, detail);
+    }
+  } catch (e) {
+    say(e.message, false);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("token").value = sessionStorage.getItem("rag-token") || "";
+  $("token").addEventListener("change", () => sessionStorage.setItem("rag-token", $("token").value));
+  $("ask-form").addEventListener("submit", ask);
+  $("doc-form").addEventListener("submit", saveDocument);
+  $("doc-load").addEventListener("click", () => loadDocument());
+  $("doc-delete").addEventListener("click", deleteDocument);
+  $("stats-refresh").addEventListener("click", refreshStats);
+  refreshStats();
+});

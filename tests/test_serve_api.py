@@ -1,0 +1,236 @@
+"""The HTTP API in process (FastAPI's TestClient) on tiny models: answers, micro-batching, writes,
+tokens, metrics, and every kind of bad request getting a 4xx that names the problem."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import make_documents
+from indexer.encoder import TextEncoder
+from indexer.index import Index, build_index
+from rag.pipeline import Pipeline
+from rag.reader import DecoderReader
+from serve.app import ServeSettings, create_app
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+N_DOCS = 12
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder, tiny_reader_path: str) -> Pipeline:
+    path = tmp_path_factory.mktemp("serve-api") / "idx"
+    build_index(path, make_documents(N_DOCS), tiny_encoder)
+    return Pipeline(Index.open(path, tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4))
+
+
+@pytest.fixture(scope="module")
+def client(pipeline: Pipeline) -> Iterator[TestClient]:
+    # A long batching window makes concurrent questions reliably share a batch on a busy machine.
+    settings = ServeSettings(token=TOKEN, max_batch=8, max_wait_ms=300, max_question_chars=200, max_documents=5,
+                             max_body_bytes=64 * 1024)
+    with TestClient(create_app(pipeline, settings)) as client:
+        yield client
+
+
+def ask(client: TestClient, question: str, **options: Any) -> dict[str, Any]:
+    response = client.post("/ask", json={"question": question, **options})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def upsert(client: TestClient, *docs: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/documents", json={"documents": list(docs)}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_ask_answers_with_passages_and_timings(client: TestClient, pipeline: Pipeline) -> None:
+    body = ask(client, "what is topic3?", k=2, mode="hybrid")
+    assert body["passages"][0]["doc_id"] == "doc-3" and len(body["passages"]) == 2
+    assert set(body["passages"][0]) == {"id", "doc_id", "title", "text", "score"}
+    assert {"retrieve_ms", "read_ms", "total_ms", "queue_ms", "server_ms"} <= set(body["timings"])
+    assert body["answer"] == pipeline.ask("what is topic3?", k=2, mode="hybrid").text
+    assert ask(client, "who?", k=0)["passages"] == []  # closed book
+    assert len(ask(client, "what is topic5?")["passages"]) == 5  # the server's default k
+
+
+def test_concurrent_questions_share_batches_grouped_by_k_and_mode(client: TestClient, pipeline: Pipeline) -> None:
+    requests = [(f"what is topic{i}?", 2 if i % 2 else 3, "hybrid" if i % 2 else "dense") for i in range(8)]
+    results: dict[int, dict[str, Any]] = {}
+    start = threading.Barrier(len(requests))
+
+    def one(i: int) -> None:
+        question, k, mode = requests[i]
+        start.wait()
+        results[i] = ask(client, question, k=k, mode=mode)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == len(requests)
+    assert max(r["batch_size"] for r in results.values()) > 1, "no two concurrent questions shared a batch"
+    for i, (question, k, mode) in enumerate(requests):
+        assert len(results[i]["passages"]) == k  # each answered with its own k and mode
+        alone = pipeline.ask(question, k=k, mode=mode)
+        assert results[i]["answer"] == alone.text
+        assert [p["id"] for p in results[i]["passages"]] == [p.id for p in alone.passages]
+
+
+def test_a_question_after_a_write_sees_it(client: TestClient) -> None:
+    report = upsert(client, {"id": "fresh/1", "title": "Fresh", "text": "zanzibar spice island", "source": "api"})
+    assert report["documents_added"] == 1
+    doc = client.get("/documents/fresh%2F1").json()
+    assert doc["text"] == "zanzibar spice island" and doc["meta"] == {"source": "api"} and doc["version"] == 1
+    assert ask(client, "zanzibar", k=1, mode="sparse")["passages"][0]["doc_id"] == "fresh/1"
+
+    assert upsert(client, {"id": "fresh/1", "title": "Fresh", "text": "zanzibar clove harbour"})["documents_updated"] == 1
+    hit = ask(client, "zanzibar", k=1, mode="sparse")["passages"][0]
+    assert hit["text"] == "zanzibar clove harbour"
+    assert client.get("/documents/fresh/1").json()["version"] == 2
+
+    assert client.delete("/documents/fresh/1", headers=AUTH).json()["documents_deleted"] == 1
+    assert client.get("/documents/fresh/1").status_code == 404
+    assert all(p["doc_id"] != "fresh/1" for p in ask(client, "zanzibar", k=3, mode="sparse")["passages"])
+
+
+def test_writes_need_the_token_and_reads_do_not(client: TestClient, pipeline: Pipeline) -> None:
+    doc = {"documents": [{"id": "guarded", "text": "needs a token"}]}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": "Bearer"}):
+        response = client.post("/documents", json=doc, headers=headers)
+        assert response.status_code == 401 and "Authorization: Bearer" in response.json()["error"]
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert client.delete("/documents/doc-1").status_code == 401
+    assert client.get("/documents/doc-1").status_code == 200
+    assert client.get("/documents/guarded").status_code == 404  # nothing was written
+    # Without a token, writes are open.
+    with TestClient(create_app(pipeline, ServeSettings(token=None))) as open_client:
+        assert open_client.post("/documents", json=doc).status_code == 200
+        assert open_client.delete("/documents/guarded").status_code == 200
+
+
+def test_reads_during_writes_see_whole_changes_and_are_not_held_up(client: TestClient) -> None:
+    """A writer rewrites five documents to version v, one change per v; every answer sees one version."""
+    def version_docs(v: int) -> list[dict[str, str]]:
+        return [{"id": f"swap-{j}", "title": "Swap", "text": f"swapword ver{v} part {j}"} for j in range(5)]
+
+    upsert(client, *version_docs(0))
+    versions = 12
+    writing = threading.Event()
+    done = threading.Event()
+
+    def writer() -> None:
+        writing.set()
+        for v in range(1, versions + 1):
+            upsert(client, *version_docs(v))
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    writing.wait()
+    seen: list[int] = []
+    during = 0
+    while not done.is_set():
+        passages = ask(client, "swapword", k=5, mode="sparse")["passages"]
+        words = {p["text"].split()[1] for p in passages if p["doc_id"].startswith("swap-")}
+        assert len(words) == 1 and len(passages) == 5, f"one answer saw several versions: {words}"
+        seen.append(int(words.pop()[3:]))
+        during += not done.is_set()
+    thread.join(60)
+    assert during >= 1, "no question was answered while the writer was writing"
+    assert seen == sorted(seen)  # never back to an older version
+    assert ask(client, "swapword", k=5, mode="sparse")["passages"][0]["text"].split()[1] == f"ver{versions}"
+
+
+def test_health_stats_metrics_and_api_pages(client: TestClient) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["max_batch"] == 8
+    stats = client.get("/stats").json()
+    assert stats["documents"] >= N_DOCS and stats["generation"] == health["generation"]
+    ask(client, "what is topic1?", k=1)
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert f"rag_index_generation {float(stats['generation'])}" in text
+    assert f"rag_index_documents {float(stats['documents'])}" in text
+    assert 'rag_http_requests_total{method="POST",route="/ask",status="200"}' in text
+    assert 'rag_http_request_duration_seconds_bucket{le="0.005",method="POST",route="/ask"}' in text
+    assert "rag_ask_batch_size_count" in text and "rag_index_bytes" in text
+    schema = client.get("/openapi.json").json()
+    assert {"/ask", "/documents", "/documents/{doc_id}", "/health", "/stats", "/metrics"} <= set(schema["paths"])
+    docs = client.get("/docs").text
+    assert "/docs/assets/swagger-ui-bundle.js" in docs and "cdn" not in docs
+    assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+JSON = {"Content-Type": "application/json"}
+BAD_REQUESTS = [
+    # (method, path, keyword arguments for the client, status, words the error must contain)
+    ("post", "/ask", {"json": {"question": ""}}, 422, "empty question"),
+    ("post", "/ask", {"json": {"question": "   \n"}}, 422, "empty question"),
+    ("post", "/ask", {"json": {"question": "x" * 201}}, 413, "at most 200"),
+    ("post", "/ask", {"json": {}}, 422, "body.question: Field required"),
+    ("post", "/ask", {"json": {"question": 5}}, 422, "body.question: Input should be a valid string"),
+    ("post", "/ask", {"json": {"question": "q?", "k": "5"}}, 422, "body.k: Input should be a valid integer"),
+    ("post", "/ask", {"json": {"question": "q?", "k": True}}, 422, "body.k: Input should be a valid integer"),
+    ("post", "/ask", {"json": {"question": "q?", "k": 2.5}}, 422, "body.k"),
+    ("post", "/ask", {"json": {"question": "q?", "k": -1}}, 422, "greater than or equal to 0"),
+    ("post", "/ask", {"json": {"question": "q?", "k": 10**6}}, 422, "less than or equal to 100"),
+    ("post", "/ask", {"json": {"question": "q?", "mode": "fuzzy"}}, 422, "body.mode"),
+    ("post", "/ask", {"json": {"question": "q?", "qestion": "typo"}}, 422, "body.qestion: Extra inputs are not permitted"),
+    ("post", "/ask", {"json": ["q?"]}, 422, "valid dictionary"),
+    ("post", "/ask", {"content": b'{"question": "unfinished', "headers": JSON}, 400, "not valid JSON"),
+    ("post", "/ask", {"content": b"", "headers": JSON}, 422, "Field required"),
+    ("post", "/ask", {"content": b'{"question": "caf\xe9?"}', "headers": JSON}, 400, "not UTF-8 text: byte 0xe9 at offset 17"),
+    ("post", "/ask", {"content": b'{"question": "\\ud800 lone"}', "headers": JSON}, 422, "unpaired surrogate"),
+    ("post", "/ask", {"content": b"question=q", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415,
+     "Content-Type: application/json"),
+    ("post", "/ask", {"content": b'{"question": "' + b"x" * 70_000 + b'"}', "headers": JSON}, 413, "at most 65,536"),
+    ("get", "/ask", {}, 405, "Method Not Allowed"),
+    ("get", "/no-such-page", {}, 404, "Not Found"),
+    ("get", "/documents/no-such-doc", {}, 404, "no document with id 'no-such-doc'"),
+    ("delete", "/documents/no-such-doc", {"headers": AUTH}, 404, "nothing was deleted"),
+    ("post", "/documents", {"json": {"documents": []}, "headers": AUTH}, 422, "at least 1 item"),
+    ("post", "/documents", {"json": [{"id": "a", "text": "b"}], "headers": AUTH}, 422, "valid dictionary"),
+    ("post", "/documents", {"json": {"documents": [{"id": "a"}]}, "headers": AUTH}, 422, "documents.0.text: Field required"),
+    ("post", "/documents", {"json": {"documents": [{"id": "a#1", "text": "b"}]}, "headers": AUTH}, 422, "must not contain '#'"),
+    ("post", "/documents", {"json": {"documents": [{"id": " a", "text": "b"}]}, "headers": AUTH}, 422, "white space"),
+    ("post", "/documents", {"json": {"documents": [{"id": "a", "text": " \t"}]}, "headers": AUTH}, 422, "must not be blank"),
+    ("post", "/documents", {"json": {"documents": [{"id": 7, "text": "b"}]}, "headers": AUTH}, 422, "documents.0.id"),
+    ("post", "/documents", {"json": {"documents": [{"id": "a", "text": "b"}] * 2}, "headers": AUTH}, 422, "appears twice"),
+    ("post", "/documents", {"json": {"documents": [{"id": f"d{i}", "text": "b"} for i in range(6)]}, "headers": AUTH},
+     413, "at most 5"),
+    ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "note": "\\udfff"}]}',
+                            "headers": {**JSON, **AUTH}}, 422, "unpaired surrogate"),
+]
+
+
+@pytest.mark.parametrize("method, path, kwargs, status, message", BAD_REQUESTS,
+                         ids=[f"{m}-{p}-{n}" for n, (m, p, *_) in enumerate(BAD_REQUESTS)])
+def test_bad_requests_get_a_4xx_that_says_what_was_wrong(client: TestClient, method: str, path: str,
+                                                         kwargs: dict[str, Any], status: int, message: str) -> None:
+    response = client.request(method.upper(), path, **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_odd_but_valid_input_is_answered(client: TestClient) -> None:
+    """NUL characters, emoji (also as a JSON surrogate pair), right-to-left text and ids with slashes are just text."""
+    for question in ("topic1\x00?", "what about \U0001F600 topic2?", "ما هو topic3؟"):
+        assert client.post("/ask", json={"question": question, "k": 1}).status_code == 200
+    pair = client.post("/ask", content=b'{"question": "\\ud83d\\ude00 topic2?", "k": 1}', headers=JSON)
+    assert pair.status_code == 200 and pair.json()["question"] == "\U0001F600 topic2?"
+    odd = {"id": "odd/\u00e9 \U0001F600", "title": "\x00", "text": "nul\x00 text \u202e reversed"}
+    assert upsert(client, odd)["documents_added"] == 1
+    assert client.get(f"/documents/{quote(odd['id'], safe='')}").json()["text"] == odd["text"]
+    assert client.delete(f"/documents/{quote(odd['id'], safe='')}", headers=AUTH).status_code == 200
+    assert client.get("/health").status_code == 200

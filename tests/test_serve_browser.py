@@ -1,0 +1,143 @@
+"""The web page in a real headless chromium (Debian's, through its chromedriver) against a real
+server on a free loopback port: ask, read the sources, add, update and delete a document, stats."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import uvicorn
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from conftest import make_documents
+from indexer.encoder import TextEncoder
+from indexer.index import Index, build_index
+from rag.pipeline import Pipeline
+from rag.reader import DecoderReader
+from serve.app import ServeSettings, create_app
+
+TOKEN = "page-token"
+N_DOCS = 6
+WAIT = 60
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder, tiny_reader_path: str) -> Iterator[str]:
+    path = tmp_path_factory.mktemp("page") / "idx"
+    build_index(path, make_documents(N_DOCS), tiny_encoder)
+    pipeline = Pipeline(Index.open(path, tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(pipeline, ServeSettings(token=TOKEN)), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        message = "needs chromium and chromedriver (scripts/install.sh installs them: apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1200,1400"):
+        options.add_argument(argument)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()
+
+
+def text_of(browser: WebDriver, element_id: str) -> str:
+    return browser.find_element(By.ID, element_id).text
+
+
+def wait_for_text(browser: WebDriver, element_id: str, words: str) -> None:
+    WebDriverWait(browser, WAIT).until(ec.text_to_be_present_in_element((By.ID, element_id), words),
+                                       f"#{element_id} never showed {words!r}")
+
+
+def fill(browser: WebDriver, element_id: str, value: str) -> None:
+    field = browser.find_element(By.ID, element_id)
+    field.clear()
+    field.send_keys(value)
+
+
+def ask(browser: WebDriver, question: str, k: int, mode: str) -> list[str]:
+    """Ask on the page and return the text of each source shown."""
+    before = text_of(browser, "timings") if browser.find_element(By.ID, "answer-box").is_displayed() else None
+    fill(browser, "question", question)
+    fill(browser, "k", str(k))
+    Select(browser.find_element(By.ID, "mode")).select_by_value(mode)
+    browser.find_element(By.ID, "ask-button").click()
+    WebDriverWait(browser, WAIT).until(lambda b: b.find_element(By.ID, "answer-box").is_displayed()
+                                       and text_of(b, "timings") != before and b.find_element(By.ID, "ask-button").is_enabled())
+    return [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#sources li")]
+
+
+def test_the_page_asks_and_edits_documents(browser: WebDriver, server_url: str, tmp_path: Path) -> None:
+    browser.get(server_url)
+    wait_for_text(browser, "stat-documents", str(N_DOCS))
+
+    sources = ask(browser, "what is topic3?", k=2, mode="hybrid")
+    assert len(sources) == 2 and sources[0].startswith("Title 3") and "doc-3#0" in sources[0]
+    assert "ms (retrieve" in text_of(browser, "timings")
+
+    # Add a document: with the token it is written, and the next question finds it.
+    fill(browser, "doc-id", "page-doc")
+    fill(browser, "doc-title", "Page document")
+    fill(browser, "doc-text", "quokkas live on rottnest island")
+    fill(browser, "token", "wrong")
+    browser.find_element(By.ID, "doc-save").click()
+    wait_for_text(browser, "message", "401")
+    fill(browser, "token", TOKEN)
+    browser.find_element(By.ID, "doc-save").click()
+    wait_for_text(browser, "message", "page-doc added")
+    wait_for_text(browser, "stat-documents", str(N_DOCS + 1))
+    assert ask(browser, "quokkas", k=1, mode="sparse")[0].startswith("Page document")
+
+    # Update it, load it back through a source's edit button, then delete it.
+    fill(browser, "doc-text", "quokkas smile on rottnest island")
+    browser.find_element(By.ID, "doc-save").click()
+    wait_for_text(browser, "message", "page-doc updated")
+    assert "quokkas smile" in ask(browser, "quokkas", k=1, mode="sparse")[0]
+    fill(browser, "doc-id", "")
+    fill(browser, "doc-text", "")
+    browser.find_element(By.CSS_SELECTOR, "#sources li button").click()
+    wait_for_text(browser, "message", "loaded page-doc (version 2")
+    assert browser.find_element(By.ID, "doc-text").get_attribute("value") == "quokkas smile on rottnest island"
+    browser.find_element(By.ID, "doc-delete").click()
+    wait_for_text(browser, "message", "page-doc deleted")
+    wait_for_text(browser, "stat-documents", str(N_DOCS))
+    assert not any(s.startswith("Page document") for s in ask(browser, "quokkas", k=3, mode="sparse"))
+
+    # A server error message reaches the page: the question is too long.
+    fill(browser, "question", "x" * 2100)
+    browser.find_element(By.ID, "ask-button").click()
+    wait_for_text(browser, "message", "413")
+    browser.save_screenshot(str(tmp_path / "page.png"))  # for a person looking into a failure
+
+
+def test_the_api_page_works_offline(browser: WebDriver, server_url: str) -> None:
+    browser.get(server_url + "docs")
+    WebDriverWait(browser, WAIT).until(
+        lambda b: "/ask" in [e.text for e in b.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")],
+        "Swagger UI did not list /ask")
