@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--chunk-words", type=int, default=100, help="words per passage, 0 = one passage per document (default 100)")
     build.add_argument("--chunk-overlap", type=int, default=0, help="words shared by consecutive passages (default 0)")
     build.add_argument("--chunk-tokens", type=int, default=0, help="chunk by N encoder tokens instead of words (RETRO-style)")
-    build.add_argument("--device", default="cpu", help="device for encoding and search: cpu or cuda")
+    build.add_argument("--device", default="auto",
+                       help="device for encoding and search: cpu, cuda or auto (default: cuda when present, else cpu)")
     _add_reading_options(build)
     build.set_defaults(run=_build)
 
@@ -119,7 +120,7 @@ def _build(args: argparse.Namespace) -> int:
         raise IndexFolderError(f"{args.out} already exists: choose a new --out, or use `rag-index upsert` to change it")
     skipped: list[str] = []
     documents = _documents(args.corpus, args, skipped)
-    encoder = TextEncoder(args.encoder, device=None if args.device == "cpu" else args.device)
+    encoder = TextEncoder(args.encoder, device=args.device)
     report = build_index(args.out, documents, encoder, progress=not args.quiet, dense=args.dense,
                          sparse=not args.no_sparse, chunk_words=args.chunk_words, chunk_overlap=args.chunk_overlap,
                          chunk_tokens=args.chunk_tokens, device=args.device)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from indexer.chunking import chunk_document
 from indexer.dense import UPDATABLE, DenseIndex
-from indexer.encoder import Encoder, TextEncoder
+from indexer.encoder import Encoder, TextEncoder, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.manifest import IndexFolderError, Manifest
 from indexer.records import Document, Passage, SearchHit
@@ -88,10 +88,10 @@ class Index:
         self.path = path
         self.manifest = manifest
         self.readonly = readonly
-        self.device = device
+        self.device = resolve_device(device)
         self._encoder = encoder
         self.store = PassageStore(path / STORE_FILE, readonly=readonly)
-        self.sparse = SparseIndex(path / SPARSE_DIR) if manifest.sparse else None
+        self.sparse = SparseIndex(path / SPARSE_DIR, readonly=readonly) if manifest.sparse else None
         self._thread_lock = threading.Lock()
         self._snapshot = Snapshot(0, None, None)
         self._dense_saved_gen = 0
@@ -162,7 +162,7 @@ class Index:
     def encoder(self) -> Encoder:
         """The query/passage encoder; loaded from the manifest's name on first use."""
         if self._encoder is None:
-            self._encoder = TextEncoder(self.manifest.encoder, device=None if self.device == "cpu" else self.device)
+            self._encoder = TextEncoder(self.manifest.encoder, device=self.device)
             self.manifest.check_encoder(self._encoder.name, self._encoder.dim)
         return self._encoder
 
@@ -206,7 +206,8 @@ class Index:
 
     def upsert(self, documents: Iterable[Document], progress: bool = False) -> ChangeReport:
         """Add or replace documents, in one atomic change. Only passages whose title or text
-        changed are encoded again. Any bad document aborts the whole change."""
+        changed are encoded again. Any bad document aborts the whole change. When no document
+        is new or different, nothing is written and the generation stays as it is."""
         self._check_writable()
         report = ChangeReport()
         start = time.perf_counter()
@@ -225,13 +226,18 @@ class Index:
                         batch = []
                 self._write_batch(batch, gen, report)
                 bar.update(len(batch))
-                self.store.commit(gen)
+                if report.documents_added or report.documents_updated:
+                    self.store.commit(gen)
+                else:
+                    self.store.rollback()
+                    gen -= 1
             except BaseException:
                 self.store.rollback()
                 raise
             finally:
                 bar.close()
-            self._publish_derived(gen)
+            if gen > self._snapshot.generation:
+                self._publish_derived(gen)
         report.generation = gen
         report.index_seconds = time.perf_counter() - start - report.encode_seconds
         return report

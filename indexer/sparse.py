@@ -14,6 +14,7 @@ import tantivy
 from indexer.store import StoredPassage
 
 MARKER_ROW = -1
+_FIELDS = ["title", "text"]  # searched by a query
 _WORD = re.compile(r"\w+")
 
 
@@ -27,21 +28,33 @@ def _schema() -> tantivy.Schema:
 
 
 class SparseIndex:
-    """A tantivy index in a folder; rows are passage store rows."""
+    """A tantivy index in a folder; rows are passage store rows.
 
-    def __init__(self, path: str | Path) -> None:
+    Read-only, it writes nothing: a folder without an index reads as never committed (generation 0,
+    no hits) instead of being created."""
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.index = tantivy.Index(_schema(), path=str(self.path), reuse=True)
+        self.readonly = readonly
+        self.index: tantivy.Index | None = None
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.index = tantivy.Index(_schema(), path=str(self.path), reuse=True)
+        elif self.path.is_dir() and tantivy.Index.exists(str(self.path)):
+            self.index = tantivy.Index.open(str(self.path))
 
-    def searcher(self) -> tantivy.Searcher:
-        """A snapshot of the last commit: later commits do not change what it sees."""
+    def searcher(self) -> tantivy.Searcher | None:
+        """A snapshot of the last commit: later commits do not change what it sees (None: no index yet)."""
+        if self.index is None:
+            return None
         self.index.reload()
         return self.index.searcher()
 
     def generation(self, searcher: tantivy.Searcher | None = None) -> int:
         """The store generation this index reflects (0 when it was never committed)."""
         searcher = searcher or self.searcher()
+        if searcher is None:
+            return 0
         hits = searcher.search(tantivy.Query.term_query(self.index.schema, "row", MARKER_ROW), 1).hits
         if not hits:
             return 0
@@ -49,6 +62,8 @@ class SparseIndex:
 
     def apply(self, remove_rows: Iterable[int], add: Iterable[StoredPassage], generation: int) -> None:
         """Remove rows, add passages and record `generation`, in one atomic commit."""
+        if self.readonly:
+            raise PermissionError(f"{self.path}: this sparse index was opened read-only")
         writer = self.index.writer(heap_size=128_000_000, num_threads=1)
         try:
             for row in remove_rows:
@@ -63,14 +78,14 @@ class SparseIndex:
             writer.rollback()
             raise
 
-    def search(self, searcher: tantivy.Searcher, query: str, k: int) -> list[tuple[int, float]]:
+    def search(self, searcher: tantivy.Searcher | None, query: str, k: int) -> list[tuple[int, float]]:
         """(row, BM25 score) best first. The query is taken as plain words: no query syntax."""
         # Lowercased words only: user text like `AC/DC: "best of"` must not be read as query syntax,
         # and lowercasing stops words such as AND/OR/NOT acting as operators.
         words = _WORD.findall(query.lower())
-        if not words or k <= 0:
+        if searcher is None or not words or k <= 0:
             return []
-        parsed = self.index.parse_query(" ".join(words), ["title", "text"])
-        hits = searcher.search(parsed, k).hits
+        hits = searcher.search(self.index.parse_query(" ".join(words), _FIELDS), k).hits
+        # One call for all rows (a fast field), rather than one stored-document read per hit.
         rows = searcher.fast_field_values("row", [address for _, address in hits])
-        return [(int(row), float(score)) for (score, _), row in zip(hits, rows)]
+        return [(row, score) for row, (score, _) in zip(rows, hits)]

@@ -45,12 +45,19 @@ CREATE TABLE IF NOT EXISTS passages (
     deleted_gen INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS passages_live ON passages(id) WHERE deleted_gen IS NULL;
-CREATE INDEX IF NOT EXISTS passages_doc ON passages(doc_id) WHERE deleted_gen IS NULL;
+-- Full (not partial) indexes on doc_id: a lookup of any version at a generation needs them.
+-- passages_by_doc replaces the partial passages_doc of older folders, which such lookups cannot use.
+DROP INDEX IF EXISTS passages_doc;
+CREATE INDEX IF NOT EXISTS passages_by_doc ON passages(doc_id);
+CREATE INDEX IF NOT EXISTS documents_by_doc ON documents(doc_id);
 CREATE INDEX IF NOT EXISTS passages_added ON passages(added_gen);
 CREATE INDEX IF NOT EXISTS passages_deleted ON passages(deleted_gen);
 """
 
 VISIBLE = "added_gen <= :gen AND (deleted_gen IS NULL OR deleted_gen > :gen)"
+# A document and its passage ids at a generation (`PassageStore.document`); the doc_id indexes serve both.
+DOCUMENT_SQL = f"SELECT doc_id, title, text, meta, version FROM documents WHERE doc_id = :id AND {VISIBLE}"
+DOCUMENT_PASSAGES_SQL = f"SELECT id FROM passages WHERE doc_id = :id AND {VISIBLE} ORDER BY row"
 
 
 def passage_digest(title: str, text: str) -> str:
@@ -95,7 +102,10 @@ class StoredDocument:
 
 
 class PassageStore:
-    """Passages, documents and their versions in one SQLite file (WAL mode, durable commits)."""
+    """Passages, documents and their versions in one SQLite file (WAL mode, durable commits).
+
+    Read-only, it changes no data; SQLite itself still creates or maps its `-wal` and `-shm`
+    coordination files, which a WAL reader needs to read consistently beside a writer."""
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -145,7 +155,7 @@ class PassageStore:
                 out[pid] = (row, digest, vector)
         return out
 
-    def passages(self, rows: Sequence[int], gen: int) -> dict[int, StoredPassage]:
+    def passages(self, rows: Iterable[int], gen: int) -> dict[int, StoredPassage]:
         """The given rows that are visible at `gen`, by row."""
         out: dict[int, StoredPassage] = {}
         for chunk in _chunks(list(rows), 500):
@@ -157,14 +167,10 @@ class PassageStore:
 
     def document(self, doc_id: str, gen: int) -> StoredDocument | None:
         """A document as it was at `gen`, with the ids of its passages."""
-        row = self.db.execute(
-            f"SELECT doc_id, title, text, meta, version FROM documents WHERE doc_id = :id AND {VISIBLE}",
-            {"id": doc_id, "gen": gen},
-        ).fetchone()
+        row = self.db.execute(DOCUMENT_SQL, {"id": doc_id, "gen": gen}).fetchone()
         if row is None:
             return None
-        ids = [r[0] for r in self.db.execute(
-            f"SELECT id FROM passages WHERE doc_id = :id AND {VISIBLE} ORDER BY row", {"id": doc_id, "gen": gen})]
+        ids = [r[0] for r in self.db.execute(DOCUMENT_PASSAGES_SQL, {"id": doc_id, "gen": gen})]
         return StoredDocument(row[0], row[1], row[2], json.loads(row[3]), row[4], ids)
 
     def changed_rows(self, since: int) -> list[RowChange]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import make_documents, write_jsonl
 from indexer.cli import main
@@ -110,6 +111,17 @@ def test_upsert_and_delete(built: Path, tmp_path: Path, capsys: pytest.CaptureFi
         assert code == 0 and not {"new", "doc-3"} & {h["doc_id"] for h in json_lines(stdout)}
     code, stdout, _ = run(capsys, "stats", "--index", built)
     assert json.loads(stdout)["documents"] == 9 and json.loads(stdout)["generation"] == 3
+
+
+def test_device_cpu_builds_on_the_cpu_when_cuda_is_present(tmp_path: Path, corpus: Path, tiny_encoder_path: str,
+                                                          capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # This machine has no GPU: a build that tried CUDA would fail, so success shows it stayed on the CPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    code, stdout, err = run(capsys, "build", "--out", tmp_path / "idx", "--corpus", corpus,
+                            "--encoder", tiny_encoder_path, "--device", "cpu", "--quiet")
+    assert code == 0, err
+    assert json.loads(stdout)["passages_encoded"] == 10
 
 
 def test_field_mapping(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from indexer.encoder import TextEncoder, resolve_model_path
+from indexer.encoder import TextEncoder, resolve_device, resolve_model_path
 from indexer.index import Index, build_index, encoder_input
 from indexer.records import Document
 
@@ -38,6 +39,19 @@ def test_vectors_are_normalised_and_empty_input_gives_no_rows(tiny_encoder: Text
 def test_unknown_encoder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="cannot load encoder"):
         TextEncoder(str(tmp_path / "no-such-model"))
+
+
+def test_cpu_means_cpu_even_when_cuda_is_present(tiny_encoder: TextEncoder, tiny_encoder_path: str,
+                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == resolve_device("auto") == "cuda"
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+    assert TextEncoder(tiny_encoder_path, device="cpu").device == torch.device("cpu")
+    # An index opened on the CPU loads its query encoder there too.
+    build_index(tmp_path / "idx", [Document("d", "T", "some text")], tiny_encoder)
+    with Index.open(tmp_path / "idx", device="cpu") as index:
+        assert index.encoder.device == torch.device("cpu")
+        assert index.search("some text", k=1, mode="dense")[0].id == "d#0"
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index, encoder_input
 from indexer.manifest import IndexFolderError
 from indexer.records import Document, SearchHit
+from indexer.store import DOCUMENT_PASSAGES_SQL, DOCUMENT_SQL
 
 N_DOCS = 12
 QUERIES = ["topic3", "topic7 alpha", "bravo charlie", "Title 5", "kilo lima mike"]
@@ -159,24 +163,24 @@ def test_upsert_of_a_changed_document_replaces_its_text(windowed: Index) -> None
     assert stats["passages"] == passages_before and stats["documents"] == 5
 
 
-def ranking(index: Index, queries: list[str]) -> dict:
-    """Passage ids in rank order, per mode and query (BM25 scores may drift with tantivy's statistics)."""
-    return {key: [pid for pid, _ in hits] for key, hits in results(index, queries).items()}
-
-
-def test_identical_reupsert_encodes_nothing(windowed: Index) -> None:
+def test_identical_reupsert_changes_nothing_not_even_the_generation(windowed: Index) -> None:
     queries = ["oldword", "aa3", "topic1"]
-    before, dense_before, stats = ranking(windowed, queries), results(windowed, queries), windowed.stats()
+    before, stats = results(windowed, queries), windowed.stats()
     report = windowed.upsert([Document("multi", "Multi", windows(W0, W1, W2_OLD)), *make_documents(2)])
     assert report.documents_unchanged == 3
     assert report.documents_updated == report.documents_added == report.passages_encoded == 0
     assert report.passages_removed == 0
-    assert ranking(windowed, queries) == before
-    after = results(windowed, queries)
-    assert {k: v for k, v in after.items() if k[0] == "dense"} == {k: v for k, v in dense_before.items() if k[0] == "dense"}
-    assert {k: v for k, v in windowed.stats().items() if k not in ("generation", "bytes")} == \
-        {k: v for k, v in stats.items() if k not in ("generation", "bytes")}
+    assert report.generation == stats["generation"] == windowed.generation == windowed.store.generation == 1
+    assert results(windowed, queries) == before
+    assert windowed.stats() == stats
     assert windowed.document("multi").version == 1
+    assert windowed.upsert([]).generation == 1
+
+
+def test_a_partly_changed_upsert_bumps_the_generation_once(windowed: Index) -> None:
+    report = windowed.upsert([*make_documents(2), Document("multi", "Multi", windows(W0, W1, W2_NEW))])
+    assert report.documents_unchanged == 2 and report.documents_updated == 1
+    assert report.generation == 2 == windowed.generation == windowed.store.generation
 
 
 def test_moved_passages_reuse_their_vectors(windowed: Index) -> None:
@@ -486,3 +490,78 @@ def test_a_stale_dense_file_is_caught_up_on_open(tmp_path: Path, tiny_encoder: T
             assert all("doc-7" not in doc_ids(hits) for hits in everything)
             assert all(h.text != docs[5].text for hits in everything for h in hits)
             assert index._snapshot.dense.ntotal == index.stats()["passages"] == 60
+
+
+# -- read-only openers write nothing ---------------------------------------------------------------
+# SQLite's own coordination files: a WAL reader must create or map them to read safely beside a writer.
+SQLITE_WAL_FILES = {"passages.sqlite-wal", "passages.sqlite-shm"}
+
+
+def folder_state(path: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file and subfolder under `path` but SQLite's WAL files: (mtime ns, size, content digest)."""
+    state = {}
+    for p in sorted(path.rglob("*")):
+        if p.name not in SQLITE_WAL_FILES:
+            st = p.stat()
+            state[str(p.relative_to(path))] = (st.st_mtime_ns, st.st_size, file_digest(p) if p.is_file() else "")
+    return state
+
+
+def age(path: Path) -> None:
+    """Set every mtime under `path` to long ago, so any later write shows whatever the clock's resolution."""
+    for p in path.rglob("*"):
+        os.utime(p, ns=(10**18, 10**18))
+
+
+def test_a_readonly_open_leaves_the_folder_unchanged(built: Path, tiny_encoder: TextEncoder) -> None:
+    age(built)
+    before = folder_state(built)
+    with Index.open(built, tiny_encoder, readonly=True) as index:
+        for mode in ("dense", "sparse", "hybrid"):
+            assert index.search("topic3", k=3, mode=mode)
+        assert index.document("doc-3") is not None and index.stats()["documents"] == N_DOCS
+    assert folder_state(built) == before
+    assert (built / "passages.sqlite-wal").stat().st_size == 0  # and no data went to SQLite's log
+
+
+def test_a_readonly_open_without_a_sparse_folder_creates_none(built: Path, tiny_encoder: TextEncoder) -> None:
+    # A sparse index that was never committed reads as generation 0: the reader serves that generation.
+    shutil.rmtree(built / "sparse")
+    age(built)
+    before = folder_state(built)
+    with Index.open(built, tiny_encoder, readonly=True) as index:
+        assert index.generation == 0
+        assert index.search("topic3", k=3, mode="sparse") == [] and index.search("topic3", k=3, mode="dense") == []
+    assert folder_state(built) == before
+    # A writer rebuilds the sparse index from the store.
+    with Index.open(built, tiny_encoder) as index:
+        assert [h.doc_id for h in index.search("topic3", k=1, mode="sparse")] == ["doc-3"]
+
+
+# -- document lookups ------------------------------------------------------------------------------
+def query_plans(index: Index) -> str:
+    """SQLite's plans for the two queries of `Index.document`."""
+    steps = []
+    for sql in (DOCUMENT_SQL, DOCUMENT_PASSAGES_SQL):
+        steps += [row[-1] for row in index.store.db.execute(f"EXPLAIN QUERY PLAN {sql}", {"id": "doc-1", "gen": 1})]
+    return " | ".join(steps)
+
+
+def test_document_lookups_search_the_doc_id_indexes(index: Index) -> None:
+    plans = query_plans(index)
+    assert "SCAN" not in plans, plans
+    assert "USING INDEX documents_by_doc" in plans and "USING INDEX passages_by_doc" in plans, plans
+    assert index.document("doc-1").passage_ids == ["doc-1#0"]
+
+
+def test_an_older_folder_gets_the_doc_id_indexes_when_opened_for_writing(built: Path, tiny_encoder: TextEncoder) -> None:
+    # Folders made before these indexes had only a partial one that such lookups cannot use.
+    with sqlite3.connect(built / "passages.sqlite") as db:
+        db.executescript("DROP INDEX passages_by_doc; DROP INDEX documents_by_doc; "
+                         "CREATE INDEX passages_doc ON passages(doc_id) WHERE deleted_gen IS NULL;")
+    with Index.open(built, tiny_encoder, readonly=True) as reader:
+        assert "SCAN" in query_plans(reader)  # a read-only opener changes nothing
+    with Index.open(built, tiny_encoder) as writer:
+        assert "SCAN" not in query_plans(writer)
+        indexes = {name for (name,) in writer.store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "passages_doc" not in indexes
