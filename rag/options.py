@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from indexer.encoder import resolve_device
 from indexer.index import MODES, Index
 from indexer.manifest import IndexFolderError
 from rag.models import DEFAULT_READER
@@ -32,7 +33,7 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
     if not writable or args.index is None:
         return Pipeline.load(args.index, **load)
     # The index first: a wrong folder fails at once, not after the reader has loaded.
-    index = Index.open(args.index, device=args.device or "cpu")
+    index = Index.open(args.index, device=resolve_device(args.device))
     pipeline = Pipeline.load(None, **load)
     pipeline.index = index
     return pipeline
