@@ -386,16 +386,15 @@ class Index:
                 dense_lists = [[(int(i), float(s)) for i, s in zip(ir, sr) if i >= 0] for ir, sr in zip(ids, scores)]
         if mode != "dense":
             sparse_lists = [self.sparse.search(snap.sparse, q, depth) for q in queries]
-        results: list[list[tuple[int, float]]] = []
-        for i in range(len(queries)):
-            if mode == "dense":
-                results.append(dense_lists[i][:k])
-            elif mode == "sparse":
-                results.append(sparse_lists[i][:k])
-            else:
-                rankings = [[r for r, _ in dense_lists[i]], [r for r, _ in sparse_lists[i]]]
-                results.append(reciprocal_rank_fusion(rankings, k))
-        stored = self.store.passages(sorted({r for hits in results for r, _ in hits}), snap.generation)
+        # Outside hybrid, each side already searched exactly k deep.
+        if mode == "dense":
+            results = dense_lists
+        elif mode == "sparse":
+            results = sparse_lists
+        else:
+            results = [reciprocal_rank_fusion([[r for r, _ in d], [r for r, _ in s]], k)
+                       for d, s in zip(dense_lists, sparse_lists)]
+        stored = self.store.passages({r for hits in results for r, _ in hits}, snap.generation)
         return [[_hit(stored[r], s) for r, s in hits if r in stored] for hits in results]
 
     def document(self, doc_id: str) -> StoredDocument | None:
@@ -428,7 +427,7 @@ def build_index(out: str | Path, documents: Iterable[Document], encoder: Encoder
 
 
 def _hit(p: StoredPassage, score: float) -> SearchHit:
-    return SearchHit(id=p.id, doc_id=p.doc_id, title=p.title, text=p.text, score=score, row=p.row)
+    return SearchHit(p.id, p.doc_id, p.title, p.text, score, p.row)
 
 
 def _validate_document(doc: Document, seen: set[str]) -> None:

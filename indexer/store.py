@@ -12,8 +12,9 @@ import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -54,6 +55,7 @@ CREATE INDEX IF NOT EXISTS passages_added ON passages(added_gen);
 CREATE INDEX IF NOT EXISTS passages_deleted ON passages(deleted_gen);
 """
 
+MMAP_BYTES = 1 << 30  # address space only: pages are the OS's file cache, shared by every opener
 VISIBLE = "added_gen <= :gen AND (deleted_gen IS NULL OR deleted_gen > :gen)"
 # A document and its passage ids at a generation (`PassageStore.document`); the doc_id indexes serve both.
 DOCUMENT_SQL = f"SELECT doc_id, title, text, meta, version FROM documents WHERE doc_id = :id AND {VISIBLE}"
@@ -82,8 +84,9 @@ class RowChange:
         return self.added_gen <= gen and (self.deleted_gen is None or self.deleted_gen > gen)
 
 
-@dataclass(frozen=True)
-class StoredPassage:
+class StoredPassage(NamedTuple):
+    """A passage version as stored (a tuple: made straight from a SQLite row, cheaply, per search hit)."""
+
     row: int
     id: str
     doc_id: str
@@ -113,6 +116,9 @@ class PassageStore:
         # check_same_thread=False: the server shares one store between its worker threads.
         self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA busy_timeout = 30000")
+        # Reads go through a memory map instead of a read() call and a copy per page: a search
+        # fetches a few rows from random pages.
+        self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         if not readonly:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = FULL")  # an acknowledged commit survives power loss
@@ -159,10 +165,8 @@ class PassageStore:
         """The given rows that are visible at `gen`, by row."""
         out: dict[int, StoredPassage] = {}
         for chunk in _chunks(list(rows), 500):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT row, id, doc_id, title, text FROM passages WHERE row IN ({marks}) AND {VISIBLE.replace(':gen', '?')}"
-            for r in self.db.execute(sql, [*chunk, gen, gen]):
-                out[r[0]] = StoredPassage(*r)
+            sql = _visible_rows_sql("row, id, doc_id, title, text", len(chunk))
+            out.update((r[0], StoredPassage._make(r)) for r in self.db.execute(sql, [*chunk, gen, gen]))
         return out
 
     def document(self, doc_id: str, gen: int) -> StoredDocument | None:
@@ -183,9 +187,7 @@ class PassageStore:
         """(row ids, vectors) of the given rows visible at `gen`."""
         ids, blobs = [], []
         for chunk in _chunks(list(rows), 500):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT row, vector FROM passages WHERE row IN ({marks}) AND {VISIBLE.replace(':gen', '?')}"
-            for row, blob in self.db.execute(sql, [*chunk, gen, gen]):
+            for row, blob in self.db.execute(_visible_rows_sql("row, vector", len(chunk)), [*chunk, gen, gen]):
                 ids.append(row)
                 blobs.append(blob)
         return _as_arrays(ids, blobs, dim)
@@ -251,6 +253,12 @@ class PassageStore:
         for chunk in _chunks(list(rows), 500):
             marks = ",".join("?" * len(chunk))
             self.db.execute(f"UPDATE passages SET deleted_gen = ? WHERE row IN ({marks})", [gen, *chunk])
+
+
+@lru_cache(maxsize=256)
+def _visible_rows_sql(columns: str, n: int) -> str:
+    """SELECT `columns` of n given rows visible at a generation (the last two parameters); built once per n."""
+    return f"SELECT {columns} FROM passages WHERE row IN ({','.join('?' * n)}) AND {VISIBLE.replace(':gen', '?')}"
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
