@@ -121,29 +121,30 @@ def test_reads_during_writes_see_whole_changes_and_are_not_held_up(client: TestC
         return [{"id": f"swap-{j}", "title": "Swap", "text": f"swapword ver{v} part {j}"} for j in range(5)]
 
     upsert(client, *version_docs(0))
-    versions = 12
-    writing = threading.Event()
+    # The writer goes on until three answers came back while it wrote (a cap keeps a stuck reader from
+    # looping forever): how many versions fit in one answer depends on the machine, not on the code.
+    reads_while_writing = 0
     done = threading.Event()
+    versions = 0
 
     def writer() -> None:
-        writing.set()
-        for v in range(1, versions + 1):
-            upsert(client, *version_docs(v))
+        nonlocal versions
+        while reads_while_writing < 3 and versions < 400:
+            versions += 1
+            upsert(client, *version_docs(versions))
         done.set()
 
     thread = threading.Thread(target=writer)
     thread.start()
-    writing.wait()
     seen: list[int] = []
-    during = 0
     while not done.is_set():
         passages = ask(client, "swapword", k=5, mode="sparse")["passages"]
         words = {p["text"].split()[1] for p in passages if p["doc_id"].startswith("swap-")}
         assert len(words) == 1 and len(passages) == 5, f"one answer saw several versions: {words}"
         seen.append(int(words.pop()[3:]))
-        during += not done.is_set()
+        reads_while_writing += not done.is_set()
     thread.join(60)
-    assert during >= 1, "no question was answered while the writer was writing"
+    assert reads_while_writing >= 3, f"only {reads_while_writing} answers came back during {versions} writes"
     assert seen == sorted(seen)  # never back to an older version
     assert ask(client, "swapword", k=5, mode="sparse")["passages"][0]["text"].split()[1] == f"ver{versions}"
 
