@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from indexer.encoder import resolve_device
 from indexer.index import MODES, Index
-from indexer.manifest import IndexFolderError
 from rag.models import DEFAULT_READER
 from rag.pipeline import Pipeline
 
@@ -37,14 +35,3 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
     pipeline = Pipeline.load(None, **load)
     pipeline.index = index
     return pipeline
-
-
-def run_command(prog: str, args: argparse.Namespace) -> int:
-    """Run a parsed subcommand; a user's mistake prints `prog: error: ...` and returns 2, not a traceback."""
-    try:
-        return args.run(args)
-    except (IndexFolderError, ValueError, RuntimeError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130

@@ -4,12 +4,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from indexer.index import MODES, Index
 from indexer.records import SearchHit
-from rag.reader import DecoderReader
+from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
+from rag.span_reader import SpanReader, is_span_reader
 
 MAX_K = 100
 
@@ -42,10 +43,16 @@ def check_request(question: str, k: int, mode: str) -> None:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
 
 
+class Reader(Protocol):
+    """What the pipeline needs of a reader: the decoder reader and the span reader both have it."""
+
+    def generate(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[str]: ...
+
+
 class Pipeline:
     """Retrieval-augmented answering over one index. k=0 answers closed-book, without the index."""
 
-    def __init__(self, index: Index | None, reader: DecoderReader, retriever: DualEncoder | None = None) -> None:
+    def __init__(self, index: Index | None, reader: Reader, retriever: DualEncoder | None = None) -> None:
         self.index = index
         self.reader = reader
         self.retriever = retriever
@@ -59,8 +66,12 @@ class Pipeline:
         device: str | None = None,
         constrain_to_passages: bool = False,
     ) -> Pipeline:
-        """Open an index read-only and load the reader (default: SmolLM2-135M-Instruct)."""
+        """Open an index read-only and load the reader: a span reader folder, or a causal LM (default SmolLM2-135M-Instruct)."""
         index = Index.open(index_dir, readonly=True, device=device or "cpu") if index_dir else None
+        if reader and is_span_reader(reader):
+            if adapter or constrain_to_passages:
+                raise ValueError("--adapter and --constrain apply to a generative reader, not to a span reader (its answers are spans)")
+            return cls(index, SpanReader.from_pretrained(reader, device=device))
         kwargs = {"name_or_path": reader} if reader else {}
         return cls(index, DecoderReader(adapter=adapter, device=device, constrain_to_passages=constrain_to_passages, **kwargs))
 

@@ -9,7 +9,8 @@ import socket
 import sys
 from typing import Sequence
 
-from rag.options import add_pipeline_arguments, pipeline_from_args, run_command
+from rag.command_line import run_command
+from rag.options import add_pipeline_arguments, pipeline_from_args
 
 TOKEN_ENV = "RAG_SERVE_TOKEN"
 

@@ -15,7 +15,8 @@ from rag.reader import DecoderReader
 from trainer.cli import main_train
 from trainer.qa_data import QARecord
 from trainer.reader_data import build_examples
-from trainer.reader_training import ReaderTrainingConfig, split_train_dev, train_reader
+from trainer.qa_data import split_train_dev
+from trainer.reader_training import ReaderTrainingConfig, train_reader
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from rag.options import add_pipeline_arguments, pipeline_from_args, run_command
+from rag.command_line import run_command
+from rag.options import add_pipeline_arguments, pipeline_from_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,14 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class ContextPassage:
+    """A passage as a reader sees it."""
+
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
 class QARecord:
     """One question with its gold answers and, where known, the ids of the documents that answer it."""
 
@@ -53,3 +61,11 @@ def sample(records: list[QARecord], limit: int | None, seed: int = 0) -> list[QA
         return list(records)
     chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
     return [records[i] for i in chosen]
+
+
+def split_train_dev(records: list[QARecord], dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """A seeded hold-out of `dev_size` records for choosing settings; the rest trains."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    dev = {i for i in order[:dev_size]}
+    return [r for i, r in enumerate(records) if i not in dev], [records[i] for i in sorted(dev)]

@@ -15,16 +15,8 @@ from tqdm.auto import tqdm
 from indexer.chunking import chunk_words
 from indexer.records import Document
 from indexer.index import Index
-from trainer.qa_data import QARecord
+from trainer.qa_data import ContextPassage, QARecord
 from trainer.qa_metrics import contains_answer
-
-
-@dataclass(frozen=True)
-class ContextPassage:
-    """A passage as the reader sees it."""
-
-    title: str
-    text: str
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from rag.models import DEFAULT_READER
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from trainer.evaluate import evaluate_qa
-from trainer.qa_data import QARecord, read_qa
+from trainer.qa_data import QARecord, read_qa, split_train_dev
 from trainer.reader_data import ReaderExample, build_examples
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -53,14 +53,6 @@ class ReaderTrainingConfig:
     bf16: bool = False
     device: str = "auto"
     command: list[str] = field(default_factory=lambda: list(sys.argv))
-
-
-def split_train_dev(records: list[QARecord], dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
-    """A seeded hold-out of `dev_size` records for choosing settings; the rest trains."""
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    dev = {i for i in order[:dev_size]}
-    return [r for i, r in enumerate(records) if i not in dev], [records[i] for i in sorted(dev)]
 
 
 def _load_records(files: list[Path], needed: int, dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
