@@ -13,7 +13,8 @@ from rag.pipeline import Pipeline
 def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool = True) -> None:
     """--index, --k, --mode, --reader, --adapter, --constrain, --device."""
     parser.add_argument("--index", type=Path, required=index_required, help="index folder (built by `rag-index build`)")
-    parser.add_argument("--k", type=int, default=5, help="passages given to the reader; 0 answers closed-book (default 5)")
+    parser.add_argument("--k", type=int, default=None,
+                        help="passages given to the reader; 0 answers closed-book (default: the reader's own, chosen on dev data)")
     parser.add_argument("--mode", choices=MODES, default="hybrid", help="retrieval: dense, sparse (BM25) or hybrid (default)")
     parser.add_argument("--reader", default=DEFAULT_READER, help=f"causal LM name or folder (default {DEFAULT_READER})")
     parser.add_argument("--adapter", type=Path, default=None, help="a peft adapter folder to load over the reader")
@@ -22,16 +23,22 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
 
 
 def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipeline:
-    """Load the pipeline the options describe. `writable` opens the index for upserts too (the server)."""
-    if args.k < 0:
+    """Load the pipeline the options describe. `writable` opens the index for upserts too (the server).
+
+    A --k left out becomes the loaded reader's default (`args.k` is set), so callers read one value.
+    """
+    if args.k is not None and args.k < 0:
         raise ValueError(f"--k must be 0 or more, got {args.k}")
     if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
         raise ValueError(f"--adapter {args.adapter}: not a peft adapter folder (no adapter_config.json)")
     load = dict(reader=args.reader, adapter=args.adapter, device=args.device, constrain_to_passages=args.constrain)
     if not writable or args.index is None:
-        return Pipeline.load(args.index, **load)
-    # The index first: a wrong folder fails at once, not after the reader has loaded.
-    index = Index.open(args.index, device=resolve_device(args.device))
-    pipeline = Pipeline.load(None, **load)
-    pipeline.index = index
+        pipeline = Pipeline.load(args.index, **load)
+    else:
+        # The index first: a wrong folder fails at once, not after the reader has loaded.
+        index = Index.open(args.index, device=resolve_device(args.device))
+        pipeline = Pipeline.load(None, **load)
+        pipeline.index = index
+    if args.k is None:
+        args.k = pipeline.reader.default_k
     return pipeline

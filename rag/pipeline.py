@@ -46,6 +46,8 @@ def check_request(question: str, k: int, mode: str) -> None:
 class Reader(Protocol):
     """What the pipeline needs of a reader: the decoder reader and the span reader both have it."""
 
+    default_k: int  # passages it reads when a request does not say
+
     def generate(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[str]: ...
 
 
@@ -84,12 +86,13 @@ class Pipeline:
         vectors = self.retriever.encode_queries(list(questions)) if self.retriever is not None and mode != "sparse" else None
         return self.index.search_many(list(questions), k=k, mode=mode, query_vectors=vectors)
 
-    def ask(self, question: str, k: int = 5, mode: str = "hybrid") -> Answer:
-        """Answer one question from its top-k passages."""
+    def ask(self, question: str, k: int | None = None, mode: str = "hybrid") -> Answer:
+        """Answer one question from its top-k passages (k None: the reader's default)."""
         return self.ask_many([question], k=k, mode=mode)[0]
 
-    def ask_many(self, questions: Sequence[str], k: int = 5, mode: str = "hybrid") -> list[Answer]:
-        """Answer a batch of questions with one retrieval call and one batched generation."""
+    def ask_many(self, questions: Sequence[str], k: int | None = None, mode: str = "hybrid") -> list[Answer]:
+        """Answer a batch of questions with one retrieval call and one batched generation (k None: the reader's default)."""
+        k = self.reader.default_k if k is None else k
         for q in questions:
             check_request(q, k, mode)
         t0 = time.perf_counter()

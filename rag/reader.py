@@ -81,6 +81,8 @@ class SpanConstraint(LogitsProcessor):
 class DecoderReader:
     """A causal LM that reads passages and answers; any Hugging Face causal LM name or folder works."""
 
+    default_k = 5  # passages per question when a request does not say: prompt length is latency
+
     def __init__(
         self,
         name_or_path: str = DEFAULT_READER,

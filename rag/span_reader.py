@@ -62,6 +62,7 @@ class SpanReaderConfig:
     max_length: int = 256
     max_answer_tokens: int = 15
     scoring: str = "joint"
+    k: int = 5  # passages read per question when a request does not say (training picks it on dev)
     kind: str = KIND
     format_version: int = FORMAT_VERSION
 
@@ -75,6 +76,8 @@ class SpanReaderConfig:
             raise ValueError(f"unknown scoring {self.scoring!r}: choose one of {', '.join(SCORINGS)}")
         if not 32 <= self.max_length <= 512:
             raise ValueError(f"max_length must be from 32 to 512 tokens, got {self.max_length}")
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
         if self.max_answer_tokens < 1:
             raise ValueError(f"max_answer_tokens must be at least 1, got {self.max_answer_tokens}")
 
@@ -217,6 +220,10 @@ class SpanReader(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def default_k(self) -> int:
+        return self.config.k
 
     # -- encoding --------------------------------------------------------------------------------
 

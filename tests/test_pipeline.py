@@ -138,6 +138,10 @@ def test_rag_eval_closed_book_has_no_recall(qa_file: Path, tiny_reader_path: str
     code = eval_main(["qa", "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "0", "--limit", "3", "--device", "cpu"])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["n"] == 3 and summary["recall@5"] is None
+    # --with-gold-ids drops the one record without gold_ids before sampling.
+    assert eval_main(["qa", "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "0", "--with-gold-ids", "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 6 and summary["n_with_gold_ids"] == 6
 
 
 @pytest.mark.parametrize("argv, message", [

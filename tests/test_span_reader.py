@@ -221,3 +221,15 @@ def test_pipeline_loads_a_span_reader_folder(reader: SpanReader, tiny_encoder: T
     assert pipeline.ask("closed book?", k=0).text == ""  # no passage, no span
     with pytest.raises(ValueError, match="span reader"):
         Pipeline.load(tmp_path / "idx", reader=str(tmp_path / "reader"), constrain_to_passages=True)
+
+
+def test_training_imports_no_index_code() -> None:
+    """Training from a data file must run where FAISS and tantivy are not installed (a lent GPU machine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['faiss'] = None; sys.modules['tantivy'] = None\n"
+            "import trainer.span_training, rag.span_reader\n")
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -24,6 +24,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     qa.add_argument("--qa", required=True, type=Path, help="QA file, .jsonl or .jsonl.gz")
     qa.add_argument("--limit", type=int, default=None, help="evaluate a seeded random sample of N questions")
     qa.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
+    qa.add_argument("--with-gold-ids", action="store_true", help="keep only the records that have gold_ids (before --limit)")
     qa.add_argument("--batch-size", type=int, default=1, help="questions answered together (default 1: honest per-question latency)")
     qa.add_argument("--predictions", type=Path, default=None, help="also write one JSON line per question to this file")
     qa.set_defaults(run=_qa)
@@ -40,7 +41,12 @@ def _qa(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    records = sample(read_qa(args.qa), args.limit, args.seed)
+    records = read_qa(args.qa)
+    if args.with_gold_ids:
+        records = [r for r in records if r.gold_ids]
+        if not records:
+            raise ValueError(f"{args.qa}: no record has gold_ids (drop --with-gold-ids)")
+    records = sample(records, args.limit, args.seed)
     pipeline = pipeline_from_args(args)
     summary, rows = evaluate_qa(pipeline, records, k=args.k, mode=args.mode, batch_size=args.batch_size)
     if args.predictions:

@@ -264,7 +264,7 @@ def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict
     dev_started = time.time()
     sweep = dev_sweep(reader, dev, ks=DEV_KS) if dev else {"by_setting": {}, "best": {}}
     if sweep["best"]:
-        reader.config.scoring = sweep["best"]["scoring"]
+        reader.config.scoring, reader.config.k = sweep["best"]["scoring"], sweep["best"]["k"]
     reader.save_pretrained(config.out)
     shutil.rmtree(config.out / "checkpoint", ignore_errors=True)
     record = {
