@@ -145,7 +145,7 @@ class OursSystem:
         t0 = time.perf_counter()
         self.pipeline = Pipeline.load(index_dir, reader=cfg["reader"], adapter=cfg["adapter"], device=cfg["device"])
         self.load_seconds = time.perf_counter() - t0
-        self.config = {"index_dir": str(index_dir), "reader": self.pipeline.reader.name, "adapter": self.pipeline.reader.adapter,
+        self.config = {"index_dir": str(index_dir), "reader": self.pipeline.reader.name, "adapter": getattr(self.pipeline.reader, "adapter", None),
                        "reader_class": type(self.pipeline.reader).__name__, "mode": self.mode, "k": K,
                        "max_new_tokens": getattr(self.pipeline.reader, "max_new_tokens", None)}
 

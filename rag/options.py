@@ -6,7 +6,7 @@ from pathlib import Path
 
 from indexer.encoder import resolve_device
 from indexer.index import MODES, Index
-from rag.models import DEFAULT_READER
+from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.pipeline import Pipeline
 
 
@@ -16,7 +16,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
     parser.add_argument("--k", type=int, default=None,
                         help="passages given to the reader; 0 answers closed-book (default: the reader's own, chosen on dev data)")
     parser.add_argument("--mode", choices=MODES, default="hybrid", help="retrieval: dense, sparse (BM25) or hybrid (default)")
-    parser.add_argument("--reader", default=DEFAULT_READER, help=f"causal LM name or folder (default {DEFAULT_READER})")
+    parser.add_argument("--reader", default=DEFAULT_READER,
+                        help=f"a span reader folder, or a causal LM name or folder such as {GENERATIVE_READER} "
+                             "(default: the shipped span reader rag/readers/span-minilm)")
     parser.add_argument("--adapter", type=Path, default=None, help="a peft adapter folder to load over the reader")
     parser.add_argument("--constrain", action="store_true", help="answers must be substrings of the retrieved passages")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")

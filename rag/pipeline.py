@@ -8,6 +8,7 @@ from typing import Any, Protocol, Sequence
 
 from indexer.index import MODES, Index
 from indexer.records import SearchHit
+from rag.models import DEFAULT_READER
 from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
 from rag.span_reader import SpanReader, is_span_reader
@@ -68,14 +69,14 @@ class Pipeline:
         device: str | None = None,
         constrain_to_passages: bool = False,
     ) -> Pipeline:
-        """Open an index read-only and load the reader: a span reader folder, or a causal LM (default SmolLM2-135M-Instruct)."""
+        """Open an index read-only and load the reader: a span reader folder (default: the shipped one), or a causal LM."""
         index = Index.open(index_dir, readonly=True, device=device or "cpu") if index_dir else None
-        if reader and is_span_reader(reader):
+        reader = reader or DEFAULT_READER
+        if is_span_reader(reader):
             if adapter or constrain_to_passages:
                 raise ValueError("--adapter and --constrain apply to a generative reader, not to a span reader (its answers are spans)")
             return cls(index, SpanReader.from_pretrained(reader, device=device))
-        kwargs = {"name_or_path": reader} if reader else {}
-        return cls(index, DecoderReader(adapter=adapter, device=device, constrain_to_passages=constrain_to_passages, **kwargs))
+        return cls(index, DecoderReader(reader, adapter=adapter, device=device, constrain_to_passages=constrain_to_passages))
 
     def retrieve(self, questions: Sequence[str], k: int, mode: str = "hybrid") -> list[list[SearchHit]]:
         """The top-k passages for each question (empty lists when k=0)."""

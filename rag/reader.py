@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
-from rag.models import DEFAULT_READER, resolve_reader_path
+from rag.models import GENERATIVE_READER, resolve_reader_path
 
 SYSTEM_PROMPT = (
     "You answer questions using the given passages. "
@@ -85,7 +85,7 @@ class DecoderReader:
 
     def __init__(
         self,
-        name_or_path: str = DEFAULT_READER,
+        name_or_path: str = GENERATIVE_READER,
         adapter: str | Path | None = None,
         device: str | None = None,
         dtype: torch.dtype | None = None,

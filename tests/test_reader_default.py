@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 
 from indexer.records import Passage
-from rag.models import DEFAULT_READER, resolve_reader_path
+from rag.models import GENERATIVE_READER, resolve_reader_path
 from rag.reader import DecoderReader
 
 
 def test_default_reader_is_cached_and_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
-    folder = Path(resolve_reader_path(DEFAULT_READER))
-    assert folder == tmp_path / "cache" / "readers" / DEFAULT_READER
+    folder = Path(resolve_reader_path(GENERATIVE_READER))
+    assert folder == tmp_path / "cache" / "readers" / GENERATIVE_READER
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
-    assert [p.name for p in folder.parent.iterdir()] == [DEFAULT_READER]  # no temp folder left behind
+    assert [p.name for p in folder.parent.iterdir()] == [GENERATIVE_READER]  # no temp folder left behind
 
     start = time.perf_counter()
     reader = DecoderReader(device="cpu", max_new_tokens=12)

@@ -90,14 +90,14 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def _train_reader(args: argparse.Namespace) -> int:
-    from rag.models import DEFAULT_READER
+    from rag.models import GENERATIVE_READER
     from trainer.reader_training import ReaderTrainingConfig, train_reader
 
     for name in ("k", "steps", "batch_size", "grad_accum"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     config = ReaderTrainingConfig(
-        train=[Path(p) for p in args.train.split(",") if p], index=args.index, out=args.out, reader=args.reader or DEFAULT_READER,
+        train=[Path(p) for p in args.train.split(",") if p], index=args.index, out=args.out, reader=args.reader or GENERATIVE_READER,
         method=args.method, k=args.k, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         lora_rank=args.lora_rank, max_passage_tokens=args.max_passage_tokens, dev_size=args.dev_size, dev_eval=args.dev_eval,
         seed=args.seed, bf16=args.bf16, device=args.device,

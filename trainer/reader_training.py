@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.index import Index
-from rag.models import DEFAULT_READER
+from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from trainer.evaluate import evaluate_qa
@@ -37,7 +37,7 @@ class ReaderTrainingConfig:
     train: list[Path]
     index: Path
     out: Path
-    reader: str = DEFAULT_READER
+    reader: str = GENERATIVE_READER
     method: str = "lora"  # lora | full
     k: int = 3
     steps: int = 500

@@ -286,12 +286,14 @@ def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict
         "machine": machine() | {"device": str(reader.device), "bf16": config.bf16},
     }
     (config.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    (config.out / "TRAINING.md").write_text(training_markdown(record))
+    history = Path(config.init) / "TRAINING.md" if config.init is not None else None
+    earlier = history.read_text() if history is not None and history.is_file() else ""
+    (config.out / "TRAINING.md").write_text(training_markdown(record, earlier))
     return record
 
 
-def training_markdown(record: dict[str, Any]) -> str:
-    """A short human-readable account of a run, from its record."""
+def training_markdown(record: dict[str, Any], earlier: str = "") -> str:
+    """A short human-readable account of a run, from its record; `earlier`: the --init reader's own account."""
     cfg, best, data = record["config"], record["dev"]["best"], record["data"]
     made = data["config"]
     lines = [
@@ -320,6 +322,10 @@ def training_markdown(record: dict[str, Any]) -> str:
     if record["dev_curve"]:
         lines += ["", "Quick dev checks (k=5, joint): " + ", ".join(
             f"step {c['step']}: mean EM {c['mean_em']:.3f}" for c in record["dev_curve"])]
+    if earlier:
+        # The reader this run continued: its history, one heading level down.
+        lines += ["", "## Before this run: how the --init reader was trained", ""]
+        lines += [("#" + line if line.startswith("#") else line) for line in earlier.strip().splitlines()]
     return "\n".join(lines) + "\n"
 
 
