@@ -404,9 +404,8 @@ class Index:
     def stats(self) -> dict:
         """Counts, encoder and size of this index, at the current snapshot."""
         gen = self._snapshot.generation
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return {**self.store.counts(gen), "dim": self.manifest.dim, "encoder": self.manifest.encoder,
-                "dense": self.manifest.dense, "sparse": self.manifest.sparse, "generation": gen, "bytes": size}
+                "dense": self.manifest.dense, "sparse": self.manifest.sparse, "generation": gen, "bytes": _folder_bytes(self.path)}
 
 
 def build_index(out: str | Path, documents: Iterable[Document], encoder: Encoder, progress: bool = False, **options) -> ChangeReport:
@@ -424,6 +423,21 @@ def build_index(out: str | Path, documents: Iterable[Document], encoder: Encoder
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _folder_bytes(path: Path) -> int:
+    """Bytes of the files under `path`; a file or folder a writer replaces while they are summed counts as gone.
+
+    os.walk skips folders it cannot list (onerror unset), so only the stat of each file needs guarding.
+    """
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
 
 
 def _hit(p: StoredPassage, score: float) -> SearchHit:

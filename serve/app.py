@@ -28,7 +28,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
-from indexer.index import ChangeReport, Index
+from indexer.index import ChangeReport
 from indexer.manifest import IndexFolderError
 from indexer.records import Document
 from rag.pipeline import MAX_K, Pipeline, check_request
@@ -155,7 +155,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         raise ValueError("the server needs an index opened for writing (Index.open(path))")
     batcher = MicroBatcher(lambda questions, k, mode: pipeline.ask_many(questions, k=k, mode=mode),
                            max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue)
-    metrics = Metrics(lambda: _stats(index), lambda: batcher.pending)
+    metrics = Metrics(index.stats, lambda: batcher.pending)
     batcher.observe = metrics.observe_batch
     writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
 
@@ -262,7 +262,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     @operations.get("/stats")
     def stats() -> dict[str, Any]:
         """Passages, documents, deleted versions, encoder, generation and bytes of the index."""
-        return _stats(index)
+        return index.stats()
 
     @operations.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
     def prometheus() -> Response:
@@ -273,17 +273,6 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         app.include_router(router)
     _add_pages(app)
     return app
-
-
-def _stats(index: Index, attempts: int = 3) -> dict[str, Any]:
-    """`index.stats()`, tried again when a file that a writer replaced vanished while its size was summed."""
-    for attempt in range(attempts):
-        try:
-            return index.stats()
-        except FileNotFoundError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 def _add_pages(app: FastAPI) -> None:
