@@ -207,6 +207,12 @@ def test_command_lines_report_mistakes(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "d.jsonl.gz").write_bytes(b"")
     assert span_training.main(["--data", str(tmp_path / "d.jsonl.gz"), "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+    from trainer.cli import main_train  # the same commands under rag-train
+
+    assert main_train(["span-reader", "--data", str(tmp_path / "missing.jsonl.gz"), "--out", str(tmp_path / "o")]) == 2
+    assert "rag-train: error: span data file not found" in capsys.readouterr().err
+    assert main_train(["span-data", "--train", str(tmp_path / "x.jsonl.gz"), "--index", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    assert "training file not found" in capsys.readouterr().err
 
 
 def test_pipeline_loads_a_span_reader_folder(reader: SpanReader, tiny_encoder: TextEncoder, tmp_path: Path) -> None:

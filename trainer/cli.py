@@ -61,8 +61,17 @@ def main_train(argv: Sequence[str] | None = None) -> int:
 
 
 def _train_parser() -> argparse.ArgumentParser:
+    from trainer import span_data, span_training
+
     parser = argparse.ArgumentParser(prog="rag-train", description="Train the system's models.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands.add_parser("span-data", parents=[span_data.build_parser(add_help=False)], help="make the span reader's training data with an index",
+                        description="Make the span reader's training data (examples and held-out dev questions) with an index; "
+                                    "the same as python -m trainer.span_data.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands.add_parser("span-reader", parents=[span_training.build_parser(add_help=False)], help="train the extractive span reader from a data file",
+                        description="Train the extractive span reader from a data file made by `rag-train span-data`; needs no "
+                                    "index (runs on a bare GPU machine); the same as python -m trainer.span_training.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     reader = commands.add_parser(
         "reader", help="RAG-tune the decoder reader (LoRA or full)",
         description="Supervised reader finetuning with retrieved passages: each question with its top-k passages (the gold "

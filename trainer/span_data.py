@@ -18,6 +18,7 @@ import argparse
 import gzip
 import itertools
 import json
+import os
 import random
 import re
 import sys
@@ -278,10 +279,11 @@ def read_span_data(path: Path) -> SpanData:
 
 # -- command line ----------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    """The arguments of `python -m trainer.span_data`."""
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The arguments of `python -m trainer.span_data` (and of `rag-train span-data`, which takes them as a parent)."""
     d = SpanDataConfig(train=[], index=Path())
     parser = argparse.ArgumentParser(prog="python -m trainer.span_data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     add_help=add_help,
                                      description="Make the span reader's training data (examples and held-out dev questions) with an index.")
     add = parser.add_argument
     add("--train", required=True, help="QA training files, comma-separated (never an evaluation-only file)")
@@ -303,11 +305,21 @@ def _run(args: argparse.Namespace) -> int:
 
     config = SpanDataConfig(train=[Path(p) for p in args.train.split(",") if p], index=args.index, questions=args.questions,
                             skip=args.skip, negatives=args.negatives, depth=args.depth, dev_size=args.dev_size, mode=args.mode,
-                            seed=args.seed, command=["python", "-m", "trainer.span_data", *sys.argv[1:]])
+                            seed=args.seed, command=_command_line())
     config.check()
     header = make_span_data(config, Index.open(args.index, readonly=True), args.out)
     print(json.dumps({"out": str(args.out), "examples": header["examples"], "dev_questions": header["dev_questions"]}))
     return 0
+
+
+def _command_line() -> list[str]:
+    """sys.argv as it was typed: `python -m trainer.span_data ...` or `rag-train span-data ...`, not a file path."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("trainer", "span_data.py")):
+        argv[0:1] = ["python", "-m", "trainer.span_data"]
+    elif argv:
+        argv[0] = os.path.basename(argv[0])
+    return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:

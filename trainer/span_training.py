@@ -84,10 +84,12 @@ class SpanTrainingConfig:
 
 
 def _command_line() -> list[str]:
-    """sys.argv as it was typed: `python -m trainer.span_training ...` rather than the module's file path."""
+    """sys.argv as it was typed: `python -m trainer.span_training ...` or `rag-train span-reader ...`, not a file path."""
     argv = list(sys.argv)
     if argv and argv[0].endswith(os.path.join("trainer", "span_training.py")):
         argv[0:1] = ["python", "-m", "trainer.span_training"]
+    elif argv:
+        argv[0] = os.path.basename(argv[0])
     return argv
 
 
@@ -331,10 +333,11 @@ def training_markdown(record: dict[str, Any], earlier: str = "") -> str:
 
 # -- command line ----------------------------------------------------------------------------------
 
-def build_parser(prog: str = "python -m trainer.span_training") -> argparse.ArgumentParser:
-    """The arguments of `python -m trainer.span_training`."""
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The arguments of `python -m trainer.span_training` (and of `rag-train span-reader`, which takes them as a parent)."""
     d = SpanTrainingConfig(data=Path(), out=Path())
-    parser = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = argparse.ArgumentParser(prog="python -m trainer.span_training", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     add_help=add_help,
                                      description="Train the extractive span reader (a span head on the MiniLM encoder) "
                                                  "from a data file made by `python -m trainer.span_data`.")
     add = parser.add_argument
