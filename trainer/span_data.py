@@ -18,7 +18,6 @@ import argparse
 import gzip
 import itertools
 import json
-import os
 import random
 import re
 import sys
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from indexer.chunking import chunk_document
 from indexer.records import Document, SearchHit
-from rag.command_line import run_command
+from rag.command_line import run_command, typed_command
 from trainer.qa_data import ContextPassage, QARecord, read_qa, split_train_dev
 from trainer.qa_metrics import contains_answer
 
@@ -90,7 +89,7 @@ class SpanDataConfig:
     dev_size: int = 300
     mode: str = "hybrid"
     seed: int = 0
-    command: list[str] = field(default_factory=lambda: list(sys.argv))
+    command: list[str] = field(default_factory=lambda: typed_command("trainer.span_data"))
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
@@ -305,21 +304,11 @@ def _run(args: argparse.Namespace) -> int:
 
     config = SpanDataConfig(train=[Path(p) for p in args.train.split(",") if p], index=args.index, questions=args.questions,
                             skip=args.skip, negatives=args.negatives, depth=args.depth, dev_size=args.dev_size, mode=args.mode,
-                            seed=args.seed, command=_command_line())
+                            seed=args.seed)
     config.check()
     header = make_span_data(config, Index.open(args.index, readonly=True), args.out)
     print(json.dumps({"out": str(args.out), "examples": header["examples"], "dev_questions": header["dev_questions"]}))
     return 0
-
-
-def _command_line() -> list[str]:
-    """sys.argv as it was typed: `python -m trainer.span_data ...` or `rag-train span-data ...`, not a file path."""
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(os.path.join("trainer", "span_data.py")):
-        argv[0:1] = ["python", "-m", "trainer.span_data"]
-    elif argv:
-        argv[0] = os.path.basename(argv[0])
-    return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:

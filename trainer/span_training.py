@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.encoder import DEFAULT_ENCODER
-from rag.command_line import run_command
+from rag.command_line import run_command, typed_command
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
 from trainer.qa_metrics import exact_match, f1_score
 from trainer.span_data import DevQuestion, SpanExample, read_span_data
@@ -63,7 +63,7 @@ class SpanTrainingConfig:
     bf16: bool = False  # bf16 autocast while training (about 2x faster on a CPU with avx512_bf16, and on a GPU)
     threads: int = 0  # torch threads, 0 = torch's default
     device: str = "auto"
-    command: list[str] = field(default_factory=lambda: _command_line())
+    command: list[str] = field(default_factory=lambda: typed_command("trainer.span_training"))
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
@@ -81,16 +81,6 @@ class SpanTrainingConfig:
             raise ValueError(f"--init {self.init} is not a span reader folder")
         if self.out.exists() and any(self.out.iterdir()):
             raise ValueError(f"--out {self.out} is not empty: choose a new folder")
-
-
-def _command_line() -> list[str]:
-    """sys.argv as it was typed: `python -m trainer.span_training ...` or `rag-train span-reader ...`, not a file path."""
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(os.path.join("trainer", "span_training.py")):
-        argv[0:1] = ["python", "-m", "trainer.span_training"]
-    elif argv:
-        argv[0] = os.path.basename(argv[0])
-    return argv
 
 
 # -- loss ------------------------------------------------------------------------------------------
