@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any, Sequence
 
 from indexer.manifest import IndexFolderError
 
@@ -32,3 +33,13 @@ def typed_command(module: str) -> list[str]:
     elif argv:
         argv[0] = os.path.basename(argv[0])
     return argv
+
+
+def check_counts(settings: Any, at_least_one: Sequence[str] = (), at_least_zero: Sequence[str] = ()) -> None:
+    """Raise ValueError naming the option (`--batch-size`) when an integer setting of `settings` is below its bound."""
+    for bound, names in ((1, at_least_one), (0, at_least_zero)):
+        for name in names:
+            value = getattr(settings, name)
+            if value < bound:
+                wanted = "at least 1" if bound == 1 else "0 or more"
+                raise ValueError(f"--{name.replace('_', '-')} must be {wanted}, got {value}")

@@ -25,6 +25,8 @@ from pathlib import Path
 out = Path(sys.argv[1])
 runs = {p.parent.name: json.loads(p.read_text())["dev"]["best"] for p in sorted(out.glob("lr-*/training.json"))}
 best = max(runs, key=lambda name: runs[name]["mean_em"])
+# A rerun into the same OUT adds runs: the kept one is chosen again among all of them.
+shutil.rmtree(out / "best", ignore_errors=True)
 shutil.copytree(out / best, out / "best")
 (out / "runs.json").write_text(json.dumps({"runs": runs, "kept": best}, indent=2) + "\n")
 print(json.dumps({"runs": runs, "kept": best}))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from rag.command_line import run_command
+from rag.command_line import check_counts, run_command
 from rag.options import add_pipeline_arguments, pipeline_from_args
 
 
@@ -102,9 +102,7 @@ def _train_reader(args: argparse.Namespace) -> int:
     from rag.models import GENERATIVE_READER
     from trainer.reader_training import ReaderTrainingConfig, train_reader
 
-    for name in ("k", "steps", "batch_size", "grad_accum"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    check_counts(args, at_least_one=("k", "steps", "batch_size", "grad_accum"))
     config = ReaderTrainingConfig(
         train=[Path(p) for p in args.train.split(",") if p], index=args.index, out=args.out, reader=args.reader or GENERATIVE_READER,
         method=args.method, k=args.k, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,

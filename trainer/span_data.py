@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from indexer.chunking import chunk_document
 from indexer.records import Document, SearchHit
-from rag.command_line import run_command, typed_command
+from rag.command_line import check_counts, run_command, typed_command
 from trainer.qa_data import ContextPassage, QARecord, read_qa, split_train_dev
 from trainer.qa_metrics import contains_answer
 
@@ -93,12 +93,7 @@ class SpanDataConfig:
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
-        for name in ("questions", "depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("skip", "negatives", "dev_size"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        check_counts(self, at_least_one=("questions", "depth"), at_least_zero=("skip", "negatives", "dev_size"))
         if not self.train:
             raise ValueError("--train needs at least one QA file")
         for path in self.train:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.encoder import DEFAULT_ENCODER
-from rag.command_line import run_command, typed_command
+from rag.command_line import check_counts, run_command, typed_command
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
 from trainer.qa_metrics import exact_match, f1_score
 from trainer.span_data import DevQuestion, SpanExample, read_span_data
@@ -67,12 +67,7 @@ class SpanTrainingConfig:
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("dev_every", "dev_quick", "threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        check_counts(self, at_least_one=("steps", "batch_size"), at_least_zero=("dev_every", "dev_quick", "threads"))
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if not Path(self.data).is_file():
