@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CorpusError, IndexFolderError, ValueError, KeyError, RuntimeError) as exc:
+    except (CorpusError, IndexFolderError, ValueError, LookupError, RuntimeError, PermissionError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"rag-index: error: {message}", file=sys.stderr)
         return 2
@@ -74,7 +74,36 @@ def _parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="counts, encoder and size of an index")
     stats.add_argument("--index", required=True, type=Path)
     stats.set_defaults(run=_stats)
+    _add_edit_commands(commands)
     return parser
+
+
+def _add_edit_commands(commands: argparse._SubParsersAction) -> None:
+    edit = commands.add_parser("edit", help="add, list, revoke edits (facts that override the corpus)", description=
+                               "The index's edit memory: stated facts that take precedence over the corpus for the questions "
+                               "in their scope, live as soon as they are added, revocable. Each command prints JSON.")
+    verbs = edit.add_subparsers(required=True, metavar="VERB")
+    add = verbs.add_parser("add", help="add an edit; prints it, with its id", description=
+                           "Add an edit. It replaces --supersedes, or else the active edit with the same question. Prints the edit as JSON.")
+    add.add_argument("--index", required=True, type=Path)
+    add.add_argument("--fact", required=True, help='the fact, a sentence: "The Eiffel Tower is in Rome."')
+    add.add_argument("--question", default=None, help="a question the fact answers")
+    add.add_argument("--answer", default=None, help="its answer (needs --question)")
+    add.add_argument("--subject", default=None, help="what the fact is about")
+    add.add_argument("--supersedes", default=None, metavar="ID", help="the edit this one replaces")
+    add.set_defaults(run=_edit_add)
+    listing = verbs.add_parser("list", help="list the active edits (JSON lines)")
+    listing.add_argument("--index", required=True, type=Path)
+    listing.add_argument("--all", action="store_true", help="also revoked and superseded edits")
+    listing.set_defaults(run=_edit_list)
+    revoke = verbs.add_parser("revoke", help="revoke an edit; questions about it get the answer they had before it")
+    revoke.add_argument("--index", required=True, type=Path)
+    revoke.add_argument("id", help="edit id, e.g. e12")
+    revoke.set_defaults(run=_edit_revoke)
+    history = verbs.add_parser("history", help="an edit with what it replaced and what replaced it (JSON lines)")
+    history.add_argument("--index", required=True, type=Path)
+    history.add_argument("id", help="edit id, e.g. e12")
+    history.set_defaults(run=_edit_history)
 
 
 def _add_reading_options(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +200,30 @@ def _stdin_queries(interactive: bool) -> Iterator[str]:
 def _stats(args: argparse.Namespace) -> int:
     with Index.open(args.index, readonly=True) as index:
         print(json.dumps(index.stats()))
+    return 0
+
+
+def _edit_add(args: argparse.Namespace) -> int:
+    memory = Index.open_memory(args.index)
+    edit = memory.add(args.fact, question=args.question, answer=args.answer, subject=args.subject, supersedes=args.supersedes)
+    print(json.dumps(edit.to_json(), ensure_ascii=False))
+    return 0
+
+
+def _edit_list(args: argparse.Namespace) -> int:
+    for edit in Index.open_memory(args.index, readonly=True).list(include_inactive=args.all):
+        print(json.dumps(edit.to_json(), ensure_ascii=False))
+    return 0
+
+
+def _edit_revoke(args: argparse.Namespace) -> int:
+    print(json.dumps(Index.open_memory(args.index).revoke(args.id).to_json(), ensure_ascii=False))
+    return 0
+
+
+def _edit_history(args: argparse.Namespace) -> int:
+    for edit in Index.open_memory(args.index, readonly=True).history(args.id):
+        print(json.dumps(edit.to_json(), ensure_ascii=False))
     return 0
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from indexer.chunking import chunk_document
 from indexer.dense import UPDATABLE, DenseIndex
+from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.encoder import Encoder, TextEncoder, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.manifest import IndexFolderError, Manifest
@@ -95,6 +96,8 @@ class Index:
         self._thread_lock = threading.Lock()
         self._snapshot = Snapshot(0, None, None)
         self._dense_saved_gen = 0
+        self._memory: EditMemory | None = None
+        self._memory_lock = threading.Lock()  # not _thread_lock: a long write must not hold up the first edit search
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -167,11 +170,35 @@ class Index:
         return self._encoder
 
     @property
+    def memory(self) -> EditMemory:
+        """The edit memory (`memory/` in the folder), opened on first use; embeds edits with this index's encoder."""
+        with self._memory_lock:
+            if self._memory is None:
+                self._memory = EditMemory(self.path / MEMORY_DIR, lambda texts: self.encoder(texts), self.manifest.dim, readonly=self.readonly)
+            return self._memory
+
+    @classmethod
+    def open_memory(cls, path: str | Path, readonly: bool = False, device: str = "cpu") -> EditMemory:
+        """The edit memory of an index folder alone, without loading its passages (the encoder loads on the first add)."""
+        path = Path(path)
+        manifest = Manifest.read(path)
+        encoder: list[Encoder] = []
+
+        def encode(texts: list[str]) -> np.ndarray:
+            if not encoder:
+                encoder.append(TextEncoder(manifest.encoder, device=resolve_device(device)))
+                manifest.check_encoder(encoder[0].name, encoder[0].dim)
+            return encoder[0](texts)
+        return EditMemory(path / MEMORY_DIR, encode, manifest.dim, readonly=readonly)
+
+    @property
     def generation(self) -> int:
         return self._snapshot.generation
 
     def close(self) -> None:
         self.store.close()
+        if self._memory is not None:
+            self._memory.close()
 
     def __enter__(self) -> Index:
         return self
@@ -404,7 +431,7 @@ class Index:
     def stats(self) -> dict:
         """Counts, encoder and size of this index, at the current snapshot."""
         gen = self._snapshot.generation
-        return {**self.store.counts(gen), "dim": self.manifest.dim, "encoder": self.manifest.encoder,
+        return {**self.store.counts(gen), **self.memory.stats(), "dim": self.manifest.dim, "encoder": self.manifest.encoder,
                 "dense": self.manifest.dense, "sparse": self.manifest.sparse, "generation": gen, "bytes": _folder_bytes(self.path)}
 
 

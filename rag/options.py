@@ -6,12 +6,13 @@ from pathlib import Path
 
 from indexer.encoder import resolve_device
 from indexer.index import MODES, Index
+from rag.editing import SCOPE_KINDS
 from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.pipeline import Pipeline
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool = True) -> None:
-    """--index, --k, --mode, --reader, --adapter, --constrain, --device."""
+    """--index, --k, --mode, --reader, --adapter, --constrain, --scope, --device."""
     parser.add_argument("--index", type=Path, required=index_required, help="index folder (built by `rag-index build`)")
     parser.add_argument("--k", type=int, default=None,
                         help="passages given to the reader; 0 answers closed-book (default: the reader's own, chosen on dev data)")
@@ -21,6 +22,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
                              "(default: the shipped span reader rag/readers/span-minilm)")
     parser.add_argument("--adapter", type=Path, default=None, help="a peft adapter folder to load over the reader")
     parser.add_argument("--constrain", action="store_true", help="answers must be substrings of the retrieved passages")
+    parser.add_argument("--scope", choices=SCOPE_KINDS, default="auto",
+                        help="which edits apply to a question: the trained scope classifier, a similarity threshold, "
+                             "none (ignore the edit memory), or auto (default: the classifier when shipped)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
 
 
@@ -33,7 +37,7 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
         raise ValueError(f"--k must be 0 or more, got {args.k}")
     if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
         raise ValueError(f"--adapter {args.adapter}: not a peft adapter folder (no adapter_config.json)")
-    load = dict(reader=args.reader, adapter=args.adapter, device=args.device, constrain_to_passages=args.constrain)
+    load = dict(reader=args.reader, adapter=args.adapter, device=args.device, constrain_to_passages=args.constrain, scope=args.scope)
     if not writable or args.index is None:
         pipeline = Pipeline.load(args.index, **load)
     else:

@@ -6,8 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+import numpy as np
+
+from indexer.edit_memory import Edit
 from indexer.index import MODES, Index
 from indexer.records import SearchHit
+from rag.editing import EditPassage, Scope, load_scope, match_edits
 from rag.models import DEFAULT_READER
 from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
@@ -18,18 +22,22 @@ MAX_K = 100
 
 @dataclass
 class Answer:
-    """An answer, the passages it was read from (best first) and where the time went (milliseconds)."""
+    """An answer, the passages retrieved for it (best first), the edit it was read from when the
+    question is in an edit's scope (the edit then takes precedence over the passages), and where the
+    time went (milliseconds)."""
 
     question: str
     text: str
     passages: list[SearchHit]
     timings: dict[str, float] = field(default_factory=dict)
+    edit: Edit | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "question": self.question,
             "answer": self.text,
             "passages": [p.to_json() for p in self.passages],
+            "edit": self.edit.to_json() if self.edit else None,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -53,12 +61,14 @@ class Reader(Protocol):
 
 
 class Pipeline:
-    """Retrieval-augmented answering over one index. k=0 answers closed-book, without the index."""
+    """Retrieval-augmented answering over one index and its edit memory. k=0 answers closed-book,
+    without passages (edits still apply when there is an index). `scope` None ignores edits."""
 
-    def __init__(self, index: Index | None, reader: Reader, retriever: DualEncoder | None = None) -> None:
+    def __init__(self, index: Index | None, reader: Reader, retriever: DualEncoder | None = None, scope: Scope | None = None) -> None:
         self.index = index
         self.reader = reader
         self.retriever = retriever
+        self.scope = scope
 
     @classmethod
     def load(
@@ -68,38 +78,67 @@ class Pipeline:
         adapter: str | Path | None = None,
         device: str | None = None,
         constrain_to_passages: bool = False,
+        scope: str = "auto",
     ) -> Pipeline:
-        """Open an index read-only and load the reader: a span reader folder (default: the shipped one), or a causal LM."""
+        """Open an index read-only and load the reader (a span reader folder, default the shipped one, or a
+        causal LM) and the edit scope decider (`rag.editing.load_scope`)."""
         index = Index.open(index_dir, readonly=True, device=device or "cpu") if index_dir else None
         reader = reader or DEFAULT_READER
         if is_span_reader(reader):
             if adapter or constrain_to_passages:
                 raise ValueError("--adapter and --constrain apply to a generative reader, not to a span reader (its answers are spans)")
-            return cls(index, SpanReader.from_pretrained(reader, device=device))
-        return cls(index, DecoderReader(reader, adapter=adapter, device=device, constrain_to_passages=constrain_to_passages))
+            loaded: Reader = SpanReader.from_pretrained(reader, device=device)
+        else:
+            loaded = DecoderReader(reader, adapter=adapter, device=device, constrain_to_passages=constrain_to_passages)
+        return cls(index, loaded, scope=load_scope(scope, device=device))
 
-    def retrieve(self, questions: Sequence[str], k: int, mode: str = "hybrid") -> list[list[SearchHit]]:
-        """The top-k passages for each question (empty lists when k=0)."""
+    def retrieve(self, questions: Sequence[str], k: int, mode: str = "hybrid", query_vectors: np.ndarray | None = None) -> list[list[SearchHit]]:
+        """The top-k passages for each question (empty lists when k=0). `query_vectors`: the questions already encoded."""
         if k == 0:
             return [[] for _ in questions]
         if self.index is None:
             raise ValueError("this pipeline has no index: open one, or ask closed-book with k=0")
-        vectors = self.retriever.encode_queries(list(questions)) if self.retriever is not None and mode != "sparse" else None
-        return self.index.search_many(list(questions), k=k, mode=mode, query_vectors=vectors)
+        if query_vectors is None and self.retriever is not None and mode != "sparse":
+            query_vectors = self.retriever.encode_queries(list(questions))
+        return self.index.search_many(list(questions), k=k, mode=mode, query_vectors=query_vectors)
+
+    def find_edits(self, questions: Sequence[str], index_vectors: np.ndarray | None = None) -> list[Edit | None]:
+        """The edit each question is about, or None (always None without an index or a scope decider)."""
+        if self.index is None or self.scope is None or len(self.index.memory) == 0:
+            return [None for _ in questions]
+        if index_vectors is None:
+            index_vectors = self.index.encoder(list(questions))
+        return [m.edit if m else None for m in match_edits(self.index.memory, self.scope, questions, index_vectors)]
 
     def ask(self, question: str, k: int | None = None, mode: str = "hybrid") -> Answer:
         """Answer one question from its top-k passages (k None: the reader's default)."""
         return self.ask_many([question], k=k, mode=mode)[0]
 
     def ask_many(self, questions: Sequence[str], k: int | None = None, mode: str = "hybrid") -> list[Answer]:
-        """Answer a batch of questions with one retrieval call and one batched generation (k None: the reader's default)."""
+        """Answer a batch of questions with one retrieval call and batched reading (k None: the reader's default).
+
+        A question in an edit's scope is read from the edit alone; the others exactly as without edits."""
         k = self.reader.default_k if k is None else k
         for q in questions:
             check_request(q, k, mode)
         t0 = time.perf_counter()
-        passages = self.retrieve(questions, k, mode)
+        edits: list[Edit | None] = [None for _ in questions]
+        vectors = None
+        if self.index is not None and self.scope is not None and len(self.index.memory):
+            # The memory holds vectors of the index's encoder; a dense search with no trained query encoder reuses them.
+            vectors = self.index.encoder(list(questions))
+            edits = self.find_edits(questions, vectors)
         t1 = time.perf_counter()
-        texts = self.reader.generate(questions, passages)
+        reuse = vectors if self.retriever is None and mode != "sparse" else None
+        passages = self.retrieve(questions, k, mode, query_vectors=reuse)
         t2 = time.perf_counter()
-        timings = {"retrieve_ms": (t1 - t0) * 1e3, "read_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}
-        return [Answer(q, text, hits, dict(timings)) for q, text, hits in zip(questions, texts, passages)]
+        texts = [""] * len(questions)
+        plain = [i for i, e in enumerate(edits) if e is None]
+        edited = [i for i, e in enumerate(edits) if e is not None]
+        for group, contexts in ((plain, [passages[i] for i in plain]), (edited, [[EditPassage.of(edits[i])] for i in edited])):
+            if group:
+                for i, text in zip(group, self.reader.generate([questions[i] for i in group], contexts)):
+                    texts[i] = text
+        t3 = time.perf_counter()
+        timings = {"edit_ms": (t1 - t0) * 1e3, "retrieve_ms": (t2 - t1) * 1e3, "read_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
+        return [Answer(q, text, hits, dict(timings), edit) for q, text, hits, edit in zip(questions, texts, passages, edits)]

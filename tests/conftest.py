@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -15,6 +16,16 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from indexer.encoder import TextEncoder, resolve_model_path
 from indexer.records import Document
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models are fastest on one thread; on a shared CPU, two threads wait on each other (10x slower).
+    Use per module: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

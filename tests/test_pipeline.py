@@ -45,7 +45,7 @@ def test_ask_returns_answer_with_its_passages(pipeline: Pipeline) -> None:
     answer = pipeline.ask("what is topic3?", k=3, mode="hybrid")
     assert isinstance(answer.text, str) and "\n" not in answer.text
     assert len(answer.passages) == 3 and answer.passages[0].doc_id == "doc-3"
-    assert set(answer.timings) == {"retrieve_ms", "read_ms", "total_ms"}
+    assert set(answer.timings) == {"edit_ms", "retrieve_ms", "read_ms", "total_ms"} and answer.edit is None
     body = answer.to_json()
     assert body["passages"][0]["doc_id"] == "doc-3" and body["answer"] == answer.text
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -28,13 +27,7 @@ PASSAGES = [
 QUESTIONS = ["What is the capital of France?", "Where is the Nile?", "Closed book?", "How far is the Moon?"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models are fastest on one thread; on a shared CPU, two threads wait on each other (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from rag.command_line import check_counts, run_command
 from rag.options import add_pipeline_arguments, pipeline_from_args
+from trainer.edit_cases import FORMATS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +29,26 @@ def _eval_parser() -> argparse.ArgumentParser:
     qa.add_argument("--batch-size", type=int, default=1, help="questions answered together (default 1: honest per-question latency)")
     qa.add_argument("--predictions", type=Path, default=None, help="also write one JSON line per question to this file")
     qa.set_defaults(run=_qa)
+
+    edits = commands.add_parser("edits", help="reliability, generality, locality, portability and latency of knowledge edits",
+                                description="Apply the edits of an edit file to a scratch copy of the index (yours is not changed) and "
+                                            "print {n, reliability, generality, locality, portability, edit_latency_p50_ms, "
+                                            "edit_latency_p99_ms, edits_in_memory}.")
+    add_pipeline_arguments(edits)
+    edits.add_argument("--edits", required=True, type=Path, help="edit cases, .jsonl or .jsonl.gz")
+    edits.add_argument("--format", choices=FORMATS, default=None,
+                       help="canonical, counterfact or zsre (default: from the file name, else canonical)")
+    edits.add_argument("--limit", type=int, default=None, help="evaluate a seeded random sample of N cases")
+    edits.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
+    edits.add_argument("--batch", type=int, default=None, help="edits applied before each evaluation round (default: all at once)")
+    edits.add_argument("--extra-edits", type=int, default=0,
+                       help="first apply N more edits from the file, not evaluated (edits accumulated at scale)")
+    edits.add_argument("--batch-size", type=int, default=16, help="questions answered together (default 16)")
+    edits.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="a malformed record: stop (default) or skip it")
+    edits.add_argument("--predictions", type=Path, default=None, help="also write one JSON line per case to this file")
+    edits.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: torch's own); 1 keeps an edit's encoding fast on a busy machine")
+    edits.set_defaults(run=_edits)
     return parser
 
 
@@ -49,6 +70,42 @@ def _qa(args: argparse.Namespace) -> int:
     records = sample(records, args.limit, args.seed)
     pipeline = pipeline_from_args(args)
     summary, rows = evaluate_qa(pipeline, records, k=args.k, mode=args.mode, batch_size=args.batch_size)
+    if args.predictions:
+        with open(args.predictions, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    print(json.dumps(summary))
+    return 0
+
+
+def _edits(args: argparse.Namespace) -> int:
+    from trainer.edit_cases import read_cases
+    from trainer.edit_eval import evaluate_edits, index_copy
+    from trainer.qa_data import sample
+
+    check_counts(args, at_least_one=("batch_size",) + (("threads",) if args.threads is not None else ()), at_least_zero=("extra_edits",))
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    if args.batch is not None and args.batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {args.batch}")
+    if args.scope == "none":
+        raise ValueError("--scope none ignores the edits it would evaluate: choose auto, classifier or similarity")
+    cases = read_cases(args.edits, args.format, on_error=args.on_error)
+    chosen = sample(cases, args.limit, args.seed)
+    ids = {c.id for c in chosen}
+    others = [c for c in cases if c.id not in ids]
+    if args.extra_edits > len(others):
+        raise ValueError(f"--extra-edits {args.extra_edits}: the file has only {len(others)} cases besides the evaluated ones")
+    extra = sample(others, args.extra_edits, args.seed) if args.extra_edits else []
+    with index_copy(args.index) as copy:
+        args.index = copy
+        pipeline = pipeline_from_args(args, writable=True)
+        summary, rows = evaluate_edits(pipeline, chosen, batch=args.batch, extra=extra, k=args.k, mode=args.mode, batch_size=args.batch_size)
+        pipeline.index.close()
+    summary["scope"] = pipeline.scope.name
     if args.predictions:
         with open(args.predictions, "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -6,6 +6,9 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def read_qa(path: str | Path) -> list[QARecord]:
     return records
 
 
-def sample(records: list[QARecord], limit: int | None, seed: int = 0) -> list[QARecord]:
+def sample(records: list[T], limit: int | None, seed: int = 0) -> list[T]:
     """A seeded random sample of `limit` records, in file order; all of them when limit is None or too big."""
     if not limit or limit >= len(records):
         return list(records)

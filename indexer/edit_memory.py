@@ -1,0 +1,318 @@
+"""The edit memory: stated facts that override the corpus, in an append-only log with its own dense index.
+
+Layout: `INDEX/memory/edits.sqlite`. Rows are never rewritten: an edit is one row of `edits`, a
+revocation one row of `revocations`, and a newer edit names the one it replaces (`supersedes`). So the
+log is the whole history, and each change is one SQLite transaction: atomic, durable once acknowledged.
+
+The dense index over the active edits is derived from the log (each row keeps its vector) and lives in
+memory: rebuilding it from a few thousand rows takes milliseconds, so no second file can drift from the
+log. Another process's writes are picked up on the next search (`PRAGMA data_version`).
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from indexer.dense import DenseIndex
+
+MEMORY_DIR = "memory"
+EDITS_FILE = "edits.sqlite"
+MAX_TEXT_CHARS = 2000
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS edits (
+    row INTEGER PRIMARY KEY,
+    fact TEXT NOT NULL,
+    question TEXT,
+    answer TEXT,
+    subject TEXT,
+    created_at REAL NOT NULL,
+    supersedes INTEGER REFERENCES edits(row),
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revocations (edit_row INTEGER PRIMARY KEY REFERENCES edits(row), revoked_at REAL NOT NULL);
+"""
+
+
+class EditNotFound(LookupError):
+    """No edit has this id."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One stated fact. Active unless revoked or replaced by a newer, unrevoked edit (`superseded_by`)."""
+
+    id: str
+    fact: str
+    question: str | None
+    answer: str | None
+    subject: str | None
+    created_at: str
+    supersedes: str | None = None
+    revoked_at: str | None = None
+    superseded_by: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None and self.superseded_by is None
+
+    @property
+    def key(self) -> str:
+        """The text the memory embeds: what a question about this edit resembles most."""
+        return self.question or self.fact
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "active": self.active}
+
+
+def edit_id(row: int) -> str:
+    return f"e{row}"
+
+
+def edit_row(id: str) -> int:
+    """The log row of an edit id ("e17" -> 17); EditNotFound for anything else."""
+    if not isinstance(id, str) or not re.fullmatch(r"e[1-9][0-9]{0,17}", id):
+        raise EditNotFound(f"no edit {id!r}: edit ids look like e1, e2, ... (see `rag-index edit list`)")
+    return int(id[1:])
+
+
+def question_key(question: str) -> str:
+    """A question up to case, spacing and end punctuation: edits with the same key are about the same thing."""
+    return " ".join(question.casefold().split()).rstrip("?.! ")
+
+
+def _when(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _text(name: str, value: Any, required: bool = False) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"edit {name} must be a non-empty string" + ("" if required else " or left out"))
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"edit {name} is {len(value)} characters; the limit is {MAX_TEXT_CHARS}")
+    return value.strip()
+
+
+@dataclass
+class _State:
+    """The edits as of the last read of the log plus this process's writes since, and the dense index over
+    the active ones (ids = rows). Read and changed only under EditMemory._lock."""
+
+    edits: dict[int, Edit]
+    dense: DenseIndex | None
+    by_question: dict[str, int]  # question_key -> row of the active edit that asks it
+
+
+class EditMemory:
+    """Add, revoke, list and search edits. `encode(texts) -> np.ndarray` embeds edit keys for search."""
+
+    def __init__(self, folder: str | Path, encode: Callable[[list[str]], np.ndarray], dim: int, readonly: bool = False) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / EDITS_FILE
+        self.readonly = readonly
+        self.dim = dim
+        self._encode = encode
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._data_version = -1
+        self._state = _State({}, None, {})
+        if not readonly:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        with self._reading():
+            pass
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is None and (not self.readonly or self.path.is_file()):
+            uri = f"file:{self.path}?mode={'ro' if self.readonly else 'rwc'}"
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 30000")
+            if not self.readonly:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = FULL")  # an acknowledged edit survives power loss
+                db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- reading the log ---------------------------------------------------------------------
+    @contextmanager
+    def _reading(self) -> Iterator[_State]:
+        """The current state, under the lock; re-read from the log when another connection committed since."""
+        with self._lock:
+            db = self._connect()
+            yield self._current(db) if db is not None else self._state
+
+    def _current(self, db: sqlite3.Connection) -> _State:
+        # data_version changes when another connection commits, never for this connection's own commits.
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._state, self._data_version = self._read(db), version
+        return self._state
+
+    def _read(self, db: sqlite3.Connection) -> _State:
+        rows = db.execute("SELECT row, fact, question, answer, subject, created_at, supersedes, vector FROM edits ORDER BY row").fetchall()
+        revoked = dict(db.execute("SELECT edit_row, revoked_at FROM revocations").fetchall())
+        # A chain of replacements is linear (only an active edit can be superseded): walking it newest
+        # first, an edit is replaced when a later edit of its chain is unrevoked or itself replaced.
+        replaced_by: dict[int, int] = {}
+        for row, *_, supersedes, _vec in reversed(rows):
+            if supersedes is not None and supersedes not in replaced_by:
+                live = replaced_by.get(row) if row in revoked else row
+                if live is not None:
+                    replaced_by[supersedes] = live
+        edits = {
+            row: Edit(edit_id(row), fact, question, answer, subject, _when(created), None if sup is None else edit_id(sup),
+                      _when(revoked.get(row)), None if row not in replaced_by else edit_id(replaced_by[row]))
+            for row, fact, question, answer, subject, created, sup, _vec in rows
+        }
+        active = [(row, vec) for row, *_, vec in rows if edits[row].active]
+        dense = None
+        if active:
+            dense = DenseIndex.create(self.dim, "flat")
+            dense.add(np.array([r for r, _ in active], dtype=np.int64),
+                      np.stack([np.frombuffer(v, dtype=np.float32) for _, v in active]))
+        return _State(edits, dense, _by_question(edits))
+
+    def get(self, id: str) -> Edit:
+        """One edit by id, active or not."""
+        row = edit_row(id)
+        with self._reading() as state:
+            edit = state.edits.get(row)
+        if edit is None:
+            raise EditNotFound(f"no edit {id!r}: see `rag-index edit list --all`")
+        return edit
+
+    def list(self, include_inactive: bool = False) -> list[Edit]:
+        """The active edits, oldest first (with include_inactive, every edit ever made)."""
+        with self._reading() as state:
+            return [e for e in state.edits.values() if include_inactive or e.active]
+
+    def history(self, id: str) -> list[Edit]:
+        """Every edit about the same thing as `id`, oldest first: what it replaced, what replaced it, revoked ones too."""
+        edits = {e.id: e for e in self.list(include_inactive=True)}
+        root = self.get(id)
+        while root.supersedes is not None:
+            root = edits[root.supersedes]
+        family = {root.id}
+        for edit in edits.values():  # oldest first: a replacement comes after what it replaces
+            if edit.supersedes in family:
+                family.add(edit.id)
+        return [e for e in edits.values() if e.id in family]
+
+    def __len__(self) -> int:
+        """Active edits."""
+        with self._reading() as state:
+            return 0 if state.dense is None else state.dense.ntotal
+
+    def search(self, query_vectors: np.ndarray, k: int) -> list[list[tuple[Edit, float]]]:
+        """The k active edits nearest to each query vector (inner product), best first."""
+        with self._reading() as state:
+            if state.dense is None or state.dense.ntotal == 0 or k < 1:
+                return [[] for _ in range(len(query_vectors))]
+            scores, rows = state.dense.search(np.asarray(query_vectors, dtype=np.float32), min(k, state.dense.ntotal))
+            return [[(state.edits[int(r)], float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, scores)]
+
+    def stats(self) -> dict[str, int]:
+        """Active edits and all edits ever made."""
+        with self._reading() as state:
+            return {"edits": sum(e.active for e in state.edits.values()), "edits_total": len(state.edits)}
+
+    # -- writing -----------------------------------------------------------------------------
+    def _writable(self) -> sqlite3.Connection:
+        if self.readonly:
+            raise PermissionError("this edit memory was opened read-only")
+        return self._connect()
+
+    def add(self, fact: str, question: str | None = None, answer: str | None = None, subject: str | None = None,
+            supersedes: str | None = None) -> Edit:
+        """Record a fact; it is searchable when this returns. It replaces `supersedes`, or else the active
+        edit that asks the same question, if any."""
+        fact = _text("fact", fact, required=True)
+        question, answer, subject = _text("question", question), _text("answer", answer), _text("subject", subject)
+        if answer is not None and question is None:
+            raise ValueError("an edit's answer needs its question: give --question too, or state the answer in the fact")
+        vector = np.asarray(self._encode([question or fact]), dtype=np.float32).reshape(-1)
+        if vector.shape != (self.dim,):
+            raise ValueError(f"the encoder gave a vector of shape {vector.shape}; this memory holds {self.dim}-d vectors")
+        db = self._writable()
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                state = self._current(db)
+                replaced = self._replaced(state, question, supersedes)
+                created = time.time()
+                cursor = db.execute(
+                    "INSERT INTO edits(fact, question, answer, subject, created_at, supersedes, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (fact, question, answer, subject, created, replaced, vector.tobytes()))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            edit = Edit(edit_id(cursor.lastrowid), fact, question, answer, subject, _when(created), None if replaced is None else edit_id(replaced))
+            _add_edit(state, cursor.lastrowid, edit, vector, replaced, self.dim)
+            return edit
+
+    def _replaced(self, state: _State, question: str | None, supersedes: str | None) -> int | None:
+        if supersedes is not None:
+            row = edit_row(supersedes)
+            old = state.edits.get(row)
+            if old is None:
+                raise EditNotFound(f"no edit {supersedes!r} to supersede: see `rag-index edit list`")
+            if not old.active:
+                raise ValueError(f"edit {supersedes} is no longer active ({'revoked' if old.revoked_at else 'superseded by ' + str(old.superseded_by)}); "
+                                 "supersede the active one")
+            return row
+        return None if question is None else state.by_question.get(question_key(question))
+
+    def revoke(self, id: str) -> Edit:
+        """Withdraw an edit: questions about it are answered as before it was made (or by the edit it had replaced)."""
+        row = edit_row(id)
+        db = self._writable()
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                edit = self._current(db).edits.get(row)
+                if edit is None:
+                    raise EditNotFound(f"no edit {id!r}: see `rag-index edit list`")
+                if edit.revoked_at is not None:
+                    raise ValueError(f"edit {id} was already revoked at {edit.revoked_at}")
+                db.execute("INSERT INTO revocations(edit_row, revoked_at) VALUES (?, ?)", (row, time.time()))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._state = self._read(db)  # rare, and it may bring back an edit it had replaced: read it all again
+            return self._state.edits[row]
+
+
+def _add_edit(state: _State, row: int, edit: Edit, vector: np.ndarray, replaced: int | None, dim: int) -> None:
+    """Bring `state` up to date with one new edit without re-reading the log."""
+    state.edits[row] = edit
+    if state.dense is None:
+        state.dense = DenseIndex.create(dim, "flat")
+    if replaced is not None:
+        old = state.edits[replaced] = replace(state.edits[replaced], superseded_by=edit.id)
+        state.dense.remove(np.array([replaced], dtype=np.int64))
+        if old.question is not None:
+            state.by_question.pop(question_key(old.question), None)
+    state.dense.add(np.array([row], dtype=np.int64), vector.reshape(1, -1))
+    if edit.question is not None:
+        state.by_question[question_key(edit.question)] = row
+
+
+def _by_question(edits: dict[int, Edit]) -> dict[str, int]:
+    return {question_key(e.question): row for row, e in edits.items() if e.active and e.question is not None}

@@ -1,0 +1,117 @@
+"""Which edit, if any, a question is about: the scope decision of SERAC over the index's edit memory.
+
+For each question the memory returns its nearest active edits (dense search, `CANDIDATES` deep); a
+scope decider scores each (edit, question) pair and the best pair at or above its threshold wins.
+Two deciders: `SimilarityScope` (the cosine of question and edit key, threshold calibrated on
+CounterFact training pairs) and `ClassifierScope` (a cross-encoder trained on such pairs, shipped in
+rag/classifiers/scope-minilm). A question no edit claims is answered exactly as without edits.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from indexer.edit_memory import Edit, EditMemory
+
+SCOPE_CLASSIFIER = str(Path(__file__).resolve().parent / "classifiers" / "scope-minilm")
+SCOPE_KINDS = ("auto", "classifier", "similarity", "none")
+CANDIDATES = 8  # nearest edits scored per question
+# Used only when no trained classifier folder (whose config records the calibrated value) is at hand.
+SIMILARITY_THRESHOLD = 0.75
+
+
+@dataclass(frozen=True)
+class EditMatch:
+    """The edit a question is about, with the decider's score for the pair."""
+
+    edit: Edit
+    score: float
+
+
+@dataclass(frozen=True)
+class EditPassage:
+    """An edit as the reader reads it: a passage that takes precedence over the corpus."""
+
+    title: str
+    text: str
+
+    @classmethod
+    def of(cls, edit: Edit) -> EditPassage:
+        return cls(f"Edit {edit.id}" + (f": {edit.subject}" if edit.subject else ""), edit.fact)
+
+
+class Scope(Protocol):
+    """Scores (edit, question) pairs; a pair is in scope when its score is at least `threshold`."""
+
+    name: str
+    threshold: float
+
+    def scores(self, questions: Sequence[str], candidates: Sequence[Sequence[tuple[Edit, float]]]) -> list[list[float]]: ...
+
+
+class SimilarityScope:
+    """In scope when the cosine of the question and the edit's key reaches the threshold."""
+
+    name = "similarity"
+
+    def __init__(self, threshold: float = SIMILARITY_THRESHOLD) -> None:
+        self.threshold = threshold
+
+    def scores(self, questions: Sequence[str], candidates: Sequence[Sequence[tuple[Edit, float]]]) -> list[list[float]]:
+        return [[similarity for _, similarity in found] for found in candidates]
+
+
+class ClassifierScope:
+    """In scope when the trained cross-encoder's probability for (edit fact, question) reaches its threshold."""
+
+    name = "classifier"
+
+    def __init__(self, classifier) -> None:  # rag.scope_classifier.ScopeClassifier; imported lazily (torch)
+        self.classifier = classifier
+        self.threshold = float(classifier.threshold)
+
+    def scores(self, questions: Sequence[str], candidates: Sequence[Sequence[tuple[Edit, float]]]) -> list[list[float]]:
+        pairs = [(edit.fact, q) for q, found in zip(questions, candidates) for edit, _ in found]
+        if not pairs:
+            return [[] for _ in questions]
+        flat = self.classifier.scores([e for e, _ in pairs], [q for _, q in pairs]).tolist()
+        out, start = [], 0
+        for found in candidates:
+            out.append(flat[start : start + len(found)])
+            start += len(found)
+        return out
+
+
+def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIER, device: str | None = None) -> Scope | None:
+    """The decider `kind` names: auto (the shipped classifier when present, else similarity), classifier,
+    similarity, or none (edits are ignored)."""
+    if kind not in SCOPE_KINDS:
+        raise ValueError(f"unknown scope decider {kind!r}: choose one of {', '.join(SCOPE_KINDS)}")
+    if kind == "none":
+        return None
+    config_file = Path(classifier_path) / "scope_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if kind == "similarity" or (kind == "auto" and not config):
+        return SimilarityScope(float(config.get("similarity_threshold", SIMILARITY_THRESHOLD)))
+    if not config:
+        raise ValueError(f"{classifier_path} is not a scope classifier folder (no scope_config.json): train one with `rag-train scope`")
+    from rag.scope_classifier import ScopeClassifier
+
+    return ClassifierScope(ScopeClassifier.from_pretrained(classifier_path, device=device))
+
+
+def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,
+                candidates: int = CANDIDATES) -> list[EditMatch | None]:
+    """For each question, the in-scope edit with the best score, or None."""
+    if len(memory) == 0:
+        return [None for _ in questions]
+    found = memory.search(query_vectors, candidates)
+    matches: list[EditMatch | None] = []
+    for pairs, scores in zip(found, scope.scores(questions, found)):
+        best = max(range(len(pairs)), key=scores.__getitem__, default=None)
+        matches.append(EditMatch(pairs[best][0], scores[best]) if best is not None and scores[best] >= scope.threshold else None)
+    return matches

@@ -1,0 +1,164 @@
+"""The edit memory: an append-only log of edits with revocation, replacement, search, durability and crash safety."""
+from __future__ import annotations
+
+import hashlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_documents
+from indexer.edit_memory import EDITS_FILE, EditMemory, EditNotFound
+from indexer.encoder import TextEncoder
+from indexer.index import Index, build_index
+
+DIM = 16
+
+
+def fake_encode(texts: list[str]) -> np.ndarray:
+    """A deterministic unit vector per text: equal texts search each other at cosine 1."""
+    rows = []
+    for text in texts:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+        v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+        rows.append(v / np.linalg.norm(v))
+    return np.stack(rows)
+
+
+@pytest.fixture()
+def memory(tmp_path: Path) -> EditMemory:
+    return EditMemory(tmp_path / "memory", fake_encode, DIM)
+
+
+def test_add_is_searchable_at_once_and_persists(memory: EditMemory, tmp_path: Path) -> None:
+    edit = memory.add("The Eiffel Tower is in Rome.", question="Where is the Eiffel Tower?", answer="Rome", subject="Eiffel Tower")
+    assert edit.id == "e1" and edit.active and edit.created_at.endswith("+00:00")
+    other = memory.add("Water boils at 90 degrees.")
+    [[(found, score)]] = memory.search(fake_encode(["Where is the Eiffel Tower?"]), k=1)
+    assert found == edit and score == pytest.approx(1.0)
+    assert [e.id for e, _ in memory.search(fake_encode(["Water boils at 90 degrees."]), k=2)[0]][0] == other.id
+    memory.close()
+    again = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    assert again.list() == [edit, other] and len(again) == 2 and again.get("e1") == edit
+
+
+def test_revoke_and_supersede_keep_the_history(memory: EditMemory) -> None:
+    first = memory.add("Rome is the capital of Italy.", question="What is the capital of Italy?", answer="Rome")
+    # Same question up to case and punctuation: the new edit replaces the old one by itself.
+    second = memory.add("Milan is the capital of Italy.", question="what is the capital of italy", answer="Milan")
+    assert second.supersedes == first.id and memory.get(first.id).superseded_by == second.id
+    assert [e.id for e in memory.list()] == [second.id]
+    hits = memory.search(fake_encode(["What is the capital of Italy?"]), k=5)[0]
+    assert [e.id for e, _ in hits] == [second.id]  # the replaced edit is no longer searched
+    # Revoking the replacement brings the replaced edit back.
+    revoked = memory.revoke(second.id)
+    assert revoked.revoked_at is not None and not revoked.active
+    assert [e.id for e in memory.list()] == [first.id] and memory.get(first.id).active
+    third = memory.add("Turin is the capital of Italy.", supersedes=first.id)
+    assert [e.id for e in memory.history(third.id)] == [first.id, second.id, third.id]
+    assert [e.id for e in memory.list(include_inactive=True)] == [first.id, second.id, third.id]
+    assert [e.id for e in memory.list()] == [third.id]
+    memory.revoke(third.id)
+    memory.revoke(first.id)
+    assert memory.list() == [] and len(memory) == 0 and memory.search(fake_encode(["x"]), k=3) == [[]]
+
+
+def test_bad_edits_are_refused_and_change_nothing(memory: EditMemory, tmp_path: Path) -> None:
+    memory.add("A fact.", question="Q?")
+    for kwargs, message in [
+        (dict(fact="  "), "fact must be a non-empty string"),
+        (dict(fact="x", answer="A"), "needs its question"),
+        (dict(fact="x" * 2001), "limit is 2000"),
+        (dict(fact="x", question=3), "question must be a non-empty string"),
+        (dict(fact="x", supersedes="e9"), "no edit 'e9'"),
+        (dict(fact="x", supersedes="nope"), "edit ids look like e1"),
+    ]:
+        with pytest.raises((ValueError, EditNotFound), match=message):
+            memory.add(**kwargs)
+    memory.revoke("e1")
+    with pytest.raises(ValueError, match="already revoked"):
+        memory.revoke("e1")
+    with pytest.raises(ValueError, match="no longer active"):
+        memory.add("y", supersedes="e1")
+    with pytest.raises(EditNotFound):
+        memory.get("e2")
+    assert len(memory.list(include_inactive=True)) == 1
+    with pytest.raises(PermissionError):
+        EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True).add("z")
+
+
+def test_a_reader_sees_another_writers_edits(tmp_path: Path) -> None:
+    writer = EditMemory(tmp_path / "memory", fake_encode, DIM)
+    reader = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    assert len(reader) == 0
+    writer.add("New fact.", question="New question?")
+    assert [e.fact for e in reader.list()] == ["New fact."]
+    writer.revoke("e1")
+    assert reader.list() == [] and reader.get("e1").revoked_at is not None
+    # A second writer (another process, say) interleaves with the first: each sees the other's edits.
+    other = EditMemory(tmp_path / "memory", fake_encode, DIM)
+    other.add("Other fact.", question="Same question?")
+    replacement = writer.add("Writer fact.", question="same question")
+    assert replacement.supersedes == "e2" and [e.id for e in other.list()] == ["e3"]
+
+
+def test_a_missing_memory_is_empty_for_a_reader(tmp_path: Path) -> None:
+    reader = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    assert len(reader) == 0 and reader.list() == [] and not (tmp_path / "memory").exists()
+    EditMemory(tmp_path / "memory", fake_encode, DIM).add("Later fact.")
+    assert len(reader) == 1  # the file that appeared later is found
+
+
+def test_index_holds_its_memory(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    build_index(tmp_path / "idx", make_documents(3), tiny_encoder)
+    with Index.open(tmp_path / "idx", tiny_encoder) as index:
+        index.memory.add("A stated fact.", question="Which fact?")
+        assert index.stats()["edits"] == 1 and index.stats()["edits_total"] == 1
+    memory = Index.open_memory(tmp_path / "idx", readonly=True)
+    assert [e.fact for e in memory.list()] == ["A stated fact."]
+    assert memory.search(tiny_encoder(["Which fact?"]), k=1)[0][0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+WRITER = """
+import sys, hashlib, numpy as np
+sys.path.insert(0, {tests!r})
+from test_edit_memory import fake_encode, DIM
+from indexer.edit_memory import EditMemory
+memory = EditMemory({folder!r}, fake_encode, DIM)
+n = 0
+while True:
+    n += 1
+    edit = memory.add(f"fact {{n}}", question=f"question {{n}}?")
+    if n % 3 == 0:
+        memory.revoke(edit.id)
+        print("REVOKED", edit.id, flush=True)
+    print("ACK", edit.id, flush=True)
+"""
+
+
+def test_killed_writer_loses_no_acknowledged_edit(tmp_path: Path) -> None:
+    folder = tmp_path / "memory"
+    code = WRITER.format(tests=str(Path(__file__).parent), folder=str(folder))
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True)
+    acked, revoked = [], []
+    deadline = time.monotonic() + 60
+    while len(acked) < 40 and time.monotonic() < deadline:
+        kind, edit_id = proc.stdout.readline().split()
+        (acked if kind == "ACK" else revoked).append(edit_id)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(acked) >= 40
+    db = sqlite3.connect(folder / EDITS_FILE)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+    memory = EditMemory(folder, fake_encode, DIM)
+    every = {e.id: e for e in memory.list(include_inactive=True)}
+    assert set(acked) <= set(every) and all(every[i].revoked_at for i in revoked)
+    # The memory goes on from where the writer stopped.
+    assert memory.add("after the crash").id == f"e{len(every) + 1}"

@@ -1,0 +1,130 @@
+"""Answering with edits on tiny models: scope routing, precedence over passages, locality, revocation, `rag-eval edits`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_documents
+from indexer.encoder import TextEncoder
+from indexer.index import Index, build_index
+from rag.editing import ClassifierScope, SimilarityScope, load_scope
+from rag.pipeline import Pipeline
+from rag.span_reader import SpanReader
+from trainer.cli import main as eval_main
+from trainer.edit_cases import read_cases
+from trainer.qa_metrics import contains_answer
+
+QUESTIONS = ["which topic is topic2?", "tell me about topic4", "what is topic7?"]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def reader_dir(tiny_encoder_path: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("span") / "reader"
+    SpanReader.from_encoder(tiny_encoder_path, device="cpu", seed=0, max_length=64, max_answer_tokens=8).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def pipeline(tmp_path: Path, tiny_encoder: TextEncoder, reader_dir: Path) -> Pipeline:
+    build_index(tmp_path / "idx", make_documents(10), tiny_encoder)
+    # Threshold near 1: with a tiny random encoder only the edit's own question is in its scope.
+    return Pipeline(Index.open(tmp_path / "idx", tiny_encoder), SpanReader.from_pretrained(reader_dir, device="cpu"),
+                    scope=SimilarityScope(0.999))
+
+
+def test_in_scope_questions_read_the_edit_and_others_are_unchanged(pipeline: Pipeline) -> None:
+    before = pipeline.ask_many(QUESTIONS, k=3, mode="sparse")
+    edit = pipeline.index.memory.add("Topic four is now called zeta omega.", question="tell me about topic4", answer="zeta omega")
+    after = pipeline.ask_many(QUESTIONS, k=3, mode="sparse")
+    assert after[1].edit == edit and after[1].text in edit.fact  # read from the edit alone: it takes precedence
+    assert after[1].to_json()["edit"]["id"] == edit.id
+    for old, new in ((before[0], after[0]), (before[2], after[2])):
+        assert new.edit is None and new.text == old.text and [p.id for p in new.passages] == [p.id for p in old.passages]
+    pipeline.index.memory.revoke(edit.id)
+    revoked = pipeline.ask_many(QUESTIONS, k=3, mode="sparse")
+    assert [a.text for a in revoked] == [a.text for a in before] and all(a.edit is None for a in revoked)
+
+
+def test_edits_apply_closed_book_and_can_be_ignored(pipeline: Pipeline) -> None:
+    edit = pipeline.index.memory.add("The answer is forty two.", question="what is the answer?")
+    assert pipeline.ask("what is the answer?", k=0).edit == edit
+    pipeline.scope = None  # --scope none
+    assert pipeline.ask("what is the answer?", k=0).edit is None
+
+
+def test_load_scope_kinds(tmp_path: Path) -> None:
+    assert load_scope("none") is None
+    assert isinstance(load_scope("similarity", classifier_path=tmp_path), SimilarityScope)
+    assert isinstance(load_scope("auto", classifier_path=tmp_path), SimilarityScope)  # no classifier folder there
+    (tmp_path / "scope_config.json").write_text(json.dumps({"similarity_threshold": 0.5}))
+    assert load_scope("similarity", classifier_path=tmp_path).threshold == 0.5
+    with pytest.raises(ValueError, match="unknown scope decider"):
+        load_scope("magic")
+    with pytest.raises(ValueError, match="not a scope classifier folder"):
+        load_scope("classifier", classifier_path=tmp_path / "nowhere")
+    assert ClassifierScope.name == "classifier"
+
+
+def canonical_file(path: Path) -> Path:
+    rows = [{"id": f"c{i}", "question": f"what is topic{i}?", "target_new": f"novel{i}", "subject": f"topic{i}",
+             "paraphrases": [f"topic{i} is what?"], "neighbors": [{"question": f"tell me about topic{i + 5}", "answer": "x"}]}
+            for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rag_eval_edits_on_a_copy(tmp_path: Path, tiny_encoder: TextEncoder, reader_dir: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    build_index(tmp_path / "idx", make_documents(10), tiny_encoder)
+    cases = canonical_file(tmp_path / "cases.jsonl")
+    argv = ["edits", "--index", str(tmp_path / "idx"), "--edits", str(cases), "--reader", str(reader_dir), "--device", "cpu",
+            "--scope", "similarity", "--k", "2", "--mode", "sparse", "--batch", "2", "--predictions", str(tmp_path / "rows.jsonl")]
+    assert eval_main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 4 and summary["edits_in_memory"] == 4 and summary["portability"] is None
+    assert summary["scope"] == "similarity" and summary["edit_latency_p99_ms"] >= summary["edit_latency_p50_ms"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert summary["reliability"] == sum(contains_answer(r["answer"], [r["target_new"]]) for r in rows) / 4
+    assert summary["locality"] == sum(n["before"] == n["after"] for r in rows for n in r["neighbor_answers"]) / 4
+    assert all(r["edit_used"] is not None for r in rows)  # its own question: cosine 1 with the edit's key
+    assert not (tmp_path / "idx" / "memory").exists()  # the user's index is untouched
+    assert eval_main([*argv[:-2], "--extra-edits", "1", "--limit", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["edits_in_memory"] == 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--scope", "none"], "--scope none ignores the edits"),
+    (["--extra-edits", "9"], "only 0 cases besides"),
+    (["--batch", "0"], "--batch must be at least 1"),
+    (["--format", "zsre"], "bad zsre edit record"),
+])
+def test_rag_eval_edits_bad_input(extra: list[str], message: str, tmp_path: Path, tiny_encoder: TextEncoder, reader_dir: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    build_index(tmp_path / "idx", make_documents(3), tiny_encoder)
+    cases = canonical_file(tmp_path / "cases.jsonl")
+    argv = ["edits", "--index", str(tmp_path / "idx"), "--edits", str(cases), "--reader", str(reader_dir), "--device", "cpu", *extra]
+    assert eval_main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_edit_files_convert_to_canonical_cases(tmp_path: Path) -> None:
+    counterfact = tmp_path / "counterfact-x.jsonl"
+    counterfact.write_text(json.dumps({
+        "case_id": 7, "prompt": "The mother tongue of X is", "target_new": "English", "subject": "X", "ground_truth": "French",
+        "rephrase_prompt": "X speaks", "locality_prompt": "Y speaks", "locality_ground_truth": "French"}) + "\n")
+    [case] = read_cases(counterfact)
+    assert (case.id, case.fact, case.target_old, case.paraphrases) == ("7", "The mother tongue of X is English.", "French", ["X speaks"])
+    assert case.neighbors[0].question == "Y speaks" and case.neighbors[0].answer == "French"
+    zsre = tmp_path / "zsre-x.jsonl"
+    record = {"subject": "U", "src": "What does U make?", "pred": "a", "rephrase": "U makes what?", "alt": "drones", "answers": ["a"],
+              "loc": "nq question: who is z", "loc_ans": "z"}
+    zsre.write_text(json.dumps(record) + "\n" + json.dumps({**record, "alt": ""}) + "\n")
+    with pytest.raises(ValueError, match="zsre-x.jsonl:2"):
+        read_cases(zsre)
+    [case] = read_cases(zsre, on_error="skip")
+    assert case.target_new == "drones" and case.neighbors[0].question == "who is z" and case.target_old == "a"

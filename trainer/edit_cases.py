@@ -1,0 +1,118 @@
+"""Knowledge-edit cases: the canonical JSON-lines format and converters from CounterFact and zsRE.
+
+Canonical record (one JSON object a line, plain or gzipped):
+`{id, fact?, question, target_new, target_old?, subject?, paraphrases: [..], neighbors: [{question, answer}],
+portability?: {question, answer}}`. `fact` defaults to the question followed by the new answer.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+FORMATS = ("canonical", "counterfact", "zsre")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A question with the answer expected of it."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class EditCase:
+    """One edit and the questions that test it: its own, paraphrases, unrelated neighbours, a portability probe."""
+
+    id: str
+    question: str
+    target_new: str
+    fact: str = ""
+    target_old: str | None = None
+    subject: str | None = None
+    paraphrases: list[str] = field(default_factory=list)
+    neighbors: list[Probe] = field(default_factory=list)
+    portability: Probe | None = None
+
+    def __post_init__(self) -> None:
+        if not self.fact:
+            object.__setattr__(self, "fact", stated_fact(self.question, self.target_new))
+
+
+def stated_fact(question: str, answer: str) -> str:
+    """A fact sentence from a question (or a cloze prompt) and its answer."""
+    return f"{question.strip()} {answer.strip()}."
+
+
+def _canonical(raw: dict[str, Any], n: int) -> EditCase:
+    portability = raw.get("portability")
+    return EditCase(
+        id=str(raw.get("id", n)), question=raw["question"], target_new=raw["target_new"], fact=raw.get("fact") or "",
+        target_old=raw.get("target_old"), subject=raw.get("subject"), paraphrases=list(raw.get("paraphrases") or []),
+        neighbors=[Probe(p["question"], p["answer"]) for p in raw.get("neighbors") or []],
+        portability=Probe(portability["question"], portability["answer"]) if portability else None,
+    )
+
+
+def _counterfact(raw: dict[str, Any], n: int) -> EditCase:
+    return EditCase(
+        id=str(raw["case_id"]), question=raw["prompt"], target_new=raw["target_new"], target_old=raw.get("ground_truth"),
+        subject=raw.get("subject"), paraphrases=[raw["rephrase_prompt"]],
+        neighbors=[Probe(raw["locality_prompt"], raw["locality_ground_truth"])],
+    )
+
+
+def _zsre(raw: dict[str, Any], n: int) -> EditCase:
+    # zsRE's locality questions are NQ questions, spelled "nq question: who ...".
+    loc = raw["loc"].removeprefix("nq question: ")
+    answers = raw.get("answers") or [raw.get("pred")]
+    return EditCase(
+        id=str(raw.get("case_id", n)), question=raw["src"], target_new=raw["alt"], target_old=answers[0],
+        subject=raw.get("subject"), paraphrases=[raw["rephrase"]], neighbors=[Probe(loc, raw["loc_ans"])],
+    )
+
+
+CONVERTERS: dict[str, Callable[[dict[str, Any], int], EditCase]] = {"canonical": _canonical, "counterfact": _counterfact, "zsre": _zsre}
+
+
+def guess_format(path: str | Path) -> str:
+    """The format a file's name suggests: counterfact*, zsre*, else canonical."""
+    name = Path(path).name.lower()
+    return "counterfact" if name.startswith("counterfact") else "zsre" if name.startswith("zsre") else "canonical"
+
+
+def read_cases(path: str | Path, fmt: str | None = None, on_error: str = "stop") -> list[EditCase]:
+    """All cases of an edit file. A malformed line raises ValueError naming file:line and what is wrong,
+    or with on_error="skip" is left out with a warning on stderr (zsre-1k has two records without a new answer)."""
+    path = Path(path)
+    fmt = fmt or guess_format(path)
+    if on_error not in ("stop", "skip"):
+        raise ValueError(f"on_error must be stop or skip, got {on_error!r}")
+    if fmt not in CONVERTERS:
+        raise ValueError(f"unknown edit file format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise ValueError(f"edit file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    cases = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                case = CONVERTERS[fmt](json.loads(line), n)
+                if not all(isinstance(t, str) and t.strip() for t in (case.question, case.target_new)):
+                    raise ValueError("question and target_new must be non-empty strings")
+                cases.append(case)
+            except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+                what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+                message = f"{path}:{n}: bad {fmt} edit record ({what})"
+                if on_error == "stop":
+                    raise ValueError(f"{message}; --on-error skip leaves such records out") from exc
+                print(f"skipped {message}", file=sys.stderr)
+    if not cases:
+        raise ValueError(f"{path}: no edit records")
+    return cases
