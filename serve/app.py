@@ -1,10 +1,11 @@
-"""The HTTP API and the web page: ask questions, add, update and delete documents, watch the index.
+"""The HTTP API and the web page: ask questions, add, update and delete documents, state and revoke
+edits, watch the index.
 
-Reads (`/ask`, `GET /documents/...`, `/stats`, `/health`, `/metrics`) are open; writes need
-`Authorization: Bearer <token>` when the server has a token. Questions go through the micro-batcher
-(serve/batching.py); writes run one at a time in their own thread. The index publishes a change by
-swapping its snapshot, so a question never waits for a write and never sees half of one.
-Routes are grouped by area (answering, documents, operations); a later area (edits) adds its own.
+Reads (`/ask`, `GET /documents/...`, `GET /edits...`, `/stats`, `/health`, `/metrics`) are open; writes
+need `Authorization: Bearer <token>` when the server has a token. Questions go through the micro-batcher
+(serve/batching.py); writes (documents and edits) run one at a time in their own thread. The index
+publishes a change by swapping its snapshot, so a question never waits for a write and never sees half
+of one. Routes are grouped by area: answering, documents, edits, operations.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Callable, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -28,6 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
+from indexer.edit_memory import MAX_TEXT_CHARS, Edit, EditNotFound
 from indexer.index import ChangeReport
 from indexer.manifest import IndexFolderError
 from indexer.records import Document
@@ -86,12 +88,33 @@ class PassageOut(BaseModel):
     score: float
 
 
+class EditOut(BaseModel):
+    """A stated fact that overrides the documents for the questions it is about."""
+
+    id: str = Field(description="e1, e2, ...")
+    fact: str
+    question: str | None = Field(description="the question it answers, if stated")
+    answer: str | None = Field(description="the answer to that question, if stated")
+    subject: str | None = Field(description="what the fact is about, if stated")
+    created_at: str = Field(description="when it was made (ISO 8601, UTC)")
+    supersedes: str | None = Field(description="the edit this one replaced")
+    revoked_at: str | None = Field(description="when it was revoked (ISO 8601, UTC)")
+    superseded_by: str | None = Field(description="the edit that replaced this one")
+    active: bool = Field(description="neither revoked nor superseded: questions about it are answered from it")
+
+    @classmethod
+    def of(cls, edit: Edit) -> EditOut:
+        return cls(**edit.to_json())
+
+
 class AskResponse(BaseModel):
-    """The answer, the passages it was read from (best first), and where the time went (ms)."""
+    """The answer, the passages it was read from (best first), and where the time went (ms). When the
+    question is about an edit, the answer was read from that edit alone (`edit`), not from the passages."""
 
     question: str
     answer: str
     passages: list[PassageOut]
+    edit: EditOut | None = Field(description="the edit the answer was read from, or null")
     timings: dict[str, float]
     batch_size: int = Field(description="questions answered together in this one's micro-batch")
 
@@ -137,6 +160,44 @@ class DocumentOut(BaseModel):
     passage_ids: list[str]
 
 
+def _edit_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"{len(value):,} characters; at most {MAX_TEXT_CHARS:,}")
+    return value
+
+
+# Checked in code, not with Field(max_length=, pattern=): a length or pattern check refuses an unpaired
+# surrogate as "unable to parse raw data" before _encodable could say what and where it is.
+EditText = Annotated[Text, AfterValidator(_edit_text), Field(json_schema_extra={"minLength": 1, "maxLength": MAX_TEXT_CHARS})]
+
+
+class EditIn(BaseModel):
+    """A fact to state. By default it replaces the active edit that asks the same question, if any."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    fact: EditText = Field(description="the fact, in a sentence: what the reader reads instead of the documents")
+    question: EditText | None = Field(None, description="the question it answers; questions like it are answered from it")
+    answer: EditText | None = Field(None, description="the answer to `question` (needs `question`)")
+    subject: EditText | None = Field(None, description="what the fact is about, e.g. a name")
+    supersedes: Text | None = Field(None, description="id of the active edit this one replaces")
+
+    @model_validator(mode="after")
+    def _answer_needs_question(self) -> EditIn:
+        if self.answer is not None and self.question is None:
+            raise ValueError("an answer needs its question: give `question` too, or state the answer in `fact`")
+        return self
+
+
+class EditDetail(EditOut):
+    history: list[EditOut] = Field(description="every edit about the same thing, this one included, oldest first")
+
+
+class EditList(BaseModel):
+    edits: list[EditOut]
+
+
 class ErrorOut(BaseModel):
     error: str
 
@@ -176,18 +237,27 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _add_error_handlers(app)
 
-    async def write(fn: Callable[..., ChangeReport], *args: Any) -> ChangeReport:
+    async def write(fn: Callable[..., Any], *args: Any, missing: str | None = None) -> Any:
+        """Run a change in the writes thread, after the ones before it. Its errors as HTTP errors: 409 for the
+        index folder, 422 for what the request asks (ValueError), 404 with the message `missing` for what it
+        names that does not exist (LookupError; a 500 where no `missing` is given)."""
         try:
             return await asyncio.get_running_loop().run_in_executor(writes, fn, *args)
         except IndexFolderError as exc:
             raise HTTPException(409, str(exc)) from exc
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except LookupError as exc:
+            if missing is None:
+                raise
+            raise HTTPException(404, missing) from exc
 
     # -- answering ---------------------------------------------------------------------------
     answering = APIRouter(tags=["answering"])
 
     @answering.post("/ask", response_model=AskResponse, responses=ERRORS)
     async def ask(body: AskRequest) -> AskResponse:
-        """Answer a question from the top-k passages of the index."""
+        """Answer a question from the top-k passages of the index, or from the edit it is about if any."""
         if len(body.question) > settings.max_question_chars:
             raise HTTPException(413, f"the question is {len(body.question):,} characters long; this server "
                                      f"takes at most {settings.max_question_chars:,} (--max-question-chars)")
@@ -206,6 +276,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         timings = {**answer.timings, "queue_ms": answered.queue_ms, "server_ms": (time.perf_counter() - start) * 1e3}
         return AskResponse(question=answer.question, answer=answer.text,
                            passages=[PassageOut(**p.to_json()) for p in answer.passages],
+                           edit=None if answer.edit is None else EditOut.of(answer.edit),
                            timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
 
     # -- documents ---------------------------------------------------------------------------
@@ -228,10 +299,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
             raise HTTPException(413, f"{len(body.documents):,} documents in one batch; this server takes at most "
                                      f"{settings.max_documents:,} (--max-documents): send several batches")
         docs = [Document(d.id, d.title, d.text, dict(d.model_extra or {})) for d in body.documents]
-        try:
-            return await write(index.upsert, docs)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from exc
+        return await write(index.upsert, docs)
 
     @documents.get("/{doc_id:path}", response_model=DocumentOut, responses=ERRORS)
     def get_document(doc_id: str) -> DocumentOut:
@@ -245,23 +313,58 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     @documents.delete("/{doc_id:path}", response_model=ChangeReport, responses=ERRORS, dependencies=guarded)
     async def delete_document(doc_id: str) -> ChangeReport:
         """Delete a document and its passages in one atomic change."""
+        return await write(index.delete, [doc_id], missing=f"no document with id {doc_id!r}; nothing was deleted")
+
+    # -- edits -------------------------------------------------------------------------------
+    edits = APIRouter(prefix="/edits", tags=["edits"])
+
+    def no_edit(edit_id: str) -> str:
+        return f"no edit {edit_id!r}: edit ids look like e1, e2, ...; GET /edits?all=true lists every edit"
+
+    @edits.post("", response_model=EditOut, responses=ERRORS, dependencies=guarded)
+    async def add_edit(body: EditIn) -> EditOut:
+        """State a fact: questions about it are answered from it, ahead of the documents, as soon as this returns.
+        It replaces `supersedes` (which must be active: else 422), or else the active edit that asks the same
+        question. Acknowledged once durable. Answering uses edits only when the server has a scope decider
+        (`scope` in /health)."""
+        missing = f"no edit {body.supersedes!r} to supersede: GET /edits lists the active ones"
+        return EditOut.of(await write(index.memory.add, body.fact, body.question, body.answer, body.subject,
+                                      body.supersedes, missing=missing))
+
+    @edits.get("", response_model=EditList, responses=ERRORS)
+    def list_edits(every: Annotated[bool, Query(alias="all", description="also revoked and superseded ones")] = False) -> EditList:
+        """The active edits, oldest first (with all=true, every edit ever made)."""
+        return EditList(edits=[EditOut.of(e) for e in index.memory.list(include_inactive=every)])
+
+    @edits.get("/{edit_id}", response_model=EditDetail, responses=ERRORS)
+    def get_edit(edit_id: str) -> EditDetail:
+        """An edit, active or not, with its history: the edits it replaced and those that replaced it."""
         try:
-            return await write(index.delete, [doc_id])
-        except KeyError as exc:
-            raise HTTPException(404, f"no document with id {doc_id!r}; nothing was deleted") from exc
+            edit, history = index.memory.get(edit_id), index.memory.history(edit_id)
+        except EditNotFound as exc:
+            raise HTTPException(404, no_edit(edit_id)) from exc
+        return EditDetail(**edit.to_json(), history=[EditOut.of(e) for e in history])
+
+    @edits.delete("/{edit_id}", response_model=EditOut, responses=ERRORS, dependencies=guarded)
+    async def revoke_edit(edit_id: str) -> EditOut:
+        """Revoke an edit: questions about it are answered as before it was made (or from the edit it had
+        replaced). Returns the revoked edit; 404 for an unknown id, 422 for an edit already revoked."""
+        return EditOut.of(await write(index.memory.revoke, edit_id, missing=no_edit(edit_id)))
 
     # -- operations --------------------------------------------------------------------------
     operations = APIRouter(tags=["operations"])
 
     @operations.get("/health")
     async def health() -> dict[str, Any]:
-        """Liveness, the generation being served and how questions are batched."""
+        """Liveness, the generation being served, the edit scope decider (null: edits are not used in answers)
+        and how questions are batched."""
         return {"status": "ok", "generation": index.generation, "reader": getattr(pipeline.reader, "name", "?"),
-                "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms, "queued": batcher.pending}
+                "scope": getattr(pipeline.scope, "name", None), "max_batch": settings.max_batch,
+                "max_wait_ms": settings.max_wait_ms, "queued": batcher.pending}
 
     @operations.get("/stats")
     def stats() -> dict[str, Any]:
-        """Passages, documents, deleted versions, encoder, generation and bytes of the index."""
+        """Passages, documents, deleted versions, edits (active; ever made), encoder, generation and bytes of the index."""
         return index.stats()
 
     @operations.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
@@ -269,7 +372,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         """Metrics in Prometheus text format."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    for router in (answering, documents, operations):
+    for router in (answering, documents, edits, operations):
         app.include_router(router)
     _add_pages(app)
     return app

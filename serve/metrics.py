@@ -20,7 +20,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class IndexCollector(Collector):
-    """Generation, counts and bytes of the index, read from `stats()` at each scrape."""
+    """Generation, counts (edits too) and bytes of the index, read from `stats()` at each scrape."""
 
     def __init__(self, stats: Callable[[], dict]) -> None:
         self.stats = stats
@@ -33,6 +33,8 @@ class IndexCollector(Collector):
             ("documents", "rag_index_documents", "Live documents in the index"),
             ("deleted", "rag_index_deleted_passages", "Tombstoned passage versions kept for snapshots"),
             ("bytes", "rag_index_bytes", "Size of the index folder on disk"),
+            ("edits", "rag_index_edits", "Active edits in the index's edit memory"),
+            ("edits_total", "rag_index_edits_recorded", "Edits ever made, revoked and superseded ones included"),
         ):
             yield GaugeMetricFamily(name, doc, value=stats[key])
 

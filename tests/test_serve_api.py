@@ -1,5 +1,5 @@
 """The HTTP API in process (FastAPI's TestClient) on tiny models: answers, micro-batching, writes,
-tokens, metrics, and every kind of bad request getting a 4xx that names the problem."""
+edits, tokens, metrics, and every kind of bad request getting a 4xx that names the problem."""
 from __future__ import annotations
 
 import threading
@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from conftest import make_documents
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
+from rag.editing import EditPassage, SimilarityScope
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from serve.app import ServeSettings, create_app
@@ -19,13 +20,16 @@ from serve.app import ServeSettings, create_app
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 N_DOCS = 12
+# With a tiny random encoder any two questions look alike (cosine 0.8 to 0.99): only an edit's own question
+# (cosine 1) is in its scope, which makes the scope decision deterministic.
+EXACT = SimilarityScope(0.9999)
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder, tiny_reader_path: str) -> Pipeline:
     path = tmp_path_factory.mktemp("serve-api") / "idx"
     build_index(path, make_documents(N_DOCS), tiny_encoder)
-    return Pipeline(Index.open(path, tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4))
+    return Pipeline(Index.open(path, tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4), scope=EXACT)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +53,24 @@ def upsert(client: TestClient, *docs: dict[str, Any]) -> dict[str, Any]:
     return response.json()
 
 
+def add_edit(client: TestClient, **fields: Any) -> dict[str, Any]:
+    response = client.post("/edits", json=fields, headers=AUTH)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def revoke(client: TestClient, edit_id: str) -> dict[str, Any]:
+    response = client.delete(f"/edits/{edit_id}", headers=AUTH)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def test_ask_answers_with_passages_and_timings(client: TestClient, pipeline: Pipeline) -> None:
     body = ask(client, "what is topic3?", k=2, mode="hybrid")
     assert body["passages"][0]["doc_id"] == "doc-3" and len(body["passages"]) == 2
     assert set(body["passages"][0]) == {"id", "doc_id", "title", "text", "score"}
-    assert {"retrieve_ms", "read_ms", "total_ms", "queue_ms", "server_ms"} <= set(body["timings"])
+    assert body["edit"] is None
+    assert {"edit_ms", "retrieve_ms", "read_ms", "total_ms", "queue_ms", "server_ms"} <= set(body["timings"])
     assert body["answer"] == pipeline.ask("what is topic3?", k=2, mode="hybrid").text
     assert ask(client, "who?", k=0)["passages"] == []  # closed book
     assert len(ask(client, "what is topic5?")["passages"]) == 5  # the server's default k
@@ -102,17 +119,90 @@ def test_a_question_after_a_write_sees_it(client: TestClient) -> None:
 
 def test_writes_need_the_token_and_reads_do_not(client: TestClient, pipeline: Pipeline) -> None:
     doc = {"documents": [{"id": "guarded", "text": "needs a token"}]}
+    edit = {"fact": "Guarded facts need a token."}
+    kept = add_edit(client, fact="A kept fact stays.")
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": "Bearer"}):
-        response = client.post("/documents", json=doc, headers=headers)
-        assert response.status_code == 401 and "Authorization: Bearer" in response.json()["error"]
-        assert response.headers["www-authenticate"] == "Bearer"
-    assert client.delete("/documents/doc-1").status_code == 401
+        for method, path, body in (("POST", "/documents", doc), ("POST", "/edits", edit), ("DELETE", "/documents/doc-1", None),
+                                   ("DELETE", f"/edits/{kept['id']}", None)):
+            response = client.request(method, path, json=body, headers=headers)
+            assert response.status_code == 401 and "Authorization: Bearer" in response.json()["error"], (method, path)
+            assert response.headers["www-authenticate"] == "Bearer"
     assert client.get("/documents/doc-1").status_code == 200
     assert client.get("/documents/guarded").status_code == 404  # nothing was written
+    assert client.get(f"/edits/{kept['id']}").json()["active"]
+    assert edit["fact"] not in [e["fact"] for e in client.get("/edits?all=true").json()["edits"]]
+    revoke(client, kept["id"])
     # Without a token, writes are open.
     with TestClient(create_app(pipeline, ServeSettings(token=None))) as open_client:
         assert open_client.post("/documents", json=doc).status_code == 200
         assert open_client.delete("/documents/guarded").status_code == 200
+        made = open_client.post("/edits", json=edit)
+        assert made.status_code == 200
+        assert open_client.delete(f"/edits/{made.json()['id']}").status_code == 200
+
+
+def test_an_edit_answers_its_question_until_revoked(client: TestClient, pipeline: Pipeline) -> None:
+    question, other = "who painted the quokka mural?", "what is topic3?"
+    before, other_before = ask(client, question, k=2), ask(client, other, k=2)
+    assert before["edit"] is None
+    made = add_edit(client, fact="The quokka mural was painted by Ada Lovelace.", question=question,
+                    answer="Ada Lovelace", subject="quokka mural")
+    assert made["id"].startswith("e") and made["active"] and made["revoked_at"] is None and made["supersedes"] is None
+    assert (made["fact"], made["question"], made["answer"], made["subject"]) == (
+        "The quokka mural was painted by Ada Lovelace.", question, "Ada Lovelace", "quokka mural")
+    assert made in client.get("/edits").json()["edits"]
+    assert client.get("/stats").json()["edits"] >= 1
+
+    edited = ask(client, question, k=2)
+    assert edited["edit"] == made and "edit_ms" in edited["timings"]
+    # The answer was read from the edit alone, and the passages are still retrieved and shown.
+    edit = pipeline.index.memory.get(made["id"])
+    assert edited["answer"] == pipeline.reader.generate([question], [[EditPassage.of(edit)]])[0]
+    assert [p["id"] for p in edited["passages"]] == [p["id"] for p in before["passages"]]
+    unrelated = ask(client, other, k=2)
+    assert unrelated["edit"] is None and unrelated["answer"] == other_before["answer"]
+    assert unrelated["passages"] == other_before["passages"]
+
+    revoked = revoke(client, made["id"])
+    assert revoked["id"] == made["id"] and not revoked["active"] and revoked["revoked_at"] is not None
+    after = ask(client, question, k=2)
+    assert after["edit"] is None and after["answer"] == before["answer"] and after["passages"] == before["passages"]
+    assert made["id"] not in [e["id"] for e in client.get("/edits").json()["edits"]]
+    assert revoked in client.get("/edits?all=true").json()["edits"]
+    detail = client.get(f"/edits/{made['id']}").json()
+    assert detail["history"] == [revoked] and {k: v for k, v in detail.items() if k != "history"} == revoked
+
+    again = client.delete(f"/edits/{made['id']}", headers=AUTH)
+    assert again.status_code == 422 and "already revoked" in again.json()["error"]
+
+
+def test_a_newer_edit_replaces_the_one_with_the_same_question(client: TestClient) -> None:
+    question = "Where does the zanzibar ferry leave from?"
+    first = add_edit(client, fact="The zanzibar ferry leaves from Dar es Salaam.", question=question)
+    # The same question up to case, spacing and end punctuation.
+    second = add_edit(client, fact="The zanzibar ferry leaves from Mombasa.", question=" where does the ZANZIBAR  ferry leave from")
+    assert second["supersedes"] == first["id"]
+    assert ask(client, " where does the ZANZIBAR  ferry leave from", k=1)["edit"] == second
+    assert ask(client, question, k=1)["edit"] is None  # not in the scope of the tiny encoder's exact match any more
+    listed = [e["id"] for e in client.get("/edits").json()["edits"]]
+    assert second["id"] in listed and first["id"] not in listed
+    history = client.get(f"/edits/{first['id']}").json()["history"]
+    assert [e["id"] for e in history] == [first["id"], second["id"]] and history[0]["superseded_by"] == second["id"]
+
+    # Superseding an edit that is no longer active, or one that does not exist, is refused.
+    stale = client.post("/edits", json={"fact": "It leaves from Tanga.", "supersedes": first["id"]}, headers=AUTH)
+    assert stale.status_code == 422 and "no longer active" in stale.json()["error"]
+    unknown = client.post("/edits", json={"fact": "It leaves from Tanga.", "supersedes": "e999999"}, headers=AUTH)
+    assert unknown.status_code == 404 and "no edit 'e999999' to supersede" in unknown.json()["error"]
+
+    # Revoking the newer edit brings back the one it had replaced.
+    revoke(client, second["id"])
+    assert ask(client, question, k=1)["edit"]["id"] == first["id"]
+    explicit = add_edit(client, fact="The zanzibar ferry leaves from Tanga.", supersedes=first["id"])
+    assert explicit["supersedes"] == first["id"] and ask(client, question, k=1)["edit"] is None  # its key is the fact
+    revoke(client, explicit["id"])
+    revoke(client, first["id"])
+    assert client.get("/edits").json()["edits"] == []
 
 
 def test_reads_during_writes_see_whole_changes_and_are_not_held_up(client: TestClient) -> None:
@@ -152,6 +242,7 @@ def test_reads_during_writes_see_whole_changes_and_are_not_held_up(client: TestC
 def test_health_stats_metrics_and_api_pages(client: TestClient) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["max_batch"] == 8
+    assert health["scope"] == "similarity"
     stats = client.get("/stats").json()
     assert stats["documents"] >= N_DOCS and stats["generation"] == health["generation"]
     ask(client, "what is topic1?", k=1)
@@ -163,8 +254,10 @@ def test_health_stats_metrics_and_api_pages(client: TestClient) -> None:
     assert 'rag_http_requests_total{method="POST",route="/ask",status="200"}' in text
     assert 'rag_http_request_duration_seconds_bucket{le="0.005",method="POST",route="/ask"}' in text
     assert "rag_ask_batch_size_count" in text and "rag_index_bytes" in text
+    assert f"rag_index_edits {float(stats['edits'])}" in text and f"rag_index_edits_recorded {float(stats['edits_total'])}" in text
     schema = client.get("/openapi.json").json()
-    assert {"/ask", "/documents", "/documents/{doc_id}", "/health", "/stats", "/metrics"} <= set(schema["paths"])
+    assert {"/ask", "/documents", "/documents/{doc_id}", "/edits", "/edits/{edit_id}", "/health", "/stats",
+            "/metrics"} <= set(schema["paths"])
     docs = client.get("/docs").text
     assert "/docs/assets/swagger-ui-bundle.js" in docs and "cdn" not in docs
     assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
@@ -212,6 +305,23 @@ BAD_REQUESTS = [
      413, "at most 5"),
     ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "note": "\\udfff"}]}',
                             "headers": {**JSON, **AUTH}}, 422, "unpaired surrogate"),
+    ("post", "/edits", {"json": {}, "headers": AUTH}, 422, "body.fact: Field required"),
+    ("post", "/edits", {"json": {"fact": ""}, "headers": AUTH}, 422, "body.fact: must not be blank"),
+    ("post", "/edits", {"json": {"fact": " \n"}, "headers": AUTH}, 422, "body.fact: must not be blank"),
+    ("post", "/edits", {"json": {"fact": "f", "question": "  "}, "headers": AUTH}, 422, "body.question: must not be blank"),
+    ("post", "/edits", {"json": {"fact": "f", "answer": "a"}, "headers": AUTH}, 422, "an answer needs its question"),
+    ("post", "/edits", {"json": {"fact": 5}, "headers": AUTH}, 422, "body.fact: Input should be a valid string"),
+    ("post", "/edits", {"json": {"fact": "f", "subject": ["s"]}, "headers": AUTH}, 422, "body.subject: Input should be a valid string"),
+    ("post", "/edits", {"json": {"fact": "f", "sources": "x"}, "headers": AUTH}, 422, "body.sources: Extra inputs are not permitted"),
+    ("post", "/edits", {"json": {"fact": "x" * 2001}, "headers": AUTH}, 422, "body.fact: 2,001 characters; at most 2,000"),
+    ("post", "/edits", {"json": ["fact"], "headers": AUTH}, 422, "valid dictionary"),
+    ("post", "/edits", {"content": b'{"fact": "\\ud800"}', "headers": {**JSON, **AUTH}}, 422, "unpaired surrogate"),
+    ("post", "/edits", {"json": {"fact": "f", "supersedes": "e404404"}, "headers": AUTH}, 404, "no edit 'e404404' to supersede"),
+    ("post", "/edits", {"json": {"fact": "f", "supersedes": "mine"}, "headers": AUTH}, 404, "no edit 'mine' to supersede"),
+    ("get", "/edits/e404404", {}, 404, "no edit 'e404404': edit ids look like e1, e2"),
+    ("get", "/edits/zebra", {}, 404, "no edit 'zebra'"),
+    ("delete", "/edits/e404404", {"headers": AUTH}, 404, "no edit 'e404404'"),
+    ("delete", "/edits/e0", {"headers": AUTH}, 404, "GET /edits?all=true lists every edit"),
 ]
 
 

@@ -1,5 +1,6 @@
 """The web page in a real headless chromium (Debian's, through its chromedriver) against a real
-server on a free loopback port: ask, read the sources, add, update and delete a document, stats."""
+server on a free loopback port: ask, read the sources, add, update and delete a document, add an edit,
+see an answer read from it and revoke it, stats."""
 from __future__ import annotations
 
 import os
@@ -22,6 +23,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from conftest import make_documents
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
+from rag.editing import SimilarityScope
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from serve.app import ServeSettings, create_app
@@ -35,7 +37,9 @@ WAIT = 60
 def server_url(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder, tiny_reader_path: str) -> Iterator[str]:
     path = tmp_path_factory.mktemp("page") / "idx"
     build_index(path, make_documents(N_DOCS), tiny_encoder)
-    pipeline = Pipeline(Index.open(path, tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4))
+    # Only an edit's own question is in its scope: with a tiny random encoder, any two questions look alike.
+    pipeline = Pipeline(Index.open(path, tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4),
+                        scope=SimilarityScope(0.9999))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(pipeline, ServeSettings(token=TOKEN)), log_level="warning"))
@@ -134,6 +138,44 @@ def test_the_page_asks_and_edits_documents(browser: WebDriver, server_url: str, 
     browser.find_element(By.ID, "ask-button").click()
     wait_for_text(browser, "message", "413")
     browser.save_screenshot(str(tmp_path / "page.png"))  # for a person looking into a failure
+
+
+def test_the_page_adds_shows_and_revokes_an_edit(browser: WebDriver, server_url: str, tmp_path: Path) -> None:
+    browser.get(server_url)
+    wait_for_text(browser, "stat-edits", "0")
+    wait_for_text(browser, "edits", "no edits")
+    question, fact = "who painted the quokka mural?", "The quokka mural was painted by Ada Lovelace."
+    ask(browser, question, k=1, mode="hybrid")
+    assert not browser.find_element(By.ID, "answer-edit").is_displayed()
+
+    fill(browser, "token", TOKEN)
+    fill(browser, "edit-fact", fact)
+    fill(browser, "edit-question", question)
+    fill(browser, "edit-answer", "Ada Lovelace")
+    browser.find_element(By.ID, "edit-save").click()
+    wait_for_text(browser, "edits", fact)
+    item = browser.find_element(By.CSS_SELECTOR, "#edits li")
+    edit_id = item.get_attribute("data-id")
+    assert f"edit {edit_id} added" in text_of(browser, "message") and "Q: who painted the quokka mural? → Ada Lovelace" in item.text
+    wait_for_text(browser, "stat-edits", "1")
+    assert browser.find_element(By.ID, "edit-fact").get_attribute("value") == ""  # the form is ready for the next one
+
+    ask(browser, question, k=1, mode="hybrid")
+    assert text_of(browser, "answer-edit") == f"answered from edit {edit_id}: {fact}"
+    ask(browser, "what is topic3?", k=1, mode="hybrid")  # another question is not about it
+    assert not browser.find_element(By.ID, "answer-edit").is_displayed()
+
+    item.find_element(By.CSS_SELECTOR, "button").click()
+    wait_for_text(browser, "message", f"edit {edit_id} revoked")
+    wait_for_text(browser, "edits", "no edits")
+    wait_for_text(browser, "stat-edits", "0")
+    ask(browser, question, k=1, mode="hybrid")
+    assert not browser.find_element(By.ID, "answer-edit").is_displayed()
+    # Revoked edits stay in the log: the page shows them on request, without a revoke button.
+    browser.find_element(By.ID, "edits-all").click()
+    wait_for_text(browser, f"edit-{edit_id}", "revoked")
+    assert not browser.find_elements(By.CSS_SELECTOR, f"#edit-{edit_id} button")
+    browser.save_screenshot(str(tmp_path / "edits.png"))  # for a person looking into a failure
 
 
 def test_the_api_page_works_offline(browser: WebDriver, server_url: str) -> None:

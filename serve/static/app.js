@@ -1,4 +1,5 @@
-// The rag-serve page: ask, show the answer with its sources, add/update/delete documents, index stats.
+// The rag-serve page: ask, show the answer with its sources (or the edit it was read from),
+// add/update/delete documents, add/list/revoke edits, index stats.
 // Plain DOM, no build step. Text from the index is always set with textContent, never as HTML.
 "use strict";
 
@@ -27,6 +28,9 @@ async function call(method, path, body, write) {
 
 function showAnswer(data) {
   $("answer").textContent = data.answer || "(no answer)";
+  const edit = $("answer-edit");
+  edit.hidden = !data.edit;
+  edit.textContent = data.edit ? `answered from edit ${data.edit.id}: ${data.edit.fact}` : "";
   const t = data.timings;
   $("timings").textContent =
     `${Math.round(t.server_ms)} ms (retrieve ${Math.round(t.retrieve_ms)}, read ${Math.round(t.read_ms)}, ` +
@@ -42,15 +46,15 @@ function showAnswer(data) {
     const meta = document.createElement("span");
     meta.className = "source-meta";
     meta.textContent = ` ${p.id} · score ${p.score.toFixed(3)} `;
-    const edit = document.createElement("button");
-    edit.type = "button";
-    edit.className = "small";
-    edit.textContent = "edit";
-    edit.addEventListener("click", () => loadDocument(p.doc_id));
+    const load = document.createElement("button");
+    load.type = "button";
+    load.className = "small";
+    load.textContent = "edit";
+    load.addEventListener("click", () => loadDocument(p.doc_id));
     const text = document.createElement("p");
     text.className = "source-text";
     text.textContent = p.text;
-    item.append(title, meta, edit, text);
+    item.append(title, meta, load, text);
     list.append(item);
   }
   if (!data.passages.length) {
@@ -117,13 +121,83 @@ async function deleteDocument() {
   }
 }
 
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  node.className = className;
+  node.textContent = text;
+  return node;
+}
+
+function editItem(edit) {
+  const item = document.createElement("li");
+  item.id = "edit-" + edit.id;
+  item.dataset.id = edit.id;
+  item.className = edit.active ? "active" : "inactive";
+  const details = [];
+  if (edit.question) details.push(`Q: ${edit.question}` + (edit.answer ? ` → ${edit.answer}` : ""));
+  if (edit.subject) details.push(`subject: ${edit.subject}`);
+  details.push(`made ${edit.created_at}`);
+  if (edit.supersedes) details.push(`replaces ${edit.supersedes}`);
+  if (edit.revoked_at) details.push(`revoked ${edit.revoked_at}`);
+  if (edit.superseded_by) details.push(`replaced by ${edit.superseded_by}`);
+  item.append(element("span", "edit-id", edit.id), element("span", "edit-fact", edit.fact), " ");
+  if (edit.active) {
+    const revoke = element("button", "small danger", "revoke");
+    revoke.type = "button";
+    revoke.addEventListener("click", () => revokeEdit(edit.id));
+    item.append(revoke);
+  }
+  item.append(element("span", "edit-meta", details.join(" · ")));
+  return item;
+}
+
+async function refreshEdits() {
+  try {
+    const data = await call("GET", "/edits" + ($("edits-all").checked ? "?all=true" : ""));
+    const list = $("edits");
+    list.replaceChildren(...data.edits.map(editItem));
+    if (!data.edits.length) list.append(element("li", "muted", "no edits"));
+  } catch (e) {
+    say(e.message, false);
+  }
+}
+
+async function addEdit(event) {
+  event.preventDefault();
+  const body = { fact: $("edit-fact").value };
+  for (const name of ["question", "answer", "subject"]) {
+    const value = $("edit-" + name).value.trim();
+    if (value) body[name] = value;  // an empty field means "not stated"
+  }
+  try {
+    const edit = await call("POST", "/edits", body, true);
+    say(`edit ${edit.id} added` + (edit.supersedes ? ` (replaces ${edit.supersedes})` : ""), true);
+    for (const name of ["fact", "question", "answer", "subject"]) $("edit-" + name).value = "";
+    refreshEdits();
+    refreshStats();
+  } catch (e) {
+    say(e.message, false);
+  }
+}
+
+async function revokeEdit(id) {
+  try {
+    const edit = await call("DELETE", "/edits/" + encodeURIComponent(id), undefined, true);
+    say(`edit ${edit.id} revoked`, true);
+    refreshEdits();
+    refreshStats();
+  } catch (e) {
+    say(e.message, false);
+  }
+}
+
 async function refreshStats() {
   try {
     const stats = await call("GET", "/stats");
     const list = $("stats");
     list.replaceChildren();
     const shown = { documents: stats.documents, passages: stats.passages, "deleted versions": stats.deleted,
-                    generation: stats.generation, encoder: `${stats.encoder} (${stats.dim}-d)`,
+                    edits: stats.edits, generation: stats.generation, encoder: `${stats.encoder} (${stats.dim}-d)`,
                     dense: stats.dense, size: `${(stats.bytes / 1048576).toFixed(1)} MiB` };
     for (const [name, value] of Object.entries(shown)) {
       const term = document.createElement("dt");
@@ -146,5 +220,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("doc-load").addEventListener("click", () => loadDocument());
   $("doc-delete").addEventListener("click", deleteDocument);
   $("stats-refresh").addEventListener("click", refreshStats);
+  $("edit-form").addEventListener("submit", addEdit);
+  $("edits-refresh").addEventListener("click", refreshEdits);
+  $("edits-all").addEventListener("change", refreshEdits);
   refreshStats();
+  refreshEdits();
 });
