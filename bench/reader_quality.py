@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_INDEX, QA_DIR, RESULTS_DIR, log, machine_info
+from bench.common import DEFAULT_INDEX, QA_DIR, RESULTS_DIR, log, machine_info, run_rag_eval
 
 SETS = {"squad-open-dev": (QA_DIR / "squad-open-dev.jsonl.gz", []),
         "nq-open-test-gold": (QA_DIR / "nq-open-test.jsonl.gz", ["--with-gold-ids"])}
@@ -55,14 +53,8 @@ def main() -> None:
             command = [rag_eval, "qa", "--index", str(args.index), "--qa", str(path), *extra, "--limit", str(args.limit),
                        "--seed", "0", *CONFIGS[config]]
             log("run", config, name, " ".join(command))
-            started = time.time()
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                log("failed", done.stderr[-2000:])
-                raise SystemExit(done.returncode)
-            summary = json.loads(done.stdout.strip().splitlines()[-1])
-            result["runs"][f"{config} {name}"] = {"command": " ".join(["rag-eval", *command[1:]]), "seconds": round(time.time() - started, 1),
-                                                  "summary": summary}
+            summary, typed, seconds = run_rag_eval(command, env)
+            result["runs"][f"{config} {name}"] = {"command": typed, "seconds": seconds, "summary": summary}
             args.out.write_text(json.dumps(result, indent=2) + "\n")
             log(config, name, json.dumps(summary))
     print(table(result))

@@ -43,3 +43,19 @@ def check_counts(settings: Any, at_least_one: Sequence[str] = (), at_least_zero:
             if value < bound:
                 wanted = "at least 1" if bound == 1 else "0 or more"
                 raise ValueError(f"--{name.replace('_', '-')} must be {wanted}, got {value}")
+
+
+def add_optimizer_options(parser: argparse.ArgumentParser, defaults: Any, batch_unit: str) -> None:
+    """--steps, --batch-size, --lr, --warmup with `defaults`' values (a training config)."""
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"{batch_unit} per step")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (linear warm-up and decay)")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup, help="share of the steps spent warming up")
+
+
+def add_run_options(parser: argparse.ArgumentParser, defaults: Any, seed_help: str) -> None:
+    """--seed, --bf16, --threads, --device with `defaults`' values (a training config)."""
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=seed_help)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast while training (CPU with avx512_bf16, or GPU)")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (0: torch's choice)")
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda or auto")

@@ -16,8 +16,9 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from indexer.edit_memory import Edit, EditMemory
+from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
 
-SCOPE_CLASSIFIER = str(Path(__file__).resolve().parent / "classifiers" / "scope-minilm")
+SCOPE_CLASSIFIER = str(SHIPPED)
 SCOPE_KINDS = ("auto", "classifier", "similarity", "none")
 CANDIDATES = 8  # nearest edits scored per question
 # Used only when no trained classifier folder (whose config records the calibrated value) is at hand.
@@ -70,7 +71,7 @@ class ClassifierScope:
 
     name = "classifier"
 
-    def __init__(self, classifier) -> None:  # rag.scope_classifier.ScopeClassifier; imported lazily (torch)
+    def __init__(self, classifier: ScopeClassifier) -> None:
         self.classifier = classifier
         self.threshold = float(classifier.threshold)
 
@@ -93,14 +94,12 @@ def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIE
         raise ValueError(f"unknown scope decider {kind!r}: choose one of {', '.join(SCOPE_KINDS)}")
     if kind == "none":
         return None
-    config_file = Path(classifier_path) / "scope_config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    if kind == "similarity" or (kind == "auto" and not config):
-        return SimilarityScope(float(config.get("similarity_threshold", SIMILARITY_THRESHOLD)))
-    if not config:
-        raise ValueError(f"{classifier_path} is not a scope classifier folder (no scope_config.json): train one with `rag-train scope`")
-    from rag.scope_classifier import ScopeClassifier
-
+    found = is_scope_classifier(classifier_path)
+    if kind == "similarity" or (kind == "auto" and not found):
+        config = json.loads((Path(classifier_path) / CONFIG_FILE).read_text()) if found else {}
+        return SimilarityScope(float(config.get("similarity_threshold") or SIMILARITY_THRESHOLD))
+    if not found:
+        raise ValueError(f"{classifier_path} is not a scope classifier folder (no {CONFIG_FILE}): train one with `rag-train scope`")
     return ClassifierScope(ScopeClassifier.from_pretrained(classifier_path, device=device))
 
 

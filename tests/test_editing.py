@@ -61,7 +61,7 @@ def test_load_scope_kinds(tmp_path: Path) -> None:
     assert load_scope("none") is None
     assert isinstance(load_scope("similarity", classifier_path=tmp_path), SimilarityScope)
     assert isinstance(load_scope("auto", classifier_path=tmp_path), SimilarityScope)  # no classifier folder there
-    (tmp_path / "scope_config.json").write_text(json.dumps({"similarity_threshold": 0.5}))
+    (tmp_path / "scope_config.json").write_text(json.dumps({"kind": "scope-classifier", "similarity_threshold": 0.5}))
     assert load_scope("similarity", classifier_path=tmp_path).threshold == 0.5
     with pytest.raises(ValueError, match="unknown scope decider"):
         load_scope("magic")

@@ -118,7 +118,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from trainer import span_data, span_training
+    from trainer import scope_training, span_data, span_training
 
     parser = argparse.ArgumentParser(prog="rag-train", description="Train the system's models.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -129,6 +129,10 @@ def _train_parser() -> argparse.ArgumentParser:
                         description="Train the extractive span reader from a data file made by `rag-train span-data`; needs no "
                                     "index (runs on a bare GPU machine); the same as python -m trainer.span_training.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands.add_parser("scope", parents=[scope_training.build_parser(add_help=False)], help="train the edit scope classifier",
+                        description="Train the edit scope classifier (which edit, if any, a question is about) on CounterFact "
+                                    "training pairs and calibrate the similarity-threshold baseline; the same as "
+                                    "python -m trainer.scope_training.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     reader = commands.add_parser(
         "reader", help="RAG-tune the decoder reader (LoRA or full)",
         description="Supervised reader finetuning with retrieved passages: each question with its top-k passages (the gold "

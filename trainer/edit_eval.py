@@ -6,6 +6,8 @@ time (sequential editing at scale) and, after each batch, answers that batch's q
 - reliability: share of edited questions whose answer contains target_new (normalised);
 - generality: the same over the paraphrases;
 - locality: share of neighbour questions whose answer is identical before and after the edits;
+  `locality_unrelated` counts only the neighbours that name no edited subject: with many edits applied
+  at once, a neighbour of one case can be about another case's edited subject, and should change;
 - portability: share of portability questions answered correctly (null when no case has one).
 Edit latency is the time of `EditMemory.add`, which returns once the edit is durable and searchable:
 the next question sees it.
@@ -64,14 +66,16 @@ def evaluate_edits(pipeline: Pipeline, cases: Sequence[EditCase], batch: int | N
     bar = tqdm(total=total, desc="edit eval", unit="question", disable=not progress)
     before = iter(_answers(pipeline, neighbors, k, mode, batch_size, bar))
     latencies = [_timed_add(memory, c) for c in tqdm(extra, desc="extra edits", unit="edit", disable=not progress)]
+    subjects = {c.subject.casefold() for c in extra if c.subject}
     rows: list[dict[str, Any]] = []
     for start in range(0, len(cases), batch):
         round_cases = cases[start : start + batch]
         latencies += [_timed_add(memory, c) for c in round_cases]
+        subjects |= {c.subject.casefold() for c in round_cases if c.subject}
         questions = [q for c in round_cases for q in _probes(c)]
         after = iter(_answers(pipeline, questions, k, mode, batch_size, bar))
         for case in round_cases:
-            rows.append(_score(case, after, before))
+            rows.append(_score(case, after, before, subjects))
     bar.close()
     return summarize(rows, latencies, len(memory)), rows
 
@@ -88,7 +92,8 @@ def _probes(case: EditCase) -> list[str]:
             *([case.portability.question] if case.portability else [])]
 
 
-def _score(case: EditCase, after: Iterator[tuple[str, str | None]], before: Iterator[tuple[str, str | None]]) -> dict[str, Any]:
+def _score(case: EditCase, after: Iterator[tuple[str, str | None]], before: Iterator[tuple[str, str | None]],
+           edited_subjects: set[str]) -> dict[str, Any]:
     edited = next(after)
     paraphrased = [next(after) for _ in case.paraphrases]
     neighbors = [(next(before), next(after)) for _ in case.neighbors]
@@ -103,6 +108,7 @@ def _score(case: EditCase, after: Iterator[tuple[str, str | None]], before: Iter
         "paraphrase_answers": [a for a, _ in paraphrased],
         "general": [contains_answer(a, [case.target_new]) for a, _ in paraphrased],
         "neighbor_answers": [{"before": b[0], "after": a[0], "edit_used": a[1]} for b, a in neighbors],
+        "neighbor_names_edited_subject": [any(s in p.question.casefold() for s in edited_subjects) for p in case.neighbors],
         "local": [b[0] == a[0] for b, a in neighbors],
         "portable": None if ported is None else contains_answer(ported[0], [case.portability.answer]),
     }
@@ -119,6 +125,8 @@ def summarize(rows: Sequence[dict[str, Any]], latencies_ms: Sequence[float], edi
         "reliability": share([r["reliable"] for r in rows]),
         "generality": share([g for r in rows for g in r["general"]]),
         "locality": share([loc for r in rows for loc in r["local"]]),
+        "locality_unrelated": share([loc for r in rows for loc, named in zip(r["local"], r["neighbor_names_edited_subject"]) if not named]),
+        "neighbors_naming_edited_subjects": sum(sum(r["neighbor_names_edited_subject"]) for r in rows),
         "portability": share(portable),
         "edit_latency_p50_ms": float(np.percentile(latencies_ms, 50)) if latencies_ms else None,
         "edit_latency_p99_ms": float(np.percentile(latencies_ms, 99)) if latencies_ms else None,

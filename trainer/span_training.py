@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.encoder import DEFAULT_ENCODER
-from rag.command_line import check_counts, run_command, typed_command
+from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
 from trainer.qa_metrics import exact_match, f1_score
 from trainer.span_data import DevQuestion, SpanExample, read_span_data
@@ -330,18 +330,12 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--out", required=True, type=Path, help="output folder (new or empty): the span reader")
     add("--encoder", default=d.encoder, help="encoder to start from")
     add("--init", type=Path, default=None, help="continue training this span reader folder (default: a fresh head on --encoder)")
-    add("--steps", type=int, default=d.steps, help="optimizer steps")
-    add("--batch-size", type=int, default=d.batch_size, help="questions per step")
-    add("--lr", type=float, default=d.lr, help="peak learning rate (linear warm-up and decay)")
-    add("--warmup", type=float, default=d.warmup, help="share of the steps spent warming up")
+    add_optimizer_options(parser, d, "questions")
     add("--max-length", type=int, default=d.max_length, help="tokens per question + passage")
     add("--max-answer-tokens", type=int, default=d.max_answer_tokens, help="longest answer in tokens")
     add("--dev-every", type=int, default=d.dev_every, help="steps between checkpoints and quick dev checks")
     add("--dev-quick", type=int, default=d.dev_quick, help="dev questions per file in the quick checks")
-    add("--seed", type=int, default=d.seed, help="seed of the example order and the head")
-    add("--bf16", action="store_true", help="bf16 autocast while training (CPU with avx512_bf16, or GPU)")
-    add("--threads", type=int, default=d.threads, help="torch threads (0: torch's choice)")
-    add("--device", default=d.device, help="cpu, cuda or auto")
+    add_run_options(parser, d, "seed of the example order and the head")
     parser.set_defaults(run=_run)
     return parser
 

@@ -1,0 +1,92 @@
+"""Benchmark: knowledge edits through the edit memory, each run a `rag-eval edits` subprocess.
+
+The issue's runs, on the whole-corpus index (a scratch copy; the index itself is not changed):
+- `counterfact-1000`: 1,000 cases of counterfact-test (seeded sample, seed 0), all edits applied at once;
+- `zsre-1k`: every zsre-1k case with a new answer (998 of 1,000; two records have an empty one);
+- `counterfact-10000`: the same 1,000 cases evaluated with 9,000 more counterfact-test edits in the memory;
+- `counterfact-sequential`: the same 1,000 cases applied 100 at a time, each round evaluated before the next.
+Each run's exact command is stored beside its JSON summary in `results/knowledge_edits.json`, rewritten
+after every run. The weight-editing baseline on the same cases is bench/weight_editing.py.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import DEFAULT_INDEX, RESULTS_DIR, log, machine_info, run_rag_eval
+
+EDITS_DIR = Path("/work/shared/data/editing")
+COUNTERFACT = ["--edits", str(EDITS_DIR / "counterfact-test.jsonl.gz"), "--limit", "1000", "--seed", "0"]
+RUNS = {
+    "counterfact-1000": COUNTERFACT,
+    "zsre-1k": ["--edits", str(EDITS_DIR / "zsre-1k.jsonl.gz"), "--on-error", "skip"],
+    "counterfact-10000": [*COUNTERFACT, "--extra-edits", "9000"],
+    "counterfact-sequential": [*COUNTERFACT, "--batch", "100"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="index to copy (default %(default)s)")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--scope", default="auto", help="scope decider of every run: auto, classifier or similarity")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "knowledge_edits.json")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
+    parser.add_argument("--predictions", type=Path, default=Path("runs/knowledge_edits"),
+                        help="folder for each run's per-case rows (default %(default)s; large, not committed)")
+    args = parser.parse_args()
+
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
+    result["machine"] = machine_info()
+    result["scope_classifier"] = classifier_info()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
+    rag_eval = str(Path(sys.executable).with_name("rag-eval"))
+    args.predictions.mkdir(parents=True, exist_ok=True)
+    for name in args.runs:
+        rows = args.predictions / f"{name}-{args.scope}.jsonl"
+        command = [rag_eval, "edits", "--index", str(args.index), *RUNS[name], "--scope", args.scope, "--threads", str(args.threads),
+                   "--predictions", str(rows)]
+        log("run", name, " ".join(command))
+        summary, typed, seconds = run_rag_eval(command, env)
+        key = name if args.scope == "auto" else f"{name} ({args.scope})"
+        result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary}
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        log(name, json.dumps(summary))
+    print(table(result))
+
+
+def classifier_info() -> dict:
+    """Which shipped scope classifier the runs used: its config and a digest of its weights."""
+    from rag.editing import SCOPE_CLASSIFIER
+
+    folder = Path(SCOPE_CLASSIFIER)
+    digest = hashlib.sha1()
+    for path in sorted(folder.rglob("*.safetensors")):
+        digest.update(path.read_bytes())
+    config = folder / "scope_config.json"
+    return {"folder": str(folder), "config": json.loads(config.read_text()) if config.is_file() else None, "weights_sha1": digest.hexdigest()}
+
+
+def table(result: dict) -> str:
+    """The runs as a markdown table."""
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = ["| run | scope | n | edits in memory | reliability | generality | locality (unrelated) | portability | edit p50 / p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, run in result["runs"].items():
+        s = run["summary"]
+        lines.append(f"| {key.split()[0]} | {s['scope']} | {s['n']} | {s['edits_in_memory']:,} | {cell(s['reliability'])} | "
+                     f"{cell(s['generality'])} | {cell(s['locality'])} ({cell(s.get('locality_unrelated'))}) | {cell(s['portability'])} | "
+                     f"{s['edit_latency_p50_ms']:.1f} / {s['edit_latency_p99_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

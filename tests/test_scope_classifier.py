@@ -1,0 +1,216 @@
+"""The edit scope classifier on a tiny random BERT: probabilities, saving, learning, the pairs it trains on,
+the threshold choice, refusing evaluation-only data; and the shipped classifier, where it is present."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from indexer.encoder import TextEncoder
+from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
+from trainer.edit_cases import EditCase, Probe
+from trainer.scope_data import CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, relations
+from trainer.scope_training import ScopeTrainingConfig, auc, best_threshold, main, scope_loss, train_scope_classifier
+
+EDITS = ["The mother tongue of Danielle Darrieux is English.", "The twin city of Wellington is Sheffield.", "Toko Yasuda plays the piano."]
+QUESTIONS = ["What is the mother tongue of Danielle Darrieux?", "who won the world cup in 2010", "Toko Yasuda, the"]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture()
+def classifier(tiny_encoder_path: str) -> ScopeClassifier:
+    return ScopeClassifier.from_encoder(tiny_encoder_path, device="cpu", seed=0, max_length=32)
+
+
+def test_scores_are_probabilities_in_input_order(classifier: ScopeClassifier) -> None:
+    scores = classifier.scores(EDITS, QUESTIONS)
+    assert scores.shape == (3,) and scores.dtype == np.float32
+    assert ((scores >= 0) & (scores <= 1)).all()
+    # Batching (and the length sort inside) changes nothing; one pair alone scores the same.
+    assert np.allclose(classifier.scores(EDITS, QUESTIONS, batch_size=1), scores, atol=1e-5)
+    assert np.allclose(classifier.scores(EDITS[1:2], QUESTIONS[1:2]), scores[1:2], atol=1e-5)
+    assert classifier.scores([], []).shape == (0,)
+    assert classifier.in_scope(EDITS, QUESTIONS).tolist() == (scores >= classifier.threshold).tolist()
+    # forward gives one logit per pair.
+    assert classifier(**classifier.encode(EDITS, QUESTIONS)).shape == (3,)
+
+
+def test_bad_input_is_refused(classifier: ScopeClassifier) -> None:
+    with pytest.raises(ValueError, match="2 edit texts but 3 questions"):
+        classifier.scores(EDITS[:2], QUESTIONS)
+    with pytest.raises(TypeError, match="not one string"):
+        classifier.scores(EDITS[0], QUESTIONS[0])
+    with pytest.raises(ValueError, match="batch_size"):
+        classifier.scores(EDITS, QUESTIONS, batch_size=0)
+    with pytest.raises(ValueError, match="probability"):
+        classifier.threshold = 1.5
+
+
+def test_save_and_load_round_trip(classifier: ScopeClassifier, tmp_path: Path) -> None:
+    classifier.threshold = 0.37
+    classifier.config.similarity_threshold = 0.81
+    expected = classifier.scores(EDITS, QUESTIONS)
+    classifier.save_pretrained(tmp_path / "exact", encoder_dtype=torch.float32)
+    classifier.save_pretrained(tmp_path / "half")
+    assert is_scope_classifier(tmp_path / "half") and not is_scope_classifier(tmp_path)
+    # The router (rag/editing.py) reads both thresholds from this file.
+    saved = json.loads((tmp_path / "half" / CONFIG_FILE).read_text())
+    assert saved["threshold"] == 0.37 and saved["similarity_threshold"] == 0.81
+    exact = ScopeClassifier.from_pretrained(tmp_path / "exact", device="cpu")
+    assert np.allclose(exact.scores(EDITS, QUESTIONS), expected, atol=1e-6)
+    half = ScopeClassifier.from_pretrained(tmp_path / "half", device="cpu")
+    assert next(half.encoder.parameters()).dtype == torch.float32
+    assert np.allclose(half.scores(EDITS, QUESTIONS), expected, atol=2e-3)
+    assert half.threshold == 0.37 and half.similarity_threshold == 0.81
+    # Saving does not change the model being trained.
+    assert next(classifier.encoder.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="not a scope classifier folder"):
+        ScopeClassifier.from_pretrained(tmp_path)
+
+
+def test_training_steps_drive_the_loss_down(classifier: ScopeClassifier) -> None:
+    # Separable (by a word of the question: a random tiny model could not learn to match the two texts in a few steps).
+    words = ["alpha", "bravo", "charlie", "delta"]
+    batch = [ScopePair(f"The {w} fact.", f"{w}?", f"what about {w} {q}", int(q == "yes"), "question" if q == "yes" else "near-edit", w)
+             for w in words for q in ("yes", "no", "never", "nothing")]
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=3e-3)
+    classifier.train()
+    losses = []
+    for _ in range(25):
+        loss = scope_loss(classifier, batch, pos_weight=3.0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    scores = classifier.scores([p.edit_text for p in batch], [p.question for p in batch])
+    assert auc(scores, np.array([p.label for p in batch])) > 0.9
+
+
+def test_threshold_and_auc() -> None:
+    scores, labels = np.array([0.1, 0.4, 0.35, 0.8, 0.9]), np.array([0, 0, 1, 1, 1])
+    assert auc(scores, labels) == pytest.approx(5 / 6)
+    assert auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+    threshold, balanced = best_threshold(scores, labels)
+    assert threshold == pytest.approx(0.6) and balanced == pytest.approx(5 / 6)
+    threshold, balanced = best_threshold(np.array([0.2, 0.7, 0.9]), np.array([0, 1, 1]))
+    assert threshold == pytest.approx(0.45) and balanced == 1.0
+    with pytest.raises(ValueError, match="both"):
+        best_threshold(scores, np.ones(5))
+
+
+def _case(n: int, subject: str, template: str, old: str, new: str, neighbor: str) -> EditCase:
+    question = template.format(subject)
+    return EditCase(str(n), question, new, target_old=old, subject=subject, paraphrases=[f"Everyone knows {question}"],
+                    neighbors=[Probe(neighbor, old)])
+
+
+LANG = ["English", "French", "German", "Dutch", "Italian", "Spanish"]
+CITY = ["London", "Paris", "Berlin", "Rome", "Madrid", "Vienna"]
+LANG_TEMPLATES = ("The mother tongue of {} is", "{} is a native speaker of")
+CITY_TEMPLATES = ("{} is located in", "Where is {}? It is located in")
+
+
+def toy_cases() -> list[EditCase]:
+    """Two relations of two templates each, 24 cases each; a neighbour prompt uses the relation's other template."""
+    cases = []
+    for i in range(24):
+        lang, other_lang = LANG_TEMPLATES[i % 2], LANG_TEMPLATES[1 - i % 2]
+        cases.append(_case(i, f"Person{i} Lang", lang, LANG[i % 6], LANG[(i + 1) % 6], other_lang.format(f"Other{i}")))
+        city, other_city = CITY_TEMPLATES[i % 2], CITY_TEMPLATES[1 - i % 2]
+        cases.append(_case(100 + i, f"Town{i} Place", city, CITY[i % 6], CITY[(i + 2) % 6], other_city.format(f"Village{i}")))
+    return cases
+
+
+def test_relations_group_templates_by_neighbour_prompts() -> None:
+    groups = relations(toy_cases())
+    assert set(groups) == {*LANG_TEMPLATES, *CITY_TEMPLATES}
+    assert groups[LANG_TEMPLATES[0]] == groups[LANG_TEMPLATES[1]] != groups[CITY_TEMPLATES[0]] == groups[CITY_TEMPLATES[1]]
+
+
+def test_build_pairs(tiny_encoder: TextEncoder) -> None:
+    cases = toy_cases()
+    nq = ["who wrote hamlet", "when did the war end", "how tall is everest", "what is the capital of peru"]
+    encode = CachedEncoder(tiny_encoder, progress=False)
+    config = ScopeDataConfig(near_depth=4, near_per_question=1, relation_paraphrase=1, other_relation=2, nq_per_case=0.1, seed=3)
+    pairs = build_pairs(cases, nq, encode, config, progress=False)
+    by_kind: dict[str, list[ScopePair]] = {}
+    for p in pairs:
+        by_kind.setdefault(p.kind, []).append(p)
+    counts = {k: len(v) for k, v in by_kind.items()}
+    # Each relation has one other template; round(0.1 * 48) = 5 NQ questions asked, 4 exist.
+    assert counts == {"question": 48, "paraphrase": 48, "neighbor": 48, "near-edit": 3 * 48, "relation-paraphrase": 48,
+                      "other-relation": 96, "nq": 4}
+    assert {p.label for k in ("question", "paraphrase", "relation-paraphrase") for p in by_kind[k]} == {1}
+    assert {p.label for k in ("neighbor", "near-edit", "other-relation", "nq") for p in by_kind[k]} == {0}
+    facts = {c.fact: c for c in cases}
+    for p in by_kind["near-edit"]:
+        # Never the case's own edit, and never an edit whose subject the question names.
+        assert facts[p.edit_text].subject.casefold() not in p.question.casefold()
+    for kind, same in (("relation-paraphrase", True), ("other-relation", False)):
+        for p in by_kind[kind]:
+            # The edit's subject, in a template of the same relation (not its own) or of the other relation.
+            case = facts[p.edit_text]
+            assert case.subject in p.question and p.question != case.question
+            assert (("located" in p.question or "Where is" in p.question) == ("located" in case.question)) == same
+    assert pairs == build_pairs(cases, nq, encode, config, progress=False)  # seeded
+    # Similarity is the cosine of question and edit key: 1 for an edit's own question.
+    own = by_kind["question"][:3]
+    assert np.allclose(encode.similarity(own), 1.0, atol=1e-5)
+
+
+def _write_counterfact(path: Path, cases: list[EditCase]) -> Path:
+    with gzip.open(path, "wt") as fh:
+        for c in cases:
+            fh.write(json.dumps({"case_id": c.id, "prompt": c.question, "target_new": c.target_new, "subject": c.subject,
+                                 "ground_truth": c.target_old, "rephrase_prompt": c.paraphrases[0],
+                                 "locality_prompt": c.neighbors[0].question, "locality_ground_truth": c.neighbors[0].answer}) + "\n")
+    return path
+
+
+def test_evaluation_only_files_are_refused(tmp_path: Path) -> None:
+    for name in ("zsre-1k.jsonl.gz", "counterfact-test.jsonl.gz", "nq-open-test.jsonl.gz"):
+        with pytest.raises(ValueError, match="evaluation-only"):
+            check_not_evaluation_only(tmp_path / name)
+    check_not_evaluation_only(tmp_path / "counterfact-train.jsonl.gz")
+    test_file = _write_counterfact(tmp_path / "counterfact-test.jsonl.gz", toy_cases())
+    config = ScopeTrainingConfig(out=tmp_path / "out", train=test_file, val=test_file, nq_train=None, nq_val=None)
+    with pytest.raises(ValueError, match="evaluation-only"):
+        config.check()
+
+
+def test_train_end_to_end(tiny_encoder_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = toy_cases()
+    train = _write_counterfact(tmp_path / "counterfact-train.jsonl.gz", cases[:32])
+    val = _write_counterfact(tmp_path / "counterfact-val.jsonl.gz", cases[32:])
+    out = tmp_path / "scope"
+    config = ScopeTrainingConfig(out=out, train=train, val=val, nq_train=None, nq_val=None, encoder=tiny_encoder_path,
+                                 steps=6, batch_size=8, lr=1e-3, max_length=32, val_every=3, val_quick=20, threads=1, device="cpu")
+    record = train_scope_classifier(config, progress=False)
+    assert is_scope_classifier(out) and (out / "TRAINING.md").is_file() and (out / "metrics.jsonl").is_file()
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    assert saved["threshold"] == record["threshold"] and 0.0 <= saved["threshold"] <= 1.0
+    assert saved["similarity_threshold"] == record["similarity_threshold"]
+    assert record["data"]["val"]["pairs"] > 0 and 0.0 <= record["classifier"]["val"]["auc"] <= 1.0
+    assert len(record["val_curve"]) == 1
+    assert "similarity" in (out / "TRAINING.md").read_text()
+    # A non-empty --out is a user's mistake: an error line and status 2, not a traceback.
+    assert main(["--out", str(out), "--train", str(train), "--val", str(val), "--no-nq"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not is_scope_classifier(SHIPPED), reason="no shipped scope classifier")
+def test_shipped_classifier_separates_obvious_pairs() -> None:
+    model = ScopeClassifier.from_pretrained(SHIPPED, device="cpu")
+    fact = "The mother tongue of Danielle Darrieux is English."
+    scores = model.scores([fact] * 4, ["The mother tongue of Danielle Darrieux is", "Danielle Darrieux's native language is",
+                                       "who won the world cup in 2010", "The twin city of Wellington is"])
+    assert scores[0] >= model.threshold and scores[1] >= model.threshold
+    assert scores[2] < model.threshold and scores[3] < model.threshold
+    assert model.similarity_threshold is not None and -1 <= model.similarity_threshold <= 1

@@ -1,0 +1,370 @@
+"""Training of the scope classifier (rag/scope_classifier.py) and calibration of the similarity baseline.
+
+Pairs (edit fact, question, in scope?) are made by trainer/scope_data.py from counterfact-train (with
+nq-open-train questions as extra negatives); validation pairs are made the same way from counterfact-val
+(with nq-open-dev). The classifier is trained with binary cross-entropy, positives weighted by
+negatives/positives so that both classes count equally, AdamW with linear warm-up and decay.
+
+Two decisions are chosen, each by balanced accuracy (the mean of the in-scope and out-of-scope accuracies,
+so the mix of pair kinds does not decide the threshold):
+- `threshold`: the classifier's probability threshold, on the validation pairs;
+- `similarity_threshold`: the cosine of question and edit key (MiniLM, as the edit memory embeds them) that
+  best separates the TRAINING pairs; the validation pairs then measure it as they measure the classifier.
+Both are saved in the classifier's config (the edit router, rag/editing.py, reads them).
+
+The output folder gets the classifier, `metrics.jsonl` (loss per step), `training.json` and `TRAINING.md`
+(command, data, steps, time, machine, validation figures).
+
+Run: `python -m trainer.scope_training --out DIR [--steps N ...]`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from indexer.encoder import DEFAULT_ENCODER, TextEncoder
+from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
+from rag.scope_classifier import ScopeClassifier
+from trainer.edit_cases import read_cases
+from trainer.qa_data import read_qa, sample
+from trainer.scope_data import KINDS, CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, summary
+from trainer.span_training import machine
+
+DATA = Path("/work/shared/data")
+
+
+@dataclass
+class ScopeTrainingConfig:
+    """Everything a scope-classifier training run depends on; saved with the run."""
+
+    out: Path
+    train: Path = DATA / "editing" / "counterfact-train.jsonl.gz"
+    val: Path = DATA / "editing" / "counterfact-val.jsonl.gz"
+    nq_train: Path | None = DATA / "qa" / "nq-open-train.jsonl.gz"  # question-form negatives for training
+    nq_val: Path | None = DATA / "qa" / "nq-open-dev.jsonl.gz"  # ... and for validation (a different file)
+    encoder: str = DEFAULT_ENCODER  # both the classifier's starting point and the similarity baseline's embedder
+    cases: int | None = None  # a seeded sample of the training cases (None: all)
+    val_cases: int | None = None
+    near_depth: int = 8
+    near_per_question: int = 1
+    relation_paraphrase: int = 1
+    other_relation: int = 2
+    nq_per_case: float = 0.5
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 5e-5
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 64
+    val_every: int = 250  # steps between quick validation checks (0: only at the end)
+    val_quick: int = 1000  # validation pairs in a quick check
+    seed: int = 0
+    bf16: bool = False  # bf16 autocast while training (a CPU with avx512_bf16, or a GPU)
+    threads: int = 0  # torch threads, 0 = torch's default
+    device: str = "auto"
+    command: list[str] = field(default_factory=lambda: typed_command("trainer.scope_training"))
+
+    def data_config(self) -> ScopeDataConfig:
+        return ScopeDataConfig(near_depth=self.near_depth, near_per_question=self.near_per_question,
+                               relation_paraphrase=self.relation_paraphrase, other_relation=self.other_relation,
+                               nq_per_case=self.nq_per_case, seed=self.seed)
+
+    def check(self) -> None:
+        """Raise ValueError on settings that cannot work, before anything slow starts."""
+        check_counts(self, at_least_one=("steps", "batch_size"), at_least_zero=("val_every", "val_quick", "threads"))
+        for name in ("cases", "val_cases"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"--warmup is a share of the steps, from 0 to below 1; got {self.warmup}")
+        self.data_config().check()
+        for option, path in (("--train", self.train), ("--val", self.val), ("--nq-train", self.nq_train), ("--nq-val", self.nq_val)):
+            if path is None:
+                continue
+            if not Path(path).is_file():
+                raise ValueError(f"{option} file not found: {path}")
+            check_not_evaluation_only(path)
+        if Path(self.train).resolve() == Path(self.val).resolve():
+            raise ValueError("--train and --val are the same file: validation must be held out")
+        if self.out.exists() and any(self.out.iterdir()):
+            raise ValueError(f"--out {self.out} is not empty: choose a new folder")
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve: P(a random positive scores above a random negative), ties counting half."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if not positives or not negatives:
+        return float("nan")
+    # Mann-Whitney U from ranks, tied scores sharing their mean rank.
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    ranks = mean_rank[inverse]
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The threshold (in scope: score >= threshold) with the best balanced accuracy, and that accuracy.
+
+    Thresholds lie halfway between neighbouring distinct scores, so a score just beside one decides the
+    same way as the pair it was chosen on.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    if labels.all() or not labels.any():
+        raise ValueError("choosing a threshold needs both in-scope and out-of-scope pairs")
+    distinct = np.unique(scores)  # ascending
+    cuts = np.concatenate([[distinct[0] - 1e-6], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + 1e-6]])
+    # For each cut: the share of positives at or above it and of negatives below it.
+    order = np.sort(scores[labels]), np.sort(scores[~labels])
+    recall = 1.0 - np.searchsorted(order[0], cuts, side="left") / len(order[0])
+    specificity = np.searchsorted(order[1], cuts, side="left") / len(order[1])
+    balanced = (recall + specificity) / 2
+    best = int(np.argmax(balanced))
+    return float(cuts[best]), float(balanced[best])
+
+
+def pair_metrics(scores: np.ndarray, pairs: Sequence[ScopePair], threshold: float) -> dict[str, Any]:
+    """Accuracy, balanced accuracy and AUC of one decider over labelled pairs, and its accuracy per pair kind."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.array([p.label for p in pairs], dtype=bool)
+    decided = scores >= threshold
+    right = decided == labels
+    by_kind = {}
+    for kind in KINDS:
+        rows = np.array([p.kind == kind for p in pairs], dtype=bool)
+        if rows.any():
+            by_kind[kind] = {"n": int(rows.sum()), "accuracy": round(float(right[rows].mean()), 4)}
+    return {"n": len(pairs), "threshold": round(float(threshold), 4), "accuracy": round(float(right.mean()), 4),
+            "balanced_accuracy": round(float((right[labels].mean() + right[~labels].mean()) / 2), 4),
+            "auc": round(auc(scores, labels), 4), "by_kind": by_kind}
+
+
+# -- training --------------------------------------------------------------------------------------
+
+def scope_loss(model: ScopeClassifier, batch: Sequence[ScopePair], pos_weight: float) -> torch.Tensor:
+    """Binary cross-entropy of the batch, positives weighted by `pos_weight`."""
+    logits = model(**model.encode([p.edit_text for p in batch], [p.question for p in batch]))
+    labels = torch.tensor([float(p.label) for p in batch], device=logits.device)
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, labels, pos_weight=torch.tensor(pos_weight, device=logits.device))
+
+
+def _read_pairs(config: ScopeTrainingConfig, encode: CachedEncoder, progress: bool) -> tuple[list[ScopePair], list[ScopePair]]:
+    """Training and validation pairs, each mined among its own file's edits."""
+    made = []
+    for cases_file, nq_file, limit, seed in ((config.train, config.nq_train, config.cases, config.seed),
+                                               (config.val, config.nq_val, config.val_cases, config.seed + 1)):
+        cases = sample(read_cases(cases_file), limit, config.seed)
+        nq = [r.question for r in read_qa(nq_file)] if nq_file is not None else []
+        made.append(build_pairs(cases, nq, encode, replace(config.data_config(), seed=seed), progress=progress))
+    return made[0], made[1]
+
+
+def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -> dict[str, Any]:
+    """Make the pairs, calibrate the similarity threshold, train, choose the threshold, save to `config.out`.
+
+    Returns the run's record (also written to `training.json`).
+    """
+    config.check()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device = None if config.device == "auto" else config.device
+    started = time.time()
+    embedder = CachedEncoder(TextEncoder(config.encoder, device=device), progress=progress)
+    train_pairs, val_pairs = _read_pairs(config, embedder, progress)
+    positives = sum(p.label for p in train_pairs)
+    if not positives or positives == len(train_pairs):
+        raise ValueError("the training pairs need both labels: give more cases")
+    # The baseline's threshold from the training pairs; both deciders are then measured on the same validation pairs.
+    similarity_threshold, _ = best_threshold(embedder.similarity(train_pairs), np.array([p.label for p in train_pairs]))
+    similarity = {"train": pair_metrics(embedder.similarity(train_pairs), train_pairs, similarity_threshold),
+                  "val": pair_metrics(embedder.similarity(val_pairs), val_pairs, similarity_threshold)}
+    del embedder  # its encoder and ~50k vectors are not needed for training
+    data_seconds = time.time() - started
+
+    model = ScopeClassifier.from_encoder(config.encoder, device=device, seed=config.seed, max_length=config.max_length)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)
+    autocast = lambda: torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.bf16)  # noqa: E731
+    pos_weight = (len(train_pairs) - positives) / positives
+    quick = val_pairs[: config.val_quick]
+    config.out.mkdir(parents=True, exist_ok=True)
+    curve: list[dict[str, Any]] = []
+    running = None
+    train_started = time.time()
+    with open(config.out / "metrics.jsonl", "w") as log:
+        bar = tqdm(range(1, config.steps + 1), desc="train scope classifier", unit="step", disable=not progress)
+        for step in bar:
+            # The pairs are already in a seeded random order: walk through them, wrapping around.
+            lo = (step - 1) * config.batch_size
+            batch = [train_pairs[(lo + i) % len(train_pairs)] for i in range(config.batch_size)]
+            with autocast():
+                loss = scope_loss(model, batch, pos_weight)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = loss.item()
+            running = value if running is None else 0.98 * running + 0.02 * value
+            bar.set_postfix(loss=f"{running:.3f}")
+            log.write(json.dumps({"step": step, "loss": round(value, 5), "lr": schedule.get_last_lr()[0],
+                                  "seconds": round(time.time() - train_started, 2)}) + "\n")
+            log.flush()
+            if config.val_every and step % config.val_every == 0 and step < config.steps and quick:
+                scores = model.scores([p.edit_text for p in quick], [p.question for p in quick])
+                point = {"step": step, "loss": running, "val_auc": round(auc(scores, np.array([p.label for p in quick])), 4)}
+                curve.append(point)
+                log.write(json.dumps({"val_quick": point}) + "\n")
+    train_seconds = time.time() - train_started
+
+    val_started = time.time()
+    scores = model.scores([p.edit_text for p in val_pairs], [p.question for p in val_pairs])
+    threshold, _ = best_threshold(scores, np.array([p.label for p in val_pairs]))
+    # A cut below (or above) every score is legal for best_threshold but may not be a probability: clip it.
+    threshold = round(min(max(threshold, 0.0), 1.0), 4)
+    similarity_threshold = round(min(max(similarity_threshold, -1.0), 1.0), 4)
+    model.threshold = threshold
+    model.config.similarity_threshold = similarity_threshold
+    model.config.similarity_encoder = config.encoder
+    classifier = {"val": pair_metrics(scores, val_pairs, threshold), "val_at_0.5": pair_metrics(scores, val_pairs, 0.5)}
+    model.save_pretrained(config.out)
+    record = {
+        "command": config.command,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "command"},
+        "data": {"train": summary(train_pairs), "val": summary(val_pairs)},
+        "pos_weight": round(pos_weight, 4),
+        "pairs_seen": config.steps * config.batch_size,
+        "epochs": round(config.steps * config.batch_size / len(train_pairs), 3),
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "val_seconds": round(time.time() - val_started, 1),
+        "final_loss": running,
+        "val_curve": curve,
+        "threshold": threshold,
+        "similarity_threshold": similarity_threshold,
+        "classifier": classifier,
+        "similarity": similarity,
+        "machine": machine() | {"device": str(model.device), "bf16": config.bf16},
+    }
+    (config.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    (config.out / "TRAINING.md").write_text(training_markdown(record))
+    return record
+
+
+def training_markdown(record: dict[str, Any]) -> str:
+    """A short human-readable account of a run, from its record."""
+    cfg, data = record["config"], record["data"]
+    clf, sim = record["classifier"]["val"], record["similarity"]["val"]
+    lines = [
+        "# How this scope classifier was trained", "",
+        f"Command: `{' '.join(record['command'])}`", "",
+        f"- Data: {data['train']['pairs']} training pairs ({data['train']['positives']} in scope) from {cfg['train']}"
+        f"{' (sample of ' + str(cfg['cases']) + ' cases)' if cfg['cases'] else ''} with NQ questions from {cfg['nq_train']}; "
+        f"{data['val']['pairs']} validation pairs ({data['val']['positives']} in scope) from {cfg['val']} with NQ questions "
+        f"from {cfg['nq_val']}. Kinds: train {data['train']['by_kind']}; val {data['val']['by_kind']}. Nearest other edits "
+        f"searched {cfg['near_depth']} deep (MiniLM cosine of question and edit key), {cfg['near_per_question']} negative(s) a "
+        f"question. Not trained or tuned on counterfact-test or zsre-1k (evaluation only).",
+        f"- Steps: {cfg['steps']} x {cfg['batch_size']} pairs ({record['epochs']} epochs), lr {cfg['lr']} (warm-up "
+        f"{cfg['warmup']}, linear decay), AdamW (weight decay {cfg['weight_decay']}), BCE with positives weighted "
+        f"{record['pos_weight']}, max length {cfg['max_length']}, bf16 autocast {cfg['bf16']}, from {cfg['encoder']}, seed {cfg['seed']}.",
+        f"- Time: pairs and embeddings {record['data_seconds']} s, training {record['train_seconds']} s, validation "
+        f"{record['val_seconds']} s.",
+        f"- Machine: {record['machine']['cpu']} ({record['machine']['cpus']} CPUs, {record['machine']['torch_threads']} torch "
+        f"threads, device {record['machine']['device']}, GPU {record['machine']['cuda']}), torch {record['machine']['torch']}.",
+        f"- Final loss (smoothed): {record['final_loss']:.3f}.",
+        "",
+        "Thresholds, each chosen by balanced accuracy: the classifier's on the validation pairs (so its validation "
+        "figures are slightly optimistic), the similarity baseline's on the training pairs.",
+        "",
+        "| decider (validation pairs) | threshold | accuracy | balanced accuracy | AUC | "
+        + " | ".join(clf["by_kind"]) + " |",
+        "|---|---|---|---|---|" + "---|" * len(clf["by_kind"]),
+    ]
+    for name, m in (("classifier", clf), ("classifier at 0.5", record["classifier"]["val_at_0.5"]), ("similarity (MiniLM cosine)", sim)):
+        lines.append(f"| {name} | {m['threshold']} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} | {m['auc']:.3f} | "
+                     + " | ".join(f"{m['by_kind'][k]['accuracy']:.3f}" for k in clf["by_kind"]) + " |")
+    lines += ["", "Per-kind columns are the share of that kind's pairs decided right (in scope for question, "
+              "paraphrase and relation-paraphrase, out of scope for the rest)."]
+    if record["val_curve"]:
+        lines += ["", "Quick validation checks (AUC): " + ", ".join(f"step {c['step']}: {c['val_auc']:.3f}" for c in record["val_curve"])]
+    return "\n".join(lines) + "\n"
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The arguments of `python -m trainer.scope_training` (and of `rag-train scope`, which takes them as a parent)."""
+    d = ScopeTrainingConfig(out=Path())
+    parser = argparse.ArgumentParser(prog="python -m trainer.scope_training", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     add_help=add_help,
+                                     description="Train the edit scope classifier (a cross-encoder on the MiniLM encoder) on "
+                                                 "CounterFact pairs, and calibrate the similarity-threshold baseline.")
+    add = parser.add_argument
+    add("--out", required=True, type=Path, help="output folder (new or empty): the scope classifier")
+    add("--train", type=Path, default=d.train, help="edit cases to train on (never counterfact-test or zsre)")
+    add("--val", type=Path, default=d.val, help="edit cases the thresholds are chosen and measured on")
+    add("--nq-train", type=Path, default=d.nq_train, help="QA file whose questions are extra negatives for training")
+    add("--nq-val", type=Path, default=d.nq_val, help="QA file whose questions are extra negatives for validation")
+    add("--no-nq", action="store_true", help="no NQ questions at all")
+    add("--encoder", default=d.encoder, help="encoder to start from; also embeds for the similarity baseline")
+    add("--cases", type=int, default=None, help="a seeded sample of N training cases (default: all)")
+    add("--val-cases", type=int, default=None, help="a seeded sample of N validation cases (default: all)")
+    add("--near-depth", type=int, default=d.near_depth, help="nearest other edits considered per question")
+    add("--near-per-question", type=int, default=d.near_per_question, help="near-edit negatives per question")
+    add("--relation-paraphrase", type=int, default=d.relation_paraphrase, help="same-relation template positives per case")
+    add("--other-relation", type=int, default=d.other_relation, help="other-relation template negatives per case")
+    add("--nq-per-case", type=float, default=d.nq_per_case, help="NQ questions per case")
+    add_optimizer_options(parser, d, "pairs")
+    add("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    add("--max-length", type=int, default=d.max_length, help="tokens per (edit, question) pair")
+    add("--val-every", type=int, default=d.val_every, help="steps between quick validation checks (0: none)")
+    add("--val-quick", type=int, default=d.val_quick, help="validation pairs in a quick check")
+    add_run_options(parser, d, "seed of the pairs, their order and the head")
+    parser.set_defaults(run=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = ScopeTrainingConfig(
+        out=args.out, train=args.train, val=args.val, nq_train=None if args.no_nq else args.nq_train,
+        nq_val=None if args.no_nq else args.nq_val, encoder=args.encoder, cases=args.cases, val_cases=args.val_cases,
+        near_depth=args.near_depth, near_per_question=args.near_per_question,
+        relation_paraphrase=args.relation_paraphrase, other_relation=args.other_relation,
+        nq_per_case=args.nq_per_case, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        weight_decay=args.weight_decay, max_length=args.max_length, val_every=args.val_every, val_quick=args.val_quick,
+        seed=args.seed, bf16=args.bf16, threads=args.threads, device=args.device,
+    )
+    record = train_scope_classifier(config)
+    clf, sim = record["classifier"]["val"], record["similarity"]["val"]
+    print(json.dumps({"out": str(args.out), "train_seconds": record["train_seconds"], "threshold": record["threshold"],
+                      "similarity_threshold": record["similarity_threshold"],
+                      "val": {"classifier": {k: clf[k] for k in ("accuracy", "balanced_accuracy", "auc")},
+                              "similarity": {k: sim[k] for k in ("accuracy", "balanced_accuracy", "auc")}}}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m trainer.scope_training`."""
+    return run_command("python -m trainer.scope_training", build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
