@@ -117,7 +117,9 @@ class Pipeline:
     def ask_many(self, questions: Sequence[str], k: int | None = None, mode: str = "hybrid") -> list[Answer]:
         """Answer a batch of questions with one retrieval call and batched reading (k None: the reader's default).
 
-        A question in an edit's scope is read from the edit alone; the others exactly as without edits."""
+        A question in an edit's scope gets the answer the edit states, or else is read from the edit's fact
+        alone; the others are answered exactly as without edits. (Reading a stated answer back out of its
+        fact could only lose it: the span reader cut "World War I" to "World War" on some zsRE edits.)"""
         k = self.reader.default_k if k is None else k
         for q in questions:
             check_request(q, k, mode)
@@ -132,9 +134,9 @@ class Pipeline:
         reuse = vectors if self.retriever is None and mode != "sparse" else None
         passages = self.retrieve(questions, k, mode, query_vectors=reuse)
         t2 = time.perf_counter()
-        texts = [""] * len(questions)
+        texts = [e.answer if e is not None and e.answer else "" for e in edits]
         plain = [i for i, e in enumerate(edits) if e is None]
-        edited = [i for i, e in enumerate(edits) if e is not None]
+        edited = [i for i, e in enumerate(edits) if e is not None and not e.answer]
         for group, contexts in ((plain, [passages[i] for i in plain]), (edited, [[EditPassage.of(edits[i])] for i in edited])):
             if group:
                 for i, text in zip(group, self.reader.generate([questions[i] for i in group], contexts)):

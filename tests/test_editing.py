@@ -41,11 +41,15 @@ def test_in_scope_questions_read_the_edit_and_others_are_unchanged(pipeline: Pip
     before = pipeline.ask_many(QUESTIONS, k=3, mode="sparse")
     edit = pipeline.index.memory.add("Topic four is now called zeta omega.", question="tell me about topic4", answer="zeta omega")
     after = pipeline.ask_many(QUESTIONS, k=3, mode="sparse")
-    assert after[1].edit == edit and after[1].text in edit.fact  # read from the edit alone: it takes precedence
+    assert after[1].edit == edit and after[1].text == "zeta omega"  # the stated answer takes precedence
     assert after[1].to_json()["edit"]["id"] == edit.id
+    fact_only = pipeline.index.memory.add("Topic seven is now called kappa.", question="what is topic7?")
+    read = pipeline.ask("what is topic7?", k=3, mode="sparse")
+    assert read.edit == fact_only and read.text in fact_only.fact  # no stated answer: read from the fact alone
     for old, new in ((before[0], after[0]), (before[2], after[2])):
         assert new.edit is None and new.text == old.text and [p.id for p in new.passages] == [p.id for p in old.passages]
     pipeline.index.memory.revoke(edit.id)
+    pipeline.index.memory.revoke(fact_only.id)
     revoked = pipeline.ask_many(QUESTIONS, k=3, mode="sparse")
     assert [a.text for a in revoked] == [a.text for a in before] and all(a.edit is None for a in revoked)
 
