@@ -16,7 +16,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from indexer.edit_memory import Edit, EditMemory
+from indexer.edit_memory import Edit, EditMemory, question_key
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
 
 SCOPE_CLASSIFIER = str(SHIPPED)
@@ -106,12 +106,16 @@ def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIE
 
 def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,
                 candidates: int = CANDIDATES) -> list[EditMatch | None]:
-    """For each question, the in-scope edit with the best score, or None."""
+    """For each question, the in-scope edit with the best score, or None. A question that is an edit's own
+    question (up to case, spacing and end punctuation) is always in its scope."""
     if len(memory) == 0:
         return [None for _ in questions]
     found = memory.search(query_vectors, candidates)
     matches: list[EditMatch | None] = []
-    for pairs, scores in zip(found, scope.scores(questions, found)):
-        best = max(range(len(pairs)), key=scores.__getitem__, default=None)
-        matches.append(EditMatch(pairs[best][0], scores[best]) if best is not None and scores[best] >= scope.threshold else None)
+    for question, pairs, scores in zip(questions, found, scope.scores(questions, found)):
+        # An edit's own question is in its scope by definition, whatever a learned decider says of it.
+        own = [i for i, (e, _) in enumerate(pairs) if e.question is not None and question_key(e.question) == question_key(question)]
+        best = own[0] if own else max(range(len(pairs)), key=scores.__getitem__, default=None)
+        in_scope = best is not None and (bool(own) or scores[best] >= scope.threshold)
+        matches.append(EditMatch(pairs[best][0], scores[best]) if in_scope else None)
     return matches

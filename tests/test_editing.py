@@ -61,6 +61,13 @@ def test_edits_apply_closed_book_and_can_be_ignored(pipeline: Pipeline) -> None:
     assert pipeline.ask("what is the answer?", k=0).edit is None
 
 
+def test_an_edits_own_question_is_always_in_its_scope(pipeline: Pipeline) -> None:
+    pipeline.scope = SimilarityScope(2.0)  # a decider that claims nothing
+    edit = pipeline.index.memory.add("Topic five is now called rho.", question="What is topic5?", answer="rho")
+    assert pipeline.ask("what is topic5", k=2, mode="sparse").edit == edit
+    assert pipeline.ask("what is topic6?", k=2, mode="sparse").edit is None
+
+
 def test_load_scope_kinds(tmp_path: Path) -> None:
     assert load_scope("none") is None
     assert isinstance(load_scope("similarity", classifier_path=tmp_path), SimilarityScope)
