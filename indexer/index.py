@@ -13,6 +13,7 @@ The write protocol (see ARCHITECTURE.md, "Index directory"):
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shutil
 import threading
@@ -165,8 +166,7 @@ class Index:
     def encoder(self) -> Encoder:
         """The query/passage encoder; loaded from the manifest's name on first use."""
         if self._encoder is None:
-            self._encoder = TextEncoder(self.manifest.encoder, device=self.device)
-            self.manifest.check_encoder(self._encoder.name, self._encoder.dim)
+            self._encoder = manifest_encoder(self.manifest, self.device)
         return self._encoder
 
     @property
@@ -182,14 +182,8 @@ class Index:
         """The edit memory of an index folder alone, without loading its passages (the encoder loads on the first add)."""
         path = Path(path)
         manifest = Manifest.read(path)
-        encoder: list[Encoder] = []
-
-        def encode(texts: list[str]) -> np.ndarray:
-            if not encoder:
-                encoder.append(TextEncoder(manifest.encoder, device=resolve_device(device)))
-                manifest.check_encoder(encoder[0].name, encoder[0].dim)
-            return encoder[0](texts)
-        return EditMemory(path / MEMORY_DIR, encode, manifest.dim, readonly=readonly)
+        encoder = functools.cache(lambda: manifest_encoder(manifest, resolve_device(device)))
+        return EditMemory(path / MEMORY_DIR, lambda texts: encoder()(texts), manifest.dim, readonly=readonly)
 
     @property
     def generation(self) -> int:
@@ -433,6 +427,13 @@ class Index:
         gen = self._snapshot.generation
         return {**self.store.counts(gen), **self.memory.stats(), "dim": self.manifest.dim, "encoder": self.manifest.encoder,
                 "dense": self.manifest.dense, "sparse": self.manifest.sparse, "generation": gen, "bytes": _folder_bytes(self.path)}
+
+
+def manifest_encoder(manifest: Manifest, device: str) -> TextEncoder:
+    """The encoder a manifest names, checked against the dimension the index was built with."""
+    encoder = TextEncoder(manifest.encoder, device=device)
+    manifest.check_encoder(encoder.name, encoder.dim)
+    return encoder
 
 
 def build_index(out: str | Path, documents: Iterable[Document], encoder: Encoder, progress: bool = False, **options) -> ChangeReport:

@@ -108,13 +108,12 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
                 candidates: int = CANDIDATES) -> list[EditMatch | None]:
     """For each question, the in-scope edit with the best score, or None. A question that is an edit's own
     question (up to case, spacing and end punctuation) is always in its scope."""
-    if len(memory) == 0:
-        return [None for _ in questions]
     found = memory.search(query_vectors, candidates)
     matches: list[EditMatch | None] = []
     for question, pairs, scores in zip(questions, found, scope.scores(questions, found)):
         # An edit's own question is in its scope by definition, whatever a learned decider says of it.
-        own = [i for i, (e, _) in enumerate(pairs) if e.question is not None and question_key(e.question) == question_key(question)]
+        key = question_key(question)
+        own = [i for i, (e, _) in enumerate(pairs) if e.question is not None and question_key(e.question) == key]
         best = own[0] if own else max(range(len(pairs)), key=scores.__getitem__, default=None)
         in_scope = best is not None and (bool(own) or scores[best] >= scope.threshold)
         matches.append(EditMatch(pairs[best][0], scores[best]) if in_scope else None)

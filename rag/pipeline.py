@@ -102,14 +102,6 @@ class Pipeline:
             query_vectors = self.retriever.encode_queries(list(questions))
         return self.index.search_many(list(questions), k=k, mode=mode, query_vectors=query_vectors)
 
-    def find_edits(self, questions: Sequence[str], index_vectors: np.ndarray | None = None) -> list[Edit | None]:
-        """The edit each question is about, or None (always None without an index or a scope decider)."""
-        if self.index is None or self.scope is None or len(self.index.memory) == 0:
-            return [None for _ in questions]
-        if index_vectors is None:
-            index_vectors = self.index.encoder(list(questions))
-        return [m.edit if m else None for m in match_edits(self.index.memory, self.scope, questions, index_vectors)]
-
     def ask(self, question: str, k: int | None = None, mode: str = "hybrid") -> Answer:
         """Answer one question from its top-k passages (k None: the reader's default)."""
         return self.ask_many([question], k=k, mode=mode)[0]
@@ -129,7 +121,7 @@ class Pipeline:
         if self.index is not None and self.scope is not None and len(self.index.memory):
             # The memory holds vectors of the index's encoder; a dense search with no trained query encoder reuses them.
             vectors = self.index.encoder(list(questions))
-            edits = self.find_edits(questions, vectors)
+            edits = [m.edit if m else None for m in match_edits(self.index.memory, self.scope, questions, vectors)]
         t1 = time.perf_counter()
         reuse = vectors if self.retriever is None and mode != "sparse" else None
         passages = self.retrieve(questions, k, mode, query_vectors=reuse)

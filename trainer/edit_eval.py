@@ -28,6 +28,7 @@ from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.index import LOCK_FILE
 from rag.pipeline import Pipeline
 from trainer.edit_cases import EditCase
+from trainer.evaluate import batches
 from trainer.qa_metrics import contains_answer
 
 
@@ -44,11 +45,10 @@ def _answers(pipeline: Pipeline, questions: Sequence[str], k: int | None, mode: 
              bar: tqdm | None = None) -> list[tuple[str, str | None]]:
     """(answer, id of the edit it came from) for each question, asked `batch_size` at a time."""
     out: list[tuple[str, str | None]] = []
-    for start in range(0, len(questions), batch_size):
-        for answer in pipeline.ask_many(questions[start : start + batch_size], k=k, mode=mode):
-            out.append((answer.text, answer.edit.id if answer.edit else None))
+    for batch in batches(questions, batch_size):
+        out += [(answer.text, answer.edit.id if answer.edit else None) for answer in pipeline.ask_many(batch, k=k, mode=mode)]
         if bar is not None:
-            bar.update(min(batch_size, len(questions) - start))
+            bar.update(len(batch))
     return out
 
 

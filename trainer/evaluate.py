@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -12,9 +12,11 @@ from trainer.qa_data import QARecord
 from trainer.qa_metrics import contains_answer, exact_match, f1_score
 
 RECALL_CUTOFFS = (1, 5, 20)
+T = TypeVar("T")
 
 
-def _batches(items: Sequence[QARecord], size: int) -> Iterator[Sequence[QARecord]]:
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """`items` in consecutive slices of `size`."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -32,7 +34,7 @@ def evaluate_qa(
     rows: list[dict[str, Any]] = []
     latencies: list[float] = []
     bar = tqdm(total=len(records), desc="eval", unit="question", disable=not progress)
-    for batch in _batches(records, batch_size):
+    for batch in batches(records, batch_size):
         questions = [r.question for r in batch]
         t0 = time.perf_counter()
         hits = pipeline.retrieve(questions, depth, mode) if depth else [[] for _ in batch]
