@@ -8,13 +8,17 @@ routed with `match_edits` (the `CANDIDATES` nearest edits, then the scope decisi
 - neighbor: routed to no edit (locality proxy). `locality_clean` leaves out the neighbours that name the
   subject of some edit in the memory: those may rightly be claimed by that edit.
 Also reported: how often the own edit is among the candidates at all (the ceiling of any decider), how
-often a question goes to a wrong edit, the decision time per question, and, as a diagnostic, the threshold
-(0 to 1 in steps of 0.01) that would have routed these cases best (mean of generality and locality).
+often a question goes to a wrong edit, the decision time per question, and, as diagnostics, the figures at
+every threshold from 0 to 1 in steps of 0.01 (`sweep`) and the one that would have routed these cases best
+(mean of generality and locality).
 
 Cases whose question repeats an earlier case's question are superseded by it in the memory (the memory
 keeps one active edit per question); the own edit of such a case is the one that replaced it.
 
-Run: `python bench/edit_scope.py [--edits FILE] [--classifier DIR]`
+`--fold I/N` routes only the probes of the cases in that fold (every case's edit is still in the memory):
+for zsre-1k, whose fold 0/2 trains the shipped classifier, `--fold 1/2` measures it on edits it never saw.
+
+Run: `python bench/edit_scope.py [--edits FILE] [--fold I/N] [--classifier DIR]`
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ from bench.common import RESULTS_DIR, check_out, log, machine_info, write_result
 from indexer.edit_memory import EditMemory
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.editing import CANDIDATES, SCOPE_CLASSIFIER, load_scope, match_edits
-from trainer.edit_cases import FORMATS, EditCase, read_cases
+from trainer.edit_cases import FORMATS, EditCase, in_fold, parse_fold, read_cases
 
 VAL = Path("/work/shared/data/editing/counterfact-val.jsonl.gz")
 KINDS = ("question", "paraphrase", "neighbor")
@@ -109,13 +113,15 @@ def route(memory: EditMemory, kind: str, classifier: Path, probes: list[tuple[in
     sweep = [outcomes(best, t, probes, own, names_subject) for t in np.round(np.arange(0.0, 1.0001, 0.01), 2)]
     tuned = max(sweep, key=lambda o: (o["generality"] + o["locality"]) / 2)
     return {"decider": scope.name, **at_threshold, "ms_per_question": round(1000 * seconds / len(probes), 2),
-            "best_routing_threshold": tuned}
+            "best_routing_threshold": tuned,
+            "sweep": [{k: o[k] for k in ("threshold", "reliability", "generality", "locality", "locality_clean")} for o in sweep]}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--edits", type=Path, default=VAL, help="edit cases file (counterfact*, zsre* or canonical jsonl[.gz])")
     parser.add_argument("--format", choices=FORMATS, default=None, help="file format (default: guessed from the name)")
+    parser.add_argument("--fold", default=None, metavar="I/N", help="route only the probes of fold I of N of the cases")
     parser.add_argument("--classifier", type=Path, default=Path(SCOPE_CLASSIFIER), help="scope classifier folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (on a shared 2-core machine 2 threads ran 14x slower than 1)")
     parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/edit_scope.json for "
@@ -123,12 +129,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     name = args.edits.name.split(".")[0]
-    out = check_out(args.out or RESULTS_DIR / ("edit_scope.json" if args.edits == VAL else f"edit_scope_{name}.json"))
+    fold = parse_fold(args.fold) if args.fold else None
+    suffix = f"-fold{fold[0]}of{fold[1]}" if fold else ""
+    out = check_out(args.out or RESULTS_DIR / ("edit_scope.json" if args.edits == VAL and not fold else f"edit_scope_{name}{suffix}.json"))
     info = machine_info()
     cases = read_cases(args.edits, args.format, on_error="skip")
     log(f"{len(cases)} cases from {args.edits}")
     encoder = TextEncoder(DEFAULT_ENCODER, device="cpu")
-    probes = [(i, q, kind) for i, c in enumerate(cases)
+    probes = [(i, q, kind) for i, c in enumerate(cases) if fold is None or in_fold(c, fold)
               for q, kind in [(c.question, "question"), *((p, "paraphrase") for p in c.paraphrases),
                               *((n.question, "neighbor") for n in c.neighbors)]]
     with tempfile.TemporaryDirectory(prefix="edit-scope-") as folder:
@@ -144,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         names_subject = [kind == "neighbor" and any(s in q.casefold() for s in subjects) for _, q, kind in probes]
         deciders = [route(memory, kind, args.classifier, probes, vectors, own, names_subject) for kind in ("similarity", "classifier")]
         memory.close()
-    results = {"edits_file": str(args.edits), "cases": len(cases), "active_edits": len(set(own)), "candidates": CANDIDATES,
+    results = {"edits_file": str(args.edits), "fold": args.fold, "cases": len(cases),
+               "cases_routed": len({i for i, _, _ in probes}), "active_edits": len(set(own)), "candidates": CANDIDATES,
                "classifier": str(args.classifier), "similarity_encoder": DEFAULT_ENCODER,
                "own_edit_among_candidates": ceiling, "fill_seconds": round(fill_seconds, 1), "deciders": deciders}
     write_result(out, results, info)

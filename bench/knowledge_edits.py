@@ -2,7 +2,8 @@
 
 The issue's runs, on the whole-corpus index (a scratch copy; the index itself is not changed):
 - `counterfact-1000`: 1,000 cases of counterfact-test (seeded sample, seed 0), all edits applied at once;
-- `zsre-1k`: every zsre-1k case with a new answer (998 of 1,000; two records have an empty one);
+- `zsre-1k`: every zsre-1k case with a new answer (998 of 1,000; two records have an empty one) applied at
+  once, the cases of fold 1/2 evaluated: fold 0/2 trains the shipped scope classifier (trainer/scope_training.py);
 - `counterfact-10000`: 200 of those cases evaluated with 9,800 more counterfact-test edits in the memory
   (10,000 in all; 200 evaluated to keep the run short: the answering, not the memory, is what costs);
 - `counterfact-sequential`: the same 1,000 cases applied 100 at a time, each round evaluated before the next.
@@ -26,7 +27,7 @@ EDITS_DIR = Path("/work/shared/data/editing")
 COUNTERFACT = ["--edits", str(EDITS_DIR / "counterfact-test.jsonl.gz"), "--limit", "1000", "--seed", "0"]
 RUNS = {
     "counterfact-1000": COUNTERFACT,
-    "zsre-1k": ["--edits", str(EDITS_DIR / "zsre-1k.jsonl.gz"), "--on-error", "skip"],
+    "zsre-1k": ["--edits", str(EDITS_DIR / "zsre-1k.jsonl.gz"), "--on-error", "skip", "--fold", "1/2", "--extra-edits", "all"],
     "counterfact-10000": [*COUNTERFACT[:-4], "--limit", "200", "--seed", "0", "--extra-edits", "9800"],
     "counterfact-sequential": [*COUNTERFACT, "--batch", "100"],
 }

@@ -27,7 +27,7 @@ Speed: the input of the edited layer does not change while only its MLP does, so
 and the loop runs only the layers from L on (checked against the whole model's loss on the first step).
 
 Two regimes, on the FIRST cases of `sample(read_cases(file, on_error="skip"), 1000, seed)`, the sample the
-edit-memory evaluation uses, so the cases are the same ones:
+edit-memory evaluation uses, so the cases are the same ones (with `--fold I/N`, the first of those in the fold):
 1. single edits (`--limit` cases): edit, measure, restore the original weights (bit for bit); time per edit;
 2. accumulation (`--accumulate 1,10,100`): edits applied one after another without restoring (each one's
    clamp, if any, around the weights before it, as EasyEdit's sequential editing does); after 1, 10 and 100
@@ -65,7 +65,7 @@ from tqdm import tqdm
 from bench.common import RESULTS_DIR, check_out, log, machine_info, percentiles_ms, write_result
 from rag.models import GENERATIVE_READER
 from rag.reader import DecoderReader
-from trainer.edit_cases import FORMATS, EditCase, read_cases
+from trainer.edit_cases import FORMATS, EditCase, in_fold, parse_fold, read_cases
 from trainer.qa_data import sample
 from trainer.qa_metrics import contains_answer
 
@@ -311,6 +311,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100, help="cases for the single-edit regime (0: skip it)")
     parser.add_argument("--accumulate", default="1,10,100", help="edit counts at which the accumulation regime measures ('': skip it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the 1000-case sample")
+    parser.add_argument("--fold", default=None, metavar="I/N",
+                        help="only the sample's cases in fold I of N (zsre-1k: 1/2, the fold the scope classifier never saw)")
     parser.add_argument("--layer", type=int, default=FTConfig.layer)
     parser.add_argument("--steps", type=int, default=FTConfig.steps)
     parser.add_argument("--lr", type=float, default=FTConfig.lr)
@@ -323,7 +325,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     name = args.edits.name.split(".")[0]
-    out = check_out(args.out or RESULTS_DIR / f"weight_editing_{name}.json")
+    fold = parse_fold(args.fold) if args.fold else None
+    out = check_out(args.out or RESULTS_DIR / f"weight_editing_{name}{f'_fold{fold[0]}of{fold[1]}' if fold else ''}.json")
     checkpoints = sorted({int(x) for x in args.accumulate.split(",") if x.strip()})
     if any(k < 1 for k in checkpoints):
         raise SystemExit("--accumulate takes positive edit counts")
@@ -331,12 +334,13 @@ def main() -> None:
                       objective=args.objective)
     info = machine_info()
 
-    cases = sample(read_cases(args.edits, args.format, on_error="skip"), SAMPLE, seed=args.seed)
+    cases = [c for c in sample(read_cases(args.edits, args.format, on_error="skip"), SAMPLE, seed=args.seed)
+             if fold is None or in_fold(c, fold)]
     log(f"{len(cases)} cases in the sample of {args.edits}")
     started = time.perf_counter()
     reader = DecoderReader(GENERATIVE_READER, device="cpu")
     edited_weight(reader.model, config.layer)  # fails early on a bad --layer
-    results: dict[str, Any] = {"edits_file": str(args.edits), "sample": {"size": SAMPLE, "seed": args.seed, "cases": len(cases)},
+    results: dict[str, Any] = {"edits_file": str(args.edits), "sample": {"size": SAMPLE, "seed": args.seed, "fold": args.fold, "cases": len(cases)},
                                "reader": GENERATIVE_READER, "closed_book": True, "hparams": asdict(config),
                                "edited_parameter": f"model.layers.{config.layer}.mlp.down_proj.weight",
                                "load_seconds": round(time.perf_counter() - started, 1)}

@@ -3,7 +3,7 @@
 For each question the memory returns its nearest active edits (dense search, `CANDIDATES` deep); a
 scope decider scores each (edit, question) pair and the best pair at or above its threshold wins.
 Two deciders: `SimilarityScope` (the cosine of question and edit key, threshold calibrated on
-CounterFact training pairs) and `ClassifierScope` (a cross-encoder trained on such pairs, shipped in
+the training pairs) and `ClassifierScope` (a cross-encoder trained on CounterFact and zsRE pairs, shipped in
 rag/classifiers/scope-minilm). A question in an edit's scope is answered with the edit's stated answer,
 or by the reader from the edit's fact alone; a question no edit claims is answered exactly as without edits.
 """

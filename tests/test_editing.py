@@ -13,7 +13,7 @@ from rag.editing import ClassifierScope, SimilarityScope, load_scope
 from rag.pipeline import Pipeline
 from rag.span_reader import SpanReader
 from trainer.cli import main as eval_main
-from trainer.edit_cases import read_cases
+from trainer.edit_cases import EditCase, in_fold, parse_fold, read_cases
 from trainer.qa_metrics import contains_answer
 
 QUESTIONS = ["which topic is topic2?", "tell me about topic4", "what is topic7?"]
@@ -106,12 +106,20 @@ def test_rag_eval_edits_on_a_copy(tmp_path: Path, tiny_encoder: TextEncoder, rea
     assert not (tmp_path / "idx" / "memory").exists()  # the user's index is untouched
     assert eval_main([*argv[:-2], "--extra-edits", "1", "--limit", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["edits_in_memory"] == 4
+    # One fold evaluated, every other case applied first: all four edits in the memory.
+    held_out = sum(in_fold(c, (1, 2)) for c in read_cases(cases))
+    assert eval_main([*argv[:-2], "--fold", "1/2", "--extra-edits", "all"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["n"], summary["edits_in_memory"]) == (held_out, 4)
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--scope", "none"], "--scope none ignores the edits"),
     (["--extra-edits", "9"], "only 0 cases besides"),
     (["--batch", "0"], "--batch must be at least 1"),
+    (["--fold", "2/2"], "a fold is I/N with 0 <= I < N"),
+    (["--fold", "half"], "a fold is I/N"),
+    (["--extra-edits", "some"], "expected a whole number or all"),
     (["--format", "zsre"], "bad zsre edit record"),
 ])
 def test_rag_eval_edits_bad_input(extra: list[str], message: str, tmp_path: Path, tiny_encoder: TextEncoder, reader_dir: Path,
@@ -119,8 +127,23 @@ def test_rag_eval_edits_bad_input(extra: list[str], message: str, tmp_path: Path
     build_index(tmp_path / "idx", make_documents(3), tiny_encoder)
     cases = canonical_file(tmp_path / "cases.jsonl")
     argv = ["edits", "--index", str(tmp_path / "idx"), "--edits", str(cases), "--reader", str(reader_dir), "--device", "cpu", *extra]
-    assert eval_main(argv) == 2
+    try:
+        status = eval_main(argv)
+    except SystemExit as exit:  # argparse's own checks end the program the same way
+        status = exit.code
+    assert status == 2
     assert message in capsys.readouterr().err
+
+
+def test_folds_split_cases_stably_and_completely() -> None:
+    cases = [EditCase(id=str(i), question=f"q{i}?", target_new="a") for i in range(200)]
+    folds = [[c for c in cases if in_fold(c, (i, 3))] for i in range(3)]
+    assert sorted(c.id for f in folds for c in f) == sorted(c.id for c in cases)  # each case in exactly one fold
+    assert all(40 <= len(f) <= 90 for f in folds)
+    assert [c.id for c in cases if in_fold(c, parse_fold("0/3"))] == [c.id for c in folds[0]]
+    for bad in ("3/3", "-1/2", "1", "a/b", "1/0"):
+        with pytest.raises(ValueError, match="a fold is I/N"):
+            parse_fold(bad)
 
 
 def test_edit_files_convert_to_canonical_cases(tmp_path: Path) -> None:

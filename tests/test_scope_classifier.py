@@ -12,7 +12,7 @@ import torch
 
 from indexer.encoder import TextEncoder
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
-from trainer.edit_cases import EditCase, Probe
+from trainer.edit_cases import EditCase, Probe, in_fold, read_cases
 from trainer.scope_data import CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, relations
 from trainer.scope_training import ScopeTrainingConfig, auc, best_threshold, main, scope_loss, train_scope_classifier
 
@@ -175,10 +175,15 @@ def _write_counterfact(path: Path, cases: list[EditCase]) -> Path:
 
 
 def test_evaluation_only_files_are_refused(tmp_path: Path) -> None:
-    for name in ("zsre-1k.jsonl.gz", "counterfact-test.jsonl.gz", "nq-open-test.jsonl.gz"):
+    for name in ("counterfact-test.jsonl.gz", "nq-open-test.jsonl.gz"):
         with pytest.raises(ValueError, match="evaluation-only"):
             check_not_evaluation_only(tmp_path / name)
     check_not_evaluation_only(tmp_path / "counterfact-train.jsonl.gz")
+    # zsre-1k is where zsRE is measured: one fold of it may train, never the whole file.
+    for fold in (None, (0, 1)):
+        with pytest.raises(ValueError, match="train on one fold"):
+            check_not_evaluation_only(tmp_path / "zsre-1k.jsonl.gz", fold)
+    check_not_evaluation_only(tmp_path / "zsre-1k.jsonl.gz", (0, 2))
     test_file = _write_counterfact(tmp_path / "counterfact-test.jsonl.gz", toy_cases())
     config = ScopeTrainingConfig(out=tmp_path / "out", train=test_file, val=test_file, nq_train=None, nq_val=None)
     with pytest.raises(ValueError, match="evaluation-only"):
@@ -190,9 +195,19 @@ def test_train_end_to_end(tiny_encoder_path: str, tmp_path: Path, capsys: pytest
     train = _write_counterfact(tmp_path / "counterfact-train.jsonl.gz", cases[:32])
     val = _write_counterfact(tmp_path / "counterfact-val.jsonl.gz", cases[32:])
     out = tmp_path / "scope"
+    zsre = tmp_path / "zsre-toy.jsonl"
+    zsre.write_text("".join(json.dumps({"subject": f"Firm{i}", "src": f"What does Firm{i} make?", "rephrase": f"Firm{i} makes what?",
+                                        "alt": f"thing{i}", "answers": ["x"], "loc": f"nq question: who is person{i}", "loc_ans": "y"}) + "\n"
+                            for i in range(20)))
     config = ScopeTrainingConfig(out=out, train=train, val=val, nq_train=None, nq_val=None, encoder=tiny_encoder_path,
+                                 also_train=zsre, also_train_fold="0/2", also_train_repeat=3,
                                  steps=6, batch_size=8, lr=1e-3, max_length=32, val_every=3, val_quick=20, threads=1, device="cpu")
     record = train_scope_classifier(config, progress=False)
+    # Only fold 0 of the zsRE cases trains (question + paraphrase + neighbour + near-edit pairs each), three times over.
+    fold = sum(in_fold(c, (0, 2)) for c in read_cases(zsre))
+    also = record["data"]["also_train"]
+    assert also["by_kind"]["question"] == also["by_kind"]["paraphrase"] == fold
+    assert record["data"]["train"]["by_kind"]["question"] == 32 + 3 * fold
     assert is_scope_classifier(out) and (out / "TRAINING.md").is_file() and (out / "metrics.jsonl").is_file()
     saved = json.loads((out / CONFIG_FILE).read_text())
     assert saved["threshold"] == record["threshold"] and 0.0 <= saved["threshold"] <= 1.0
@@ -203,6 +218,9 @@ def test_train_end_to_end(tiny_encoder_path: str, tmp_path: Path, capsys: pytest
     # A non-empty --out is a user's mistake: an error line and status 2, not a traceback.
     assert main(["--out", str(out), "--train", str(train), "--val", str(val), "--no-nq"]) == 2
     assert "is not empty" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "new"), "--train", str(train), "--val", str(val), "--no-nq", "--also-train", str(zsre),
+                 "--also-train-fold", "2/2"]) == 2
+    assert "a fold is I/N" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not is_scope_classifier(SHIPPED), reason="no shipped scope classifier")

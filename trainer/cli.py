@@ -41,8 +41,11 @@ def _eval_parser() -> argparse.ArgumentParser:
     edits.add_argument("--limit", type=int, default=None, help="evaluate a seeded random sample of N cases")
     edits.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
     edits.add_argument("--batch", type=int, default=None, help="edits applied before each evaluation round (default: all at once)")
-    edits.add_argument("--extra-edits", type=int, default=0,
-                       help="first apply N more edits from the file, not evaluated (edits accumulated at scale)")
+    edits.add_argument("--fold", default=None, metavar="I/N",
+                       help="evaluate only fold I of N of the cases (by a hash of the case id), e.g. the fold a scope "
+                            "classifier trained with --also-train-fold 0/2 never saw: 1/2")
+    edits.add_argument("--extra-edits", type=_count_or_all, default=0, metavar="N|all",
+                       help="first apply N more edits from the file (all: every other case), not evaluated (edits accumulated at scale)")
     edits.add_argument("--batch-size", type=int, default=16, help="questions answered together (default 16)")
     edits.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="a malformed record: stop (default) or skip it")
     edits.add_argument("--predictions", type=Path, default=None, help="also write one JSON line per case to this file")
@@ -50,6 +53,16 @@ def _eval_parser() -> argparse.ArgumentParser:
                        help="torch CPU threads (default: torch's own); 1 keeps an edit's encoding fast on a busy machine")
     edits.set_defaults(run=_edits)
     return parser
+
+
+def _count_or_all(text: str) -> int | str:
+    """An --extra-edits value: a whole number, or "all"."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or all, got {text!r}") from None
 
 
 def _qa(args: argparse.Namespace) -> int:
@@ -78,11 +91,12 @@ def _qa(args: argparse.Namespace) -> int:
 
 
 def _edits(args: argparse.Namespace) -> int:
-    from trainer.edit_cases import read_cases
+    from trainer.edit_cases import in_fold, parse_fold, read_cases
     from trainer.edit_eval import evaluate_edits, index_copy
     from trainer.qa_data import sample
 
-    check_counts(args, at_least_one=("batch_size",) + (("threads",) if args.threads is not None else ()), at_least_zero=("extra_edits",))
+    check_counts(args, at_least_one=("batch_size",) + (("threads",) if args.threads is not None else ()),
+                 at_least_zero=() if args.extra_edits == "all" else ("extra_edits",))
     if args.threads is not None:
         import torch
 
@@ -93,10 +107,15 @@ def _edits(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     if args.scope == "none":
         raise ValueError("--scope none ignores the edits it would evaluate: choose auto, classifier or similarity")
+    fold = parse_fold(args.fold) if args.fold else None
     cases = read_cases(args.edits, args.format, on_error=args.on_error)
-    chosen = sample(cases, args.limit, args.seed)
+    chosen = sample([c for c in cases if fold is None or in_fold(c, fold)], args.limit, args.seed)
+    if not chosen:
+        raise ValueError(f"--fold {args.fold}: no case of {args.edits} falls in that fold")
     ids = {c.id for c in chosen}
     others = [c for c in cases if c.id not in ids]
+    if args.extra_edits == "all":
+        args.extra_edits = len(others)
     if args.extra_edits > len(others):
         raise ValueError(f"--extra-edits {args.extra_edits}: the file has only {len(others)} cases besides the evaluated ones")
     extra = sample(others, args.extra_edits, args.seed) if args.extra_edits else []
@@ -130,7 +149,7 @@ def _train_parser() -> argparse.ArgumentParser:
                                     "index (runs on a bare GPU machine); the same as python -m trainer.span_training.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands.add_parser("scope", parents=[scope_training.build_parser(add_help=False)], help="train the edit scope classifier",
-                        description="Train the edit scope classifier (which edit, if any, a question is about) on CounterFact "
+                        description="Train the edit scope classifier (which edit, if any, a question is about) on CounterFact and zsRE "
                                     "training pairs and calibrate the similarity-threshold baseline; the same as "
                                     "python -m trainer.scope_training.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     reader = commands.add_parser(

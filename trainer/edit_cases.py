@@ -7,6 +7,7 @@ portability?: {question, answer}}`. `fact` defaults to the question followed by 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -74,6 +75,25 @@ def _zsre(raw: dict[str, Any], n: int) -> EditCase:
         id=str(raw.get("case_id", n)), question=raw["src"], target_new=raw["alt"], target_old=answers[0],
         subject=raw.get("subject"), paraphrases=[raw["rephrase"]], neighbors=[Probe(loc, raw["loc_ans"])],
     )
+
+
+def parse_fold(text: str) -> tuple[int, int]:
+    """"I/N" -> (I, N): fold I (counted from 0) of N. Raises ValueError naming what is wrong."""
+    head, slash, tail = text.partition("/")
+    try:
+        fold = int(head), int(tail)
+    except ValueError:
+        fold = (-1, 0)
+    if not slash or not 0 <= fold[0] < fold[1]:
+        raise ValueError(f"a fold is I/N with 0 <= I < N (e.g. 1/2), got {text!r}")
+    return fold
+
+
+def in_fold(case: EditCase, fold: tuple[int, int]) -> bool:
+    """Whether a case lies in fold I of N, by a hash of its id: the same split on every run and machine, so a
+    model trained on one fold of a file can be measured on the others."""
+    index, folds = fold
+    return int(hashlib.sha1(case.id.encode("utf-8")).hexdigest(), 16) % folds == index
 
 
 CONVERTERS: dict[str, Callable[[dict[str, Any], int], EditCase]] = {"canonical": _canonical, "counterfact": _counterfact, "zsre": _zsre}

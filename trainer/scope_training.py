@@ -1,7 +1,9 @@
 """Training of the scope classifier (rag/scope_classifier.py) and calibration of the similarity baseline.
 
 Pairs (edit fact, question, in scope?) are made by trainer/scope_data.py from counterfact-train (with
-nq-open-train questions as extra negatives); validation pairs are made the same way from counterfact-val
+nq-open-train questions as extra negatives) and, separately, from one fold of zsre-1k, whose edits are
+questions ("What is the product made by UniFirst?") where CounterFact's are cloze prompts; its pairs are
+repeated so that its few hundred cases weigh against CounterFact's 10,000. Validation pairs are made the same way from counterfact-val
 (with nq-open-dev). The classifier is trained with binary cross-entropy, positives weighted by
 negatives/positives so that both classes count equally, AdamW with linear warm-up and decay.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -36,7 +39,7 @@ from transformers import get_linear_schedule_with_warmup
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
 from rag.scope_classifier import ScopeClassifier
-from trainer.edit_cases import read_cases
+from trainer.edit_cases import in_fold, parse_fold, read_cases
 from trainer.qa_data import read_qa, sample
 from trainer.scope_data import KINDS, CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, summary
 from trainer.span_training import machine
@@ -53,6 +56,9 @@ class ScopeTrainingConfig:
     val: Path = DATA / "editing" / "counterfact-val.jsonl.gz"
     nq_train: Path | None = DATA / "qa" / "nq-open-train.jsonl.gz"  # question-form negatives for training
     nq_val: Path | None = DATA / "qa" / "nq-open-dev.jsonl.gz"  # ... and for validation (a different file)
+    also_train: Path | None = DATA / "editing" / "zsre-1k.jsonl.gz"  # more edit cases, in another phrasing
+    also_train_fold: str | None = "0/2"  # the fold of them that trains (rag-eval edits --fold measures the others)
+    also_train_repeat: int = 4  # times their pairs are repeated
     encoder: str = DEFAULT_ENCODER  # both the classifier's starting point and the similarity baseline's embedder
     cases: int | None = None  # a seeded sample of the training cases (None: all)
     val_cases: int | None = None
@@ -82,7 +88,7 @@ class ScopeTrainingConfig:
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
-        check_counts(self, at_least_one=("steps", "batch_size"), at_least_zero=("val_every", "val_quick", "threads"))
+        check_counts(self, at_least_one=("steps", "batch_size", "also_train_repeat"), at_least_zero=("val_every", "val_quick", "threads"))
         for name in ("cases", "val_cases"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -97,6 +103,11 @@ class ScopeTrainingConfig:
             if not Path(path).is_file():
                 raise ValueError(f"{option} file not found: {path}")
             check_not_evaluation_only(path)
+        if self.also_train is not None:
+            if not Path(self.also_train).is_file():
+                raise ValueError(f"--also-train file not found: {self.also_train}")
+            fold = parse_fold(self.also_train_fold) if self.also_train_fold else None
+            check_not_evaluation_only(self.also_train, fold)
         if Path(self.train).resolve() == Path(self.val).resolve():
             raise ValueError("--train and --val are the same file: validation must be held out")
         if self.out.exists() and any(self.out.iterdir()):
@@ -164,15 +175,19 @@ def scope_loss(model: ScopeClassifier, batch: Sequence[ScopePair], pos_weight: f
         logits, labels, pos_weight=torch.tensor(pos_weight, device=logits.device))
 
 
-def _read_pairs(config: ScopeTrainingConfig, encode: CachedEncoder, progress: bool) -> tuple[list[ScopePair], list[ScopePair]]:
-    """Training and validation pairs, each mined among its own file's edits."""
+def _read_pairs(config: ScopeTrainingConfig, encode: CachedEncoder, progress: bool) -> tuple[list[ScopePair], list[ScopePair], list[ScopePair]]:
+    """Training, also-train (one fold, not yet repeated) and validation pairs, each mined among its own file's edits:
+    an evaluation's memory holds one file's edits too."""
+    also = [] if config.also_train is None else read_cases(config.also_train, on_error="skip")
+    if also and config.also_train_fold:
+        also = [c for c in also if in_fold(c, parse_fold(config.also_train_fold))]
     made = []
-    for cases_file, nq_file, limit, seed in ((config.train, config.nq_train, config.cases, config.seed),
-                                               (config.val, config.nq_val, config.val_cases, config.seed + 1)):
-        cases = sample(read_cases(cases_file), limit, config.seed)
-        nq = [r.question for r in read_qa(nq_file)] if nq_file is not None else []
-        made.append(build_pairs(cases, nq, encode, replace(config.data_config(), seed=seed), progress=progress))
-    return made[0], made[1]
+    for cases, nq_file, seed in ((sample(read_cases(config.train), config.cases, config.seed), config.nq_train, config.seed),
+                                 (also, config.nq_train, config.seed + 2),
+                                 (sample(read_cases(config.val), config.val_cases, config.seed), config.nq_val, config.seed + 1)):
+        nq = [r.question for r in read_qa(nq_file)] if nq_file is not None and cases else []
+        made.append(build_pairs(cases, nq, encode, replace(config.data_config(), seed=seed), progress=progress) if cases else [])
+    return made[0], made[1], made[2]
 
 
 def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -> dict[str, Any]:
@@ -187,7 +202,8 @@ def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -
     device = None if config.device == "auto" else config.device
     started = time.time()
     embedder = CachedEncoder(TextEncoder(config.encoder, device=device), progress=progress)
-    train_pairs, val_pairs = _read_pairs(config, embedder, progress)
+    train_pairs, also_pairs, val_pairs = _read_pairs(config, embedder, progress)
+    train_pairs = train_pairs + also_pairs
     positives = sum(p.label for p in train_pairs)
     if not positives or positives == len(train_pairs):
         raise ValueError("the training pairs need both labels: give more cases")
@@ -196,6 +212,9 @@ def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -
     similarity = {"train": pair_metrics(embedder.similarity(train_pairs), train_pairs, similarity_threshold),
                   "val": pair_metrics(embedder.similarity(val_pairs), val_pairs, similarity_threshold)}
     del embedder  # its encoder and ~50k vectors are not needed for training
+    # Repeated only now, so that the similarity threshold above counts each pair once.
+    train_pairs = train_pairs + also_pairs * (config.also_train_repeat - 1)
+    random.Random(config.seed).shuffle(train_pairs)
     data_seconds = time.time() - started
 
     model = ScopeClassifier.from_encoder(config.encoder, device=device, seed=config.seed, max_length=config.max_length)
@@ -249,7 +268,7 @@ def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -
     record = {
         "command": config.command,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "command"},
-        "data": {"train": summary(train_pairs), "val": summary(val_pairs)},
+        "data": {"train": summary(train_pairs), "also_train": summary(also_pairs), "val": summary(val_pairs)},
         "pos_weight": round(pos_weight, 4),
         "pairs_seen": config.steps * config.batch_size,
         "epochs": round(config.steps * config.batch_size / len(train_pairs), 3),
@@ -277,11 +296,14 @@ def training_markdown(record: dict[str, Any]) -> str:
         "# How this scope classifier was trained", "",
         f"Command: `{' '.join(record['command'])}`", "",
         f"- Data: {data['train']['pairs']} training pairs ({data['train']['positives']} in scope) from {cfg['train']}"
-        f"{' (sample of ' + str(cfg['cases']) + ' cases)' if cfg['cases'] else ''} with NQ questions from {cfg['nq_train']}; "
+        f"{' (sample of ' + str(cfg['cases']) + ' cases)' if cfg['cases'] else ''} and fold {cfg['also_train_fold']} of "
+        f"{cfg['also_train']} ({data['also_train']['pairs']} pairs, repeated {cfg['also_train_repeat']} times) with NQ "
+        f"questions from {cfg['nq_train']}; "
         f"{data['val']['pairs']} validation pairs ({data['val']['positives']} in scope) from {cfg['val']} with NQ questions "
         f"from {cfg['nq_val']}. Kinds: train {data['train']['by_kind']}; val {data['val']['by_kind']}. Nearest other edits "
         f"searched {cfg['near_depth']} deep (MiniLM cosine of question and edit key), {cfg['near_per_question']} negative(s) a "
-        f"question. Not trained or tuned on counterfact-test or zsre-1k (evaluation only).",
+        f"question. Not trained or tuned on counterfact-test (evaluation only) or on the other folds of "
+        f"{Path(cfg['also_train'] or '-').name} (held out: `rag-eval edits --fold`).",
         f"- Steps: {cfg['steps']} x {cfg['batch_size']} pairs ({record['epochs']} epochs), lr {cfg['lr']} (warm-up "
         f"{cfg['warmup']}, linear decay), AdamW (weight decay {cfg['weight_decay']}), BCE with positives weighted "
         f"{record['pos_weight']}, max length {cfg['max_length']}, bf16 autocast {cfg['bf16']}, from {cfg['encoder']}, seed {cfg['seed']}.",
@@ -316,11 +338,16 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.scope_training", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      add_help=add_help,
                                      description="Train the edit scope classifier (a cross-encoder on the MiniLM encoder) on "
-                                                 "CounterFact pairs, and calibrate the similarity-threshold baseline.")
+                                                 "CounterFact and zsRE pairs, and calibrate the similarity-threshold baseline.")
     add = parser.add_argument
     add("--out", required=True, type=Path, help="output folder (new or empty): the scope classifier")
-    add("--train", type=Path, default=d.train, help="edit cases to train on (never counterfact-test or zsre)")
+    add("--train", type=Path, default=d.train, help="edit cases to train on (never counterfact-test)")
     add("--val", type=Path, default=d.val, help="edit cases the thresholds are chosen and measured on")
+    add("--also-train", type=Path, default=d.also_train, help="more edit cases to train on (zsRE: questions, not cloze prompts)")
+    add("--also-train-fold", default=d.also_train_fold,
+        help="I/N: train on fold I of N of --also-train only (by a hash of the case id); the others stay held out")
+    add("--also-train-repeat", type=int, default=d.also_train_repeat, help="times the --also-train pairs are repeated")
+    add("--no-also-train", action="store_true", help="train on --train alone")
     add("--nq-train", type=Path, default=d.nq_train, help="QA file whose questions are extra negatives for training")
     add("--nq-val", type=Path, default=d.nq_val, help="QA file whose questions are extra negatives for validation")
     add("--no-nq", action="store_true", help="no NQ questions at all")
@@ -345,7 +372,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     config = ScopeTrainingConfig(
         out=args.out, train=args.train, val=args.val, nq_train=None if args.no_nq else args.nq_train,
-        nq_val=None if args.no_nq else args.nq_val, encoder=args.encoder, cases=args.cases, val_cases=args.val_cases,
+        nq_val=None if args.no_nq else args.nq_val,
+        also_train=None if args.no_also_train else args.also_train, also_train_fold=args.also_train_fold,
+        also_train_repeat=args.also_train_repeat, encoder=args.encoder, cases=args.cases, val_cases=args.val_cases,
         near_depth=args.near_depth, near_per_question=args.near_per_question,
         relation_paraphrase=args.relation_paraphrase, other_relation=args.other_relation,
         nq_per_case=args.nq_per_case, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
