@@ -109,13 +109,13 @@ def write_result(path: Path, results: dict[str, Any], info: dict[str, Any]) -> N
     log(f"wrote {path}")
 
 
-def run_rag_eval(command: list[str], env: dict[str, str]) -> tuple[dict[str, Any], str, float]:
-    """Run one `rag-eval ...` command: its JSON summary, the command as a person would type it, seconds.
-    A failed run stops the benchmark with its error."""
+def run_rag_eval(command: list[str], env: dict[str, str], program: str = "rag-eval") -> tuple[dict[str, Any], str, float]:
+    """Run one `rag-eval ...` command (or another `program` that prints a JSON line last): its JSON summary,
+    the command as a person would type it, seconds. A failed run stops the benchmark with its error."""
     started = time.time()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         log("failed", done.stderr[-2000:])
         raise SystemExit(done.returncode)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    return summary, " ".join(["rag-eval", *command[1:]]), round(time.time() - started, 1)
+    return summary, " ".join([program, *command[1:]]), round(time.time() - started, 1)

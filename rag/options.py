@@ -9,10 +9,11 @@ from indexer.index import MODES, Index
 from rag.editing import SCOPE_KINDS
 from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.pipeline import Pipeline
+from rag.retriever import DualEncoder
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool = True) -> None:
-    """--index, --k, --mode, --reader, --adapter, --constrain, --scope, --device."""
+    """--index, --k, --mode, --reader, --adapter, --query-encoder, --constrain, --scope, --device."""
     parser.add_argument("--index", type=Path, required=index_required, help="index folder (built by `rag-index build`)")
     parser.add_argument("--k", type=int, default=None,
                         help="passages given to the reader; 0 answers closed-book (default: the reader's own, chosen on dev data)")
@@ -21,6 +22,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
                         help=f"a span reader folder, or a causal LM name or folder such as {GENERATIVE_READER} "
                              "(default: the shipped span reader rag/readers/span-minilm)")
     parser.add_argument("--adapter", type=Path, default=None, help="a peft adapter folder to load over the reader")
+    parser.add_argument("--query-encoder", type=Path, default=None,
+                        help="embed questions with this encoder folder (e.g. export/encoder of `rag-train joint --query-side-only`) "
+                             "against the index's own passage vectors")
     parser.add_argument("--constrain", action="store_true", help="answers must be substrings of the retrieved passages")
     parser.add_argument("--scope", choices=SCOPE_KINDS, default="auto",
                         help="which edits apply to a question: the trained scope classifier, a similarity threshold, "
@@ -45,6 +49,11 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
         index = Index.open(args.index, device=resolve_device(args.device))
         pipeline = Pipeline.load(None, **load)
         pipeline.index = index
+    if args.query_encoder is not None:
+        retriever = DualEncoder(str(args.query_encoder)).to(resolve_device(args.device)).eval()
+        if pipeline.index is not None and retriever.dim != pipeline.index.manifest.dim:
+            raise ValueError(f"--query-encoder {args.query_encoder} is {retriever.dim}-d, the index {pipeline.index.manifest.dim}-d")
+        pipeline.retriever = retriever
     if args.k is None:
         args.k = pipeline.reader.default_k
     return pipeline

@@ -56,8 +56,12 @@ class DualEncoder(torch.nn.Module):
             vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(vectors, dim=-1) if self.normalize else vectors
 
-    @torch.inference_mode()
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Query vectors as float32, the form `Index.search_many(query_vectors=...)` takes."""
-        parts = [self(texts[i : i + batch_size], "query").float().cpu().numpy() for i in range(0, len(texts), batch_size)]
+        return self.encode(texts, "query", batch_size)
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], side: str, batch_size: int = 64) -> np.ndarray:
+        """Vectors of the query or passage side as float32, in batches, without gradients."""
+        parts = [self(texts[i : i + batch_size], side).float().cpu().numpy() for i in range(0, len(texts), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)

@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import gzip
 import json
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +16,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from indexer.encoder import TextEncoder, resolve_model_path
+from indexer.index import build_index
 from indexer.records import Document
 
 
@@ -57,6 +59,23 @@ def make_documents(n: int, words: int = 30, prefix: str = "doc") -> list[Documen
         body = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(words))
         docs.append(Document(f"{prefix}-{i}", f"Title {i}", f"topic{i} {body} topic{i}", {"source": "test"}))
     return docs
+
+
+@pytest.fixture(scope="session")
+def topic_index(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder) -> Path:
+    """An index of make_documents(20) with the tiny encoder, for tests that only read it."""
+    out = tmp_path_factory.mktemp("topics") / "idx"
+    build_index(out, make_documents(20), tiny_encoder)
+    return out
+
+
+def write_topic_qa(path: Path, n: int = 20) -> Path:
+    """A gzipped QA file asking for the topic word of make_documents' first n documents (gold: that document)."""
+    with gzip.open(path, "wt") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"q{i}", "question": f"which topic is number {i}?", "answers": [f"topic{i}"],
+                                 "gold_ids": [f"doc-{i}"]}) + "\n")
+    return path
 
 
 def write_jsonl(path: Path, docs: list[Document]) -> Path:

@@ -1,15 +1,13 @@
 """`rag-train reader` on tiny models: examples keep the gold passage, training learns, outputs load back."""
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import make_documents
-from indexer.encoder import TextEncoder
-from indexer.index import Index, build_index
+from conftest import write_topic_qa
+from indexer.index import Index
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from trainer.cli import main_train
@@ -19,23 +17,8 @@ from trainer.qa_data import split_train_dev
 from trainer.reader_training import ReaderTrainingConfig, train_reader
 
 
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder) -> Path:
-    out = tmp_path_factory.mktemp("train") / "idx"
-    build_index(out, make_documents(20), tiny_encoder)
-    return out
-
-
-def qa_file(path: Path, n: int = 20) -> Path:
-    with gzip.open(path, "wt") as fh:
-        for i in range(n):
-            fh.write(json.dumps({"id": f"q{i}", "question": f"which topic is number {i}?", "answers": [f"topic{i}"],
-                                 "gold_ids": [f"doc-{i}"]}) + "\n")
-    return path
-
-
-def test_examples_hold_the_gold_passage_at_a_random_position(index_dir: Path) -> None:
-    index = Index.open(index_dir, readonly=True)
+def test_examples_hold_the_gold_passage_at_a_random_position(topic_index: Path) -> None:
+    index = Index.open(topic_index, readonly=True)
     records = [QARecord(f"q{i}", f"unrelated words {i}", [f"topic{i}"], [f"doc-{i}"]) for i in range(12)]
     examples = build_examples(index, records, k=3, seed=0, mode="dense", progress=False)
     assert all(len(e.passages) == 3 for e in examples)
@@ -52,23 +35,23 @@ def test_split_train_dev_is_disjoint_and_seeded() -> None:
     assert split_train_dev(records, 10, seed=3) == (train, dev)
 
 
-def test_full_finetuning_learns_the_answer(index_dir: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+def test_full_finetuning_learns_the_answer(topic_index: Path, tiny_reader_path: str, tmp_path: Path) -> None:
     """Twenty steps on one question make the tiny reader say its answer; the folder loads as a reader."""
-    train_file = qa_file(tmp_path / "one.jsonl.gz", n=1)
-    config = ReaderTrainingConfig(train=[train_file], index=index_dir, out=tmp_path / "full", reader=tiny_reader_path,
+    train_file = write_topic_qa(tmp_path / "one.jsonl.gz", n=1)
+    config = ReaderTrainingConfig(train=[train_file], index=topic_index, out=tmp_path / "full", reader=tiny_reader_path,
                                   method="full", k=2, steps=25, batch_size=2, lr=1e-2, dev_size=0, dev_eval=0, device="cpu")
     record = train_reader(config, progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 25 and losses[-1] < losses[0] / 5
     assert record["examples_with_gold_passage"] == 1
-    trained = Pipeline(Index.open(index_dir, readonly=True), DecoderReader(str(tmp_path / "full"), device="cpu"))
+    trained = Pipeline(Index.open(topic_index, readonly=True), DecoderReader(str(tmp_path / "full"), device="cpu"))
     assert trained.ask("which topic is number 0?", k=2).text == "topic0"
 
 
-def test_lora_cli_writes_an_adapter_that_loads(index_dir: Path, tiny_reader_path: str, tmp_path: Path,
+def test_lora_cli_writes_an_adapter_that_loads(topic_index: Path, tiny_reader_path: str, tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "lora"
-    code = main_train(["reader", "--train", str(qa_file(tmp_path / "qa.jsonl.gz")), "--index", str(index_dir), "--out", str(out),
+    code = main_train(["reader", "--train", str(write_topic_qa(tmp_path / "qa.jsonl.gz")), "--index", str(topic_index), "--out", str(out),
                        "--reader", tiny_reader_path, "--steps", "3", "--batch-size", "2", "--dev-size", "4", "--dev-eval", "2",
                        "--device", "cpu"])
     assert code == 0
@@ -85,9 +68,9 @@ def test_lora_cli_writes_an_adapter_that_loads(index_dir: Path, tiny_reader_path
     (["--train", "missing.jsonl"], "training file not found"),
     (["--steps", "0"], "--steps must be at least 1"),
 ])
-def test_bad_training_input(argv: list[str], message: str, index_dir: Path, tmp_path: Path, tiny_reader_path: str,
+def test_bad_training_input(argv: list[str], message: str, topic_index: Path, tmp_path: Path, tiny_reader_path: str,
                             capsys: pytest.CaptureFixture) -> None:
-    base = {"--train": str(qa_file(tmp_path / "qa.jsonl.gz")), "--index": str(index_dir), "--out": str(tmp_path / "o"),
+    base = {"--train": str(write_topic_qa(tmp_path / "qa.jsonl.gz")), "--index": str(topic_index), "--out": str(tmp_path / "o"),
             "--reader": tiny_reader_path, "--steps": "1"}
     base.update(dict(zip(argv[::2], argv[1::2])))
     assert main_train(["reader", *[x for kv in base.items() for x in kv]]) == 2
@@ -95,10 +78,10 @@ def test_bad_training_input(argv: list[str], message: str, index_dir: Path, tmp_
     assert not (tmp_path / "o").exists()
 
 
-def test_refuses_a_non_empty_out_folder(index_dir: Path, tmp_path: Path, tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:
+def test_refuses_a_non_empty_out_folder(topic_index: Path, tmp_path: Path, tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "used"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert main_train(["reader", "--train", str(qa_file(tmp_path / "qa.jsonl.gz")), "--index", str(index_dir),
+    assert main_train(["reader", "--train", str(write_topic_qa(tmp_path / "qa.jsonl.gz")), "--index", str(topic_index),
                        "--out", str(out), "--reader", tiny_reader_path]) == 2
     assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"

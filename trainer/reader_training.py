@@ -55,8 +55,9 @@ class ReaderTrainingConfig:
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
-def _load_records(files: list[Path], needed: int, dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
-    """Train and dev records mixed from all files; only as many train records as the run can use."""
+def load_train_dev(files: list[Path], needed: int, dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """Train and dev records mixed from all files (dev: `dev_size` held out, shared among the files); only
+    as many train records, shuffled, as the run can use."""
     train: list[QARecord] = []
     dev: list[QARecord] = []
     for path in files:
@@ -67,15 +68,15 @@ def _load_records(files: list[Path], needed: int, dev_size: int, seed: int) -> t
     return train[:needed], dev
 
 
-def _trainable(reader: DecoderReader, config: ReaderTrainingConfig) -> list[torch.nn.Parameter]:
-    if config.method == "lora":
+def trainable_parameters(reader: DecoderReader, method: str, lora_rank: int) -> list[torch.nn.Parameter]:
+    """Make the reader trainable by `method` (lora: wraps its model in a peft LoRA model; full) and return the trainable parameters."""
+    if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_dropout=0.05,
-                          target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.05, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
         reader.model = get_peft_model(reader.model, lora)
-    elif config.method != "full":
-        raise ValueError(f"unknown method {config.method!r}: choose lora or full")
+    elif method != "full":
+        raise ValueError(f"unknown method {method!r}: choose lora or full")
     return [p for p in reader.model.parameters() if p.requires_grad]
 
 
@@ -89,11 +90,11 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     torch.manual_seed(config.seed)
     started = time.time()
     index = Index.open(config.index, readonly=True)
-    train_records, dev_records = _load_records(config.train, config.steps * config.batch_size * config.grad_accum,
+    train_records, dev_records = load_train_dev(config.train, config.steps * config.batch_size * config.grad_accum,
                                                config.dev_size, config.seed)
     examples = build_examples(index, train_records, config.k, seed=config.seed, progress=progress)
     reader = DecoderReader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
-    params = _trainable(reader, config)
+    params = trainable_parameters(reader, config.method, config.lora_rank)
     reader.model.train()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)

@@ -1,0 +1,150 @@
+"""Benchmark: recall@5 and EM before and after joint retriever-reader training, one run per loss.
+
+Sets as in the issue: 500-question samples (seed 0) of squad-open-dev and of the nq-open-test records
+with gold_ids, over the whole shared corpus, dense retrieval. Each training run is a subprocess
+`rag-train joint --query-side-only ...` on squad-open-train + nq-open-train whose exact command is kept in
+the result; its exported query encoder and reader adapter are then evaluated here, in-process, with
+`rag-eval qa`'s metrics (trainer.evaluate.evaluate_qa over the shared index's stored passage vectors).
+"Before" is the untrained system: the index's MiniLM encoder and SmolLM2-135M-Instruct as it comes.
+
+On a CPU the scale is reduced and the table says so: query-side training only (the passage vectors stay
+the index's), `--steps` x `--batch-size` training questions, recall on all 500 questions of each set but EM
+on a seeded sub-sample of `--em-limit` of them (generation is the slow part). The result file is
+rewritten after every piece, and a rerun skips the pieces it already has.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from bench.common import DEFAULT_INDEX, QA_DIR, RESULTS_DIR, check_out, log, machine_info, run_rag_eval, write_result
+from indexer.index import Index
+from rag.models import GENERATIVE_READER
+from rag.pipeline import Pipeline
+from rag.reader import DecoderReader
+from rag.retriever import DualEncoder
+from trainer.evaluate import evaluate_qa
+from trainer.qa_data import QARecord, read_qa, sample
+
+TRAIN = [QA_DIR / "squad-open-train.jsonl.gz", QA_DIR / "nq-open-train.jsonl.gz"]
+SETS = {"squad-open-dev": (QA_DIR / "squad-open-dev.jsonl.gz", False), "nq-open-test-gold": (QA_DIR / "nq-open-test.jsonl.gz", True)}
+
+
+class NoReader:
+    """A reader that answers nothing: recall without paying for generation (its EM is meaningless)."""
+
+    default_k = 0
+
+    def generate(self, questions: Sequence[str], passages: Sequence[Sequence[Any]]) -> list[str]:
+        return ["" for _ in questions]
+
+
+def question_sets(limit: int) -> dict[str, list[QARecord]]:
+    """The issue's samples: `limit` seeded (seed 0) questions of each set, gold_ids records only for NQ (as --with-gold-ids)."""
+    sets = {}
+    for name, (path, gold_only) in SETS.items():
+        records = [r for r in read_qa(path) if r.gold_ids or not gold_only]
+        sets[name] = sample(records, limit, 0)
+    return sets
+
+
+def evaluate_system(index: Index, encoder: str, reader: DecoderReader, sets: dict[str, list[QARecord]], k: int,
+                    em_limit: int) -> dict[str, Any]:
+    """recall@1/5/20 on every question of each set, EM/F1 on a seeded sub-sample of `em_limit` of them."""
+    retriever = DualEncoder(encoder).eval()
+    out = {}
+    for name, records in sets.items():
+        recall, _ = evaluate_qa(Pipeline(index, NoReader(), retriever=retriever), records, k=k, mode="dense", batch_size=32, progress=False)
+        answers, _ = evaluate_qa(Pipeline(index, reader, retriever=retriever), sample(records, em_limit, 0), k=k, mode="dense",
+                                 batch_size=4, progress=False)
+        out[name] = {"n": recall["n"], "recall@1": recall["recall@1"], "recall@5": recall["recall@5"], "recall@20": recall["recall@20"],
+                     "em_n": answers["n"], "em": answers["em"], "f1": answers["f1"]}
+        log(name, json.dumps(out[name]))
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    """The README table: one row before training, one per loss after."""
+    head = ("| system | squad-open-dev recall@5 | EM | nq-open-test (gold) recall@5 | EM | train seconds |\n"
+            "|---|---|---|---|---|---|")
+    rows = [("untrained (MiniLM dense, SmolLM2-135M)", result.get("before"), None)]
+    rows += [(f"after `{loss}`", run.get("after"), run.get("seconds")) for loss, run in result.get("runs", {}).items()]
+    lines = [head]
+    for name, figures, seconds in rows:
+        if not figures:
+            continue
+        cells = [f"{figures[s]['recall@5']:.3f} | {figures[s]['em']:.3f} (n={figures[s]['em_n']})" for s in SETS]
+        lines.append(f"| {name} | {' | '.join(cells)} | {seconds or '-'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="whole-corpus index, only read (default %(default)s)")
+    parser.add_argument("--losses", nargs="+", default=["emdr2", "pdist", "loop", "rag"], choices=["emdr2", "pdist", "loop", "rag"])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=4)
+    parser.add_argument("--max-passage-tokens", type=int, default=96)
+    parser.add_argument("--retriever-lr", type=float, default=2e-5)
+    parser.add_argument("--limit", type=int, default=500, help="questions per set for recall (seeded sample, seed 0)")
+    parser.add_argument("--em-limit", type=int, default=100, help="of those, questions answered for EM")
+    parser.add_argument("--runs", type=Path, default=Path("runs/joint-bench"), help="folder of the training runs")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "joint_training.json")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in each training run")
+    args = parser.parse_args()
+    out = check_out(args.out)
+    torch.set_num_threads(args.threads)
+    info = machine_info()
+    result: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    # write_result stamps this invocation's command and machine; earlier invocations' commands are kept in a list.
+    if "command" in result:
+        result.setdefault("earlier_commands", []).append(result.pop("command"))
+    for stamp in ("timestamp", "machine"):
+        result.pop(stamp, None)
+    result.setdefault("runs", {})
+    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "max_passage_tokens", "retriever_lr", "limit", "em_limit")}
+    result["scale"]["note"] = "CPU, reduced: query-side only, steps x batch-size training questions, EM on a sub-sample"
+    index = Index.open(args.index, readonly=True)
+    sets = question_sets(args.limit)
+    if "before" not in result:
+        log("before training")
+        reader = DecoderReader(GENERATIVE_READER, device="cpu", max_passage_tokens=args.max_passage_tokens)
+        result["before"] = evaluate_system(index, index.manifest.encoder, reader, sets, args.top_k, args.em_limit)
+        write_result(out, result, info)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
+    rag_train = str(Path(sys.executable).with_name("rag-train"))
+    for loss in args.losses:
+        run = result["runs"].get(loss, {})
+        folder = args.runs / loss
+        if "command" not in run:
+            command = [rag_train, "joint", "--index", str(args.index), "--train", ",".join(map(str, TRAIN)), "--loss", loss,
+                       "--query-side-only", "--top-k", str(args.top_k), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                       "--max-passage-tokens", str(args.max_passage_tokens), "--retriever-lr", str(args.retriever_lr),
+                       "--dev-size", "0", "--dev-eval", "0", "--save-every", "25", "--threads", str(args.threads), "--device", "cpu",
+                       *(["--resume", str(folder)] if (folder / "checkpoint.pt").is_file() else ["--out", str(folder)])]
+            log("train", loss, " ".join(command))
+            summary, typed, seconds = run_rag_eval(command, env, program="rag-train")
+            training = json.loads((folder / "training.json").read_text())
+            run = {"command": typed, "seconds": seconds, "final_losses": training["final_losses"], "summary": summary}
+            result["runs"][loss] = run
+            write_result(out, result, info)
+        if "after" not in run:
+            log("after", loss)
+            reader = DecoderReader(GENERATIVE_READER, adapter=folder / "export" / "reader", device="cpu",
+                                   max_passage_tokens=args.max_passage_tokens)
+            run["after"] = evaluate_system(index, str(folder / "export" / "encoder"), reader, sets, args.top_k, args.em_limit)
+            write_result(out, result, info)
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""`rag-train joint` on tiny models and a tiny index: retrieval, refresh, learning, exact resume, export."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_documents, write_topic_qa
+from indexer.cli import main as index_main
+from indexer.encoder import TextEncoder
+from indexer.index import Index
+from serve.cli import main as serve_main
+from trainer.cli import main_train
+from trainer.joint_training import CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, TrainingIndex, train_joint
+from trainer.qa_data import QARecord
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_topic_qa(tmp_path_factory.mktemp("qa") / "qa-train.jsonl.gz")
+
+
+def config(topic_index: Path, qa_file: Path, reader: str, out: Path, **changes) -> JointTrainingConfig:
+    base = JointTrainingConfig(index=topic_index, train=[qa_file], out=out, reader=reader, top_k=3, steps=4, batch_size=2,
+                               dev_size=4, dev_eval=0, save_every=2, device="cpu", threads=1)
+    return replace(base, **changes)
+
+
+def test_settings_that_cannot_work_are_refused(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+    assert Refresh.parse("every:5") == Refresh("every", 5) and str(Refresh.parse("rerank:20")) == "rerank:20"
+    for bad in ("every", "every:0", "rerank:x", "sometimes"):
+        with pytest.raises(ValueError, match="--refresh"):
+            Refresh.parse(bad)
+    cases = [(dict(loss="adist"), "Fusion-in-Decoder"), (dict(query_side_only=True, refresh="every:2"), "nothing to refresh"),
+             (dict(refresh="rerank:2"), "at least --top-k"), (dict(bf16=True), "GPU"), (dict(tau=0.0), "--tau"),
+             (dict(train=[tmp_path / "nq-open-test.jsonl.gz"]), "not found"), (dict(grad_accum=0), "--grad-accum")]
+    for changes, message in cases:
+        with pytest.raises(ValueError, match=message):
+            config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", **changes).check()
+    evaluation_only = tmp_path / "squad-open-dev.jsonl.gz"
+    evaluation_only.write_bytes(qa_file.read_bytes())
+    with pytest.raises(ValueError, match="evaluation-only"):
+        config(topic_index, evaluation_only, tiny_reader_path, tmp_path / "run").check()
+    with pytest.raises(ValueError, match="evaluation-only"):
+        config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", dev=evaluation_only).check()
+
+
+def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path, tiny_encoder_path: str, tmp_path: Path) -> None:
+    """Generation 0 is the index's own vectors; a refresh with the unchanged encoder reproduces them in a new file."""
+    from rag.retriever import DualEncoder
+
+    index = Index.open(topic_index, readonly=True)
+    search = TrainingIndex(index, tmp_path / "gens")
+    queries = ["topic3 alpha", "topic7 bravo"]
+    vectors = TextEncoder(tiny_encoder_path)(queries)
+    expected = index.search_many(queries, k=5, mode="dense", query_vectors=vectors)
+    assert [[h.id for h in hits] for hits in search.search(vectors, 5)] == [[h.id for h in hits] for hits in expected]
+    assert [[h.id for h in hits] for hits in search.search_many(queries, 5, "dense", vectors)] == [[h.id for h in hits] for hits in expected]
+    rows = [h.row for h in expected[0]]
+    stored = dict(zip(*index.store.vectors(rows, index.generation, index.manifest.dim)))
+    assert np.array_equal(search.stored_vectors(rows), np.stack([stored[r] for r in rows]))
+    report = search.refresh(DualEncoder(tiny_encoder_path))
+    assert report["generation"] == search.generation == 1 and report["passages"] == 20 and report["seconds"] > 0
+    assert (tmp_path / "gens" / "dense-1-0of1.faiss").is_file()
+    refreshed = search.search(vectors, 5)
+    assert [[h.id for h in hits] for hits in refreshed] == [[h.id for h in hits] for hits in expected]
+    assert [h.score for h in refreshed[0]] == pytest.approx([h.score for h in expected[0]], abs=1e-5)
+    assert TrainingIndex(index, tmp_path / "gens", generation=1).size == 20  # a resumed run loads its generation
+    search.drop_older(1)
+    with pytest.raises(ValueError, match="retrieval is dense"):
+        search.search_many(queries, 5, "hybrid", vectors)
+
+
+def test_scores_and_reader_targets(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+    """Query-side scores are dot products with the index's vectors; the targets are the reader's own log-likelihoods,
+    per passage or leaving one out; EMDR^2's retriever loss sends no gradient to the reader."""
+    torch.manual_seed(0)
+    trainer = JointTrainer(config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", query_side_only=True), Index.open(topic_index, readonly=True))
+    query = trainer.retriever(["which topic is number 3?"], "query")
+    found, scores = trainer.retrieve(query, passage_side=False)
+    vectors = trainer.search_index.stored_vectors([h.row for h in found[0]])
+    assert scores.shape == (1, 3) and torch.allclose(scores, query.detach() @ torch.from_numpy(vectors).T, atol=1e-6)
+    assert [h.score for h in found[0]] == pytest.approx(scores[0].tolist(), abs=1e-5)
+    with torch.no_grad():
+        targets = trainer.reader_logprobs(["q?"], found, ["topic3"], leave_one_out=False)
+        leave_out = trainer.reader_logprobs(["q?"], found, ["topic3"], leave_one_out=True)
+        direct = [trainer.reader.score("q?", [found[0][k]], "topic3").item() for k in range(3)]
+        left = trainer.reader.score("q?", [found[0][0], found[0][2]], "topic3")  # one prompt: D minus d_2
+    assert targets[0].tolist() == pytest.approx(direct, abs=1e-4)
+    assert leave_out[0, 1].item() == pytest.approx(trainer.reader.answer_logprobs(
+        [trainer.reader.prompt_ids("q?", [found[0][0], found[0][2]])], [trainer.reader.answer_ids("topic3")])[0].item(), abs=1e-4)
+    assert left.shape == (2,)
+    _, retriever_loss = trainer.losses([QARecord("q", "which topic is number 3?", ["topic3"])])
+    retriever_loss.backward()
+    assert all(p.grad is None for p in trainer.reader_params)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.retriever_params)
+
+
+def test_query_side_training_moves_the_retriever_towards_the_reader(topic_index: Path, qa_file: Path, tiny_reader_path: str,
+                                                                    tmp_path: Path) -> None:
+    """PDist on one question, reader nearly fixed: the retriever's KL to the reader's targets falls."""
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"id": "q0", "question": "which topic is number 0?", "answers": ["topic0"]}) + "\n")
+    run = config(topic_index, one, tiny_reader_path, tmp_path / "run", loss="pdist", query_side_only=True, steps=12, batch_size=1,
+                 dev_size=0, lr=1e-7, retriever_lr=1e-2, warmup=0.0, save_every=0, tau=0.05)
+    train_joint(run, progress=False)
+    losses = [json.loads(line)["retriever_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 12 and losses[-1] < losses[0] / 2
+
+
+@pytest.mark.parametrize("loss,refresh", [("emdr2", "every:2"), ("loop", "rerank:5")])
+def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path, loss: str, refresh: str) -> None:
+    """4 steps straight == 2 steps, stop, resume, 2 steps: the same losses, weights, optimizer and index generation."""
+    straight = config(topic_index, qa_file, tiny_reader_path, tmp_path / "straight", loss=loss, refresh=refresh, grad_accum=2)
+    train_joint(straight, progress=False)
+    stopped = replace(straight, out=tmp_path / "resumed")
+    assert train_joint(stopped, progress=False, stop_after=2) == {"stopped_at": 2}
+    record = train_joint(stopped, resume=True, progress=False)
+    assert record["steps"] == 4
+    lines = [(tmp_path / name / "metrics.jsonl").read_text().splitlines() for name in ("straight", "resumed")]
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if "seconds" not in k and k != "refresh"} for r in rows]
+    assert strip(lines[0]) == strip(lines[1]) and len(lines[0]) == 4
+    a, b = (torch.load(tmp_path / name / CHECKPOINT, weights_only=False) for name in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 4 and a["cursor"] == b["cursor"] and a["generation"] == b["generation"]
+    for part in ("reader", "retriever"):
+        assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][n], b[part][n]) for n in a[part])
+    assert all(torch.equal(x, y) for s, t in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values())
+               for x, y in zip(s.values(), t.values()))
+    if refresh.startswith("every"):
+        assert a["generation"] == 1 and json.loads(lines[1][1])["refresh"]["generation"] == 1
+    assert json.loads(lines[1][-1])["refresh_seconds_total"] > json.loads(lines[1][0])["refresh_seconds_total"] >= 0  # timed, and carried over
+
+
+def test_cli_run_exports_an_encoder_and_a_reader_that_load(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """`rag-train joint` with dev evaluation; `rag-index build --encoder export/encoder` and `rag-serve ask --adapter export/reader` take the outputs."""
+    run = tmp_path / "run"
+    code = main_train(["joint", "--index", str(topic_index), "--train", str(qa_file), "--loss", "rag", "--top-k", "2",
+                       "--reader", tiny_reader_path, "--steps", "2", "--batch-size", "2", "--dev-size", "4", "--dev-eval", "4",
+                       "--eval-every", "1", "--gradient-checkpointing", "--device", "cpu", "--threads", "1", "--out", str(run)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 2 and summary["dev_before"]["n"] == 4 and summary["dev_after"]["recall@5"] is not None
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "dev" in r] == [0, 1, 2]
+    record = json.loads((run / "training.json").read_text())
+    assert record["config"]["loss"] == "rag" and record["command"] and record["export"]["base_reader"] == tiny_reader_path
+    from rag.retriever import DualEncoder
+
+    trained = DualEncoder(record["export"]["base_encoder"])
+    trained.load_state_dict(torch.load(run / CHECKPOINT, weights_only=False)["retriever"])
+    texts = ["Title 1\ntopic1 alpha", "which topic is number 1?"]
+    assert np.allclose(TextEncoder(str(run / "export" / "encoder"))(texts), trained.eval().encode(texts, "passage"), atol=1e-6)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": d.id, "title": d.title, "text": d.text}) + "\n" for d in make_documents(5)))
+    assert index_main(["build", "--out", str(tmp_path / "idx2"), "--corpus", str(corpus), "--encoder", str(run / "export" / "encoder"),
+                       "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert serve_main(["ask", "--index", str(tmp_path / "idx2"), "--reader", tiny_reader_path, "--adapter", str(run / "export" / "reader"),
+                       "--k", "2", "--mode", "dense", "--scope", "none", "--device", "cpu", "which topic is number 1?"]) == 0
+    # Query-side training is served as trained: the original index, questions embedded by the exported encoder.
+    assert serve_main(["ask", "--index", str(topic_index), "--reader", tiny_reader_path, "--adapter", str(run / "export" / "reader"),
+                       "--query-encoder", str(run / "export" / "encoder"), "--k", "2", "--mode", "dense", "--scope", "none",
+                       "--device", "cpu", "--json", "which topic is number 1?"]) == 0
+    assert len(json.loads(capsys.readouterr().out.splitlines()[-1])["passages"]) == 2
+    # Finished runs refuse a second --out into the same folder; --resume of a finished run only re-exports.
+    assert main_train(["joint", "--index", str(topic_index), "--train", str(qa_file), "--reader", tiny_reader_path, "--out", str(run)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main_train(["joint", "--resume", str(run)]) == 0
+
+
+def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+    """`torchrun --nproc-per-node 2` (gloo): each rank holds and re-embeds half the index; rank 0 writes the run."""
+    run = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "trainer.joint_training", "--index", str(topic_index), "--train", str(qa_file), "--loss", "pdist",
+                           "--refresh", "every:1", "--top-k", "3", "--reader", tiny_reader_path, "--steps", "2", "--batch-size", "1",
+                           "--dev-size", "4", "--dev-eval", "2", "--device", "cpu", "--threads", "1", "--out", str(run)],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((run / "training.json").read_text())
+    assert record["processes"] == 2 and record["steps"] == 2 and record["generation"] == 1 and record["dev_after"]["n"] == 2
+    assert sorted(p.name for p in (run / "index").iterdir()) == ["dense-1-0of2.faiss", "dense-1-1of2.faiss"]
+    from indexer.dense import DenseIndex
+
+    shards = [DenseIndex.load(run / "index" / f"dense-1-{r}of2.faiss", "flat").ntotal for r in (0, 1)]
+    assert sum(shards) == 20 and min(shards) > 0
+    assert torch.load(run / CHECKPOINT, weights_only=False)["world_size"] == 2
+    assert (run / "export" / "reader" / "adapter_config.json").is_file()

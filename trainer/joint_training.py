@@ -1,0 +1,652 @@
+"""`rag-train joint`: joint retriever-reader training, EM-style (Atlas, EMDR^2, RAG).
+
+Each step takes a batch of questions, encodes them with the trainable query encoder, retrieves the
+top-K passages from the dense index and then
+- trains the reader (LoRA by default) with its answer NLL given all K passages in one prompt, as it
+  will read them when serving, and
+- trains the retriever with the chosen loss (trainer/joint_losses.py) on the scores s_k of those K
+  passages, with targets from the reader: log p(a|q,d_k) per passage (emdr2, pdist, rag) or
+  log p(a|q, D minus d_k) (loop).
+
+Stale index strategies (ARCHITECTURE.md) as `--query-side-only` / `--refresh`:
+- query-side only: the passage side is the index's stored vectors, frozen; s_k = <E_q(q), v_k>;
+- otherwise one shared encoder trains on both sides and s_k = <E_q(q), E_p(d_k)> re-encodes the K
+  passages; the index to search is then refreshed `none` (searches the vectors it was built with),
+  `every:N` (all passages re-embedded with the current encoder every N steps, a new generation swapped
+  in at once) or `rerank:L` (over-retrieve L from the stale vectors, re-embed them, keep the top K).
+The user's index is only read: refreshed vectors are generations of a flat FAISS file in RUN_DIR/index.
+
+RUN_DIR gets config.json, metrics.jsonl (one JSON line per step, dev evaluation and refresh),
+checkpoint.pt (everything an exact resume needs), export/encoder (a folder `rag-index build --encoder`
+takes), export/reader (a peft adapter for `--adapter`, or a whole model for `--reader`) and training.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from indexer.dense import DenseIndex
+from indexer.encoder import resolve_model_path
+from indexer.index import Index, encoder_input
+from indexer.records import SearchHit
+from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
+from rag.models import GENERATIVE_READER
+from rag.pipeline import Pipeline
+from rag.reader import DecoderReader, pick_device
+from rag.retriever import DualEncoder
+from trainer.distributed_search import ShardedDenseSearch, barrier, shard_of, start_distributed, world
+from trainer.evaluate import evaluate_qa
+from trainer.joint_losses import emdr2_loss, loop_loss, pdist_loss, rag_marginal_loss
+from trainer.qa_data import QARecord, read_qa, sample
+from trainer.reader_data import ReaderExample
+from trainer.reader_training import answer_nll, load_train_dev, trainable_parameters
+from trainer.scope_data import check_not_evaluation_only
+from trainer.span_training import machine
+
+LOSSES = ("emdr2", "pdist", "loop", "adist", "rag")
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+# Files of a sentence-transformers folder that say how its encoder pools and normalises.
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """How the searched vectors follow a changing passage encoder: none, every `n` steps, or rerank `n` candidates."""
+
+    kind: str = "none"  # none | every | rerank
+    n: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Refresh:
+        """`none`, `every:N` or `rerank:L` (N, L at least 1)."""
+        kind, _, n = text.partition(":")
+        if text == "none":
+            return cls()
+        if kind in ("every", "rerank") and n.isdigit() and int(n) >= 1:
+            return cls(kind, int(n))
+        raise ValueError(f"--refresh {text!r}: choose none, every:N (re-embed every N steps) or rerank:L (over-retrieve L)")
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "none" else f"{self.kind}:{self.n}"
+
+
+@dataclass
+class JointTrainingConfig:
+    """Everything a joint training run depends on; saved in RUN_DIR/config.json, which `--resume` reads back."""
+
+    index: Path
+    train: list[Path]
+    out: Path
+    loss: str = "emdr2"
+    dev: Path | None = None  # None: hold out `dev_size` questions of the training files
+    reader: str = GENERATIVE_READER
+    method: str = "lora"  # lora | full
+    lora_rank: int = 16
+    top_k: int = 4
+    refresh: str = "none"
+    query_side_only: bool = False
+    tau: float = 0.05  # retriever temperature: cosine scores of normalised vectors span [-1, 1]
+    temperature: float = 1.0  # T of the pdist and loop targets
+    steps: int = 200
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 5e-4  # the reader's (LoRA) learning rate
+    retriever_lr: float = 2e-5
+    warmup: float = 0.05
+    max_passage_tokens: int = 128
+    dev_size: int = 200
+    dev_eval: int = 100  # dev questions answered before and after training and at each --eval-every (0: none)
+    eval_every: int = 0
+    save_every: int = 100
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    bf16: bool = False
+    threads: int = 0
+    device: str = "auto"
+    command: list[str] = field(default_factory=lambda: typed_command("trainer.joint_training"))
+
+    def check(self) -> None:
+        """Raise ValueError on settings that cannot work, before anything slow starts."""
+        check_counts(self, at_least_one=("top_k", "steps", "batch_size", "grad_accum", "lora_rank", "max_passage_tokens"),
+                     at_least_zero=("dev_size", "dev_eval", "eval_every", "save_every", "threads"))
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if self.loss == "adist":
+            raise ValueError("--loss adist distils the reader's cross-attention over passages, which only a Fusion-in-Decoder "
+                             "(encoder-decoder) reader has; the decoder-only reader has none: choose emdr2, pdist, loop or rag")
+        refresh = Refresh.parse(self.refresh)
+        if self.query_side_only and refresh.kind != "none":
+            raise ValueError("--query-side-only keeps the passage side frozen (the index's vectors): there is nothing to "
+                             "refresh; drop --refresh or --query-side-only")
+        if refresh.kind == "rerank" and refresh.n < self.top_k:
+            raise ValueError(f"--refresh rerank:{refresh.n} must over-retrieve at least --top-k {self.top_k} passages")
+        for name in ("tau", "temperature", "lr", "retriever_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"--warmup is a share of the steps, from 0 to below 1; got {self.warmup}")
+        if self.bf16 and pick_device(self.device).type != "cuda":
+            raise ValueError("--bf16 autocasts on a GPU only; on a CPU train in float32 (drop --bf16)")
+        for path in self.train:
+            if not Path(path).is_file():
+                raise ValueError(f"training file not found: {path}")
+            check_not_evaluation_only(path)
+        if self.dev is not None:
+            if not Path(self.dev).is_file():
+                raise ValueError(f"--dev file not found: {self.dev}")
+            check_not_evaluation_only(self.dev)  # dev figures choose settings: never on a test set
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JointTrainingConfig:
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values.update(index=Path(data["index"]), out=Path(data["out"]), train=[Path(p) for p in data["train"]],
+                      dev=Path(data["dev"]) if data.get("dev") else None)
+        return cls(**values)
+
+
+# -- the searched vectors ----------------------------------------------------------------------------
+
+class TrainingIndex:
+    """Dense search over the passages of an index (opened read-only) with vectors the trainer controls.
+
+    Generation 0 is the index's own vectors; each refresh re-embeds every passage into a new flat FAISS
+    file `RUN_DIR/index/dense-G-RofN.faiss` (written atomically by DenseIndex.save) and then swaps it in
+    by one assignment, so a search sees one generation or the next, never a mixture. In a distributed
+    run each rank holds (and re-embeds) its shard only and searches are collective
+    (trainer/distributed_search.py). `search_many` has the signature of `Index.search_many`, so a
+    `Pipeline` (and `rag-eval qa`'s evaluate_qa) can search it.
+    """
+
+    def __init__(self, index: Index, folder: Path, generation: int = 0, device: torch.device | None = None) -> None:
+        self.index = index
+        self.folder = folder
+        self.generation = generation
+        self.rank, self.world_size = world()
+        self.size = index.store.counts(index.generation)["passages"]
+        if not self.size:
+            raise ValueError(f"{index.path}: the index has no passages to train on")
+        if generation:
+            shard = DenseIndex.load(self._file(generation), "flat")
+        else:
+            shard = DenseIndex.create(index.manifest.dim, "flat")
+            for rows, vectors in index.store.iter_vectors(index.generation, index.manifest.dim):
+                mine = shard_of(rows, self.rank, self.world_size)
+                shard.add(rows[mine], vectors[mine])
+        # Collectives travel on the rank's GPU under NCCL, on the CPU under gloo.
+        self.comm_device = device if device is not None and device.type == "cuda" else None
+        self.dense = ShardedDenseSearch(shard, self.comm_device)
+
+    def _file(self, generation: int) -> Path:
+        return self.folder / f"dense-{generation}-{self.rank}of{self.world_size}.faiss"
+
+    def search(self, vectors: np.ndarray, k: int) -> list[list[SearchHit]]:
+        """The k nearest passages of each query vector (inner product), best first."""
+        scores, ids = self.dense.search(vectors, k)
+        stored = self.index.store.passages({int(i) for row in ids for i in row if i >= 0}, self.index.generation)
+        return [[SearchHit(stored[i].id, stored[i].doc_id, stored[i].title, stored[i].text, float(s), int(i))
+                 for i, s in zip(row_ids, row_scores) if i >= 0] for row_ids, row_scores in zip(ids, scores)]
+
+    def search_many(self, queries: Sequence[str], k: int = 5, mode: str = "dense",
+                    query_vectors: np.ndarray | None = None) -> list[list[SearchHit]]:
+        """`Index.search_many` for a pipeline with a trained query encoder: dense only, vectors required."""
+        if mode != "dense" or query_vectors is None:
+            raise ValueError("training retrieval is dense, with the trained query encoder's vectors")
+        return self.search(query_vectors, k)
+
+    def stored_vectors(self, rows: Sequence[int]) -> np.ndarray:
+        """The index's own vectors of store rows, in order: the frozen passage side of query-side training."""
+        ids, vectors = self.index.store.vectors(rows, self.index.generation, self.index.manifest.dim)
+        position = {int(r): i for i, r in enumerate(ids)}
+        return vectors[[position[int(r)] for r in rows]]
+
+    def refresh(self, encoder: DualEncoder, progress: bool = False) -> dict[str, Any]:
+        """Re-embed every passage (of this rank's shard) with the current passage side into generation + 1,
+        persist it, swap it in."""
+        start = time.perf_counter()
+        passages = [p for p in self.index.store.iter_passages(self.index.generation) if p.row % self.world_size == self.rank]
+        texts = [encoder_input(p.title, p.text) for p in passages]
+        bar = tqdm(total=len(texts), desc="refresh", unit="passage", disable=not progress, mininterval=1.0)
+        parts = [np.zeros((0, self.index.manifest.dim), np.float32)]
+        with evaluating(encoder):
+            for begin in range(0, len(texts), 256):
+                parts.append(encoder.encode(texts[begin : begin + 256], "passage"))
+                bar.update(len(parts[-1]))
+        bar.close()
+        shard = DenseIndex.create(self.index.manifest.dim, "flat")
+        shard.add(np.array([p.row for p in passages], dtype=np.int64), np.concatenate(parts))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        shard.save(self._file(self.generation + 1))
+        self.dense, self.generation = ShardedDenseSearch(shard, self.comm_device), self.generation + 1
+        return {"generation": self.generation, "passages": len(passages), "seconds": time.perf_counter() - start}
+
+    def drop_older(self, keep: int) -> None:
+        """Delete this rank's generation files before `keep` (a checkpoint names `keep`, so they can no longer be needed)."""
+        for path in self.folder.glob(f"dense-*-{self.rank}of{self.world_size}.faiss"):
+            if int(path.stem.split("-")[1]) < keep:
+                path.unlink()
+
+
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """Recompute activations in the backward pass instead of keeping them. Not re-entrant, so it works with
+    frozen inputs (LoRA) without making the embeddings require grad."""
+    if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5 on
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+@contextmanager
+def evaluating(*models: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no gradients inside the block; training mode again after it."""
+    for model in models:
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for model in models:
+            model.train()
+
+
+# -- one step ----------------------------------------------------------------------------------------
+
+class JointTrainer:
+    """The models, optimizer and searched vectors of a run, and its step (`losses`)."""
+
+    def __init__(self, config: JointTrainingConfig, index: Index, generation: int = 0) -> None:
+        self.config = config
+        self.refresh_kind = Refresh.parse(config.refresh)
+        self.rank, self.world_size = world()
+        self.device = pick_device(config.device)
+        if self.device.type == "cuda" and self.world_size > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # torchrun: one GPU per process
+        self.search_index = TrainingIndex(index, config.out / "index", generation, self.device)
+        self.refresh_seconds = 0.0  # re-embedding the index (every:N) or the candidates (rerank:L), all steps so far
+        if config.top_k > self.search_index.size:
+            raise ValueError(f"--top-k {config.top_k}: the index has only {self.search_index.size} passages")
+        # One encoder for both sides, starting where the index's vectors came from (query-side only never runs its passage side).
+        self.retriever = DualEncoder(index.manifest.encoder, shared=True).to(self.device)
+        if self.retriever.dim != index.manifest.dim:
+            raise ValueError(f"encoder {index.manifest.encoder!r} is {self.retriever.dim}-d, the index {index.manifest.dim}-d")
+        # float32 weights on every device: --bf16 autocasts the compute, the optimizer keeps full precision.
+        self.reader = DecoderReader(config.reader, device=str(self.device), dtype=torch.float32, max_passage_tokens=config.max_passage_tokens)
+        if config.gradient_checkpointing:
+            checkpoint_activations(self.reader.model)
+            checkpoint_activations(self.retriever.query_model)
+        self.reader_params = trainable_parameters(self.reader, config.method, config.lora_rank)
+        self.retriever_params = list(self.retriever.parameters())
+        self.reader.model.train()
+        self.retriever.train()
+        self.optimizer = torch.optim.AdamW([{"params": self.reader_params, "lr": config.lr},
+                                            {"params": self.retriever_params, "lr": config.retriever_lr}], weight_decay=0.0)
+        self.schedule = get_linear_schedule_with_warmup(self.optimizer, math.ceil(config.warmup * config.steps), config.steps)
+
+    def retrieve(self, query: torch.Tensor, passage_side: bool) -> tuple[list[list[SearchHit]], torch.Tensor]:
+        """The top-K passages of each query vector, and their scores s_k (B, K), differentiable in the query
+        (and in the passage side when `passage_side`, else against the searched vectors)."""
+        k = self.config.top_k
+        found = self.search_index.search(query.detach().float().cpu().numpy(), self.refresh_kind.n if self.refresh_kind.kind == "rerank" else k)
+        if any(len(row) < k for row in found):
+            raise RuntimeError(f"the search returned fewer than --top-k {k} passages")
+        if self.refresh_kind.kind == "rerank":
+            found = [self._rerank(q, row) for q, row in zip(query.detach(), found)]
+        rows = [h for row in found for h in row]
+        if passage_side:
+            passages = self.retriever([encoder_input(h.title, h.text) for h in rows], "passage")
+        else:
+            passages = torch.from_numpy(self.search_index.stored_vectors([h.row for h in rows])).to(self.device)
+        passages = passages.view(len(found), k, -1).to(query.dtype)
+        return found, torch.einsum("bd,bkd->bk", query, passages).float()
+
+    def _rerank(self, query: torch.Tensor, candidates: list[SearchHit]) -> list[SearchHit]:
+        """The top-K of over-retrieved candidates by the current passage side (its time counts as refreshing)."""
+        start = time.perf_counter()
+        with evaluating(self.retriever):
+            fresh = torch.from_numpy(self.retriever.encode([encoder_input(h.title, h.text) for h in candidates], "passage"))
+        order = (fresh.to(query.device) @ query.float()).argsort(descending=True)[: self.config.top_k]
+        self.refresh_seconds += time.perf_counter() - start
+        return [candidates[i] for i in order.tolist()]
+
+    def reader_logprobs(self, questions: Sequence[str], found: Sequence[Sequence[SearchHit]], answers: Sequence[str],
+                        leave_one_out: bool) -> torch.Tensor:
+        """(B, K): log p(a|q,d_k), or with `leave_one_out` log p(a|q, D minus d_k), all rows in one batch."""
+        prompts, targets = [], []
+        for question, row, answer in zip(questions, found, answers):
+            target = self.reader.answer_ids(answer)
+            for k in range(len(row)):
+                prompts.append(self.reader.prompt_ids(question, list(row[:k]) + list(row[k + 1 :]) if leave_one_out else [row[k]]))
+                targets.append(target)
+        return self.reader.answer_logprobs(prompts, targets)[0].view(len(questions), -1)
+
+    def losses(self, records: Sequence[QARecord]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reader answer NLL on the top-K in one prompt, retriever loss) of one micro-batch."""
+        config = self.config
+        questions, answers = [r.question for r in records], [r.answers[0] for r in records]
+        query = self.retriever(questions, "query")
+        found, scores = self.retrieve(query, passage_side=not config.query_side_only)
+        reader_nll = answer_nll(self.reader, [ReaderExample(q, list(row), a, None) for q, row, a in zip(questions, found, answers)])
+        if config.loss == "rag":
+            # The marginal trains the reader too: its per-passage likelihoods keep their gradients.
+            return reader_nll, rag_marginal_loss(scores, self.reader_logprobs(questions, found, answers, False), config.tau)
+        with evaluating(self.reader.model):
+            targets = self.reader_logprobs(questions, found, answers, leave_one_out=config.loss == "loop")
+        if config.loss == "emdr2":
+            return reader_nll, emdr2_loss(scores, targets, config.tau)
+        if config.loss == "pdist":
+            return reader_nll, pdist_loss(scores, targets, config.tau, config.temperature)
+        return reader_nll, loop_loss(scores, targets, config.tau, config.temperature)
+
+    def step(self, micro_batches: Sequence[Sequence[QARecord]]) -> dict[str, float]:
+        """One optimizer step over `micro_batches` (gradient accumulation); the mean losses."""
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+        totals = {"reader_nll": 0.0, "retriever_loss": 0.0}
+        for batch in micro_batches:
+            with autocast:
+                reader_nll, retriever_loss = self.losses(batch)
+            ((reader_nll + retriever_loss) / len(micro_batches)).backward()
+            totals["reader_nll"] += reader_nll.item() / len(micro_batches)
+            totals["retriever_loss"] += retriever_loss.item() / len(micro_batches)
+        if self.world_size > 1:
+            totals = self._average(totals)
+        torch.nn.utils.clip_grad_norm_(self.reader_params + self.retriever_params, 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return totals
+
+    def _average(self, totals: dict[str, float]) -> dict[str, float]:
+        """Data parallelism: every rank's gradients replaced by their mean over the ranks (the DDP all-reduce,
+        done by hand because the shared encoder runs several forward passes per step, which DDP's hooks refuse),
+        and the mean losses for the log."""
+        for param in self.reader_params + self.retriever_params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            dist.all_reduce(param.grad)
+            param.grad /= self.world_size
+        losses = torch.tensor(list(totals.values()), dtype=torch.float64, device=self.search_index.comm_device or "cpu")
+        dist.all_reduce(losses)
+        return dict(zip(totals, (losses / self.world_size).tolist()))
+
+    def evaluate(self, records: Sequence[QARecord]) -> dict[str, Any]:
+        """`rag-eval qa` metrics of the system as it stands: trained query encoder, searched vectors, reader."""
+        with evaluating(self.reader.model, self.retriever):
+            summary, _ = evaluate_qa(Pipeline(self.search_index, self.reader, retriever=self.retriever),  # type: ignore[arg-type]
+                                     records, k=self.config.top_k, mode="dense", batch_size=8, progress=False)
+        return summary
+
+    # -- checkpoints and export -------------------------------------------------------------------
+
+    def trainable_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The weights that train (the reader's LoRA or all of it, the encoder), by name."""
+        reader = {n: p.detach().cpu().clone() for n, p in self.reader.model.named_parameters() if p.requires_grad}
+        return {"reader": reader, "retriever": {n: t.detach().cpu().clone() for n, t in self.retriever.state_dict().items()}}
+
+    def save_checkpoint(self, step: int, cursor: int) -> None:
+        """Write RUN_DIR/checkpoint.pt atomically (rank 0): a crash leaves the previous checkpoint whole.
+        Weights are equal on every rank; random states are each rank's own."""
+        rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None)
+        rngs = [rng]
+        if self.world_size > 1:
+            rngs = [None] * self.world_size
+            dist.all_gather_object(rngs, rng)
+        if self.rank == 0:
+            state = {"step": step, "cursor": cursor, "generation": self.search_index.generation, "world_size": self.world_size,
+                     **self.trainable_state(), "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                     "rng": rngs}
+            tmp = self.config.out / (CHECKPOINT + ".tmp")
+            torch.save(state, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.config.out / CHECKPOINT)
+        barrier()  # no rank drops a generation before the checkpoint that replaces it is written
+        self.search_index.drop_older(self.search_index.generation)
+
+    def load_checkpoint(self, state: dict[str, Any]) -> None:
+        """Restore weights, optimizer, schedule and random state from a checkpoint (the generation is loaded at __init__)."""
+        if state["world_size"] != self.world_size:
+            raise ValueError(f"the checkpoint was written by {state['world_size']} processes: resume with as many, not {self.world_size}")
+        missing = set(state["reader"]) - {n for n, _ in self.reader.model.named_parameters()}
+        if missing:
+            raise RuntimeError(f"checkpoint does not fit this reader: {sorted(missing)[:3]} ...")
+        self.reader.model.load_state_dict(state["reader"], strict=False)
+        self.retriever.load_state_dict(state["retriever"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        cpu_rng, cuda_rng = state["rng"][self.rank]
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+
+    def export(self, folder: Path) -> dict[str, str]:
+        """folder/encoder (the trained query encoder, a sentence-transformers folder) and folder/reader."""
+        encoder_dir, reader_dir = folder / "encoder", folder / "reader"
+        shutil.rmtree(folder, ignore_errors=True)
+        self.retriever.query_model.save_pretrained(encoder_dir)
+        self.retriever.tokenizer.save_pretrained(encoder_dir)
+        _copy_sentence_transformers_layout(Path(resolve_model_path(self.retriever.name)), encoder_dir)
+        self.reader.model.save_pretrained(reader_dir)
+        if self.config.method == "full":
+            self.reader.tokenizer.save_pretrained(reader_dir)
+        return {"encoder": str(encoder_dir), "reader": str(reader_dir)}
+
+
+def _copy_sentence_transformers_layout(source: Path, target: Path) -> None:
+    """Copy the pooling and normalisation description of a sentence-transformers folder, so the
+    exported encoder embeds exactly as the trained one did (the indexer reads the same files)."""
+    if not source.is_dir():
+        return
+    for name in ST_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    if (source / "modules.json").is_file():
+        for module in json.loads((source / "modules.json").read_text()):
+            if module.get("path") and (source / module["path"]).is_dir():
+                shutil.copytree(source / module["path"], target / module["path"], dirs_exist_ok=True)
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+def _records(config: JointTrainingConfig, ranks: int) -> tuple[list[QARecord], list[QARecord]]:
+    """Training records (shuffled, seeded) and dev records (the --dev file's, or held out of the training files)."""
+    needed = config.steps * config.batch_size * config.grad_accum * ranks
+    train, held_out = load_train_dev(config.train, needed, 0 if config.dev else config.dev_size, config.seed)
+    dev = read_qa(config.dev) if config.dev else held_out
+    return train, sample(dev, config.dev_eval, config.seed) if config.dev_eval else []
+
+
+def _log(fh: Any, row: dict[str, Any]) -> None:
+    fh.write(json.dumps(row) + "\n")
+    fh.flush()
+
+
+def _metrics_until(path: Path, step: int) -> list[str]:
+    """The metrics lines of steps up to `step`: what a resumed run keeps."""
+    if not path.is_file():
+        return []
+    return [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+
+
+def train_joint(config: JointTrainingConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Train (or, with `resume`, continue the run saved in `config.out`), export and return the run's record.
+
+    Under torchrun (WORLD_SIZE > 1) every process runs this: data parallel, the dense index sharded across
+    the ranks, rank 0 writing the run folder. `stop_after` ends the run after that many steps,
+    checkpointed, as a pre-empted job would stop; `--resume` then carries on to exactly where an
+    uninterrupted run would be.
+    """
+    config.check()
+    started_group = start_distributed(pick_device(config.device))
+    try:
+        return _train(config, resume, progress and world()[0] == 0, stop_after)
+    finally:
+        if started_group:
+            dist.destroy_process_group()
+
+
+def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after: int | None) -> dict[str, Any]:
+    rank, ranks = world()
+    out = config.out
+    if not resume and out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty: choose a new folder, or --resume {out}")
+    barrier()  # every rank has looked before rank 0 writes
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    state = torch.load(out / CHECKPOINT, weights_only=False) if resume else None
+    torch.manual_seed(config.seed)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    index = Index.open(config.index, readonly=True)
+    train, dev = _records(config, ranks)
+    trainer = JointTrainer(config, index, generation=state["generation"] if state else 0)
+    step, cursor = 0, 0
+    if state:
+        trainer.load_checkpoint(state)
+        step, cursor = state["step"], state["cursor"]
+    kept = _metrics_until(out / METRICS, step) if rank == 0 else []
+    started = time.time()
+    trainer.refresh_seconds = next((json.loads(line)["refresh_seconds_total"] for line in reversed(kept) if "reader_nll" in line), 0.0)
+    with open(out / METRICS if rank == 0 else os.devnull, "w") as log:
+        log.writelines(line + "\n" for line in kept)
+        if dev and step == 0:
+            _log(log, {"step": 0, "dev": trainer.evaluate(dev)})
+        last = min(config.steps, stop_after) if stop_after is not None else config.steps
+        bar = tqdm(range(step, last), desc=f"joint {config.loss}", unit="step", disable=not progress)
+        for step in range(step + 1, last + 1):
+            micro = []
+            for _ in range(config.grad_accum):
+                # Each rank its own slice of the global batch.
+                begin = cursor + rank * config.batch_size
+                micro.append([train[(begin + i) % len(train)] for i in range(config.batch_size)])
+                cursor += config.batch_size * ranks
+            losses = trainer.step(micro)
+            row: dict[str, Any] = {"step": step, **losses, "lr": trainer.schedule.get_last_lr()[0],
+                                   "generation": trainer.search_index.generation, "seconds": round(time.time() - started, 3)}
+            if trainer.refresh_kind.kind == "every" and step % trainer.refresh_kind.n == 0 and step < config.steps:
+                row["refresh"] = trainer.search_index.refresh(trainer.retriever, progress=progress)
+                trainer.refresh_seconds += row["refresh"]["seconds"]
+            row["refresh_seconds_total"] = round(trainer.refresh_seconds, 3)
+            _log(log, row)
+            if dev and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                _log(log, {"step": step, "dev": trainer.evaluate(dev)})
+            if (config.save_every and step % config.save_every == 0) or step == last:
+                trainer.save_checkpoint(step, cursor)
+            bar.update(1)
+            bar.set_postfix(nll=f"{losses['reader_nll']:.3f}", ret=f"{losses['retriever_loss']:.3f}")
+        bar.close()
+        if step < config.steps:
+            return {"stopped_at": step}
+        final = trainer.evaluate(dev) if dev else {}
+        if dev:
+            _log(log, {"step": step, "dev": final, "final": True})
+    if rank != 0:
+        barrier()  # rank 0 exports
+        return {"steps": step, "rank": rank}
+    exported = trainer.export(out / "export")
+    rows = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    record = {
+        "command": config.command,
+        "config": config.to_json(),
+        "steps": step,
+        "processes": ranks,
+        "train_questions": len(train),
+        "dev_questions": len(dev),
+        "dev_before": next((r["dev"] for r in rows if "dev" in r and r["step"] == 0), None),
+        "dev_after": final or None,
+        "final_losses": next(({k: r[k] for k in ("reader_nll", "retriever_loss")} for r in reversed(rows) if "reader_nll" in r), None),
+        "refresh_seconds": round(trainer.refresh_seconds, 3),
+        "generation": trainer.search_index.generation,
+        "export": exported | {"base_encoder": index.manifest.encoder, "base_reader": config.reader},
+        "machine": machine() | {"device": str(trainer.device)},
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    barrier()
+    return record
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The arguments of `python -m trainer.joint_training` (and of `rag-train joint`, which takes them as a parent)."""
+    d = JointTrainingConfig(index=Path(), train=[], out=Path())
+    parser = argparse.ArgumentParser(prog="python -m trainer.joint_training", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     add_help=add_help, description="Joint retriever-reader training (EMDR^2, PDist, LOOP, RAG).")
+    add = parser.add_argument
+    add("--index", type=Path, help="index to train with (only read); its encoder is where the retriever starts")
+    add("--train", help="QA training files, comma-separated (never an evaluation-only file)")
+    add("--dev", type=Path, default=None, help="QA file for dev evaluation; without it, --dev-size questions of --train are held out")
+    add("--loss", choices=LOSSES, default=d.loss, help="the retriever's loss (adist needs a FiD reader)")
+    add("--top-k", type=int, default=d.top_k, help="passages per question")
+    add("--refresh", default=d.refresh, help="none, every:N (re-embed all passages every N steps) or rerank:L (over-retrieve L)")
+    add("--query-side-only", action="store_true", help="train the query side only, against the index's frozen vectors")
+    add("--tau", type=float, default=d.tau, help="retriever softmax temperature")
+    add("--temperature", type=float, default=d.temperature, help="T of the pdist and loop targets")
+    add("--reader", default=d.reader, help="causal LM name or folder")
+    add("--method", choices=("lora", "full"), default=d.method, help="how the reader trains")
+    add("--lora-rank", type=int, default=d.lora_rank, help="LoRA rank")
+    add("--max-passage-tokens", type=int, default=d.max_passage_tokens, help="passage truncation in the reader's prompt")
+    add_optimizer_options(parser, d, "questions in each of the --grad-accum micro-batches")
+    add("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    add("--retriever-lr", type=float, default=d.retriever_lr, help="the encoder's peak learning rate (--lr is the reader's)")
+    add("--dev-size", type=int, default=d.dev_size, help="questions held out of --train when there is no --dev")
+    add("--dev-eval", type=int, default=d.dev_eval, help="dev questions answered before, during and after training (0: none)")
+    add("--eval-every", type=int, default=d.eval_every, help="steps between dev evaluations (0: before and after only)")
+    add("--save-every", type=int, default=d.save_every, help="steps between checkpoints (0: at the end only)")
+    add("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass (less memory)")
+    add_run_options(parser, d, "seed of the data order and the LoRA initialisation")
+    add("--out", type=Path, default=None, help="run folder (new or empty)")
+    add("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved settings")
+    parser.set_defaults(run=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        if not (args.resume / CHECKPOINT).is_file():
+            raise ValueError(f"--resume {args.resume}: no {CHECKPOINT} there")
+        config = JointTrainingConfig.from_json(json.loads((args.resume / "config.json").read_text()))
+        record = train_joint(config, resume=True)
+    else:
+        for option in ("index", "train", "out"):
+            if getattr(args, option) is None:
+                raise ValueError(f"--{option} is required (unless --resume RUN_DIR)")
+        config = JointTrainingConfig(
+            index=args.index, train=[Path(p) for p in args.train.split(",") if p], out=args.out, loss=args.loss, dev=args.dev,
+            reader=args.reader, method=args.method, lora_rank=args.lora_rank, top_k=args.top_k, refresh=args.refresh,
+            query_side_only=args.query_side_only, tau=args.tau, temperature=args.temperature, steps=args.steps,
+            batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, retriever_lr=args.retriever_lr, warmup=args.warmup,
+            max_passage_tokens=args.max_passage_tokens, dev_size=args.dev_size, dev_eval=args.dev_eval, eval_every=args.eval_every,
+            save_every=args.save_every, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, bf16=args.bf16,
+            threads=args.threads, device=args.device,
+        )
+        record = train_joint(config)
+    print(json.dumps({k: record.get(k) for k in ("steps", "dev_before", "dev_after", "refresh_seconds", "export")}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m trainer.joint_training`."""
+    return run_command("python -m trainer.joint_training", build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
