@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, ContextManager, Protocol, Sequence
 
 import numpy as np
 
@@ -92,6 +93,14 @@ class Pipeline:
             loaded = DecoderReader(reader, adapter=adapter, device=device, constrain_to_passages=constrain_to_passages)
         return cls(index, loaded, scope=load_scope(scope, device=device))
 
+    def _adapted(self, adapter: str | Path | None) -> ContextManager[None]:
+        """The reader with `adapter` active for a block (nullcontext without one); ValueError for a reader that takes none."""
+        if adapter is None:
+            return nullcontext()
+        if not isinstance(self.reader, DecoderReader):
+            raise ValueError("adapters apply to a generative reader; this pipeline's reader is a span reader")
+        return self.reader.adapted(adapter)
+
     def retrieve(self, questions: Sequence[str], k: int, mode: str = "hybrid", query_vectors: np.ndarray | None = None) -> list[list[SearchHit]]:
         """The top-k passages for each question (empty lists when k=0). `query_vectors`: the questions already encoded."""
         if k == 0:
@@ -102,12 +111,14 @@ class Pipeline:
             query_vectors = self.retriever.encode_queries(list(questions))
         return self.index.search_many(list(questions), k=k, mode=mode, query_vectors=query_vectors)
 
-    def ask(self, question: str, k: int | None = None, mode: str = "hybrid") -> Answer:
+    def ask(self, question: str, k: int | None = None, mode: str = "hybrid", adapter: str | Path | None = None) -> Answer:
         """Answer one question from its top-k passages (k None: the reader's default)."""
-        return self.ask_many([question], k=k, mode=mode)[0]
+        return self.ask_many([question], k=k, mode=mode, adapter=adapter)[0]
 
-    def ask_many(self, questions: Sequence[str], k: int | None = None, mode: str = "hybrid") -> list[Answer]:
+    def ask_many(self, questions: Sequence[str], k: int | None = None, mode: str = "hybrid",
+                 adapter: str | Path | None = None) -> list[Answer]:
         """Answer a batch of questions with one retrieval call and batched reading (k None: the reader's default).
+        `adapter`: a peft adapter folder the generative reader answers with (loaded once, then kept beside the others).
 
         A question in an edit's scope gets the answer the edit states, or else is read from the edit's fact
         alone; the others are answered exactly as without edits. (Reading a stated answer back out of its
@@ -129,10 +140,11 @@ class Pipeline:
         texts = [e.answer if e is not None and e.answer else "" for e in edits]
         plain = [i for i, e in enumerate(edits) if e is None]
         edited = [i for i, e in enumerate(edits) if e is not None and not e.answer]
-        for group, contexts in ((plain, [passages[i] for i in plain]), (edited, [[EditPassage.of(edits[i])] for i in edited])):
-            if group:
-                for i, text in zip(group, self.reader.generate([questions[i] for i in group], contexts)):
-                    texts[i] = text
+        with self._adapted(adapter):
+            for group, contexts in ((plain, [passages[i] for i in plain]), (edited, [[EditPassage.of(edits[i])] for i in edited])):
+                if group:
+                    for i, text in zip(group, self.reader.generate([questions[i] for i in group], contexts)):
+                        texts[i] = text
         t3 = time.perf_counter()
         timings = {"edit_ms": (t1 - t0) * 1e3, "retrieve_ms": (t2 - t1) * 1e3, "read_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
         return [Answer(q, text, hits, dict(timings), edit) for q, text, hits, edit in zip(questions, texts, passages, edits)]

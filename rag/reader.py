@@ -7,12 +7,14 @@ batched forward pass; the trainer's losses are built on it (and on `answer_logpr
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
+from rag.adapters import AdapterBank
 from rag.models import GENERATIVE_READER, resolve_reader_path
 
 SYSTEM_PROMPT = (
@@ -109,9 +111,12 @@ class DecoderReader:
         if adapter:
             from peft import PeftModel
 
-            # Merged weights make an adapted reader exactly as fast as the base one.
-            self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload()
+            adapted = PeftModel.from_pretrained(self.model, str(adapter))
+            # Merged weights make an adapted reader exactly as fast as the base one; a prompt-tuning
+            # adapter has no weights to merge (its virtual tokens go before every prompt).
+            self.model = adapted if adapted.peft_config["default"].is_prompt_learning else adapted.merge_and_unload()
         self.model.to(self.device).eval()
+        self.adapters = AdapterBank(self.model)
         self.max_new_tokens = max_new_tokens
         self.max_passage_tokens = max_passage_tokens
         self.constrain_to_passages = constrain_to_passages
@@ -132,21 +137,35 @@ class DecoderReader:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return text if len(ids) <= self.max_passage_tokens else self.tokenizer.decode(ids[: self.max_passage_tokens])
 
-    def prompt_ids(self, question: str, passages: Sequence[PassageText]) -> list[int]:
-        """Token ids of the chat prompt for `question` over `passages` (none: closed book), ending where the answer starts."""
+    def prompt_ids(self, question: str, passages: Sequence[PassageText], shots: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """Token ids of the chat prompt for `question` over `passages` (none: closed book), ending where the answer
+        starts. `shots`: (question, answer) pairs shown first as earlier turns (in-context learning)."""
+        earlier = [(f"Question: {q.strip()}", a) for q, a in shots]
         if passages:
             context = "\n\n".join(f"[{i}] {p.title}\n{self._truncate(p.text)}" for i, p in enumerate(passages, 1))
-            messages = [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": f"Passages:\n{context}\n\nQuestion: {question.strip()}"},
-            ]
-        else:
-            messages = [
-                {"role": "system", "content": CLOSED_BOOK_PROMPT},
-                {"role": "user", "content": f"Question: {question.strip()}"},
-            ]
+            return self.chat_ids(SYSTEM_PROMPT, f"Passages:\n{context}\n\nQuestion: {question.strip()}", earlier)
+        return self.chat_ids(CLOSED_BOOK_PROMPT, f"Question: {question.strip()}", earlier)
+
+    def chat_ids(self, system: str, user: str, shots: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """Token ids of a chat: the system message, `shots` as earlier (user, assistant) turns, then `user`;
+        ending where the assistant's reply starts."""
+        messages = [{"role": "system", "content": system}]
+        for asked, replied in shots:
+            messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": replied}]
+        messages.append({"role": "user", "content": user})
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids)
+
+    @contextmanager
+    def adapted(self, adapter: str | Path | None) -> Iterator[None]:
+        """Within the block, the reader runs with the peft adapter in folder `adapter` over its model as loaded
+        (None: without one). Each adapter is loaded once and kept (`rag.adapters.AdapterBank`); one thread at a time."""
+        loaded = self.model
+        self.model = self.adapters.model(adapter).to(self.device)
+        try:
+            yield
+        finally:
+            self.model = loaded
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an answer as the reader should produce it: the text, then end of turn."""
@@ -158,7 +177,7 @@ class DecoderReader:
 
     # -- answering -------------------------------------------------------------------------------
 
-    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded ids, attention mask and position ids (positions start at 0 on each row's first real token)."""
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -177,10 +196,17 @@ class DecoderReader:
         """
         if len(questions) != len(passages):
             raise ValueError(f"{len(questions)} questions but {len(passages)} passage lists")
-        if not questions:
+        return self.complete([self.prompt_ids(q, p) for q, p in zip(questions, passages)], passages)
+
+    @torch.inference_mode()
+    def complete(self, prompts: Sequence[Sequence[int]], passages: Sequence[Sequence[PassageText]] | None = None) -> list[str]:
+        """Greedy one-line replies to prompts already tokenised (`prompt_ids`, `chat_ids`). `passages`, one list
+        per prompt, are what `constrain_to_passages` keeps the answers within."""
+        if not prompts:
             return []
-        ids, mask, _ = self._left_pad([self.prompt_ids(q, p) for q, p in zip(questions, passages)])
-        constraint = LogitsProcessorList([SpanConstraint(self, passages, ids.shape[1])]) if self.constrain_to_passages else None
+        ids, mask, _ = self.left_pad(prompts)
+        constrain = self.constrain_to_passages and passages is not None
+        constraint = LogitsProcessorList([SpanConstraint(self, passages, ids.shape[1])]) if constrain else None
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -203,7 +229,7 @@ class DecoderReader:
         logits are computed, which keeps memory at (rows x answer length x vocabulary).
         """
         rows = [list(p) + list(a) for p, a in zip(prompts, answers)]
-        ids, mask, positions = self._left_pad(rows)
+        ids, mask, positions = self.left_pad(rows)
         longest = max(len(a) for a in answers)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1).logits
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1

@@ -33,6 +33,7 @@ from indexer.edit_memory import MAX_TEXT_CHARS, Edit, EditNotFound
 from indexer.index import ChangeReport
 from indexer.manifest import IndexFolderError
 from indexer.records import Document
+from rag.adapters import check_adapter_folder
 from rag.pipeline import MAX_K, Pipeline, check_request
 from serve.batching import MicroBatcher, Overloaded
 from serve.body import BodyGuard
@@ -78,6 +79,8 @@ class AskRequest(BaseModel):
     question: Text = Field(description="the question")
     k: int | None = Field(None, ge=0, le=MAX_K, description="passages to read (0: closed book)")
     mode: Literal["dense", "sparse", "hybrid"] | None = Field(None, description="retrieval mode")
+    adapter: Text | None = Field(None, description="a peft adapter folder on the server (e.g. from `rag-train fewshot`) the "
+                                                   "generative reader answers with; loaded on first use, then kept beside the others")
 
 
 class PassageOut(BaseModel):
@@ -214,7 +217,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     index = pipeline.index
     if index is None or index.readonly:
         raise ValueError("the server needs an index opened for writing (Index.open(path))")
-    batcher = MicroBatcher(lambda questions, k, mode: pipeline.ask_many(questions, k=k, mode=mode),
+    batcher = MicroBatcher(lambda questions, k, mode, adapter: pipeline.ask_many(questions, k=k, mode=mode, adapter=adapter),
                            max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue)
     metrics = Metrics(index.stats, lambda: batcher.pending)
     batcher.observe = metrics.observe_batch
@@ -265,13 +268,17 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         mode = body.mode or settings.mode
         try:
             check_request(body.question, k, mode)
+            if body.adapter is not None:
+                check_adapter_folder(body.adapter)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
         start = time.perf_counter()
         try:
-            answered = await batcher.ask(body.question, k, mode)
+            answered = await batcher.ask(body.question, k, mode, body.adapter)
         except Overloaded as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from exc
+        except ValueError as exc:  # what the request asks cannot be done, e.g. an adapter that does not fit the reader
+            raise HTTPException(422, str(exc)) from exc
         answer = answered.answer
         timings = {**answer.timings, "queue_ms": answered.queue_ms, "server_ms": (time.perf_counter() - start) * 1e3}
         return AskResponse(question=answer.question, answer=answer.text,

@@ -2,7 +2,7 @@
 
 A request joins a queue and waits for its answer. A collector task takes the oldest request and
 waits until it is `max_wait_ms` old or `max_batch` requests are queued, then hands the batch,
-grouped by (k, mode), to `answer_many` in a worker thread, so the event loop never runs a model.
+grouped by (k, mode, adapter), to `answer_many` in a worker thread, so the event loop never runs a model.
 While a batch is being answered, new requests queue up and form the next batch. With
 `max_batch=1` questions are answered one at a time (micro-batching off).
 """
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from rag.pipeline import Answer
 
-AnswerMany = Callable[[Sequence[str], int, str], list[Answer]]
+AnswerMany = Callable[[Sequence[str], int, str, str | None], list[Answer]]
 BatchObserver = Callable[[int, float], None]
 log = logging.getLogger("rag.serve")
 
@@ -41,12 +41,13 @@ class _Request:
     question: str
     k: int
     mode: str
+    adapter: str | None
     future: asyncio.Future[Answered]
     queued_at: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
-    """Collects concurrent questions into batches for `answer_many(questions, k, mode)`.
+    """Collects concurrent questions into batches for `answer_many(questions, k, mode, adapter)`.
 
     `observe(batch_size, seconds)` is called after each batch (for metrics). Call `start` and
     `stop` from the event loop that will call `ask`.
@@ -95,11 +96,11 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def ask(self, question: str, k: int, mode: str) -> Answered:
-        """Queue a (validated) question and wait for its answer."""
+    async def ask(self, question: str, k: int, mode: str, adapter: str | None = None) -> Answered:
+        """Queue a (validated) question and wait for its answer (`adapter`: a peft adapter folder to answer with)."""
         if len(self._pending) >= self.max_queue:
             raise Overloaded(f"{len(self._pending)} questions are already waiting: try again shortly")
-        request = _Request(question, k, mode, asyncio.get_running_loop().create_future())
+        request = _Request(question, k, mode, adapter, asyncio.get_running_loop().create_future())
         self._pending.append(request)
         self._arrived.set()
         if len(self._pending) >= self.max_batch:
@@ -122,18 +123,18 @@ class MicroBatcher:
                 self._full.set()
             if not self._pending:
                 self._arrived.clear()
-            groups: dict[tuple[int, str], list[_Request]] = {}
+            groups: dict[tuple[int, str, str | None], list[_Request]] = {}
             for request in batch:
                 if not request.future.done():  # its client went away
-                    groups.setdefault((request.k, request.mode), []).append(request)
-            for (k, mode), group in groups.items():
-                await self._answer(group, k, mode)
+                    groups.setdefault((request.k, request.mode, request.adapter), []).append(request)
+            for (k, mode, adapter), group in groups.items():
+                await self._answer(group, k, mode, adapter)
 
-    async def _answer(self, group: list[_Request], k: int, mode: str) -> None:
+    async def _answer(self, group: list[_Request], k: int, mode: str, adapter: str | None) -> None:
         started = time.perf_counter()
         questions = [r.question for r in group]
         try:
-            answers = await asyncio.get_running_loop().run_in_executor(self._executor, self.answer_many, questions, k, mode)
+            answers = await asyncio.get_running_loop().run_in_executor(self._executor, self.answer_many, questions, k, mode, adapter)
         except Exception as exc:  # the batch's clients get the error; the collector carries on
             log.exception("answering a batch of %d failed", len(group))
             for request in group:

@@ -28,9 +28,9 @@ class Recorder:
         self.pipeline = pipeline
         self.calls: list[tuple[int, int, str]] = []
 
-    def __call__(self, questions: Sequence[str], k: int, mode: str) -> list[Answer]:
+    def __call__(self, questions: Sequence[str], k: int, mode: str, adapter: str | None) -> list[Answer]:
         self.calls.append((len(questions), k, mode))
-        return self.pipeline.ask_many(questions, k=k, mode=mode)
+        return self.pipeline.ask_many(questions, k=k, mode=mode, adapter=adapter)
 
 
 async def ask_all(batcher: MicroBatcher, requests: list[tuple[str, int, str]]) -> list:
@@ -63,7 +63,7 @@ def test_max_batch_one_answers_one_at_a_time(pipeline: Pipeline) -> None:
 def test_a_failing_batch_fails_only_its_questions(tiny_reader_path: str) -> None:
     """A pipeline without an index cannot answer k > 0: those clients get the error, k = 0 still works."""
     closed_book = Pipeline(None, DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=2))
-    batcher = MicroBatcher(lambda qs, k, mode: closed_book.ask_many(qs, k=k, mode=mode), max_batch=8, max_wait_ms=100)
+    batcher = MicroBatcher(lambda qs, k, mode, adapter: closed_book.ask_many(qs, k=k, mode=mode, adapter=adapter), max_batch=8, max_wait_ms=100)
     results = asyncio.run(ask_all(batcher, [("a?", 3, "hybrid"), ("b?", 0, "hybrid"), ("c?", 3, "hybrid")]))
     assert isinstance(results[0], ValueError) and isinstance(results[2], ValueError)
     assert results[1].answer.passages == []

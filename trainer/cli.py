@@ -16,6 +16,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _eval_parser() -> argparse.ArgumentParser:
+    from trainer import fewshot_eval
+
     parser = argparse.ArgumentParser(prog="rag-eval", description="Evaluate a pipeline; each command prints one JSON object.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     qa = commands.add_parser("qa", help="EM, F1, recall and latency on a QA file",
@@ -52,6 +54,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     edits.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: torch's own); 1 keeps an edit's encoding fast on a busy machine")
     edits.set_defaults(run=_edits)
+    commands.add_parser("fewshot", parents=[fewshot_eval.build_parser(add_help=False)], help="accuracy or EM/F1 and cost on a few-shot task",
+                        description=fewshot_eval.build_parser().description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     return parser
 
 
@@ -137,7 +141,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from trainer import scope_training, span_data, span_training
+    from trainer import fewshot_training, joint_training, scope_training, span_data, span_training
 
     parser = argparse.ArgumentParser(prog="rag-train", description="Train the system's models.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -148,10 +152,16 @@ def _train_parser() -> argparse.ArgumentParser:
                         description="Train the extractive span reader from a data file made by `rag-train span-data`; needs no "
                                     "index (runs on a bare GPU machine); the same as python -m trainer.span_training.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands.add_parser("fewshot", parents=[fewshot_training.build_parser(add_help=False)], help="finetune the reader on a few examples of a task",
+                        description=fewshot_training.build_parser().description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands.add_parser("scope", parents=[scope_training.build_parser(add_help=False)], help="train the edit scope classifier",
                         description="Train the edit scope classifier (which edit, if any, a question is about) on CounterFact and zsRE "
                                     "training pairs and calibrate the similarity-threshold baseline; the same as "
                                     "python -m trainer.scope_training.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands.add_parser("joint", parents=[joint_training.build_parser(add_help=False)], help="joint retriever-reader training",
+                        description="Train the retriever from the reader (loss emdr2, pdist, loop or rag) while the reader trains "
+                                    "on the retrieved passages; checkpoints resume exactly; exports an encoder and a reader. "
+                                    "The same as python -m trainer.joint_training.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     reader = commands.add_parser(
         "reader", help="RAG-tune the decoder reader (LoRA or full)",
         description="Supervised reader finetuning with retrieved passages: each question with its top-k passages (the gold "

@@ -6,7 +6,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -29,30 +29,35 @@ class QARecord:
     gold_ids: list[str] = field(default_factory=list)
 
 
+def jsonl_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) for every non-blank line of a .jsonl or .jsonl.gz file; ValueError "`what` not found: path"."""
+    if not path.is_file():
+        raise ValueError(f"{what} not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                yield n, line
+
+
 def read_qa(path: str | Path) -> list[QARecord]:
     """All records of a QA file; a malformed line raises ValueError naming file:line and what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"QA file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
     records = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                answers = raw["answers"]
-                if isinstance(answers, str):
-                    answers = [answers]
-                if not isinstance(raw["question"], str) or not raw["question"].strip():
-                    raise ValueError("empty question")
-                if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-                    raise ValueError("answers must be a non-empty list of strings")
-                records.append(QARecord(str(raw.get("id", n)), raw["question"], answers, [str(g) for g in raw.get("gold_ids") or []]))
-            except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
-                what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
-                raise ValueError(f"{path}:{n}: bad QA record ({what}); expected {{id, question, answers: [..], gold_ids?}}") from exc
+    for n, line in jsonl_lines(path, "QA file"):
+        try:
+            raw = json.loads(line)
+            answers = raw["answers"]
+            if isinstance(answers, str):
+                answers = [answers]
+            if not isinstance(raw["question"], str) or not raw["question"].strip():
+                raise ValueError("empty question")
+            if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+                raise ValueError("answers must be a non-empty list of strings")
+            records.append(QARecord(str(raw.get("id", n)), raw["question"], answers, [str(g) for g in raw.get("gold_ids") or []]))
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+            what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{path}:{n}: bad QA record ({what}); expected {{id, question, answers: [..], gold_ids?}}") from exc
     if not records:
         raise ValueError(f"{path}: no QA records")
     return records

@@ -1,0 +1,72 @@
+"""Several peft adapters over one base model, each loaded once from its folder and chosen per call.
+
+Adapters of one kind (LoRA, (IA)³, prompt tuning: peft cannot mix kinds in one PeftModel) share one
+PeftModel and are switched with `set_adapter`. Each kind wraps its own copy of the base model's module
+tree whose parameters are the base's own tensors, so the weights exist once, no kind sees another's
+injected layers, and the plain base stays plain. Nothing is ever merged: merging would write into the
+shared weights. Not thread-safe: one thread at a time may choose an adapter and run the model (the
+server answers in a single model thread).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+
+def check_adapter_folder(adapter: str | Path) -> Path:
+    """The folder as a Path, or ValueError saying why it is not a peft adapter folder."""
+    folder = Path(adapter)
+    if not folder.is_dir():
+        raise ValueError(f"adapter {adapter}: no such folder")
+    if not (folder / "adapter_config.json").is_file():
+        hint = " (a whole model: load it as the reader instead)" if (folder / "config.json").is_file() else ""
+        raise ValueError(f"adapter {adapter}: not a peft adapter folder (no adapter_config.json){hint}")
+    return folder
+
+
+class AdapterBank:
+    """Peft adapters over `base`, keyed by their folder's resolved path; `model(folder)` gives the model to run."""
+
+    def __init__(self, base: torch.nn.Module) -> None:
+        self.base = base
+        self._by_kind: dict[str, torch.nn.Module] = {}  # peft type -> the PeftModel holding that kind's adapters
+        self._loaded: dict[str, tuple[str, str]] = {}  # resolved folder -> (peft type, adapter name)
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+    def model(self, adapter: str | Path | None) -> torch.nn.Module:
+        """The base model (adapter None) or the PeftModel with `adapter` active, loading it the first time."""
+        if adapter is None:
+            return self.base
+        folder = check_adapter_folder(adapter)
+        key = str(folder.resolve())
+        if key not in self._loaded:
+            self._loaded[key] = self._load(folder)
+        kind, name = self._loaded[key]
+        peft_model = self._by_kind[kind]
+        peft_model.set_adapter(name)
+        return peft_model
+
+    def _load(self, folder: Path) -> tuple[str, str]:
+        from peft import PeftConfig, PeftModel
+
+        try:
+            kind = str(PeftConfig.from_pretrained(str(folder)).peft_type)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ValueError(f"adapter {folder}: unreadable adapter_config.json ({exc})") from exc
+        name = f"adapter{len(self._loaded)}"
+        try:
+            if kind in self._by_kind:
+                self._by_kind[kind].load_adapter(str(folder), adapter_name=name)
+            else:
+                # The memo maps every parameter to itself: a new module tree over the same weight tensors.
+                tree = copy.deepcopy(self.base, memo={id(p): p for p in self.base.parameters()})
+                self._by_kind[kind] = PeftModel.from_pretrained(tree, str(folder), adapter_name=name).eval()
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            if kind in self._by_kind and name in self._by_kind[kind].peft_config:
+                self._by_kind[kind].delete_adapter(name)
+            raise ValueError(f"adapter {folder} does not fit this reader: {str(exc).splitlines()[0]}") from exc
+        return kind, name

@@ -1,0 +1,126 @@
+"""Several peft adapters over one base model (tiny models): each gives what it gives alone, the base stays
+plain, bad folders get clear errors, and `/ask` takes an `adapter` per request."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from conftest import make_documents
+from indexer.encoder import TextEncoder
+from indexer.index import Index, build_index
+from rag.pipeline import Pipeline
+from rag.reader import DecoderReader
+from serve.app import ServeSettings, create_app
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUESTIONS = ["what is topic1?", "what is topic2?", "who wrote it?"]
+
+
+def save_adapter(base_path: str, kind: str, seed: int, out: Path) -> Path:
+    """A peft adapter with random (non-identity) weights over the model in `base_path`, saved to `out`."""
+    from peft import IA3Config, LoraConfig, PromptTuningConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = {"lora": LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"),
+              "ia3": IA3Config(init_ia3_weights=False, task_type="CAUSAL_LM"),
+              "prompt": PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM")}[kind]
+    get_peft_model(LlamaForCausalLM.from_pretrained(base_path), config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_reader_path: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("adapters")
+    return {name: save_adapter(tiny_reader_path, kind, seed, folder / name)
+            for name, kind, seed in (("lora-a", "lora", 1), ("lora-b", "lora", 2), ("ia3", "ia3", 3), ("prompt", "prompt", 4))}
+
+
+def scores(reader: DecoderReader) -> list[float]:
+    """log p(answer | question) closed book for a few fixed pairs: a fingerprint of the model's outputs."""
+    prompts = [reader.prompt_ids(q, []) for q in QUESTIONS]
+    with torch.inference_mode():
+        return reader.answer_logprobs(prompts, [reader.answer_ids("topic one")] * len(prompts))[0].tolist()
+
+
+def test_adapters_over_one_base_each_answer_as_when_loaded_alone(tiny_reader_path: str, adapters: dict[str, Path]) -> None:
+    shared = DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4)
+    base = scores(shared)
+    weights_before = sum(p.numel() for p in shared.model.parameters())
+    seen = []
+    for name, folder in adapters.items():
+        alone = DecoderReader(tiny_reader_path, adapter=folder, device="cpu", max_new_tokens=4)
+        with shared.adapted(folder):
+            served = scores(shared)
+            answers = shared.generate(QUESTIONS, [[] for _ in QUESTIONS])
+        assert served == pytest.approx(scores(alone), abs=1e-4), name
+        assert answers == alone.generate(QUESTIONS, [[] for _ in QUESTIONS]), name
+        assert served != pytest.approx(base, abs=1e-3), f"{name} changed nothing"
+        seen.append(served)
+    assert seen[0] != pytest.approx(seen[1], abs=1e-3)  # the two LoRA adapters differ
+    with shared.adapted(adapters["lora-a"]):  # back to the first after the others: still its own result
+        assert scores(shared) == pytest.approx(seen[0], abs=1e-5)
+    assert scores(shared) == pytest.approx(base, abs=1e-6)  # the base stays plain
+    assert len(shared.adapters) == 4 and sum(p.numel() for p in shared.model.parameters()) == weights_before
+
+
+def test_bad_adapter_folders_get_clear_errors(tiny_reader_path: str, adapters: dict[str, Path], tmp_path: Path) -> None:
+    reader = DecoderReader(tiny_reader_path, device="cpu")
+    with pytest.raises(ValueError, match="no such folder"):
+        with reader.adapted(tmp_path / "missing"):
+            pass
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a peft adapter folder"):
+        with reader.adapted(tmp_path / "empty"):
+            pass
+    other = tmp_path / "other-base"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reader_path)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(other)
+    with pytest.raises(ValueError, match="does not fit this reader"):
+        with reader.adapted(save_adapter(str(other), "lora", 0, tmp_path / "misfit")):
+            pass
+    with reader.adapted(adapters["lora-a"]):  # a failed load leaves the bank working
+        assert len(reader.adapters) == 1
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder, tiny_reader_path: str) -> Iterator[tuple[TestClient, Pipeline]]:
+    path = tmp_path_factory.mktemp("serve-adapters") / "idx"
+    build_index(path, make_documents(6), tiny_encoder)
+    pipeline = Pipeline(Index.open(path, tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4))
+    with TestClient(create_app(pipeline, ServeSettings(max_batch=8, max_wait_ms=300))) as client:
+        yield client, pipeline
+
+
+def test_ask_answers_with_the_adapter_each_request_names(served: tuple[TestClient, Pipeline], adapters: dict[str, Path]) -> None:
+    client, pipeline = served
+    requests = [(q, name) for q in QUESTIONS for name in (None, "lora-a", "lora-b", "prompt")]
+    replies: dict[tuple[str, str | None], dict] = {}
+
+    def ask(question: str, name: str | None) -> None:
+        body = {"question": question, "k": 2} | ({"adapter": str(adapters[name])} if name else {})
+        replies[(question, name)] = client.post("/ask", json=body).json()
+
+    threads = [threading.Thread(target=ask, args=request) for request in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for question, name in requests:
+        expected = pipeline.ask(question, k=2, adapter=adapters[name] if name else None).text
+        assert replies[(question, name)]["answer"] == expected, (question, name)
+    assert max(r["batch_size"] for r in replies.values()) > 1  # concurrent questions still share batches
+
+
+@pytest.mark.parametrize("adapter, message", [("/nowhere/at/all", "no such folder"), (".", "not a peft adapter folder")])
+def test_ask_with_a_bad_adapter_is_a_422_and_the_server_carries_on(adapter: str, message: str, served: tuple[TestClient, Pipeline]) -> None:
+    client, _ = served
+    response = client.post("/ask", json={"question": "what is topic1?", "adapter": adapter})
+    assert response.status_code == 422 and message in response.json()["error"]
+    assert client.post("/ask", json={"question": "what is topic1?"}).status_code == 200
