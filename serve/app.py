@@ -56,6 +56,7 @@ class ServeSettings:
     max_question_chars: int = 2000
     max_documents: int = 1000
     max_body_bytes: int = 16 * 1024 * 1024
+    adapter_root: Path | None = None  # /ask may name adapter folders inside it; None: /ask takes no adapter
 
 
 # -- request and response bodies -------------------------------------------------------------------
@@ -79,8 +80,9 @@ class AskRequest(BaseModel):
     question: Text = Field(description="the question")
     k: int | None = Field(None, ge=0, le=MAX_K, description="passages to read (0: closed book)")
     mode: Literal["dense", "sparse", "hybrid"] | None = Field(None, description="retrieval mode")
-    adapter: Text | None = Field(None, description="a peft adapter folder on the server (e.g. from `rag-train fewshot`) the "
-                                                   "generative reader answers with; loaded on first use, then kept beside the others")
+    adapter: Text | None = Field(None, description="a peft adapter folder (e.g. from `rag-train fewshot`), relative to the "
+                                                   "server's --adapters folder, that the generative reader answers with; "
+                                                   "loaded on first use, then kept beside the others")
 
 
 class PassageOut(BaseModel):
@@ -210,6 +212,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in
 
 # -- the app ---------------------------------------------------------------------------------------
 
+def _adapter_path(name: str, root: Path | None) -> Path:
+    """The folder an /ask `adapter` names: inside the server's adapter root, never elsewhere on its disk."""
+    if root is None:
+        raise ValueError("this server takes no adapters: start it with --adapters DIR to serve the adapters in DIR")
+    folder = (root / name).resolve()
+    if not folder.is_relative_to(root.resolve()):
+        raise ValueError(f"adapter {name!r}: must name a folder inside the server's adapter folder")
+    return folder
+
+
 def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
                on_ready: Callable[[], None] | None = None) -> FastAPI:
     """The server over `pipeline`, whose index must be writable. `on_ready` runs once it can take requests."""
@@ -268,13 +280,12 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         mode = body.mode or settings.mode
         try:
             check_request(body.question, k, mode)
-            if body.adapter is not None:
-                check_adapter_folder(body.adapter)
+            adapter = None if body.adapter is None else check_adapter_folder(_adapter_path(body.adapter, settings.adapter_root))
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
         start = time.perf_counter()
         try:
-            answered = await batcher.ask(body.question, k, mode, body.adapter)
+            answered = await batcher.ask(body.question, k, mode, None if adapter is None else str(adapter))
         except Overloaded as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from exc
         except ValueError as exc:  # what the request asks cannot be done, e.g. an adapter that does not fit the reader

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from rag.command_line import run_command
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-question-chars", type=int, default=2000, help="longest question taken (default 2000)")
     run.add_argument("--max-documents", type=int, default=1000, help="most documents in one upsert (default 1000)")
     run.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body (default 16 MiB)")
+    run.add_argument("--adapters", type=Path, default=None,
+                     help="folder of peft adapters that /ask may name (its `adapter` field, relative to this folder); "
+                          "without it /ask takes no adapter")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="server log level")
     run.add_argument("--access-log", action="store_true", help="log every request")
     run.set_defaults(run=_run)
@@ -78,6 +82,8 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_wait_ms < 0:
         raise ValueError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms}")
+    if args.adapters is not None and not args.adapters.is_dir():
+        raise ValueError(f"--adapters {args.adapters}: no such folder")
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if token is None and not _is_loopback(args.host):
         print(f"rag-serve: warning: listening on {args.host} without a token: anyone who can reach this port can change "
@@ -89,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = ServeSettings(token=token, k=args.k, mode=args.mode, max_batch=1 if args.no_batching else args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                              max_question_chars=args.max_question_chars, max_documents=args.max_documents,
-                             max_body_bytes=args.max_body_bytes)
+                             max_body_bytes=args.max_body_bytes, adapter_root=args.adapters)
     url = _url(args.host, sock.getsockname()[1])
 
     def ready() -> None:

@@ -90,11 +90,13 @@ def test_bad_adapter_folders_get_clear_errors(tiny_reader_path: str, adapters: d
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder, tiny_reader_path: str) -> Iterator[tuple[TestClient, Pipeline]]:
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder, tiny_reader_path: str,
+           adapters: dict[str, Path]) -> Iterator[tuple[TestClient, Pipeline]]:
     path = tmp_path_factory.mktemp("serve-adapters") / "idx"
     build_index(path, make_documents(6), tiny_encoder)
     pipeline = Pipeline(Index.open(path, tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4))
-    with TestClient(create_app(pipeline, ServeSettings(max_batch=8, max_wait_ms=300))) as client:
+    root = next(iter(adapters.values())).parent  # /ask names adapters inside this folder only
+    with TestClient(create_app(pipeline, ServeSettings(max_batch=8, max_wait_ms=300, adapter_root=root))) as client:
         yield client, pipeline
 
 
@@ -104,7 +106,7 @@ def test_ask_answers_with_the_adapter_each_request_names(served: tuple[TestClien
     replies: dict[tuple[str, str | None], dict] = {}
 
     def ask(question: str, name: str | None) -> None:
-        body = {"question": question, "k": 2} | ({"adapter": str(adapters[name])} if name else {})
+        body = {"question": question, "k": 2} | ({"adapter": name} if name else {})
         replies[(question, name)] = client.post("/ask", json=body).json()
 
     threads = [threading.Thread(target=ask, args=request) for request in requests]
@@ -118,9 +120,17 @@ def test_ask_answers_with_the_adapter_each_request_names(served: tuple[TestClien
     assert max(r["batch_size"] for r in replies.values()) > 1  # concurrent questions still share batches
 
 
-@pytest.mark.parametrize("adapter, message", [("/nowhere/at/all", "no such folder"), (".", "not a peft adapter folder")])
+@pytest.mark.parametrize("adapter, message", [("nowhere", "no such folder"), (".", "not a peft adapter folder"),
+                                              ("/etc", "inside the server's adapter folder"), ("../x", "inside the server's adapter folder")])
 def test_ask_with_a_bad_adapter_is_a_422_and_the_server_carries_on(adapter: str, message: str, served: tuple[TestClient, Pipeline]) -> None:
     client, _ = served
     response = client.post("/ask", json={"question": "what is topic1?", "adapter": adapter})
     assert response.status_code == 422 and message in response.json()["error"]
     assert client.post("/ask", json={"question": "what is topic1?"}).status_code == 200
+
+
+def test_a_server_without_an_adapter_folder_takes_no_adapter(served: tuple[TestClient, Pipeline], adapters: dict[str, Path]) -> None:
+    _, pipeline = served
+    with TestClient(create_app(pipeline, ServeSettings())) as client:
+        response = client.post("/ask", json={"question": "what is topic1?", "adapter": "lora-a"})
+        assert response.status_code == 422 and "--adapters" in response.json()["error"]
