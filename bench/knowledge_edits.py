@@ -57,7 +57,8 @@ def main() -> None:
         log("run", name, " ".join(command))
         summary, typed, seconds = run_rag_eval(command, env)
         key = name if args.scope == "auto" else f"{name} ({args.scope})"
-        result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary}
+        # Per run too: runs kept from an earlier invocation may have used another classifier or threshold.
+        result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary, "scope_classifier": result["scope_classifier"]}
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         log(name, json.dumps(summary))
     print(table(result))
