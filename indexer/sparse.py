@@ -66,6 +66,9 @@ class SparseIndex:
             raise PermissionError(f"{self.path}: this sparse index was opened read-only")
         writer = self.index.writer(heap_size=128_000_000, num_threads=1)
         try:
+            # A writer killed mid-commit can leave files no commit refers to (a segment's .del at the next
+            # opstamp); this commit would try to create the same name and fail, so clear them first.
+            writer.garbage_collect_files()
             for row in remove_rows:
                 writer.delete_documents_by_term("row", row)
             writer.delete_documents_by_term("row", MARKER_ROW)
