@@ -26,6 +26,12 @@ def check_adapter_folder(adapter: str | Path) -> Path:
     return folder
 
 
+def virtual_tokens(model: torch.nn.Module) -> int:
+    """Virtual tokens a prompt-tuning adapter puts before every prompt of `model` (0 for any other model)."""
+    configs = getattr(model, "peft_config", {})
+    return sum(getattr(c, "num_virtual_tokens", 0) or 0 for c in configs.values() if c.is_prompt_learning)
+
+
 class AdapterBank:
     """Peft adapters over `base`, keyed by their folder's resolved path; `model(folder)` gives the model to run."""
 

@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from rag.adapters import virtual_tokens
 from rag.reader import DecoderReader
 
 
@@ -36,16 +37,12 @@ def choice_scores(reader: DecoderReader, prompts: Sequence[Sequence[int]], choic
     if any(not options for options in choices):
         raise ValueError("a prompt needs at least one choice to rank")
     targets = [[reader.answer_ids(option) for option in options] for options in choices]
-    if len({len(options) for options in choices}) == 1 and not _prompt_learning(reader):
+    if len({len(options) for options in choices}) == 1 and not virtual_tokens(reader.model):
         sums, lengths = _shared_prompt_logprobs(reader, prompts, targets)
     else:
         rows = [prompt for prompt, options in zip(prompts, targets, strict=True) for _ in options]
         sums, lengths = reader.answer_logprobs(rows, [t for options in targets for t in options])
     return list((sums / lengths).split([len(options) for options in choices]))
-
-
-def _prompt_learning(reader: DecoderReader) -> bool:
-    return any(c.is_prompt_learning for c in getattr(reader.model, "peft_config", {}).values())
 
 
 def _shared_prompt_logprobs(reader: DecoderReader, prompts: Sequence[Sequence[int]],
@@ -93,7 +90,7 @@ def rank_classify(reader: DecoderReader, prompts: Sequence[Sequence[int]], choic
     rankings: list[Ranking] = []
     for part in _groups(prompts, choices, max_tokens):
         scores = choice_scores(reader, prompts[part], choices[part])
-        shared = len({len(options) for options in choices[part]}) == 1 and not _prompt_learning(reader)
+        shared = len({len(options) for options in choices[part]}) == 1 and not virtual_tokens(reader.model)
         for prompt, options, row in zip(prompts[part], choices[part], scores):
             read = len(prompt) * (1 if shared else len(options)) + sum(len(reader.answer_ids(option)) for option in options)
             rankings.append(Ranking(int(row.argmax()), [float(s) for s in row], read))

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rag.adapters import check_adapter_folder
+from rag.adapters import check_adapter_folder, virtual_tokens
 from rag.command_line import check_counts, run_command
 from rag.models import GENERATIVE_READER
 from rag.rank_classification import rank_classify
@@ -68,12 +68,6 @@ def load_reader(config: FewShotEvalConfig) -> tuple[DecoderReader, dict[str, Any
     return DecoderReader(config.reader or record.get("reader", GENERATIVE_READER), adapter=folder, device=config.device), record
 
 
-def virtual_tokens(reader: DecoderReader) -> int:
-    """Virtual tokens a prompt-tuning adapter puts before every prompt (0 for any other reader)."""
-    configs = getattr(reader.model, "peft_config", {})
-    return sum(getattr(c, "num_virtual_tokens", 0) or 0 for c in configs.values() if c.is_prompt_learning)
-
-
 def evaluate_fewshot(config: FewShotEvalConfig) -> dict[str, Any]:
     """The `rag-eval fewshot` JSON object: {n, accuracy} or {n, em, f1}, plus cost and what was measured."""
     if config.adapter is not None and config.icl:
@@ -92,7 +86,7 @@ def evaluate_fewshot(config: FewShotEvalConfig) -> dict[str, Any]:
     started = time.perf_counter()
     passages = retrieve(index, examples, config.k if retrieval else 0, query_encoder)
     prompts, used = zip(*(fitting_prompt_ids(reader, task, e, p, shots, config.max_prompt_tokens) for e, p in zip(examples, passages)))
-    extra = virtual_tokens(reader)
+    extra = virtual_tokens(reader.model)
     if task.is_qa:
         scores, tokens = _answer(reader, examples, list(prompts), extra)
     else:

@@ -181,11 +181,14 @@ def _read_pairs(config: ScopeTrainingConfig, encode: CachedEncoder, progress: bo
     also = [] if config.also_train is None else read_cases(config.also_train, on_error="skip")
     if also and config.also_train_fold:
         also = [c for c in also if in_fold(c, parse_fold(config.also_train_fold))]
+    nq_questions: dict[Path, list[str]] = {}  # train and also-train share one NQ file: read it once
     made = []
     for cases, nq_file, seed in ((sample(read_cases(config.train), config.cases, config.seed), config.nq_train, config.seed),
                                  (also, config.nq_train, config.seed + 2),
                                  (sample(read_cases(config.val), config.val_cases, config.seed), config.nq_val, config.seed + 1)):
-        nq = [r.question for r in read_qa(nq_file)] if nq_file is not None and cases else []
+        if nq_file is not None and cases and nq_file not in nq_questions:
+            nq_questions[nq_file] = [r.question for r in read_qa(nq_file)]
+        nq = nq_questions[nq_file] if nq_file is not None and cases else []
         made.append(build_pairs(cases, nq, encode, replace(config.data_config(), seed=seed), progress=progress) if cases else [])
     return made[0], made[1], made[2]
 
