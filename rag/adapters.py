@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+QUERY_ENCODER = "query_encoder"  # subfolder of an adapter trained with its query encoder (rag-train fewshot --train-query-encoder)
+
 
 def check_adapter_folder(adapter: str | Path) -> Path:
     """The folder as a Path, or ValueError saying why it is not a peft adapter folder."""
@@ -24,6 +26,12 @@ def check_adapter_folder(adapter: str | Path) -> Path:
         hint = " (a whole model: load it as the reader instead)" if (folder / "config.json").is_file() else ""
         raise ValueError(f"adapter {adapter}: not a peft adapter folder (no adapter_config.json){hint}")
     return folder
+
+
+def query_encoder_folder(adapter: str | Path) -> Path | None:
+    """The query encoder trained with an adapter, if it has one: retrieval for that adapter should use it."""
+    folder = Path(adapter) / QUERY_ENCODER
+    return folder if (folder / "config.json").is_file() else None
 
 
 def virtual_tokens(model: torch.nn.Module) -> int:

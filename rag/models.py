@@ -8,6 +8,7 @@ cache folder; later loads read the safetensors folder in about a second.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -44,7 +45,30 @@ def resolve_reader_path(name_or_path: str) -> str:
     target = cache_dir() / "readers" / GENERATIVE_READER
     if not (target / "config.json").is_file():
         _convert_gguf(_gguf_folder(), _GGUF_FILE, target)
+    _drop_quantization_config(target / "config.json")
     return str(target)
+
+
+def _drop_quantization_config(config_file: Path) -> None:
+    """Remove the GGUF `quantization_config` that folders converted by earlier versions kept in their config: the
+    weights are plain floats, and with it transformers refuses to save a fully finetuned copy. A cache that
+    cannot be written is left as it is (loading works; only saving a full finetune would fail)."""
+    config = json.loads(config_file.read_text())
+    if "quantization_config" not in config:
+        return
+    del config["quantization_config"]
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=config_file.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(config, fh, indent=2)
+        os.chmod(tmp, config_file.stat().st_mode & 0o777)  # mkstemp makes it owner-only; keep a shared cache shared
+        os.replace(tmp, config_file)  # atomic: a concurrent load reads the old or the new file, never half of one
+    except OSError:
+        pass
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
@@ -54,7 +78,10 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(quantised.config, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the copy holds plain float weights
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantised.state_dict())
     model.generation_config = quantised.generation_config
     target.parent.mkdir(parents=True, exist_ok=True)

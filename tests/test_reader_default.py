@@ -1,6 +1,7 @@
 """Integration: the real default reader converts from GGUF once, reloads from its safetensors cache, and answers."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -26,3 +27,11 @@ def test_default_reader_is_cached_and_answers(tmp_path: Path, monkeypatch: pytes
     assert "Paris" in answer and "\n" not in answer
     scores = reader.score("What is the capital of France?", [passage, Passage("q#0", "q", "Oslo", "Oslo is in Norway.")], "Paris")
     assert scores.shape == (2,) and bool((scores < 0).all())
+
+    # A whole finetuned copy saves (a GGUF quantization_config left in the config made transformers refuse),
+    # also from a cache converted by an earlier version, which still had one.
+    reader.model.save_pretrained(tmp_path / "full")
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "quantization_config": {"quant_method": "gguf"}}))
+    assert "quantization_config" not in json.loads(Path(resolve_reader_path(GENERATIVE_READER), "config.json").read_text())
+    DecoderReader(device="cpu").model.save_pretrained(tmp_path / "full-again")

@@ -30,6 +30,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.index import Index, encoder_input
+from rag.adapters import QUERY_ENCODER
 from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
 from rag.models import GENERATIVE_READER, resolve_reader_path
 from rag.rank_classification import choice_scores
@@ -46,7 +47,6 @@ METHODS = ("lora", "ia3", "prompt", "full")
 # few steps a CPU allows (T-Few's (IA)3 uses 3e-3 for 1,000 steps). Not tuned per task.
 DEFAULT_LR = {"lora": 1e-3, "ia3": 3e-2, "prompt": 1e-1, "full": 5e-5}
 RECORD = "fewshot.json"
-QUERY_ENCODER = "query_encoder"  # subfolder of the output with a trained query encoder
 
 
 @dataclass
@@ -194,11 +194,6 @@ def train_fewshot(config: FewShotConfig) -> dict:
     train_seconds = time.perf_counter() - started
     reader.model.eval()
     config.out.mkdir(parents=True, exist_ok=True)
-    if config.method == "full" and hasattr(reader.model.config, "quantization_config"):
-        # The cached default reader's config still names the GGUF file it was converted from, which makes
-        # transformers refuse to save it; its weights are plain floats (rag/models.py).
-        del reader.model.config.quantization_config
-        reader.model.hf_quantizer = None
     reader.model.save_pretrained(config.out)
     if config.method == "full":
         reader.tokenizer.save_pretrained(config.out)
