@@ -12,6 +12,7 @@ import numpy as np
 from indexer.edit_memory import Edit
 from indexer.index import MODES, Index
 from indexer.records import SearchHit
+from rag.adapters import query_encoder_folder
 from rag.editing import EditPassage, Scope, load_scope, match_edits
 from rag.models import DEFAULT_READER
 from rag.reader import DecoderReader, PassageText
@@ -70,6 +71,8 @@ class Pipeline:
         self.reader = reader
         self.retriever = retriever
         self.scope = scope
+        # resolved adapter folder -> its query encoder, None (it has none) or why it cannot serve
+        self._adapter_retrievers: dict[str, DualEncoder | str | None] = {}
 
     @classmethod
     def load(
@@ -97,18 +100,52 @@ class Pipeline:
         """The reader with `adapter` active for a block (nullcontext without one); ValueError for a reader that takes none."""
         if adapter is None:
             return nullcontext()
+        return self._decoder_reader().adapted(adapter)
+
+    def _decoder_reader(self) -> DecoderReader:
         if not isinstance(self.reader, DecoderReader):
             raise ValueError("adapters apply to a generative reader; this pipeline's reader is a span reader")
-        return self.reader.adapted(adapter)
+        return self.reader
 
-    def retrieve(self, questions: Sequence[str], k: int, mode: str = "hybrid", query_vectors: np.ndarray | None = None) -> list[list[SearchHit]]:
-        """The top-k passages for each question (empty lists when k=0). `query_vectors`: the questions already encoded."""
+    def retriever_for(self, adapter: str | Path | None) -> DualEncoder | None:
+        """The query encoder that retrieves for `adapter`: the one trained with it (its `query_encoder` subfolder,
+        loaded once), else the pipeline's (None: the index's own encoder). ValueError when it cannot serve."""
+        if adapter is None:
+            return self.retriever
+        key = str(Path(adapter).resolve())
+        if key not in self._adapter_retrievers:
+            # A failure is kept too: a server must not reload a broken folder on every request that names it.
+            self._adapter_retrievers[key] = self._load_adapter_retriever(adapter)
+        loaded = self._adapter_retrievers[key]
+        if isinstance(loaded, str):
+            raise ValueError(loaded)
+        return loaded or self.retriever
+
+    def _load_adapter_retriever(self, adapter: str | Path) -> DualEncoder | str | None:
+        """The adapter's own query encoder, None when it has none, or what is wrong with it."""
+        folder = query_encoder_folder(adapter)
+        if folder is None:
+            return None
+        device = self._decoder_reader().device
+        try:
+            encoder = DualEncoder(str(folder)).to(device).eval()
+        except (OSError, RuntimeError, ValueError) as exc:
+            return f"adapter {adapter}: its query encoder does not load ({str(exc).splitlines()[0]})"
+        if self.index is not None and encoder.dim != self.index.manifest.dim:
+            return f"adapter {adapter}: its query encoder is {encoder.dim}-d, the index {self.index.manifest.dim}-d"
+        return encoder
+
+    def retrieve(self, questions: Sequence[str], k: int, mode: str = "hybrid", query_vectors: np.ndarray | None = None,
+                 retriever: DualEncoder | None = None) -> list[list[SearchHit]]:
+        """The top-k passages for each question (empty lists when k=0). `query_vectors`: the questions already encoded;
+        `retriever`: the query encoder to encode them with (None: the pipeline's)."""
         if k == 0:
             return [[] for _ in questions]
         if self.index is None:
             raise ValueError("this pipeline has no index: open one, or ask closed-book with k=0")
-        if query_vectors is None and self.retriever is not None and mode != "sparse":
-            query_vectors = self.retriever.encode_queries(list(questions))
+        retriever = retriever or self.retriever
+        if query_vectors is None and retriever is not None and mode != "sparse":
+            query_vectors = retriever.encode_queries(list(questions))
         return self.index.search_many(list(questions), k=k, mode=mode, query_vectors=query_vectors)
 
     def ask(self, question: str, k: int | None = None, mode: str = "hybrid", adapter: str | Path | None = None) -> Answer:
@@ -118,7 +155,8 @@ class Pipeline:
     def ask_many(self, questions: Sequence[str], k: int | None = None, mode: str = "hybrid",
                  adapter: str | Path | None = None) -> list[Answer]:
         """Answer a batch of questions with one retrieval call and batched reading (k None: the reader's default).
-        `adapter`: a peft adapter folder the generative reader answers with (loaded once, then kept beside the others).
+        `adapter`: a peft adapter folder the generative reader answers with (loaded once, then kept beside the others);
+        when it was trained with a query encoder, that encoder retrieves for it.
 
         A question in an edit's scope gets the answer the edit states, or else is read from the edit's fact
         alone; the others are answered exactly as without edits. (Reading a stated answer back out of its
@@ -134,8 +172,9 @@ class Pipeline:
             vectors = self.index.encoder(list(questions))
             edits = [m.edit if m else None for m in match_edits(self.index.memory, self.scope, questions, vectors)]
         t1 = time.perf_counter()
-        reuse = vectors if self.retriever is None and mode != "sparse" else None
-        passages = self.retrieve(questions, k, mode, query_vectors=reuse)
+        retriever = self.retriever_for(adapter) if k else None
+        reuse = vectors if retriever is None and mode != "sparse" else None
+        passages = self.retrieve(questions, k, mode, query_vectors=reuse, retriever=retriever)
         t2 = time.perf_counter()
         texts = [e.answer if e is not None and e.answer else "" for e in edits]
         plain = [i for i, e in enumerate(edits) if e is None]

@@ -2,6 +2,7 @@
 plain, bad folders get clear errors, and `/ask` takes an `adapter` per request."""
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -9,13 +10,14 @@ from typing import Iterator
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from conftest import make_documents
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
+from rag.retriever import DualEncoder
 from serve.app import ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,11 +36,23 @@ def save_adapter(base_path: str, kind: str, seed: int, out: Path) -> Path:
     return out
 
 
+def save_query_encoder(encoder_path: str, hidden_size: int, seed: int, out: Path) -> None:
+    """A random BERT query encoder with the tiny encoder's tokenizer, as `rag-train fewshot --train-query-encoder` saves one."""
+    torch.manual_seed(seed)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(encoder_path).save_pretrained(out)
+
+
 @pytest.fixture(scope="module")
-def adapters(tiny_reader_path: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def adapters(tiny_reader_path: str, tiny_encoder_path: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("adapters")
-    return {name: save_adapter(tiny_reader_path, kind, seed, folder / name)
-            for name, kind, seed in (("lora-a", "lora", 1), ("lora-b", "lora", 2), ("ia3", "ia3", 3), ("prompt", "prompt", 4))}
+    made = {name: save_adapter(tiny_reader_path, kind, seed, folder / name)
+            for name, kind, seed in (("lora-a", "lora", 1), ("lora-b", "lora", 2), ("ia3", "ia3", 3), ("prompt", "prompt", 4),
+                                     ("lora-q", "lora", 5), ("lora-q16", "lora", 6))}
+    save_query_encoder(tiny_encoder_path, 32, 7, made["lora-q"] / "query_encoder")
+    save_query_encoder(tiny_encoder_path, 16, 8, made["lora-q16"] / "query_encoder")  # not the index's 32 dimensions
+    return made
 
 
 def scores(reader: DecoderReader) -> list[float]:
@@ -66,7 +80,7 @@ def test_adapters_over_one_base_each_answer_as_when_loaded_alone(tiny_reader_pat
     with shared.adapted(adapters["lora-a"]):  # back to the first after the others: still its own result
         assert scores(shared) == pytest.approx(seen[0], abs=1e-5)
     assert scores(shared) == pytest.approx(base, abs=1e-6)  # the base stays plain
-    assert len(shared.adapters) == 4 and sum(p.numel() for p in shared.model.parameters()) == weights_before
+    assert len(shared.adapters) == len(adapters) and sum(p.numel() for p in shared.model.parameters()) == weights_before
 
 
 def test_bad_adapter_folders_get_clear_errors(tiny_reader_path: str, adapters: dict[str, Path], tmp_path: Path) -> None:
@@ -118,6 +132,27 @@ def test_ask_answers_with_the_adapter_each_request_names(served: tuple[TestClien
         expected = pipeline.ask(question, k=2, adapter=adapters[name] if name else None).text
         assert replies[(question, name)]["answer"] == expected, (question, name)
     assert max(r["batch_size"] for r in replies.values()) > 1  # concurrent questions still share batches
+
+
+def test_an_adapter_with_its_own_query_encoder_retrieves_with_it(served: tuple[TestClient, Pipeline], adapters: dict[str, Path]) -> None:
+    client, pipeline = served
+    own = DualEncoder(str(adapters["lora-q"] / "query_encoder")).encode_queries(QUESTIONS)
+    expected = [[h.id for h in hits] for hits in pipeline.index.search_many(QUESTIONS, k=3, mode="dense", query_vectors=own)]
+    ported = pipeline.ask_many(QUESTIONS, k=3, mode="dense", adapter=adapters["lora-q"])
+    assert [[h.id for h in a.passages] for a in ported] == expected
+    assert [[h.id for h in a.passages] for a in pipeline.ask_many(QUESTIONS, k=3, mode="dense", adapter=adapters["lora-a"])] != expected
+    reply = client.post("/ask", json={"question": QUESTIONS[0], "k": 3, "mode": "dense", "adapter": "lora-q"}).json()
+    assert [p["id"] for p in reply["passages"]] == expected[0]
+    response = client.post("/ask", json={"question": QUESTIONS[0], "adapter": "lora-q16"})
+    assert response.status_code == 422 and "16-d" in response.json()["error"]
+    broken = adapters["lora-a"].parent / "lora-qbroken"
+    shutil.copytree(adapters["lora-a"], broken)
+    (broken / "query_encoder").mkdir()
+    (broken / "query_encoder" / "config.json").write_text("{}")  # no weights, no model type
+    for _ in range(2):  # the failure is remembered, not reloaded, and the server carries on
+        response = client.post("/ask", json={"question": QUESTIONS[0], "adapter": "lora-qbroken"})
+        assert response.status_code == 422 and "does not load" in response.json()["error"]
+    assert client.post("/ask", json={"question": QUESTIONS[0], "adapter": "lora-q"}).status_code == 200
 
 
 @pytest.mark.parametrize("adapter, message", [("nowhere", "no such folder"), (".", "not a peft adapter folder"),
