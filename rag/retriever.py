@@ -7,7 +7,9 @@ match the ones the indexer stored.
 from __future__ import annotations
 
 import copy
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +18,9 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from indexer.encoder import DEFAULT_ENCODER, _sentence_transformers_layout, resolve_model_path
+
+# Files of a sentence-transformers folder that say how its encoder pools, normalises and truncates.
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
 class DualEncoder(torch.nn.Module):
@@ -41,6 +46,24 @@ class DualEncoder(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.query_model.parameters()).device
+
+    def save_query_encoder(self, folder: str | Path) -> None:
+        """Save the query side as a model folder that `DualEncoder`, `rag-index build --encoder` and the server
+        load: weights, tokenizer, and the sentence-transformers files of the encoder it started from, so the
+        saved one pools, normalises and truncates exactly as the trained one did."""
+        folder = Path(folder)
+        self.query_model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        source = Path(resolve_model_path(self.name))
+        if not source.is_dir():
+            return
+        for name in ST_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, folder / name)
+        if (source / "modules.json").is_file():
+            for module in json.loads((source / "modules.json").read_text()):
+                if module.get("path") and (source / module["path"]).is_dir():
+                    shutil.copytree(source / module["path"], folder / module["path"], dirs_exist_ok=True)
 
     def forward(self, texts: Sequence[str], side: str = "query") -> torch.Tensor:
         """(len(texts), dim) embeddings from the query or the passage side, with gradients when enabled."""

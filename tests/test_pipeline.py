@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import make_documents
 from indexer.index import Index, build_index
@@ -84,6 +87,25 @@ def test_trained_query_encoder_is_used(index_dir: Path, tiny_reader_path: str, t
     ours = with_retriever.retrieve(questions, 5, "dense")
     plain = index.search_many(questions, k=5, mode="dense")
     assert [[h.id for h in hits] for hits in ours] == [[h.id for h in hits] for hits in plain]
+
+
+def test_a_saved_query_encoder_embeds_as_the_trained_one(tiny_encoder_path: str, tmp_path: Path) -> None:
+    """The sentence-transformers files travel with it: CLS pooling, no normalisation, 6 tokens at most."""
+    source = tmp_path / "st-encoder"
+    shutil.copytree(tiny_encoder_path, source)
+    (source / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                                                     {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (source / "1_Pooling").mkdir()
+    (source / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (source / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 6}))
+    trained = DualEncoder(str(source), shared=False)
+    torch.nn.init.normal_(trained.query_model.embeddings.word_embeddings.weight)  # "training" moved the query side
+    trained.save_query_encoder(tmp_path / "saved")
+    saved = DualEncoder(str(tmp_path / "saved"))
+    assert (saved.pooling, saved.normalize, saved.max_length) == ("cls", False, 6)
+    texts = ["a question about topic one that runs past six tokens", "short"]
+    assert np.allclose(saved.encode_queries(texts), trained.encode_queries(texts), atol=1e-6)
+    assert np.allclose(TextEncoder(str(tmp_path / "saved"), device="cpu")(texts), trained.encode_queries(texts), atol=1e-5)
 
 
 def test_metrics_follow_squad_normalisation() -> None:

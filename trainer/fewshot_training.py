@@ -198,8 +198,7 @@ def train_fewshot(config: FewShotConfig) -> dict:
     if config.method == "full":
         reader.tokenizer.save_pretrained(config.out)
     if query_side is not None:
-        query_side.encoder.query_model.save_pretrained(config.out / QUERY_ENCODER)
-        query_side.encoder.tokenizer.save_pretrained(config.out / QUERY_ENCODER)
+        query_side.encoder.save_query_encoder(config.out / QUERY_ENCODER)
     record = {
         "task": task.name, "method": config.method, "shots": config.shots, "seed": config.seed, "retrieval": retrieval,
         "k": config.k if retrieval else 0, "index": str(config.index) if retrieval and config.index else None,

@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.dense import DenseIndex
-from indexer.encoder import resolve_model_path
 from indexer.index import Index, encoder_input
 from indexer.records import SearchHit
 from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
@@ -61,8 +60,6 @@ from trainer.span_training import machine
 LOSSES = ("emdr2", "pdist", "loop", "adist", "rag")
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-# Files of a sentence-transformers folder that say how its encoder pools and normalises.
-ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
 @dataclass(frozen=True)
@@ -440,27 +437,11 @@ class JointTrainer:
         """folder/encoder (the trained query encoder, a sentence-transformers folder) and folder/reader."""
         encoder_dir, reader_dir = folder / "encoder", folder / "reader"
         shutil.rmtree(folder, ignore_errors=True)
-        self.retriever.query_model.save_pretrained(encoder_dir)
-        self.retriever.tokenizer.save_pretrained(encoder_dir)
-        _copy_sentence_transformers_layout(Path(resolve_model_path(self.retriever.name)), encoder_dir)
+        self.retriever.save_query_encoder(encoder_dir)
         self.reader.model.save_pretrained(reader_dir)
         if self.config.method == "full":
             self.reader.tokenizer.save_pretrained(reader_dir)
         return {"encoder": str(encoder_dir), "reader": str(reader_dir)}
-
-
-def _copy_sentence_transformers_layout(source: Path, target: Path) -> None:
-    """Copy the pooling and normalisation description of a sentence-transformers folder, so the
-    exported encoder embeds exactly as the trained one did (the indexer reads the same files)."""
-    if not source.is_dir():
-        return
-    for name in ST_FILES:
-        if (source / name).is_file():
-            shutil.copy2(source / name, target / name)
-    if (source / "modules.json").is_file():
-        for module in json.loads((source / "modules.json").read_text()):
-            if module.get("path") and (source / module["path"]).is_dir():
-                shutil.copytree(source / module["path"], target / module["path"], dirs_exist_ok=True)
 
 
 # -- the run -----------------------------------------------------------------------------------------
