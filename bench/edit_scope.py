@@ -120,7 +120,7 @@ def route(memory: EditMemory, kind: str, classifier: Path, probes: list[tuple[in
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--edits", type=Path, default=VAL, help="edit cases file (counterfact*, zsre* or canonical jsonl[.gz])")
-    parser.add_argument("--format", choices=FORMATS, default=None, help="file format (default: guessed from the name)")
+    parser.add_argument("--format", choices=FORMATS, default=None, help="file format (default: guessed from its first record)")
     parser.add_argument("--fold", default=None, metavar="I/N", help="route only the probes of fold I of N of the cases")
     parser.add_argument("--classifier", type=Path, default=Path(SCOPE_CLASSIFIER), help="scope classifier folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (on a shared 2-core machine 2 threads ran 14x slower than 1)")

@@ -6,7 +6,9 @@ The issue's runs, on the whole-corpus index (a scratch copy; the index itself is
   once, the cases of fold 1/2 evaluated: fold 0/2 trains the shipped scope classifier (trainer/scope_training.py);
 - `counterfact-10000`: 200 of those cases evaluated with 9,800 more counterfact-test edits in the memory
   (10,000 in all; 200 evaluated to keep the run short: the answering, not the memory, is what costs);
-- `counterfact-sequential`: the same 1,000 cases applied 100 at a time, each round evaluated before the next.
+- `counterfact-sequential`: the same 1,000 cases applied 100 at a time, each round evaluated before the next;
+- `counterfact-portability`: the 404 counterfact-test cases that have a two-hop portability probe
+  (data/editing/counterfact-test-portability.jsonl.gz, made by trainer/edit_portability.py), all applied at once.
 Each run's exact command is stored beside its JSON summary in `results/knowledge_edits.json`, rewritten
 after every run. The weight-editing baseline on the same cases is bench/weight_editing.py.
 """
@@ -24,12 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import DEFAULT_INDEX, RESULTS_DIR, log, machine_info, run_rag_eval
 
 EDITS_DIR = Path("/work/shared/data/editing")
+PORTABILITY = Path(__file__).resolve().parent.parent / "data" / "editing" / "counterfact-test-portability.jsonl.gz"
 COUNTERFACT = ["--edits", str(EDITS_DIR / "counterfact-test.jsonl.gz"), "--limit", "1000", "--seed", "0"]
 RUNS = {
     "counterfact-1000": COUNTERFACT,
     "zsre-1k": ["--edits", str(EDITS_DIR / "zsre-1k.jsonl.gz"), "--on-error", "skip", "--fold", "1/2", "--extra-edits", "all"],
     "counterfact-10000": [*COUNTERFACT[:-4], "--limit", "200", "--seed", "0", "--extra-edits", "9800"],
     "counterfact-sequential": [*COUNTERFACT, "--batch", "100"],
+    "counterfact-portability": ["--edits", str(PORTABILITY)],
 }
 
 

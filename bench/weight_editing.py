@@ -307,7 +307,7 @@ def accumulation(reader: DecoderReader, cases: list[EditCase], checkpoints: list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--edits", type=Path, required=True, help="edit cases file (counterfact*, zsre* or canonical jsonl[.gz])")
-    parser.add_argument("--format", choices=FORMATS, default=None, help="file format (default: guessed from the name)")
+    parser.add_argument("--format", choices=FORMATS, default=None, help="file format (default: guessed from its first record)")
     parser.add_argument("--limit", type=int, default=100, help="cases for the single-edit regime (0: skip it)")
     parser.add_argument("--accumulate", default="1,10,100", help="edit counts at which the accumulation regime measures ('': skip it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the 1000-case sample")

@@ -81,10 +81,13 @@ def test_load_scope_kinds(tmp_path: Path) -> None:
     assert ClassifierScope.name == "classifier"
 
 
-def canonical_file(path: Path) -> Path:
+def canonical_file(path: Path, portability: bool = False) -> Path:
     rows = [{"id": f"c{i}", "question": f"what is topic{i}?", "target_new": f"novel{i}", "subject": f"topic{i}",
              "paraphrases": [f"topic{i} is what?"], "neighbors": [{"question": f"tell me about topic{i + 5}", "answer": "x"}]}
             for i in range(4)]
+    if portability:  # the edit's own question asked again: the edit answers it, so the probe passes
+        rows[0]["portability"] = {"question": "what is topic0?", "answer": "novel0"}
+        rows[1]["portability"] = {"question": "what is topic1?", "answer": "something else"}
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -98,6 +101,12 @@ def test_rag_eval_edits_on_a_copy(tmp_path: Path, tiny_encoder: TextEncoder, rea
     assert eval_main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 4 and summary["edits_in_memory"] == 4 and summary["portability"] is None
+    assert eval_main([*argv[:4], str(canonical_file(tmp_path / "ported.jsonl", portability=True)), *argv[5:-2],
+                      "--predictions", str(tmp_path / "ported-rows.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["portability"] == 0.5  # the share of probes answered, over cases with one
+    ported = [json.loads(line) for line in (tmp_path / "ported-rows.jsonl").read_text().splitlines()]
+    assert [(r["portable"], r["portability_answer"], r["portability_edit_used"] is not None) for r in ported[:3]] == [
+        (True, "novel0", True), (False, "novel1", True), (None, None, False)]
     assert summary["scope"] == "similarity" and summary["edit_latency_p99_ms"] >= summary["edit_latency_p50_ms"] > 0
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert summary["reliability"] == sum(contains_answer(r["answer"], [r["target_new"]]) for r in rows) / 4

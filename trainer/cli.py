@@ -39,7 +39,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     add_pipeline_arguments(edits)
     edits.add_argument("--edits", required=True, type=Path, help="edit cases, .jsonl or .jsonl.gz")
     edits.add_argument("--format", choices=FORMATS, default=None,
-                       help="canonical, counterfact or zsre (default: from the file name, else canonical)")
+                       help="canonical, counterfact or zsre (default: from the fields of its first record, else its name)")
     edits.add_argument("--limit", type=int, default=None, help="evaluate a seeded random sample of N cases")
     edits.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
     edits.add_argument("--batch", type=int, default=None, help="edits applied before each evaluation round (default: all at once)")

@@ -100,8 +100,19 @@ CONVERTERS: dict[str, Callable[[dict[str, Any], int], EditCase]] = {"canonical":
 
 
 def guess_format(path: str | Path) -> str:
-    """The format a file's name suggests: counterfact*, zsre*, else canonical."""
-    name = Path(path).name.lower()
+    """The format of an edit file, from the fields of its first record (CounterFact's `prompt`, zsRE's `src`),
+    else from its name (counterfact*, zsre*); canonical when neither tells."""
+    path = Path(path)
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as fh:
+            first = json.loads(next((line for line in fh if line.strip()), "{}"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        first = None  # read_cases reports what is wrong with the file
+    if isinstance(first, dict):
+        for fmt, key in (("canonical", "question"), ("counterfact", "prompt"), ("zsre", "src")):
+            if key in first:
+                return fmt
+    name = path.name.lower()
     return "counterfact" if name.startswith("counterfact") else "zsre" if name.startswith("zsre") else "canonical"
 
 

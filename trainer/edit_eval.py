@@ -110,6 +110,8 @@ def _score(case: EditCase, after: Iterator[tuple[str, str | None]], before: Iter
         "neighbor_answers": [{"before": b[0], "after": a[0], "edit_used": a[1]} for b, a in neighbors],
         "neighbor_names_edited_subject": [any(s in p.question.casefold() for s in edited_subjects) for p in case.neighbors],
         "local": [b[0] == a[0] for b, a in neighbors],
+        "portability_answer": None if ported is None else ported[0],
+        "portability_edit_used": None if ported is None else ported[1],
         "portable": None if ported is None else contains_answer(ported[0], [case.portability.answer]),
     }
 
