@@ -80,7 +80,7 @@ def main() -> None:
             for variant, contexts in (("edit fact", [[] for _ in chosen]), ("edit fact + passages", passages)):
                 started = time.perf_counter()
                 answers = model.generate(
-                    [c.portability.question for c in chosen],
+                    probes[: args.limit],
                     [[Context("Edit", c.fact), *(Context(h.title, h.text) for h in hits)] for c, hits in zip(chosen, contexts)])
                 right = [contains_answer(a, [c.portability.answer]) for a, c in zip(answers, chosen)]
                 row = {"portability": sum(right) / len(chosen), "n": len(chosen), "seconds": round(time.perf_counter() - started, 1),
@@ -88,8 +88,7 @@ def main() -> None:
                                     for c, a in list(zip(chosen, answers))[:5]]}
                 result["reading"][f"{reader}: {variant}"] = row
                 log(reader, variant, row["portability"])
-                args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+                args.out.write_text(json.dumps(result, indent=2) + "\n")  # after each piece: a long run can be read part-way
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ portability?: {question, answer}}`. `fact` defaults to the question followed by 
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from trainer.qa_data import jsonl_lines
 
 FORMATS = ("canonical", "counterfact", "zsre")
 
@@ -104,10 +105,9 @@ def guess_format(path: str | Path) -> str:
     else from its name (counterfact*, zsre*); canonical when neither tells."""
     path = Path(path)
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as fh:
-            first = json.loads(next((line for line in fh if line.strip()), "{}"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        first = None  # read_cases reports what is wrong with the file
+        first = json.loads(next((line for _, line in jsonl_lines(path, "edit file")), "{}"))
+    except (OSError, UnicodeDecodeError, ValueError):  # a missing file or bad JSON: read_cases reports it
+        first = None
     if isinstance(first, dict):
         for fmt, key in (("canonical", "question"), ("counterfact", "prompt"), ("zsre", "src")):
             if key in first:
@@ -125,25 +125,19 @@ def read_cases(path: str | Path, fmt: str | None = None, on_error: str = "stop")
         raise ValueError(f"on_error must be stop or skip, got {on_error!r}")
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown edit file format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if not path.is_file():
-        raise ValueError(f"edit file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
     cases = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                case = CONVERTERS[fmt](json.loads(line), n)
-                if not all(isinstance(t, str) and t.strip() for t in (case.question, case.target_new)):
-                    raise ValueError("question and target_new must be non-empty strings")
-                cases.append(case)
-            except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
-                what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
-                message = f"{path}:{n}: bad {fmt} edit record ({what})"
-                if on_error == "stop":
-                    raise ValueError(f"{message}; --on-error skip leaves such records out") from exc
-                print(f"skipped {message}", file=sys.stderr)
+    for n, line in jsonl_lines(path, "edit file"):
+        try:
+            case = CONVERTERS[fmt](json.loads(line), n)
+            if not all(isinstance(t, str) and t.strip() for t in (case.question, case.target_new)):
+                raise ValueError("question and target_new must be non-empty strings")
+            cases.append(case)
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+            what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            message = f"{path}:{n}: bad {fmt} edit record ({what})"
+            if on_error == "stop":
+                raise ValueError(f"{message}; --on-error skip leaves such records out") from exc
+            print(f"skipped {message}", file=sys.stderr)
     if not cases:
         raise ValueError(f"{path}: no edit records")
     return cases

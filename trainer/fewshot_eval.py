@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rag.adapters import check_adapter_folder, virtual_tokens
+from rag.adapters import check_adapter_folder, query_encoder_folder, virtual_tokens
 from rag.command_line import check_counts, run_command
 from rag.models import GENERATIVE_READER
 from rag.rank_classification import rank_classify
@@ -80,7 +80,8 @@ def evaluate_fewshot(config: FewShotEvalConfig) -> dict[str, Any]:
     retrieval = record.get("retrieval", task.retrieval) if config.retrieval is None else config.retrieval
     index = open_index(task, retrieval, config.index or (Path(record["index"]) if record.get("index") else None))
     shots = task.shots(config.icl, config.seed) if config.icl else []
-    query_encoder = DualEncoder(str(config.adapter / record["query_encoder"])) if retrieval and record.get("query_encoder") else None
+    own_encoder = query_encoder_folder(config.adapter) if retrieval and config.adapter is not None else None
+    query_encoder = DualEncoder(str(own_encoder)) if own_encoder is not None else None
     if index is not None and query_encoder is None:
         _ = index.encoder  # loaded now, not inside the time measured per example
     started = time.perf_counter()
