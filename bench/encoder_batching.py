@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, write_result
-from indexer.encoder import TextEncoder, resolve_model_path
-from indexer.index import Index, encoder_input
+from indexer.encoder import TextEncoder, encoder_input, resolve_model_path
+from indexer.index import Index
 
 
 def main() -> None:

@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import CORPUS_FILES, check_out, default_out, documents, log, machine_info, write_result
-from indexer.encoder import TextEncoder, resolve_model_path
 from indexer.chunking import chunk_document
-from indexer.index import build_index, encoder_input
+from indexer.encoder import TextEncoder, encoder_input, resolve_model_path
+from indexer.index import build_index
 
 SPEEDUP_GOAL = 1.3
 MAX_DIFF_GOAL = 1e-5

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_INDEX, RESULTS_DIR, check_out, default_out, documents, log, machine_info, write_result
 from indexer.chunking import chunk_document
-from indexer.encoder import TextEncoder
-from indexer.index import Index, encoder_input
+from indexer.encoder import TextEncoder, encoder_input
+from indexer.index import Index
 from indexer.records import Document
 from indexer.store import passage_digest
 

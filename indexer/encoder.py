@@ -24,6 +24,8 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # former default, unmeasured here, stays.
 CPU_BATCH_TOKENS = 4096
 OTHER_BATCH_TOKENS = 8192
+# Weights and activations: float32 matches sentence-transformers; bfloat16 is for GPUs (vectors differ by ~1e-2).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class Encoder(Protocol):
@@ -34,6 +36,11 @@ class Encoder(Protocol):
     normalize: bool
 
     def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray: ...
+
+
+def encoder_input(title: str, text: str) -> str:
+    """What the passage encoder reads for a passage."""
+    return f"{title}\n{text}" if title else text
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -78,7 +85,8 @@ class TextEncoder:
     """Encode texts to float32 vectors: batched, sorted by token length, in inference mode.
 
     `device`: "cpu", "cuda[:n]", or None / "auto" for CUDA when present. `batch_tokens`: padded
-    tokens per batch (default by device, see CPU_BATCH_TOKENS)."""
+    tokens per batch (default by device, see CPU_BATCH_TOKENS). `dtype`: "float32" (default) or
+    "bfloat16", the precision the model runs in; pooling and normalisation stay in float32."""
 
     def __init__(
         self,
@@ -87,7 +95,10 @@ class TextEncoder:
         max_length: int | None = None,
         batch_tokens: int | None = None,
         max_batch_size: int = 256,
+        dtype: str = "float32",
     ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown encoder dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
         path = resolve_model_path(name_or_path)
         local = os.path.isdir(path)
         try:
@@ -97,7 +108,9 @@ class TextEncoder:
             raise RuntimeError(f"cannot load encoder {name_or_path!r}: {exc}") from exc
         self.name = name_or_path
         self.device = torch.device(resolve_device(device))
-        self.model.to(self.device).eval()
+        self.dtype = dtype
+        self.model.to(self.device, DTYPES[dtype]).eval()
+        self.pad_id = self.tokenizer.pad_token_id or 0
         pooling, self.normalize, st_max = _sentence_transformers_layout(Path(path)) if local else ("mean", True, None)
         self.pooling = pooling
         self.max_length = max_length or st_max or min(self.tokenizer.model_max_length, 512)
@@ -116,6 +129,16 @@ class TextEncoder:
             start += size
         return batches
 
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids and attention mask on the device; numpy, as `tokenizer.pad` is slow at GPU rates."""
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for n, row in enumerate(rows):
+            ids[n, : len(row)] = row
+            mask[n, : len(row)] = 1
+        return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return hidden[:, 0]
@@ -125,20 +148,20 @@ class TextEncoder:
     @torch.inference_mode()
     def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Return an (n, dim) float32 array, rows in the order of `texts`."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return out
+            return np.zeros((0, self.dim), dtype=np.float32)
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        # Rows stay on the device until the end: no per-batch sync, so a GPU never waits on the host.
+        out = torch.empty((len(texts), self.dim), dtype=torch.float32, device=self.device)
         bar = tqdm(total=len(texts), desc="encode", unit="passage", disable=not progress, mininterval=1.0)
         for idx in self._batches(lengths):
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            hidden = self.model(**batch).last_hidden_state
-            vectors = self._pool(hidden, batch["attention_mask"]).float()
+            ids, mask = self._pad([encoded[i] for i in idx])
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            vectors = self._pool(hidden.float(), mask)
             if self.normalize:
                 vectors = torch.nn.functional.normalize(vectors, dim=-1)
-            out[idx] = vectors.cpu().numpy()
+            out[torch.from_numpy(idx).to(self.device)] = vectors
             bar.update(len(idx))
         bar.close()
-        return out
+        return out.cpu().numpy()

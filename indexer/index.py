@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from indexer.chunking import chunk_document
 from indexer.dense import UPDATABLE, DenseIndex
 from indexer.edit_memory import MEMORY_DIR, EditMemory
-from indexer.encoder import Encoder, TextEncoder, resolve_device
+from indexer.encoder import Encoder, TextEncoder, encoder_input, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.manifest import IndexFolderError, Manifest
 from indexer.records import Document, Passage, SearchHit
@@ -48,11 +48,6 @@ DENSE_CHECKPOINT_FRACTION = 0.05
 # Hybrid search fuses this many candidates from each side (at least k).
 HYBRID_DEPTH = 50
 UPSERT_BATCH = 1024
-
-
-def encoder_input(title: str, text: str) -> str:
-    """What the passage encoder reads for a passage."""
-    return f"{title}\n{text}" if title else text
 
 
 @dataclass(frozen=True)

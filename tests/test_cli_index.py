@@ -124,6 +124,16 @@ def test_device_cpu_builds_on_the_cpu_when_cuda_is_present(tmp_path: Path, corpu
     assert json.loads(stdout)["passages_encoded"] == 10
 
 
+def test_bfloat16_build_finds_what_a_float32_build_finds(tmp_path: Path, corpus: Path, built: Path,
+                                                        tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
+    code, stdout, err = run(capsys, "build", "--out", tmp_path / "bf16", "--corpus", corpus, "--encoder", tiny_encoder_path,
+                            "--encoder-dtype", "bfloat16", "--quiet")
+    assert code == 0, err
+    for index in (built, tmp_path / "bf16"):
+        code, stdout, _ = run(capsys, "search", "--index", index, "--mode", "dense", "--k", "1", "topic7 " + "hotel " * 5)
+        assert json_lines(stdout)[0]["doc_id"] == "doc-7"
+
+
 def test_field_mapping(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
     corpus = tmp_path / "mapped.jsonl"
     corpus.write_text("".join(json.dumps({"docid": f"m{i}", "title": f"T{i}", "contents": f"mapped text word{i}", "year": i})

@@ -9,7 +9,8 @@ import pytest
 from conftest import make_documents
 from indexer.dense import DenseIndex, TorchExactSearch
 from indexer.encoder import TextEncoder
-from indexer.index import Index, build_index, encoder_input
+from indexer.encoder import encoder_input
+from indexer.index import Index, build_index
 from indexer.manifest import IndexFolderError
 from indexer.records import Document
 

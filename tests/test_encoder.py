@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.encoder import TextEncoder, resolve_device, resolve_model_path
-from indexer.index import Index, build_index, encoder_input
+from indexer.encoder import TextEncoder, encoder_input, resolve_device, resolve_model_path
+from indexer.index import Index, build_index
 from indexer.records import Document
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data/corpus/wiki-default.jsonl.gz"
@@ -39,6 +39,11 @@ def test_vectors_are_normalised_and_empty_input_gives_no_rows(tiny_encoder: Text
 def test_unknown_encoder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="cannot load encoder"):
         TextEncoder(str(tmp_path / "no-such-model"))
+
+
+def test_unknown_dtype_is_a_clear_error(tiny_encoder_path: str) -> None:
+    with pytest.raises(ValueError, match="unknown encoder dtype 'float8'.*float32, bfloat16"):
+        TextEncoder(tiny_encoder_path, dtype="float8")
 
 
 def test_cpu_means_cpu_even_when_cuda_is_present(tiny_encoder: TextEncoder, tiny_encoder_path: str,
@@ -80,3 +85,18 @@ def test_default_encoder_retrieves_the_passage_a_question_is_about(minilm: TextE
         for mode in ("dense", "hybrid"):
             assert index.search("Which hormone do pancreatic beta cells make?", k=1, mode=mode)[0].doc_id == "insulin"
             assert index.search("how tall is the tower in paris", k=1, mode=mode)[0].doc_id == "eiffel"
+
+
+def test_bfloat16_encoding_stays_close_to_float32_and_ranks_alike(minilm: TextEncoder) -> None:
+    # The GPU build path (`rag-index build --encoder-dtype bfloat16`) runs on the CPU as well.
+    with gzip.open(DEFAULT_CORPUS, "rt") as fh:
+        records = [json.loads(line) for line in islice(fh, 60)]
+    texts = [encoder_input(r["title"], r["text"]) for r in records]
+    bf16 = TextEncoder(dtype="bfloat16", device="cpu")
+    exact, approx = minilm(texts), bf16(texts)
+    assert approx.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(approx, axis=1), 1.0, atol=1e-5)
+    assert (exact * approx).sum(1).min() > 0.99  # cosine of each pair
+    # Each passage's own title, as a query, finds the same passage first under both.
+    queries = minilm([r["title"] for r in records])
+    assert ((queries @ exact.T).argmax(1) == (queries @ approx.T).argmax(1)).mean() >= 0.95

@@ -17,7 +17,8 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 import indexer.index as index_module
 from conftest import make_documents
 from indexer.encoder import TextEncoder
-from indexer.index import Index, build_index, encoder_input
+from indexer.encoder import encoder_input
+from indexer.index import Index, build_index
 from indexer.manifest import IndexFolderError
 from indexer.records import Document, SearchHit
 from indexer.store import DOCUMENT_PASSAGES_SQL, DOCUMENT_SQL

@@ -23,7 +23,8 @@ import indexer.index as index_module
 from conftest import make_documents
 from indexer.chunking import chunk_document
 from indexer.encoder import TextEncoder
-from indexer.index import Index, build_index, encoder_input
+from indexer.encoder import encoder_input
+from indexer.index import Index, build_index
 from indexer.records import Document
 from indexer.sparse import SparseIndex
 

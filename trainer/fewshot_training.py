@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from indexer.index import Index, encoder_input
+from indexer.encoder import encoder_input
+from indexer.index import Index
 from rag.adapters import QUERY_ENCODER
 from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
 from rag.models import GENERATIVE_READER, resolve_reader_path

@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.dense import DenseIndex
-from indexer.index import Index, encoder_input
+from indexer.encoder import encoder_input
+from indexer.index import Index
 from indexer.records import SearchHit
 from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
 from rag.models import GENERATIVE_READER
