@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="index to copy (default %(default)s)")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     parser.add_argument("--scope", default="auto", help="scope decider of every run: auto, classifier or similarity")
+    parser.add_argument("--two-hop", default="auto", choices=["auto", "none"], help="two-hop reading of every run (default auto)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "knowledge_edits.json")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
     parser.add_argument("--predictions", type=Path, default=Path("runs/knowledge_edits"),
@@ -51,18 +52,21 @@ def main() -> None:
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
     result["machine"] = machine_info()
     result["scope_classifier"] = classifier_info()
+    result["two_hop_detector"] = two_hop_info() if args.two_hop == "auto" else None
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
     rag_eval = str(Path(sys.executable).with_name("rag-eval"))
     args.predictions.mkdir(parents=True, exist_ok=True)
     for name in args.runs:
-        rows = args.predictions / f"{name}-{args.scope}.jsonl"
-        command = [rag_eval, "edits", "--index", str(args.index), *RUNS[name], "--scope", args.scope, "--threads", str(args.threads),
-                   "--predictions", str(rows)]
+        variant = args.scope if args.two_hop == "auto" else f"{args.scope}-no-two-hop"
+        rows = args.predictions / f"{name}-{variant}.jsonl"
+        command = [rag_eval, "edits", "--index", str(args.index), *RUNS[name], "--scope", args.scope, "--two-hop", args.two_hop,
+                   "--threads", str(args.threads), "--predictions", str(rows)]
         log("run", name, " ".join(command))
         summary, typed, seconds = run_rag_eval(command, env)
-        key = name if args.scope == "auto" else f"{name} ({args.scope})"
+        key = name if variant == "auto" else f"{name} ({variant})"
         # Per run too: runs kept from an earlier invocation may have used another classifier or threshold.
-        result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary, "scope_classifier": result["scope_classifier"]}
+        result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary, "scope_classifier": result["scope_classifier"],
+                               "two_hop_detector": result["two_hop_detector"]}
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         log(name, json.dumps(summary))
     print(table(result))
@@ -78,6 +82,15 @@ def classifier_info() -> dict:
         digest.update(path.read_bytes())
     config = folder / "scope_config.json"
     return {"folder": str(folder), "config": json.loads(config.read_text()) if config.is_file() else None, "weights_sha1": digest.hexdigest()}
+
+
+def two_hop_info() -> dict:
+    """Which shipped two-hop detector the runs used: its thresholds and a digest of its file."""
+    from rag.two_hop import SHIPPED, TwoHopDetector
+
+    detector = TwoHopDetector.load(SHIPPED)
+    return {"file": str(SHIPPED), "threshold": detector.threshold, "relation_threshold": detector.relation_threshold,
+            "sha1": hashlib.sha1(SHIPPED.read_bytes()).hexdigest()}
 
 
 def table(result: dict) -> str:

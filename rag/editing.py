@@ -6,6 +6,10 @@ Two deciders: `SimilarityScope` (the cosine of question and edit key, threshold 
 the training pairs) and `ClassifierScope` (a cross-encoder trained on CounterFact and zsRE pairs, shipped in
 rag/classifiers/scope-minilm). A question in an edit's scope is answered with the edit's stated answer,
 or by the reader from the edit's fact alone; a question no edit claims is answered exactly as without edits.
+
+A two-hop question ("What is the capital of the country X is a citizen of?", rag/two_hop.py) that names an
+edit's subject, or that the decider puts in an edit's scope, asks beyond that edit: its answer follows from
+the edit's answer but is not it. Its match says so (`beyond`), and the pipeline reads it with the edit in view.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 
 from indexer.edit_memory import Edit, EditMemory, question_key
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
+from rag.two_hop import TwoHopDetector
 
 SCOPE_CLASSIFIER = str(SHIPPED)
 SCOPE_KINDS = ("auto", "classifier", "similarity", "none")
@@ -28,10 +33,12 @@ SIMILARITY_THRESHOLD = 0.75
 
 @dataclass(frozen=True)
 class EditMatch:
-    """The edit a question is about, with the decider's score for the pair."""
+    """The edit a question is about, with the decider's score for the pair. `beyond`: the question asks for
+    something that follows from the edit's answer (a second hop), not for the answer itself."""
 
     edit: Edit
     score: float
+    beyond: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,17 +111,29 @@ def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIE
     return ClassifierScope(ScopeClassifier.from_pretrained(classifier_path, device=device))
 
 
+def names_subject(question: str, subject: str | None) -> bool:
+    """Whether `question` names `subject` (case-insensitive)."""
+    return bool(subject) and subject.casefold() in question.casefold()
+
+
 def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,
-                candidates: int = CANDIDATES) -> list[EditMatch | None]:
+                candidates: int = CANDIDATES, two_hop: TwoHopDetector | None = None) -> list[EditMatch | None]:
     """For each question, the in-scope edit with the best score, or None. A question that is an edit's own
-    question (up to case, spacing and end punctuation) is always in its scope."""
+    question (up to case, spacing and end punctuation) is always in its scope. With `two_hop`, a two-hop
+    question is matched `beyond` to the best edit that either is in its scope or has its subject named in it
+    with a score of at least the detector's `relation_threshold` (the first hop is the edit's relation)."""
     found = memory.search(query_vectors, candidates)
+    chained = two_hop.is_two_hop(query_vectors) if two_hop is not None and len(questions) else np.zeros(len(questions), bool)
     matches: list[EditMatch | None] = []
-    for question, pairs, scores in zip(questions, found, scope.scores(questions, found)):
+    for question, pairs, scores, chain in zip(questions, found, scope.scores(questions, found), chained):
         # An edit's own question is in its scope by definition, whatever a learned decider says of it.
         key = question_key(question)
         own = [i for i, (e, _) in enumerate(pairs) if e.question is not None and question_key(e.question) == key]
-        best = own[0] if own else max(range(len(pairs)), key=scores.__getitem__, default=None)
-        in_scope = best is not None and (bool(own) or scores[best] >= scope.threshold)
-        matches.append(EditMatch(pairs[best][0], scores[best]) if in_scope else None)
+        if own:
+            matches.append(EditMatch(pairs[own[0]][0], scores[own[0]]))
+            continue
+        usable = [i for i, (e, _) in enumerate(pairs) if scores[i] >= scope.threshold
+                  or (chain and names_subject(question, e.subject) and scores[i] >= two_hop.relation_threshold)]
+        best = max(usable, key=scores.__getitem__, default=None)
+        matches.append(None if best is None else EditMatch(pairs[best][0], scores[best], beyond=bool(chain)))
     return matches

@@ -5,15 +5,15 @@ import argparse
 from pathlib import Path
 
 from indexer.encoder import resolve_device
-from indexer.index import MODES, Index
+from indexer.index import MODES
 from rag.editing import SCOPE_KINDS
 from rag.models import DEFAULT_READER, GENERATIVE_READER
-from rag.pipeline import Pipeline
+from rag.pipeline import TWO_HOP_KINDS, Pipeline
 from rag.retriever import DualEncoder
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool = True) -> None:
-    """--index, --k, --mode, --reader, --adapter, --query-encoder, --constrain, --scope, --device."""
+    """--index, --k, --mode, --reader, --adapter, --query-encoder, --constrain, --scope, --two-hop, --device."""
     parser.add_argument("--index", type=Path, required=index_required, help="index folder (built by `rag-index build`)")
     parser.add_argument("--k", type=int, default=None,
                         help="passages given to the reader; 0 answers closed-book (default: the reader's own, chosen on dev data)")
@@ -29,6 +29,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
     parser.add_argument("--scope", choices=SCOPE_KINDS, default="auto",
                         help="which edits apply to a question: the trained scope classifier, a similarity threshold, "
                              "none (ignore the edit memory), or auto (default: the classifier when shipped)")
+    parser.add_argument("--two-hop", choices=TWO_HOP_KINDS, default="auto",
+                        help="questions that ask beyond an edit (\"the capital of the country X is a citizen of\" after an edit "
+                             "of X's citizenship): auto (default) finds them with the shipped detector and reads them with "
+                             "the generative reader, the edit and passages about its answer; none gives them no special reading")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
 
 
@@ -41,14 +45,9 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
         raise ValueError(f"--k must be 0 or more, got {args.k}")
     if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
         raise ValueError(f"--adapter {args.adapter}: not a peft adapter folder (no adapter_config.json)")
-    load = dict(reader=args.reader, adapter=args.adapter, device=args.device, constrain_to_passages=args.constrain, scope=args.scope)
-    if not writable or args.index is None:
-        pipeline = Pipeline.load(args.index, **load)
-    else:
-        # The index first: a wrong folder fails at once, not after the reader has loaded.
-        index = Index.open(args.index, device=resolve_device(args.device))
-        pipeline = Pipeline.load(None, **load)
-        pipeline.index = index
+    # The index opens first: a wrong folder fails at once, not after the reader has loaded.
+    pipeline = Pipeline.load(args.index, reader=args.reader, adapter=args.adapter, device=args.device, constrain_to_passages=args.constrain,
+                             scope=args.scope, two_hop=args.two_hop, writable=writable)
     if args.query_encoder is not None:
         retriever = DualEncoder(str(args.query_encoder)).to(resolve_device(args.device)).eval()
         if pipeline.index is not None and retriever.dim != pipeline.index.manifest.dim:

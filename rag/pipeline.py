@@ -13,13 +13,17 @@ from indexer.edit_memory import Edit
 from indexer.index import MODES, Index
 from indexer.records import SearchHit
 from rag.adapters import query_encoder_folder
-from rag.editing import EditPassage, Scope, load_scope, match_edits
-from rag.models import DEFAULT_READER
+from rag.editing import EditMatch, EditPassage, Scope, load_scope, match_edits
+from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
 from rag.span_reader import SpanReader, is_span_reader
+from rag.two_hop import TwoHopDetector, load_two_hop
 
 MAX_K = 100
+# Passages read after the edit for a question that asks beyond it (bench/edit_portability.py measured 3).
+BEYOND_K = 3
+TWO_HOP_KINDS = ("auto", "none")
 
 
 @dataclass
@@ -64,13 +68,18 @@ class Reader(Protocol):
 
 class Pipeline:
     """Retrieval-augmented answering over one index and its edit memory. k=0 answers closed-book,
-    without passages (edits still apply when there is an index). `scope` None ignores edits."""
+    without passages (edits still apply when there is an index). `scope` None ignores edits; `two_hop`
+    (rag/two_hop.py) finds questions that ask beyond an edit, which `edit_reader` reads (default: the
+    pipeline's reader when it generates, else the default generative reader, loaded on first need)."""
 
-    def __init__(self, index: Index | None, reader: Reader, retriever: DualEncoder | None = None, scope: Scope | None = None) -> None:
+    def __init__(self, index: Index | None, reader: Reader, retriever: DualEncoder | None = None, scope: Scope | None = None,
+                 two_hop: TwoHopDetector | None = None, edit_reader: Reader | None = None) -> None:
         self.index = index
         self.reader = reader
         self.retriever = retriever
         self.scope = scope
+        self.two_hop = two_hop
+        self.edit_reader = edit_reader
         # resolved adapter folder -> its query encoder, None (it has none) or why it cannot serve
         self._adapter_retrievers: dict[str, DualEncoder | str | None] = {}
 
@@ -83,10 +92,15 @@ class Pipeline:
         device: str | None = None,
         constrain_to_passages: bool = False,
         scope: str = "auto",
+        two_hop: str = "auto",
+        writable: bool = False,
     ) -> Pipeline:
-        """Open an index read-only and load the reader (a span reader folder, default the shipped one, or a
-        causal LM) and the edit scope decider (`rag.editing.load_scope`)."""
-        index = Index.open(index_dir, readonly=True, device=device or "cpu") if index_dir else None
+        """Open an index (read-only unless `writable`) and load the reader (a span reader folder, default the shipped
+        one, or a causal LM), the edit scope decider (`rag.editing.load_scope`) and, with a decider and `two_hop`
+        "auto", the shipped two-hop detector when it reads the index's encoder ("none": no two-hop reading)."""
+        if two_hop not in TWO_HOP_KINDS:
+            raise ValueError(f"unknown two-hop setting {two_hop!r}: choose one of {', '.join(TWO_HOP_KINDS)}")
+        index = Index.open(index_dir, readonly=not writable, device=device or "cpu") if index_dir else None
         reader = reader or DEFAULT_READER
         if is_span_reader(reader):
             if adapter or constrain_to_passages:
@@ -94,13 +108,25 @@ class Pipeline:
             loaded: Reader = SpanReader.from_pretrained(reader, device=device)
         else:
             loaded = DecoderReader(reader, adapter=adapter, device=device, constrain_to_passages=constrain_to_passages)
-        return cls(index, loaded, scope=load_scope(scope, device=device))
+        decider = load_scope(scope, device=device)
+        use_two_hop = index is not None and decider is not None and two_hop == "auto"
+        return cls(index, loaded, scope=decider, two_hop=load_two_hop(index.manifest.encoder) if use_two_hop else None)
 
     def _adapted(self, adapter: str | Path | None) -> ContextManager[None]:
         """The reader with `adapter` active for a block (nullcontext without one); ValueError for a reader that takes none."""
         if adapter is None:
             return nullcontext()
         return self._decoder_reader().adapted(adapter)
+
+    def _beyond_reader(self) -> Reader:
+        """The reader of questions that ask beyond an edit: one that generates (a span reader can only copy the
+        edit's first hop back out of it)."""
+        if isinstance(self.reader, DecoderReader):
+            return self.reader
+        if self.edit_reader is None:
+            device = getattr(self.reader, "device", None)
+            self.edit_reader = DecoderReader(GENERATIVE_READER, device=str(device) if device is not None else None)
+        return self.edit_reader
 
     def _decoder_reader(self) -> DecoderReader:
         if not isinstance(self.reader, DecoderReader):
@@ -160,30 +186,43 @@ class Pipeline:
 
         A question in an edit's scope gets the answer the edit states, or else is read from the edit's fact
         alone; the others are answered exactly as without edits. (Reading a stated answer back out of its
-        fact could only lose it: the span reader cut "World War I" to "World War" on some zsRE edits.)"""
+        fact could only lose it: the span reader cut "World War I" to "World War" on some zsRE edits.) A question
+        that asks beyond an edit is read by the generative reader from the edit's fact followed by the passages
+        retrieved for the question with the edit's answer appended (about the new answer, where the second hop is)."""
         k = self.reader.default_k if k is None else k
         for q in questions:
             check_request(q, k, mode)
         t0 = time.perf_counter()
-        edits: list[Edit | None] = [None for _ in questions]
+        matches: list[EditMatch | None] = [None for _ in questions]
         vectors = None
         if self.index is not None and self.scope is not None and len(self.index.memory):
             # The memory holds vectors of the index's encoder; a dense search with no trained query encoder reuses them.
             vectors = self.index.encoder(list(questions))
-            edits = [m.edit if m else None for m in match_edits(self.index.memory, self.scope, questions, vectors)]
+            matches = match_edits(self.index.memory, self.scope, questions, vectors, two_hop=self.two_hop)
+        edits = [m.edit if m else None for m in matches]
+        beyond = [i for i, m in enumerate(matches) if m is not None and m.beyond]
         t1 = time.perf_counter()
         retriever = self.retriever_for(adapter) if k else None
         reuse = vectors if retriever is None and mode != "sparse" else None
         passages = self.retrieve(questions, k, mode, query_vectors=reuse, retriever=retriever)
+        if beyond:
+            queries = [f"{questions[i]} {edits[i].answer or ''}".strip() for i in beyond]
+            for i, hits in zip(beyond, self.retrieve(queries, min(k, BEYOND_K), mode, retriever=retriever)):
+                passages[i] = hits
         t2 = time.perf_counter()
-        texts = [e.answer if e is not None and e.answer else "" for e in edits]
+        stated = [i for i, e in enumerate(edits) if e is not None and e.answer and i not in beyond]
+        texts = [edits[i].answer if i in stated else "" for i in range(len(questions))]
         plain = [i for i, e in enumerate(edits) if e is None]
-        edited = [i for i, e in enumerate(edits) if e is not None and not e.answer]
+        edited = [i for i, e in enumerate(edits) if e is not None and not e.answer and i not in beyond]
         with self._adapted(adapter):
             for group, contexts in ((plain, [passages[i] for i in plain]), (edited, [[EditPassage.of(edits[i])] for i in edited])):
                 if group:
                     for i, text in zip(group, self.reader.generate([questions[i] for i in group], contexts)):
                         texts[i] = text
+            if beyond:
+                contexts = [[EditPassage.of(edits[i]), *passages[i]] for i in beyond]
+                for i, text in zip(beyond, self._beyond_reader().generate([questions[i] for i in beyond], contexts)):
+                    texts[i] = text
         t3 = time.perf_counter()
         timings = {"edit_ms": (t1 - t0) * 1e3, "retrieve_ms": (t2 - t1) * 1e3, "read_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
         return [Answer(q, text, hits, dict(timings), edit) for q, text, hits, edit in zip(questions, texts, passages, edits)]

@@ -4,14 +4,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import make_documents
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
-from rag.editing import ClassifierScope, SimilarityScope, load_scope
+from rag.editing import ClassifierScope, EditPassage, SimilarityScope, load_scope
 from rag.pipeline import Pipeline
+from rag.reader import DecoderReader
 from rag.span_reader import SpanReader
+from rag.two_hop import TwoHopDetector
 from trainer.cli import main as eval_main
 from trainer.edit_cases import EditCase, in_fold, parse_fold, read_cases
 from trainer.qa_metrics import contains_answer
@@ -171,3 +174,22 @@ def test_edit_files_convert_to_canonical_cases(tmp_path: Path) -> None:
         read_cases(zsre)
     [case] = read_cases(zsre, on_error="skip")
     assert case.target_new == "drones" and case.neighbors[0].question == "who is z" and case.target_old == "a"
+
+
+def test_two_hop_questions_are_read_beyond_their_edit(pipeline: Pipeline, tiny_reader_path: str) -> None:
+    reader = DecoderReader(tiny_reader_path, device="cpu")
+    pipeline.edit_reader = reader
+    question, unrelated = "what is the capital of the place where topic4 is?", "what is the capital of the place where topic6 is?"
+    before = pipeline.ask(unrelated, k=3, mode="sparse")
+    edit = pipeline.index.memory.add("Topic4 is in zeta.", question="where is topic4?", answer="zeta", subject="topic4")
+    dim = pipeline.index.manifest.dim
+    pipeline.two_hop = TwoHopDetector(np.zeros(dim), 10.0, 0.5, 0.0, "tiny")  # every question is two-hop
+    got = pipeline.ask(question, k=3, mode="sparse")
+    hits = pipeline.retrieve([f"{question} zeta"], 3, "sparse")[0]  # passages about the new answer
+    assert got.edit == edit and [p.id for p in got.passages] == [h.id for h in hits]
+    assert got.text == reader.generate([question], [[EditPassage.of(edit), *hits]])[0]
+    assert pipeline.ask("where is topic4?", k=3, mode="sparse").text == "zeta"  # its own question: the stated answer
+    after = pipeline.ask(unrelated, k=3, mode="sparse")  # names no edited subject
+    assert after.edit is None and after.text == before.text
+    pipeline.two_hop = TwoHopDetector(np.zeros(dim), -10.0, 0.5, 0.0, "tiny")  # no question is two-hop
+    assert pipeline.ask(question, k=3, mode="sparse").edit is None

@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from indexer.encoder import Encoder
+from rag.editing import names_subject
 from trainer.edit_cases import EditCase
 
 LABELS = {"question": 1, "paraphrase": 1, "relation-paraphrase": 1, "neighbor": 0, "near-edit": 0, "other-relation": 0, "nq": 0}
@@ -196,10 +197,6 @@ def nearest(queries: np.ndarray, keys: np.ndarray, k: int, chunk: int = 2048) ->
     return out
 
 
-def _mentions(question: str, subject: str | None) -> bool:
-    return bool(subject) and subject.casefold() in question.casefold()
-
-
 def build_pairs(cases: Sequence[EditCase], nq_questions: Sequence[str], encode: CachedEncoder,
                 config: ScopeDataConfig = ScopeDataConfig(), progress: bool = True) -> list[ScopePair]:
     """Labelled pairs from edit cases and NQ questions, in a seeded order; `encode` embeds texts (normalised).
@@ -226,7 +223,7 @@ def build_pairs(cases: Sequence[EditCase], nq_questions: Sequence[str], encode: 
         pairs.append(ScopePair(c.fact, c.question, question, LABELS[kind], kind, c.id))
 
     def near_negatives(own: int | None, question: str, ranked: np.ndarray, count: int) -> list[int]:
-        usable = [int(j) for j in ranked if j != own and not _mentions(question, cases[j].subject)
+        usable = [int(j) for j in ranked if j != own and not names_subject(question, cases[j].subject)
                   and keys[j].strip() != question.strip()]
         return rng.sample(usable, min(count, len(usable)))
 

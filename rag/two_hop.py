@@ -1,0 +1,83 @@
+"""Two-hop question detector: does a question ask for something reached through another fact?
+
+"What is the capital of the country Kim Myhr is a citizen of?" asks first for Kim Myhr's country, then for
+its capital. When an edit changed the first hop (Kim Myhr's citizenship), the edit's stated answer (the
+country) is not the answer: the question asks beyond the edit, and the reader has to take the second hop
+with the edit in view. rag/editing.py routes such questions to their edit; rag/pipeline.py reads them.
+
+A logistic regression over the question's vector from the index's encoder, which the edit router computes
+anyway: the decision costs one dot product. Trained by trainer/two_hop_training.py on two-hop questions
+composed from CounterFact edits' relations and on one-hop questions; shipped as SHIPPED (a JSON file with
+its weights, thresholds and how it was trained). `relation_threshold` is the scope classifier's score an
+(edit, two-hop question) pair needs for the question's first hop to be the edit's relation: an edit of
+someone's citizenship says nothing of "the capital of the country where they were born".
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KIND = "two-hop-detector"
+SHIPPED = Path(__file__).resolve().parent / "classifiers" / "two-hop-minilm.json"
+
+
+@dataclass
+class TwoHopDetector:
+    """P(two-hop) = sigmoid(vector . weights + bias); two-hop when at least `threshold`."""
+
+    weights: np.ndarray  # (dim,) float32
+    bias: float
+    threshold: float
+    relation_threshold: float
+    encoder: str  # the encoder whose (normalised) vectors it reads
+    training: dict[str, Any] = field(default_factory=dict)  # how it was made and what it scored
+
+    def __post_init__(self) -> None:
+        self.weights = np.asarray(self.weights, dtype=np.float32).reshape(-1)
+        for name in ("threshold", "relation_threshold"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} is a probability, from 0 to 1; got {getattr(self, name)}")
+
+    @property
+    def dim(self) -> int:
+        return int(self.weights.shape[0])
+
+    def scores(self, vectors: np.ndarray) -> np.ndarray:
+        """P(two-hop) for each row of `vectors` (n, dim): a float32 array."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"the two-hop detector reads {self.dim}-d vectors of {self.encoder}, got shape {vectors.shape}")
+        return (1.0 / (1.0 + np.exp(-(vectors @ self.weights + self.bias)))).astype(np.float32)
+
+    def is_two_hop(self, vectors: np.ndarray) -> np.ndarray:
+        """The decision for each row: a bool array."""
+        return self.scores(vectors) >= self.threshold
+
+    def save(self, path: str | Path) -> None:
+        """Write the JSON file `load` reads."""
+        payload = {"kind": KIND, **asdict(self), "weights": [round(float(w), 7) for w in self.weights]}
+        Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path = SHIPPED) -> TwoHopDetector:
+        """Read a file written by `save` (default: the shipped detector); ValueError when it is not one."""
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read two-hop detector {path}: {exc}") from exc
+        if not isinstance(raw, dict) or raw.get("kind") != KIND:
+            raise ValueError(f"{path} is not a two-hop detector file (kind {KIND!r}): train one with `python -m trainer.two_hop_training`")
+        fields = {k: raw[k] for k in ("weights", "bias", "threshold", "relation_threshold", "encoder", "training") if k in raw}
+        return cls(**fields)
+
+
+def load_two_hop(encoder: str, path: str | Path = SHIPPED) -> TwoHopDetector | None:
+    """The detector at `path` when it reads vectors of `encoder` (the index's); None when there is none or it reads another's."""
+    if not Path(path).is_file():
+        return None
+    detector = TwoHopDetector.load(path)
+    return detector if detector.encoder == encoder else None

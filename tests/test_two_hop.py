@@ -1,0 +1,66 @@
+"""The two-hop question detector: its file, its decisions, and the questions it is trained on."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag.two_hop import SHIPPED, TwoHopDetector, load_two_hop
+from trainer.edit_cases import EditCase, Probe
+from trainer.two_hop_training import fit, questions_of, relation_pairs
+
+DIED = EditCase("1", "Ada Lovelace died in", "Paris", subject="Ada Lovelace", target_old="London",
+                paraphrases=["Ada Lovelace passed away in"], neighbors=[Probe("Charles Babbage died in", "London")])
+SPEAKS = EditCase("2", "The mother tongue of Ada Lovelace is", "French", subject="Ada Lovelace")
+
+
+def test_detector_file_round_trips_and_bad_files_are_clear_errors(tmp_path: Path) -> None:
+    detector = TwoHopDetector(np.array([1.0, -1.0, 0.5]), 0.25, 0.6, 0.3, "enc", {"note": "test"})
+    detector.save(tmp_path / "d.json")
+    loaded = TwoHopDetector.load(tmp_path / "d.json")
+    vectors = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(loaded.scores(vectors), 1 / (1 + np.exp(-np.array([1.25, -0.75]))), rtol=1e-6)
+    assert loaded.is_two_hop(vectors).tolist() == [True, False]
+    assert (loaded.threshold, loaded.relation_threshold, loaded.encoder, loaded.training) == (0.6, 0.3, "enc", {"note": "test"})
+    with pytest.raises(ValueError, match="reads 3-d vectors of enc"):
+        loaded.scores(np.zeros((1, 4)))
+    (tmp_path / "other.json").write_text(json.dumps({"kind": "scope-classifier"}))
+    for bad in (tmp_path / "other.json", tmp_path / "missing.json"):
+        with pytest.raises(ValueError, match="two-hop detector"):
+            TwoHopDetector.load(bad)
+    with pytest.raises(ValueError, match="threshold is a probability"):
+        TwoHopDetector(np.zeros(3), 0.0, 1.5, 0.0, "enc")
+    assert load_two_hop("enc", tmp_path / "d.json") is not None
+    assert load_two_hop("another-encoder", tmp_path / "d.json") is None  # reads another encoder's vectors
+    assert load_two_hop("enc", tmp_path / "missing.json") is None
+
+
+def test_shipped_detector_reads_the_default_encoder() -> None:
+    detector = TwoHopDetector.load(SHIPPED)
+    assert detector.encoder == "all-MiniLM-L6-v2" and detector.dim == 384
+    assert detector.training["val"]["balanced_accuracy"] >= 0.95
+
+
+def test_training_questions_compose_a_second_hop_over_place_relations_only() -> None:
+    questions = questions_of([DIED, SPEAKS], ["who wrote hamlet?"], random.Random(0))
+    two_hop = [q.text for q in questions if q.label == 1]
+    assert len(two_hop) == 1 and "the place where Ada Lovelace died" in two_hop[0]  # not for the mother tongue
+    kinds = {q.kind: q.text for q in questions if q.label == 0}
+    assert kinds["first-hop"] == "What is the place where Ada Lovelace died?"
+    assert kinds["second-hop"] in ("What is the capital of Paris?", "On which continent is Paris?")
+    assert kinds["nq"] == "who wrote hamlet?" and kinds["neighbor"] == "Charles Babbage died in"
+    facts, probes, same = relation_pairs([DIED, SPEAKS], random.Random(0))
+    assert facts == [DIED.fact, DIED.fact] and same.tolist() == [1, 0]
+    assert "Ada Lovelace died" in probes[0] and "Ada Lovelace died" not in probes[1]
+
+
+def test_fit_separates_separable_questions() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(200, 8)).astype(np.float32)
+    labels = (vectors[:, 0] > 0.5).astype(int)
+    weights, bias = fit(vectors, labels, steps=300, lr=0.1, weight_decay=0.0, seed=0)
+    decided = (vectors @ weights + bias) >= 0
+    assert (decided == labels.astype(bool)).mean() > 0.97

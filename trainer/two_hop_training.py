@@ -1,0 +1,199 @@
+"""Training of the two-hop question detector (rag/two_hop.py) and of its relation threshold.
+
+Questions, each embedded with the index's encoder (MiniLM, normalised, as the edit router embeds them):
+- two-hop (1): a CounterFact edit's relation turned into a noun phrase about its subject, asked a second hop
+  of ("What is the capital of the place where X died?"), by trainer/edit_portability.py's templates;
+- one-hop (0): the edit's own question, a paraphrase and a neighbour prompt ("question", "paraphrase",
+  "neighbor"); the first hop asked as such ("What is the place where X died?": "first-hop"); the second hop
+  asked of the new target itself ("What is the capital of Poland?": "second-hop"); NQ questions ("nq").
+So the detector learns the composition, not the words "capital" or "the place where".
+
+A logistic regression (class-balanced BCE, AdamW, full batch) over counterfact-train questions (and
+nq-open-train); its threshold has the best balanced accuracy on counterfact-val (and nq-open-dev) questions.
+
+`relation_threshold`: on counterfact-val, each edit's two-hop question over its own relation and one over
+another relation of the same subject ("the place where X was born" for an edit of where X died), scored by
+the shipped scope classifier with the edit's fact: the threshold that best tells them apart (balanced
+accuracy). The router (rag/editing.py) needs that score for a two-hop question naming an edit's subject.
+
+Caveat: the evaluation probes (data/editing/counterfact-test-portability.jsonl.gz) are made by the same
+templates, on other subjects; free-form two-hop questions are not measured.
+
+Run: `python -m trainer.two_hop_training --out rag/classifiers/two-hop-minilm.json`
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from indexer.encoder import DEFAULT_ENCODER, TextEncoder
+from rag.scope_classifier import SHIPPED as SHIPPED_SCOPE, ScopeClassifier
+from rag.two_hop import SHIPPED, TwoHopDetector
+from trainer.edit_cases import EditCase, read_cases
+from trainer.edit_portability import FIRST_HOP, SECOND_HOP, first_hop_phrase
+from trainer.qa_data import read_qa
+from trainer.scope_data import check_not_evaluation_only
+from trainer.scope_training import auc, best_threshold
+
+DATA = Path("/work/shared/data")
+PHRASES = [phrase for _, phrase in FIRST_HOP]
+
+
+@dataclass(frozen=True)
+class Question:
+    """One labelled question; `kind` says which rule made it."""
+
+    text: str
+    label: int  # 1: two-hop
+    kind: str
+
+
+def questions_of(cases: Sequence[EditCase], nq: Sequence[str], rng: random.Random) -> list[Question]:
+    """Labelled questions from edit cases and NQ questions (see the module docstring)."""
+    out = [Question(q, 0, "nq") for q in nq]
+    for case in cases:
+        out.append(Question(case.question, 0, "question"))
+        if case.paraphrases:
+            out.append(Question(rng.choice(case.paraphrases), 0, "paraphrase"))
+        if case.neighbors:
+            out.append(Question(rng.choice(case.neighbors).question, 0, "neighbor"))
+        phrase = first_hop_phrase(case.question, case.subject or "")
+        if phrase is None:
+            continue
+        second = rng.choice([template for _, _, template in SECOND_HOP])
+        out.append(Question(second.format(phrase), 1, "two-hop"))
+        out.append(Question(f"What is {phrase}?", 0, "first-hop"))
+        out.append(Question(second.format(case.target_new), 0, "second-hop"))
+    return out
+
+
+def relation_pairs(cases: Sequence[EditCase], rng: random.Random) -> tuple[list[str], list[str], np.ndarray]:
+    """(edit facts, two-hop questions, 1 when over the edit's own relation) for the cases with a place relation."""
+    facts, questions, labels = [], [], []
+    for case in cases:
+        phrase = first_hop_phrase(case.question, case.subject or "")
+        if phrase is None:
+            continue
+        own = next(p for p in PHRASES if p.format(case.subject) == phrase)
+        other = rng.choice([p for p in PHRASES if p != own])
+        second = rng.choice([template for _, _, template in SECOND_HOP])
+        for template, label in ((own, 1), (other, 0)):
+            facts.append(case.fact)
+            questions.append(second.format(template.format(case.subject)))
+            labels.append(label)
+    return facts, questions, np.asarray(labels)
+
+
+def fit(vectors: np.ndarray, labels: np.ndarray, steps: int, lr: float, weight_decay: float, seed: int) -> tuple[np.ndarray, float]:
+    """Logistic regression weights and bias, class-balanced."""
+    torch.manual_seed(seed)
+    x, y = torch.from_numpy(vectors), torch.from_numpy(labels.astype(np.float32))
+    weights = torch.zeros(x.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.AdamW([weights, bias], lr=lr, weight_decay=weight_decay)
+    pos_weight = (len(y) - y.sum()) / y.sum().clamp(min=1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ weights + bias, y, pos_weight=pos_weight)
+        loss.backward()
+        optimizer.step()
+    return weights.detach().numpy(), float(bias.item())
+
+
+def by_kind(questions: Sequence[Question], decided: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per kind: how many questions and the share decided right."""
+    right: Counter[str] = Counter()
+    total: Counter[str] = Counter(q.kind for q in questions)
+    for q, two_hop in zip(questions, decided):
+        right[q.kind] += int(bool(two_hop) == bool(q.label))
+    return {kind: {"n": total[kind], "accuracy": round(right[kind] / total[kind], 4)} for kind in sorted(total)}
+
+
+def train(args: argparse.Namespace) -> TwoHopDetector:
+    """Train, calibrate and return the detector (its `training` holds the record)."""
+    for path in (args.train, args.val, args.nq_train, args.nq_val):
+        check_not_evaluation_only(path)
+    rng = random.Random(args.seed)
+    started = time.perf_counter()
+    train_cases = read_cases(args.train, "counterfact")
+    train_cases = rng.sample(train_cases, min(args.train_cases, len(train_cases)))
+    val_cases = read_cases(args.val, "counterfact")
+    nq_train = rng.sample([r.question for r in read_qa(args.nq_train)], args.nq)
+    nq_val = rng.sample([r.question for r in read_qa(args.nq_val)], args.nq // 3)
+    train_q, val_q = questions_of(train_cases, nq_train, rng), questions_of(val_cases, nq_val, rng)
+    encoder = TextEncoder(args.encoder)
+    x_train = encoder([q.text for q in train_q], progress=True)
+    x_val = encoder([q.text for q in val_q], progress=True)
+    data_seconds = time.perf_counter() - started
+    y_train, y_val = np.array([q.label for q in train_q]), np.array([q.label for q in val_q])
+    weights, bias = fit(x_train, y_train, args.steps, args.lr, args.weight_decay, args.seed)
+    detector = TwoHopDetector(weights, bias, 0.5, 0.0, args.encoder)
+    val_scores = detector.scores(x_val)
+    detector.threshold, balanced = best_threshold(val_scores, y_val)
+
+    scope = ScopeClassifier.from_pretrained(args.scope, device="cpu")
+    facts, probes, same_relation = relation_pairs(val_cases, rng)
+    relation_scores = scope.scores(facts, probes)
+    detector.relation_threshold, relation_balanced = best_threshold(relation_scores, same_relation)
+    detector.training = {
+        "command": " ".join(["python -m trainer.two_hop_training", *sys.argv[1:]]),
+        "data": {"train": {"file": str(args.train), "cases": len(train_cases), "nq": str(args.nq_train),
+                           "by_kind": dict(Counter(q.kind for q in train_q))},
+                 "val": {"file": str(args.val), "cases": len(val_cases), "nq": str(args.nq_val),
+                         "by_kind": dict(Counter(q.kind for q in val_q))}},
+        "settings": {"steps": args.steps, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed},
+        "val": {"auc": round(auc(val_scores, y_val), 4), "balanced_accuracy": round(balanced, 4),
+                "train_balanced_accuracy": round(best_threshold(detector.scores(x_train), y_train)[1], 4),
+                "by_kind": by_kind(val_q, val_scores >= detector.threshold)},
+        "relation": {"pairs": len(probes), "scope_classifier": str(args.scope), "auc": round(auc(relation_scores, same_relation), 4),
+                     "balanced_accuracy": round(relation_balanced, 4)},
+        "seconds": {"data": round(data_seconds, 1), "total": round(time.perf_counter() - started, 1)},
+        "caveat": "probes of the same templates as data/editing/counterfact-test-portability.jsonl.gz; free-form two-hop questions unmeasured",
+    }
+    return detector
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.two_hop_training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=SHIPPED, help="detector file to write (default: the shipped one)")
+    parser.add_argument("--train", type=Path, default=DATA / "editing/counterfact-train.jsonl.gz")
+    parser.add_argument("--val", type=Path, default=DATA / "editing/counterfact-val.jsonl.gz")
+    parser.add_argument("--nq-train", type=Path, default=DATA / "qa/nq-open-train.jsonl.gz")
+    parser.add_argument("--nq-val", type=Path, default=DATA / "qa/nq-open-dev.jsonl.gz")
+    parser.add_argument("--train-cases", type=int, default=4000, help="counterfact-train cases sampled (seeded)")
+    parser.add_argument("--nq", type=int, default=3000, help="NQ training questions (a third as many for validation)")
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="the index encoder whose vectors the detector reads")
+    parser.add_argument("--scope", type=Path, default=SHIPPED_SCOPE, help="scope classifier for the relation threshold")
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args(argv)
+    if min(args.train_cases, args.nq, args.steps) < 1:
+        parser.error("--train-cases, --nq and --steps must be at least 1")
+    torch.set_num_threads(args.threads)
+    try:
+        detector = train(args)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    detector.save(args.out)
+    print(f"wrote {args.out}: threshold {detector.threshold:.4f}, relation threshold {detector.relation_threshold:.4f}, "
+          f"val {detector.training['val']['balanced_accuracy']}, relation {detector.training['relation']['balanced_accuracy']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
