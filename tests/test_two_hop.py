@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,15 @@ def test_shipped_detector_reads_the_default_encoder() -> None:
 def test_training_questions_compose_a_second_hop_over_place_relations_only() -> None:
     questions = questions_of([DIED, SPEAKS], ["who wrote hamlet?"], random.Random(0))
     two_hop = [q.text for q in questions if q.label == 1]
-    assert len(two_hop) == 1 and "the place where Ada Lovelace died" in two_hop[0]  # not for the mother tongue
+    assert len(two_hop) == 1 and "where Ada Lovelace died" in two_hop[0]  # not for the mother tongue
     kinds = {q.kind: q.text for q in questions if q.label == 0}
-    assert kinds["first-hop"] == "What is the place where Ada Lovelace died?"
-    assert kinds["second-hop"] in ("What is the capital of Paris?", "On which continent is Paris?")
+    assert kinds["first-hop"].startswith("What is the ") and kinds["first-hop"].endswith(" where Ada Lovelace died?")
+    # The same second hop, asked of the new target itself.
+    assert kinds["second-hop"] == re.sub(r"the (place|country|city|region) where Ada Lovelace died", "Paris", two_hop[0])
     assert kinds["nq"] == "who wrote hamlet?" and kinds["neighbor"] == "Charles Babbage died in"
+    assert not {"held-out-two-hop", "held-out-second-hop"} & {q.kind for q in questions}
+    held = {q.kind: q.label for q in questions_of([DIED], [], random.Random(0), held_out=True)}
+    assert held["held-out-two-hop"] == 1 and held["held-out-second-hop"] == 0
     facts, probes, same = relation_pairs([DIED, SPEAKS], random.Random(0))
     assert facts == [DIED.fact, DIED.fact] and same.tolist() == [1, 0]
     assert "Ada Lovelace died" in probes[0] and "Ada Lovelace died" not in probes[1]

@@ -1,20 +1,28 @@
 """Training of the two-hop question detector (rag/two_hop.py) and of its relation threshold.
 
 Questions, each embedded with the index's encoder (MiniLM, normalised, as the edit router embeds them):
-- two-hop (1): a CounterFact edit's relation turned into a noun phrase about its subject, asked a second hop
-  of ("What is the capital of the place where X died?"), by trainer/edit_portability.py's templates;
+- two-hop (1): a CounterFact edit's relation turned into a noun phrase about its subject by
+  trainer/edit_portability.py's first hops ("the place where X died", "the place" sometimes "the country",
+  "the city" or "the region"), asked a second hop of ("What language is spoken in the city where X died?"):
+  the portability probes' two (capital, continent) and TRAIN_SECOND_HOPS;
 - one-hop (0): the edit's own question, a paraphrase and a neighbour prompt ("question", "paraphrase",
   "neighbor"); the first hop asked as such ("What is the place where X died?": "first-hop"); the second hop
   asked of the new target itself ("What is the capital of Poland?": "second-hop"); NQ questions ("nq").
-So the detector learns the composition, not the words "capital" or "the place where".
+So the detector learns the composition, not the words "capital" or "the place where". The validation
+questions also ask HELD_OUT_SECOND_HOPS, which training never sees ("held-out-two-hop" and
+"held-out-second-hop" in the record): how far it carries to second hops it was not taught; they do not
+choose the threshold.
 
 A logistic regression (class-balanced BCE, AdamW, full batch) over counterfact-train questions (and
 nq-open-train); its threshold has the best balanced accuracy on counterfact-val (and nq-open-dev) questions.
 
 `relation_threshold`: on counterfact-val, each edit's two-hop question over its own relation and one over
 another relation of the same subject ("the place where X was born" for an edit of where X died), scored by
-the shipped scope classifier with the edit's fact: the threshold that best tells them apart (balanced
-accuracy). The router (rag/editing.py) needs that score for a two-hop question naming an edit's subject.
+the shipped scope classifier with the edit's fact. The router (rag/editing.py) needs that score for a
+two-hop question naming an edit's subject. The classifier tells the two apart only loosely (AUC about 0.8:
+it was not trained on two-hop questions), and no threshold does much better than any other by balanced
+accuracy, so the threshold is the one keeping `--relation-recall` of the own-relation questions; the
+record gives the share of other-relation questions it lets through too.
 
 Caveat: the evaluation probes (data/editing/counterfact-test-portability.jsonl.gz) are made by the same
 templates, on other subjects; free-form two-hop questions are not measured.
@@ -46,6 +54,15 @@ from trainer.scope_training import auc, best_threshold
 
 DATA = Path("/work/shared/data")
 PHRASES = [phrase for _, phrase in FIRST_HOP]
+PORTABILITY_SECOND_HOPS = [template for _, _, template in SECOND_HOP]
+TRAIN_SECOND_HOPS = PORTABILITY_SECOND_HOPS + [
+    "What language is spoken in {}?", "What currency is used in {}?", "Who is the head of state of {}?",
+    "What is the population of {}?", "What is the official language of {}?", "What time zone is {} in?",
+    "Which country borders {}?", "What is the largest city in {}?", "Which river flows through {}?", "What is the flag of {} like?",
+]
+HELD_OUT_SECOND_HOPS = ["Who leads the government of {}?", "What is the national anthem of {}?", "Which sea is closest to {}?",
+                        "What is the climate like in {}?"]
+PLACE_WORDS = ["the place where", "the country where", "the city where", "the region where"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +74,9 @@ class Question:
     kind: str
 
 
-def questions_of(cases: Sequence[EditCase], nq: Sequence[str], rng: random.Random) -> list[Question]:
-    """Labelled questions from edit cases and NQ questions (see the module docstring)."""
+def questions_of(cases: Sequence[EditCase], nq: Sequence[str], rng: random.Random, held_out: bool = False) -> list[Question]:
+    """Labelled questions from edit cases and NQ questions (see the module docstring); `held_out` adds the
+    held-out second hops' kinds (validation only)."""
     out = [Question(q, 0, "nq") for q in nq]
     for case in cases:
         out.append(Question(case.question, 0, "question"))
@@ -69,10 +87,15 @@ def questions_of(cases: Sequence[EditCase], nq: Sequence[str], rng: random.Rando
         phrase = first_hop_phrase(case.question, case.subject or "")
         if phrase is None:
             continue
-        second = rng.choice([template for _, _, template in SECOND_HOP])
+        phrase = phrase.replace("the place where", rng.choice(PLACE_WORDS), 1)
+        second = rng.choice(TRAIN_SECOND_HOPS)
         out.append(Question(second.format(phrase), 1, "two-hop"))
         out.append(Question(f"What is {phrase}?", 0, "first-hop"))
         out.append(Question(second.format(case.target_new), 0, "second-hop"))
+        if held_out:
+            unseen = rng.choice(HELD_OUT_SECOND_HOPS)
+            out.append(Question(unseen.format(phrase), 1, "held-out-two-hop"))
+            out.append(Question(unseen.format(case.target_new), 0, "held-out-second-hop"))
     return out
 
 
@@ -85,7 +108,7 @@ def relation_pairs(cases: Sequence[EditCase], rng: random.Random) -> tuple[list[
             continue
         own = next(p for p in PHRASES if p.format(case.subject) == phrase)
         other = rng.choice([p for p in PHRASES if p != own])
-        second = rng.choice([template for _, _, template in SECOND_HOP])
+        second = rng.choice(PORTABILITY_SECOND_HOPS)
         for template, label in ((own, 1), (other, 0)):
             facts.append(case.fact)
             questions.append(second.format(template.format(case.subject)))
@@ -129,7 +152,7 @@ def train(args: argparse.Namespace) -> TwoHopDetector:
     val_cases = read_cases(args.val, "counterfact")
     nq_train = rng.sample([r.question for r in read_qa(args.nq_train)], args.nq)
     nq_val = rng.sample([r.question for r in read_qa(args.nq_val)], args.nq // 3)
-    train_q, val_q = questions_of(train_cases, nq_train, rng), questions_of(val_cases, nq_val, rng)
+    train_q, val_q = questions_of(train_cases, nq_train, rng), questions_of(val_cases, nq_val, rng, held_out=True)
     encoder = TextEncoder(args.encoder)
     x_train = encoder([q.text for q in train_q], progress=True)
     x_val = encoder([q.text for q in val_q], progress=True)
@@ -138,12 +161,13 @@ def train(args: argparse.Namespace) -> TwoHopDetector:
     weights, bias = fit(x_train, y_train, args.steps, args.lr, args.weight_decay, args.seed)
     detector = TwoHopDetector(weights, bias, 0.5, 0.0, args.encoder)
     val_scores = detector.scores(x_val)
-    detector.threshold, balanced = best_threshold(val_scores, y_val)
+    taught = np.array([not q.kind.startswith("held-out") for q in val_q])
+    detector.threshold, balanced = best_threshold(val_scores[taught], y_val[taught])
 
     scope = ScopeClassifier.from_pretrained(args.scope, device="cpu")
     facts, probes, same_relation = relation_pairs(val_cases, rng)
     relation_scores = scope.scores(facts, probes)
-    detector.relation_threshold, relation_balanced = best_threshold(relation_scores, same_relation)
+    detector.relation_threshold = float(np.quantile(relation_scores[same_relation == 1], 1.0 - args.relation_recall))
     detector.training = {
         "command": " ".join(["python -m trainer.two_hop_training", *sys.argv[1:]]),
         "data": {"train": {"file": str(args.train), "cases": len(train_cases), "nq": str(args.nq_train),
@@ -151,11 +175,12 @@ def train(args: argparse.Namespace) -> TwoHopDetector:
                  "val": {"file": str(args.val), "cases": len(val_cases), "nq": str(args.nq_val),
                          "by_kind": dict(Counter(q.kind for q in val_q))}},
         "settings": {"steps": args.steps, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed},
-        "val": {"auc": round(auc(val_scores, y_val), 4), "balanced_accuracy": round(balanced, 4),
+        "val": {"auc": round(auc(val_scores[taught], y_val[taught]), 4), "balanced_accuracy": round(balanced, 4),
                 "train_balanced_accuracy": round(best_threshold(detector.scores(x_train), y_train)[1], 4),
                 "by_kind": by_kind(val_q, val_scores >= detector.threshold)},
         "relation": {"pairs": len(probes), "scope_classifier": str(args.scope), "auc": round(auc(relation_scores, same_relation), 4),
-                     "balanced_accuracy": round(relation_balanced, 4)},
+                     "own_relation_kept": round(float((relation_scores[same_relation == 1] >= detector.relation_threshold).mean()), 4),
+                     "other_relation_kept": round(float((relation_scores[same_relation == 0] >= detector.relation_threshold).mean()), 4)},
         "seconds": {"data": round(data_seconds, 1), "total": round(time.perf_counter() - started, 1)},
         "caveat": "probes of the same templates as data/editing/counterfact-test-portability.jsonl.gz; free-form two-hop questions unmeasured",
     }
@@ -174,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nq", type=int, default=3000, help="NQ training questions (a third as many for validation)")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="the index encoder whose vectors the detector reads")
     parser.add_argument("--scope", type=Path, default=SHIPPED_SCOPE, help="scope classifier for the relation threshold")
+    parser.add_argument("--relation-recall", type=float, default=0.9,
+                        help="share of own-relation two-hop questions the relation threshold keeps (default %(default)s)")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
@@ -182,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.train_cases, args.nq, args.steps) < 1:
         parser.error("--train-cases, --nq and --steps must be at least 1")
+    if not 0.0 < args.relation_recall <= 1.0:
+        parser.error(f"--relation-recall is a share, above 0 and at most 1; got {args.relation_recall}")
     torch.set_num_threads(args.threads)
     try:
         detector = train(args)
@@ -191,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     detector.save(args.out)
     print(f"wrote {args.out}: threshold {detector.threshold:.4f}, relation threshold {detector.relation_threshold:.4f}, "
-          f"val {detector.training['val']['balanced_accuracy']}, relation {detector.training['relation']['balanced_accuracy']}")
+          f"val {detector.training['val']['balanced_accuracy']}, relation {detector.training['relation']}")
     return 0
 
 
