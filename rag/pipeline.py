@@ -18,10 +18,10 @@ from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
 from rag.span_reader import SpanReader, is_span_reader
-from rag.two_hop import TwoHopDetector, load_two_hop
+from rag.two_hop import TwoHopDetector, load_two_hop, resolve_first_hop
 
 MAX_K = 100
-# Passages read after the edit for a question that asks beyond it (bench/edit_portability.py measured 3).
+# Passages read after the edit for a two-hop question whose first hop cannot be resolved (bench/edit_portability.py measured 3).
 BEYOND_K = 3
 TWO_HOP_KINDS = ("auto", "none")
 
@@ -186,9 +186,11 @@ class Pipeline:
 
         A question in an edit's scope gets the answer the edit states, or else is read from the edit's fact
         alone; the others are answered exactly as without edits. (Reading a stated answer back out of its
-        fact could only lose it: the span reader cut "World War I" to "World War" on some zsRE edits.) A question
-        that asks beyond an edit is read by the generative reader from the edit's fact followed by the passages
-        retrieved for the question with the edit's answer appended (about the new answer, where the second hop is)."""
+        fact could only lose it: the span reader cut "World War I" to "World War" on some zsRE edits.) A two-hop
+        question that asks beyond an edit is asked again with the edit's answer in place of its first hop ("What
+        is the capital of Iraq?") and answered as without edits; one that cannot be rewritten so is read by the
+        generative reader from the edit's fact followed by the passages retrieved for the question with the edit's
+        answer appended (about the new answer, where the second hop is)."""
         k = self.reader.default_k if k is None else k
         for q in questions:
             check_request(q, k, mode)
@@ -201,27 +203,34 @@ class Pipeline:
             matches = match_edits(self.index.memory, self.scope, questions, vectors, two_hop=self.two_hop)
         edits = [m.edit if m else None for m in matches]
         beyond = [i for i, m in enumerate(matches) if m is not None and m.beyond]
+        asked = list(questions)  # what the reader is asked: a two-hop question with its first hop resolved
+        for i in beyond:
+            asked[i] = resolve_first_hop(questions[i], edits[i].subject, edits[i].answer) or questions[i]
+        resolved = [i for i in beyond if asked[i] != questions[i]]
+        unresolved = [i for i in beyond if asked[i] == questions[i]]
         t1 = time.perf_counter()
         retriever = self.retriever_for(adapter) if k else None
         reuse = vectors if retriever is None and mode != "sparse" else None
         passages = self.retrieve(questions, k, mode, query_vectors=reuse, retriever=retriever)
-        if beyond:
-            queries = [f"{questions[i]} {edits[i].answer or ''}".strip() for i in beyond]
-            for i, hits in zip(beyond, self.retrieve(queries, min(k, BEYOND_K), mode, retriever=retriever)):
-                passages[i] = hits
+        again = ((resolved, [asked[i] for i in resolved], k),
+                 (unresolved, [f"{questions[i]} {edits[i].answer or ''}".strip() for i in unresolved], min(k, BEYOND_K)))
+        for group, queries, depth in again:
+            if group:
+                for i, hits in zip(group, self.retrieve(queries, depth, mode, retriever=retriever)):
+                    passages[i] = hits
         t2 = time.perf_counter()
-        stated = [i for i, e in enumerate(edits) if e is not None and e.answer and i not in beyond]
+        stated = {i for i, e in enumerate(edits) if e is not None and e.answer and i not in beyond}
         texts = [edits[i].answer if i in stated else "" for i in range(len(questions))]
-        plain = [i for i, e in enumerate(edits) if e is None]
+        plain = [i for i, e in enumerate(edits) if e is None] + resolved
         edited = [i for i, e in enumerate(edits) if e is not None and not e.answer and i not in beyond]
         with self._adapted(adapter):
             for group, contexts in ((plain, [passages[i] for i in plain]), (edited, [[EditPassage.of(edits[i])] for i in edited])):
                 if group:
-                    for i, text in zip(group, self.reader.generate([questions[i] for i in group], contexts)):
+                    for i, text in zip(group, self.reader.generate([asked[i] for i in group], contexts)):
                         texts[i] = text
-            if beyond:
-                contexts = [[EditPassage.of(edits[i]), *passages[i]] for i in beyond]
-                for i, text in zip(beyond, self._beyond_reader().generate([questions[i] for i in beyond], contexts)):
+            if unresolved:
+                contexts = [[EditPassage.of(edits[i]), *passages[i]] for i in unresolved]
+                for i, text in zip(unresolved, self._beyond_reader().generate([questions[i] for i in unresolved], contexts)):
                     texts[i] = text
         t3 = time.perf_counter()
         timings = {"edit_ms": (t1 - t0) * 1e3, "retrieve_ms": (t2 - t1) * 1e3, "read_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}

@@ -1,9 +1,10 @@
-"""Two-hop question detector: does a question ask for something reached through another fact?
+"""Two-hop questions: does a question ask for something reached through another fact, and which?
 
 "What is the capital of the country Kim Myhr is a citizen of?" asks first for Kim Myhr's country, then for
 its capital. When an edit changed the first hop (Kim Myhr's citizenship), the edit's stated answer (the
-country) is not the answer: the question asks beyond the edit, and the reader has to take the second hop
-with the edit in view. rag/editing.py routes such questions to their edit; rag/pipeline.py reads them.
+country) is not the answer: the question asks beyond the edit. rag/editing.py routes such questions to
+their edit; rag/pipeline.py answers them as `resolve_first_hop` rewrites them ("What is the capital of
+Iraq?"), or, where it cannot, reads them with the edit in view.
 
 A logistic regression over the question's vector from the index's encoder, which the edit router computes
 anyway: the decision costs one dot product. Trained by trainer/two_hop_training.py on two-hop questions
@@ -15,6 +16,7 @@ someone's citizenship says nothing of "the capital of the country where they wer
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,28 @@ class TwoHopDetector:
             raise ValueError(f"{path} is not a two-hop detector file (kind {KIND!r}): train one with `python -m trainer.two_hop_training`")
         fields = {k: raw[k] for k in ("weights", "bias", "threshold", "relation_threshold", "encoder", "training") if k in raw}
         return cls(**fields)
+
+
+def resolve_first_hop(question: str, subject: str | None, answer: str | None) -> str | None:
+    """`question` with its first hop replaced by `answer`: "What is the capital of the country Kim Myhr is a
+    citizen of?" with Kim Myhr's edited citizenship Iraq gives "What is the capital of Iraq?".
+
+    The first hop is taken to be the noun phrase that opens with the last "the" before the subject (not one
+    that is part of the subject's own name, as in "the Eiffel Tower") and runs to the end of the subject's
+    clause (",", ";", "?" or the end). None when there is no subject or answer, no such phrase, or nothing of
+    the question would be left around it."""
+    if not subject or not answer:
+        return None
+    at = question.casefold().find(subject.casefold())
+    if at < 0:
+        return None
+    opens = [m.start() for m in re.finditer(r"\bthe\b", question[:at], flags=re.IGNORECASE) if question[m.end() : at].strip()]
+    if not opens or not question[: opens[-1]].strip():
+        return None
+    after = at + len(subject)
+    stop = re.search(r"[,;?]", question[after:])
+    end = after + stop.start() if stop else len(question)
+    return f"{question[: opens[-1]]}{answer}{question[end:]}"
 
 
 def load_two_hop(encoder: str, path: str | Path = SHIPPED) -> TwoHopDetector | None:

@@ -176,7 +176,7 @@ def test_edit_files_convert_to_canonical_cases(tmp_path: Path) -> None:
     assert case.target_new == "drones" and case.neighbors[0].question == "who is z" and case.target_old == "a"
 
 
-def test_two_hop_questions_are_read_beyond_their_edit(pipeline: Pipeline, tiny_reader_path: str) -> None:
+def test_two_hop_questions_take_their_second_hop_from_the_edits_answer(pipeline: Pipeline, tiny_reader_path: str) -> None:
     reader = DecoderReader(tiny_reader_path, device="cpu")
     pipeline.edit_reader = reader
     question, unrelated = "what is the capital of the place where topic4 is?", "what is the capital of the place where topic6 is?"
@@ -184,10 +184,17 @@ def test_two_hop_questions_are_read_beyond_their_edit(pipeline: Pipeline, tiny_r
     edit = pipeline.index.memory.add("Topic4 is in zeta.", question="where is topic4?", answer="zeta", subject="topic4")
     dim = pipeline.index.manifest.dim
     pipeline.two_hop = TwoHopDetector(np.zeros(dim), 10.0, 0.5, 0.0, "tiny")  # every question is two-hop
+    # The first hop resolved by the edit, the question is asked again and answered as without edits.
     got = pipeline.ask(question, k=3, mode="sparse")
-    hits = pipeline.retrieve([f"{question} zeta"], 3, "sparse")[0]  # passages about the new answer
+    plain = pipeline.retrieve(["what is the capital of zeta?"], 3, "sparse")[0]
+    assert got.edit == edit and got.question == question and [p.id for p in got.passages] == [h.id for h in plain]
+    assert got.text == pipeline.reader.generate(["what is the capital of zeta?"], [plain])[0]
+    # No phrase to resolve: the generative reader reads the edit, then passages about its answer.
+    odd = "topic4 lies in a land whose capital is what?"
+    got = pipeline.ask(odd, k=3, mode="sparse")
+    hits = pipeline.retrieve([f"{odd} zeta"], 3, "sparse")[0]
     assert got.edit == edit and [p.id for p in got.passages] == [h.id for h in hits]
-    assert got.text == reader.generate([question], [[EditPassage.of(edit), *hits]])[0]
+    assert got.text == reader.generate([odd], [[EditPassage.of(edit), *hits]])[0]
     assert pipeline.ask("where is topic4?", k=3, mode="sparse").text == "zeta"  # its own question: the stated answer
     after = pipeline.ask(unrelated, k=3, mode="sparse")  # names no edited subject
     assert after.edit is None and after.text == before.text

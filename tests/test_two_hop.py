@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.two_hop import SHIPPED, TwoHopDetector, load_two_hop
+from rag.two_hop import SHIPPED, TwoHopDetector, load_two_hop, resolve_first_hop
 from trainer.edit_cases import EditCase, Probe
 from trainer.two_hop_training import fit, questions_of, relation_pairs
 
@@ -69,3 +69,17 @@ def test_fit_separates_separable_questions() -> None:
     weights, bias = fit(vectors, labels, steps=300, lr=0.1, weight_decay=0.0, seed=0)
     decided = (vectors @ weights + bias) >= 0
     assert (decided == labels.astype(bool)).mean() > 0.97
+
+
+@pytest.mark.parametrize("question, subject, answer, expected", [
+    ("What is the capital of the country Kim Myhr is a citizen of?", "Kim Myhr", "Iraq", "What is the capital of Iraq?"),
+    ("what language is spoken in the city where the Eiffel Tower is?", "eiffel tower", "Rome", "what language is spoken in Rome?"),
+    ("Which currency is used in the country where Kim Myhr lives, and since when?", "Kim Myhr", "Iraq",
+     "Which currency is used in Iraq, and since when?"),
+    ("The country Kim Myhr is a citizen of has what capital?", "Kim Myhr", "Iraq", None),  # nothing left around it
+    ("Where does Kim Myhr live?", "Kim Myhr", "Iraq", None),  # no phrase opens before the subject
+    ("What is the capital of the country Kim Myhr is a citizen of?", "Ada Lovelace", "Iraq", None),
+    ("What is the capital of the country Kim Myhr is a citizen of?", "Kim Myhr", None, None),
+])
+def test_resolve_first_hop(question: str, subject: str, answer: str | None, expected: str | None) -> None:
+    assert resolve_first_hop(question, subject, answer) == expected
