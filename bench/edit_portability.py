@@ -1,16 +1,15 @@
-"""Benchmark: why portability fails, and how far reading the edit could take it (issue 5).
+"""Benchmark: how two-hop portability probes are routed, and how well each way of answering them does (issue 5).
 
 On the two-hop probes of data/editing/counterfact-test-portability.jsonl.gz (see trainer/edit_portability.py),
 all of their edits in the memory of a scratch copy of the index:
-- routing: the share of probes the scope decider sends to their own edit (the rest are answered as if there
-  were no edit, which cannot be right: the probe's answer follows from the edit only);
-- reading, with routing assumed right (an oracle: each probe is given its own edit), for each reader
-  (the shipped span reader and the generative SmolLM2): the share of probes answered correctly when the
-  reader reads the edit's fact alone, and the edit's fact before the top-k passages retrieved for the
-  question followed by the edit's new answer (so that passages about the new target, its capital for
-  instance, come up).
-The shipped pipeline gives an in-scope question the answer its edit states, the first hop; `rag-eval edits`
-measures that (`python bench/knowledge_edits.py --runs counterfact-portability`).
+- routing: the share of probes the scope decider alone sends to their own edit, and the share the router with
+  the shipped two-hop detector (rag/two_hop.py) sends to their own edit as asking beyond it;
+- answering, with routing assumed right (an oracle: each probe is given its own edit), on the first `--limit`:
+  each reader (the shipped span reader, the generative SmolLM2) reading the edit's fact alone, and the edit's
+  fact before the top-k passages retrieved for the question followed by the edit's new answer; and the
+  question asked again with the edit's answer in place of its first hop (`resolve_first_hop`: "What is the
+  capital of Iraq?"), answered by the shipped pipeline as any question (what the pipeline now does).
+End to end, with the router's own decisions: `python bench/knowledge_edits.py --runs counterfact-portability`.
 """
 from __future__ import annotations
 
@@ -55,8 +54,10 @@ def main() -> None:
     from indexer.index import Index
     from rag.editing import load_scope, match_edits
     from rag.models import SPAN_READER
+    from rag.pipeline import Pipeline
     from rag.reader import DecoderReader
     from rag.span_reader import SpanReader
+    from rag.two_hop import load_two_hop, resolve_first_hop
     from trainer.edit_cases import read_cases
     from trainer.edit_eval import index_copy
     from trainer.qa_metrics import contains_answer
@@ -68,13 +69,26 @@ def main() -> None:
     with index_copy(args.index) as copy:
         index = Index.open(copy)
         edits = [index.memory.add(c.fact, question=c.question, answer=c.target_new, subject=c.subject) for c in cases]
-        matches = match_edits(index.memory, load_scope("auto"), probes, index.encoder(probes))
+        scope, vectors = load_scope("auto"), index.encoder(probes)
+        matches = match_edits(index.memory, scope, probes, vectors)
         result["routed_to_own_edit"] = sum(m is not None and m.edit.id == e.id for m, e in zip(matches, edits)) / len(cases)
         result["routed_elsewhere"] = sum(m is not None and m.edit.id != e.id for m, e in zip(matches, edits)) / len(cases)
-        log("routing", json.dumps({k: result[k] for k in ("routed_to_own_edit", "routed_elsewhere")}))
+        matches = match_edits(index.memory, scope, probes, vectors, two_hop=load_two_hop(index.manifest.encoder))
+        result["two_hop_routed_beyond_own_edit"] = sum(m is not None and m.beyond and m.edit.id == e.id for m, e in zip(matches, edits)) / len(cases)
+        result["two_hop_routed_elsewhere"] = sum(m is not None and m.edit.id != e.id for m, e in zip(matches, edits)) / len(cases)
+        log("routing", json.dumps({k: v for k, v in result.items() if k.startswith(("routed", "two_hop"))}))
         chosen = cases[: args.limit]
         passages = index.search_many([f"{c.portability.question} {c.target_new}" for c in chosen], k=args.k, mode="hybrid")
         result["reading"] = {}
+        started = time.perf_counter()
+        asked = [resolve_first_hop(c.portability.question, c.subject, c.target_new) for c in chosen]
+        plain = Pipeline(index, SpanReader.from_pretrained(SPAN_READER, device="cpu"))  # no scope: edits play no part
+        answers = [a.text for a in plain.ask_many([q or c.portability.question for q, c in zip(asked, chosen)])]
+        result["reading"]["first hop resolved, shipped pipeline"] = {
+            "portability": sum(contains_answer(a, [c.portability.answer]) for a, c in zip(answers, chosen)) / len(chosen),
+            "n": len(chosen), "resolved": sum(q is not None for q in asked) / len(chosen), "seconds": round(time.perf_counter() - started, 1),
+            "examples": [{"question": q, "expected": c.portability.answer, "answer": a} for q, c, a in list(zip(asked, chosen, answers))[:5]]}
+        log("first hop resolved", result["reading"]["first hop resolved, shipped pipeline"]["portability"])
         for reader in args.readers:
             model = SpanReader.from_pretrained(SPAN_READER, device="cpu") if reader == "span" else DecoderReader(device="cpu")
             for variant, contexts in (("edit fact", [[] for _ in chosen]), ("edit fact + passages", passages)):

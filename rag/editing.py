@@ -9,7 +9,8 @@ or by the reader from the edit's fact alone; a question no edit claims is answer
 
 A two-hop question ("What is the capital of the country X is a citizen of?", rag/two_hop.py) that names an
 edit's subject, or that the decider puts in an edit's scope, asks beyond that edit: its answer follows from
-the edit's answer but is not it. Its match says so (`beyond`), and the pipeline reads it with the edit in view.
+the edit's answer but is not it. Its match says so (`beyond`), and the pipeline asks it again with the edit's
+answer in place of its first hop ("What is the capital of Iraq?"), or reads it with the edit in view.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from indexer.edit_memory import Edit, EditMemory, question_key
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
-from rag.two_hop import TwoHopDetector
+from rag.two_hop import TwoHopDetector, resolve_first_hop
 
 SCOPE_CLASSIFIER = str(SHIPPED)
 SCOPE_KINDS = ("auto", "classifier", "similarity", "none")
@@ -120,8 +121,9 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
                 candidates: int = CANDIDATES, two_hop: TwoHopDetector | None = None) -> list[EditMatch | None]:
     """For each question, the in-scope edit with the best score, or None. A question that is an edit's own
     question (up to case, spacing and end punctuation) is always in its scope. With `two_hop`, a two-hop
-    question is matched `beyond` to the best edit that either is in its scope or has its subject named in it
-    with a score of at least the detector's `relation_threshold` (the first hop is the edit's relation)."""
+    question is matched to the best edit that either is in its scope or has its subject named in it with a
+    score of at least the detector's `relation_threshold` (the first hop is the edit's relation); `beyond`
+    unless the edit claims it in scope and no first hop can be resolved in it (`resolve_first_hop`)."""
     found = memory.search(query_vectors, candidates)
     chained = two_hop.is_two_hop(query_vectors) if two_hop is not None and len(questions) else np.zeros(len(questions), bool)
     matches: list[EditMatch | None] = []
@@ -135,5 +137,12 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
         usable = [i for i, (e, _) in enumerate(pairs) if scores[i] >= scope.threshold
                   or (chain and names_subject(question, e.subject) and scores[i] >= two_hop.relation_threshold)]
         best = max(usable, key=scores.__getitem__, default=None)
-        matches.append(None if best is None else EditMatch(pairs[best][0], scores[best], beyond=bool(chain)))
+        if best is None:
+            matches.append(None)
+            continue
+        edit = pairs[best][0]
+        # A question in the edit's scope that has no first hop to resolve was taken for two-hop wrongly (some
+        # CounterFact paraphrases open with an unrelated sentence): it asks for the edit's answer.
+        beyond = bool(chain) and (scores[best] < scope.threshold or resolve_first_hop(question, edit.subject, edit.answer) is not None)
+        matches.append(EditMatch(edit, scores[best], beyond=beyond))
     return matches

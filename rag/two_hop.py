@@ -81,17 +81,19 @@ def resolve_first_hop(question: str, subject: str | None, answer: str | None) ->
     """`question` with its first hop replaced by `answer`: "What is the capital of the country Kim Myhr is a
     citizen of?" with Kim Myhr's edited citizenship Iraq gives "What is the capital of Iraq?".
 
-    The first hop is taken to be the noun phrase that opens with the last "the" before the subject (not one
-    that is part of the subject's own name, as in "the Eiffel Tower") and runs to the end of the subject's
-    clause (",", ";", "?" or the end). None when there is no subject or answer, no such phrase, or nothing of
-    the question would be left around it."""
+    The first hop is taken to be the noun phrase that opens with the last "the" before the subject in its
+    sentence (not one that is part of the subject's own name, as in "the Eiffel Tower") and runs to the end
+    of the subject's clause (",", ";", "?" or the end). None when there is no subject or answer, no such
+    phrase, or nothing of the sentence would be left before it."""
     if not subject or not answer:
         return None
     at = question.casefold().find(subject.casefold())
     if at < 0:
         return None
-    opens = [m.start() for m in re.finditer(r"\bthe\b", question[:at], flags=re.IGNORECASE) if question[m.end() : at].strip()]
-    if not opens or not question[: opens[-1]].strip():
+    sentence = max(question.rfind(mark, 0, at) for mark in ".!?") + 1
+    opens = [sentence + m.start() for m in re.finditer(r"\bthe\b", question[sentence:at], flags=re.IGNORECASE)
+             if question[sentence + m.end() : at].strip()]
+    if not opens or not question[sentence : opens[-1]].strip():
         return None
     after = at + len(subject)
     stop = re.search(r"[,;?]", question[after:])

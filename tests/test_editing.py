@@ -198,5 +198,8 @@ def test_two_hop_questions_take_their_second_hop_from_the_edits_answer(pipeline:
     assert pipeline.ask("where is topic4?", k=3, mode="sparse").text == "zeta"  # its own question: the stated answer
     after = pipeline.ask(unrelated, k=3, mode="sparse")  # names no edited subject
     assert after.edit is None and after.text == before.text
+    pipeline.scope = SimilarityScope(-1.0)  # now every question is in the nearest edit's scope
+    assert pipeline.ask(odd, k=3, mode="sparse").text == "zeta"  # in scope with no first hop to resolve: the stated answer
+    pipeline.scope = SimilarityScope(0.999)
     pipeline.two_hop = TwoHopDetector(np.zeros(dim), -10.0, 0.5, 0.0, "tiny")  # no question is two-hop
     assert pipeline.ask(question, k=3, mode="sparse").edit is None

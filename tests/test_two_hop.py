@@ -77,6 +77,9 @@ def test_fit_separates_separable_questions() -> None:
     ("Which currency is used in the country where Kim Myhr lives, and since when?", "Kim Myhr", "Iraq",
      "Which currency is used in Iraq, and since when?"),
     ("The country Kim Myhr is a citizen of has what capital?", "Kim Myhr", "Iraq", None),  # nothing left around it
+    ("He studied at the Sorbonne. The country Kim Myhr is a citizen of has what capital?", "Kim Myhr", "Iraq", None),
+    ("It lies on the coast. What is the capital of the country Kim Myhr is a citizen of?", "Kim Myhr", "Iraq",
+     "It lies on the coast. What is the capital of Iraq?"),
     ("Where does Kim Myhr live?", "Kim Myhr", "Iraq", None),  # no phrase opens before the subject
     ("What is the capital of the country Kim Myhr is a citizen of?", "Ada Lovelace", "Iraq", None),
     ("What is the capital of the country Kim Myhr is a citizen of?", "Kim Myhr", None, None),
