@@ -86,3 +86,16 @@ def test_fit_separates_separable_questions() -> None:
 ])
 def test_resolve_first_hop(question: str, subject: str, answer: str | None, expected: str | None) -> None:
     assert resolve_first_hop(question, subject, answer) == expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--relation-recall", "0"], "--relation-recall is a share"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--val", "counterfact-test.jsonl.gz"], "evaluation-only"),
+    (["--train", "no-such-file.jsonl.gz"], "no-such-file"),
+])
+def test_training_command_refuses_bad_input(argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from trainer.cli import main_train
+
+    assert main_train(["two-hop", "--out", str(tmp_path / "d.json"), *argv]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "d.json").exists()

@@ -141,7 +141,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from trainer import fewshot_training, joint_training, scope_training, span_data, span_training
+    from trainer import fewshot_training, joint_training, scope_training, span_data, span_training, two_hop_training
 
     parser = argparse.ArgumentParser(prog="rag-train", description="Train the system's models.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -158,6 +158,8 @@ def _train_parser() -> argparse.ArgumentParser:
                         description="Train the edit scope classifier (which edit, if any, a question is about) on CounterFact and zsRE "
                                     "training pairs and calibrate the similarity-threshold baseline; the same as "
                                     "python -m trainer.scope_training.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands.add_parser("two-hop", parents=[two_hop_training.build_parser(add_help=False)], help="train the two-hop question detector",
+                        description=two_hop_training.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands.add_parser("joint", parents=[joint_training.build_parser(add_help=False)], help="joint retriever-reader training",
                         description="Train the retriever from the reader (loss emdr2, pdist, loop or rag) while the reader trains "
                                     "on the retrieved passages; checkpoints resume exactly; exports an encoder and a reader. "

@@ -27,11 +27,12 @@ record gives the share of other-relation questions it lets through too.
 Caveat: the evaluation probes (data/editing/counterfact-test-portability.jsonl.gz) are made by the same
 templates, on other subjects; free-form two-hop questions are not measured.
 
-Run: `python -m trainer.two_hop_training --out rag/classifiers/two-hop-minilm.json`
+Run: `python -m trainer.two_hop_training` or `rag-train two-hop` (writes rag/classifiers/two-hop-minilm.json unless --out)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
+from rag.command_line import check_counts, run_command, typed_command
 from rag.scope_classifier import SHIPPED as SHIPPED_SCOPE, ScopeClassifier
 from rag.two_hop import SHIPPED, TwoHopDetector
 from trainer.edit_cases import EditCase, read_cases
@@ -169,7 +171,7 @@ def train(args: argparse.Namespace) -> TwoHopDetector:
     relation_scores = scope.scores(facts, probes)
     detector.relation_threshold = float(np.quantile(relation_scores[same_relation == 1], 1.0 - args.relation_recall))
     detector.training = {
-        "command": " ".join(["python -m trainer.two_hop_training", *sys.argv[1:]]),
+        "command": " ".join(typed_command("trainer.two_hop_training")),
         "data": {"train": {"file": str(args.train), "cases": len(train_cases), "nq": str(args.nq_train),
                            "by_kind": dict(Counter(q.kind for q in train_q))},
                  "val": {"file": str(args.val), "cases": len(val_cases), "nq": str(args.nq_val),
@@ -187,8 +189,9 @@ def train(args: argparse.Namespace) -> TwoHopDetector:
     return detector
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.two_hop_training", description=__doc__,
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The arguments of `python -m trainer.two_hop_training` (and of `rag-train two-hop`, which takes them as a parent)."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.two_hop_training", description=__doc__, add_help=add_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=SHIPPED, help="detector file to write (default: the shipped one)")
     parser.add_argument("--train", type=Path, default=DATA / "editing/counterfact-train.jsonl.gz")
@@ -206,22 +209,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = parser.parse_args(argv)
-    if min(args.train_cases, args.nq, args.steps) < 1:
-        parser.error("--train-cases, --nq and --steps must be at least 1")
+    parser.set_defaults(run=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_counts(args, at_least_one=("train_cases", "nq", "steps", "threads"))
     if not 0.0 < args.relation_recall <= 1.0:
-        parser.error(f"--relation-recall is a share, above 0 and at most 1; got {args.relation_recall}")
+        raise ValueError(f"--relation-recall is a share, above 0 and at most 1; got {args.relation_recall}")
     torch.set_num_threads(args.threads)
     try:
         detector = train(args)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        raise ValueError(str(exc)) from exc
     args.out.parent.mkdir(parents=True, exist_ok=True)
     detector.save(args.out)
-    print(f"wrote {args.out}: threshold {detector.threshold:.4f}, relation threshold {detector.relation_threshold:.4f}, "
-          f"val {detector.training['val']['balanced_accuracy']}, relation {detector.training['relation']}")
+    print(json.dumps({"out": str(args.out), "threshold": detector.threshold, "relation_threshold": detector.relation_threshold,
+                      "val": detector.training["val"]["balanced_accuracy"], "relation": detector.training["relation"]}))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m trainer.two_hop_training`."""
+    return run_command("python -m trainer.two_hop_training", build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
