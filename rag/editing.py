@@ -23,7 +23,7 @@ import numpy as np
 
 from indexer.edit_memory import Edit, EditMemory, question_key
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
-from rag.two_hop import TwoHopDetector, resolve_first_hop
+from rag.two_hop import TwoHopDetector, resolve_first_hop, subject_spans
 
 SCOPE_CLASSIFIER = str(SHIPPED)
 SCOPE_KINDS = ("auto", "classifier", "similarity", "none")
@@ -113,8 +113,8 @@ def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIE
 
 
 def names_subject(question: str, subject: str | None) -> bool:
-    """Whether `question` names `subject` (case-insensitive)."""
-    return bool(subject) and subject.casefold() in question.casefold()
+    """Whether `question` names `subject` (as whole words, case-insensitive)."""
+    return bool(subject_spans(question, subject))
 
 
 def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from indexer.edit_memory import Edit
 from indexer.index import MODES, Index
 from indexer.records import SearchHit
 from rag.adapters import query_encoder_folder
-from rag.editing import EditMatch, EditPassage, Scope, load_scope, match_edits
+from rag.editing import ClassifierScope, EditMatch, EditPassage, Scope, load_scope, match_edits
 from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
@@ -109,7 +110,8 @@ class Pipeline:
         else:
             loaded = DecoderReader(reader, adapter=adapter, device=device, constrain_to_passages=constrain_to_passages)
         decider = load_scope(scope, device=device)
-        use_two_hop = index is not None and decider is not None and two_hop == "auto"
+        # The detector's relation threshold is a probability of the scope classifier: no use with a cosine threshold.
+        use_two_hop = index is not None and isinstance(decider, ClassifierScope) and two_hop == "auto"
         return cls(index, loaded, scope=decider, two_hop=load_two_hop(index.manifest.encoder) if use_two_hop else None)
 
     def _adapted(self, adapter: str | Path | None) -> ContextManager[None]:
@@ -125,7 +127,12 @@ class Pipeline:
             return self.reader
         if self.edit_reader is None:
             device = getattr(self.reader, "device", None)
-            self.edit_reader = DecoderReader(GENERATIVE_READER, device=str(device) if device is not None else None)
+            try:
+                self.edit_reader = DecoderReader(GENERATIVE_READER, device=str(device) if device is not None else None)
+            except (OSError, RuntimeError, ValueError) as exc:
+                # Once, not per request: the pipeline's own reader reads them instead (worse, but an answer).
+                warnings.warn(f"the generative reader for two-hop questions did not load ({exc}); the pipeline's reader reads them")
+                self.edit_reader = self.reader
         return self.edit_reader
 
     def _decoder_reader(self) -> DecoderReader:

@@ -73,8 +73,18 @@ class TwoHopDetector:
             raise ValueError(f"cannot read two-hop detector {path}: {exc}") from exc
         if not isinstance(raw, dict) or raw.get("kind") != KIND:
             raise ValueError(f"{path} is not a two-hop detector file (kind {KIND!r}): train one with `python -m trainer.two_hop_training`")
-        fields = {k: raw[k] for k in ("weights", "bias", "threshold", "relation_threshold", "encoder", "training") if k in raw}
-        return cls(**fields)
+        missing = [k for k in ("weights", "bias", "threshold", "relation_threshold", "encoder") if k not in raw]
+        if missing:
+            raise ValueError(f"two-hop detector {path} lacks {', '.join(missing)}: retrain it with `rag-train two-hop`")
+        return cls(**{k: raw[k] for k in ("weights", "bias", "threshold", "relation_threshold", "encoder", "training") if k in raw})
+
+
+def subject_spans(question: str, subject: str | None) -> list[tuple[int, int]]:
+    """Where `subject` occurs in `question` as whole words, case-insensitive: (start, end) pairs, first to last."""
+    if not subject or not subject.strip():
+        return []
+    pattern = rf"(?<!\w){re.escape(subject.strip())}(?!\w)"
+    return [m.span() for m in re.finditer(pattern, question, flags=re.IGNORECASE)]
 
 
 def resolve_first_hop(question: str, subject: str | None, answer: str | None) -> str | None:
@@ -83,22 +93,21 @@ def resolve_first_hop(question: str, subject: str | None, answer: str | None) ->
 
     The first hop is taken to be the noun phrase that opens with the last "the" before the subject in its
     sentence (not one that is part of the subject's own name, as in "the Eiffel Tower") and runs to the end
-    of the subject's clause (",", ";", "?" or the end). None when there is no subject or answer, no such
-    phrase, or nothing of the sentence would be left before it."""
-    if not subject or not answer:
+    of the subject's clause (",", ";", "?" or the end). Where the subject occurs more than once, the last
+    occurrence that has such a phrase is used. None when there is no subject or answer, no such phrase, or
+    nothing of the sentence would be left before it."""
+    if not answer:
         return None
-    at = question.casefold().find(subject.casefold())
-    if at < 0:
-        return None
-    sentence = max(question.rfind(mark, 0, at) for mark in ".!?") + 1
-    opens = [sentence + m.start() for m in re.finditer(r"\bthe\b", question[sentence:at], flags=re.IGNORECASE)
-             if question[sentence + m.end() : at].strip()]
-    if not opens or not question[sentence : opens[-1]].strip():
-        return None
-    after = at + len(subject)
-    stop = re.search(r"[,;?]", question[after:])
-    end = after + stop.start() if stop else len(question)
-    return f"{question[: opens[-1]]}{answer}{question[end:]}"
+    for at, after in reversed(subject_spans(question, subject)):
+        sentence = max(question.rfind(mark, 0, at) for mark in ".!?") + 1
+        opens = [sentence + m.start() for m in re.finditer(r"\bthe\b", question[sentence:at], flags=re.IGNORECASE)
+                 if question[sentence + m.end() : at].strip()]
+        if not opens or not question[sentence : opens[-1]].strip():
+            continue
+        stop = re.search(r"[,;?]", question[after:])
+        end = after + stop.start() if stop else len(question)
+        return f"{question[: opens[-1]]}{answer}{question[end:]}"
+    return None
 
 
 def load_two_hop(encoder: str, path: str | Path = SHIPPED) -> TwoHopDetector | None:

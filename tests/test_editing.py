@@ -203,3 +203,17 @@ def test_two_hop_questions_take_their_second_hop_from_the_edits_answer(pipeline:
     pipeline.scope = SimilarityScope(0.999)
     pipeline.two_hop = TwoHopDetector(np.zeros(dim), -10.0, 0.5, 0.0, "tiny")  # no question is two-hop
     assert pipeline.ask(question, k=3, mode="sparse").edit is None
+
+
+def test_two_hop_reading_survives_a_generative_reader_that_does_not_load(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    monkeypatch.setattr("rag.pipeline.GENERATIVE_READER", str(tmp_path / "no-such-reader"))
+    edit = pipeline.index.memory.add("Topic4 is in zeta.", question="where is topic4?", answer="zeta", subject="topic4")
+    pipeline.two_hop = TwoHopDetector(np.zeros(pipeline.index.manifest.dim), 10.0, 0.5, 0.0, "tiny")
+    odd = "topic4 lies in a land whose capital is what?"  # no first hop to resolve: read with the edit
+    with pytest.warns(UserWarning, match="did not load"):
+        first = pipeline.ask_many([odd, "what is topic7?"], k=3, mode="sparse")
+    assert first[0].edit == edit and first[1].edit is None
+    hits = pipeline.retrieve([f"{odd} zeta"], 3, "sparse")[0]
+    assert first[0].text == pipeline.reader.generate([odd], [[EditPassage.of(edit), *hits]])[0]  # the span reader read it
+    assert pipeline.edit_reader is pipeline.reader  # not tried again on the next request

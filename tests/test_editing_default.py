@@ -28,3 +28,5 @@ def test_two_hop_question_takes_the_second_hop_from_the_edits_answer(tmp_path: P
     unrelated = pipeline.ask("What is the capital of Kenya?", k=3)
     assert unrelated.edit is None
     assert Pipeline.load(tmp_path / "idx", device="cpu", two_hop="none").two_hop is None
+    # Its relation threshold is a probability of the scope classifier: a cosine-threshold decider goes without it.
+    assert Pipeline.load(tmp_path / "idx", device="cpu", scope="similarity").two_hop is None

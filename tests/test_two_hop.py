@@ -29,7 +29,8 @@ def test_detector_file_round_trips_and_bad_files_are_clear_errors(tmp_path: Path
     with pytest.raises(ValueError, match="reads 3-d vectors of enc"):
         loaded.scores(np.zeros((1, 4)))
     (tmp_path / "other.json").write_text(json.dumps({"kind": "scope-classifier"}))
-    for bad in (tmp_path / "other.json", tmp_path / "missing.json"):
+    (tmp_path / "partial.json").write_text(json.dumps({"kind": "two-hop-detector", "weights": [1.0]}))
+    for bad in (tmp_path / "other.json", tmp_path / "missing.json", tmp_path / "partial.json"):
         with pytest.raises(ValueError, match="two-hop detector"):
             TwoHopDetector.load(bad)
     with pytest.raises(ValueError, match="threshold is a probability"):
@@ -83,6 +84,12 @@ def test_fit_separates_separable_questions() -> None:
     ("Where does Kim Myhr live?", "Kim Myhr", "Iraq", None),  # no phrase opens before the subject
     ("What is the capital of the country Kim Myhr is a citizen of?", "Ada Lovelace", "Iraq", None),
     ("What is the capital of the country Kim Myhr is a citizen of?", "Kim Myhr", None, None),
+    ("What is the capital of the country Al is a citizen of?", "Al", "Iraq", "What is the capital of Iraq?"),  # not in "capital"
+    ("Where is Kim Myhr from? What is the capital of the country Kim Myhr is a citizen of?", "Kim Myhr", "Iraq",
+     "Where is Kim Myhr from? What is the capital of Iraq?"),  # the occurrence that has a first hop
+    ("On which continent is the place where Savdhaan India @ 11 comes from?", "Savdhaan India @ 11", "Poland",
+     "On which continent is Poland?"),
+    ("What language is spoken in the city where LÉON DIERX died?", "Léon Dierx", "Paris", "What language is spoken in Paris?"),
 ])
 def test_resolve_first_hop(question: str, subject: str, answer: str | None, expected: str | None) -> None:
     assert resolve_first_hop(question, subject, answer) == expected

@@ -152,8 +152,10 @@ def train(args: argparse.Namespace) -> TwoHopDetector:
     train_cases = read_cases(args.train, "counterfact")
     train_cases = rng.sample(train_cases, min(args.train_cases, len(train_cases)))
     val_cases = read_cases(args.val, "counterfact")
-    nq_train = rng.sample([r.question for r in read_qa(args.nq_train)], args.nq)
-    nq_val = rng.sample([r.question for r in read_qa(args.nq_val)], args.nq // 3)
+    nq_train = [r.question for r in read_qa(args.nq_train)]
+    nq_train = rng.sample(nq_train, min(args.nq, len(nq_train)))
+    nq_val = [r.question for r in read_qa(args.nq_val)]
+    nq_val = rng.sample(nq_val, min(args.nq // 3, len(nq_val)))
     train_q, val_q = questions_of(train_cases, nq_train, rng), questions_of(val_cases, nq_val, rng, held_out=True)
     encoder = TextEncoder(args.encoder)
     x_train = encoder([q.text for q in train_q], progress=True)
