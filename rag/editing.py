@@ -35,11 +35,13 @@ SIMILARITY_THRESHOLD = 0.75
 @dataclass(frozen=True)
 class EditMatch:
     """The edit a question is about, with the decider's score for the pair. `beyond`: the question asks for
-    something that follows from the edit's answer (a second hop), not for the answer itself."""
+    something that follows from the edit's answer (a second hop), not for the answer itself; `resolved`: then
+    the question with its first hop replaced by the edit's answer, None where it cannot be rewritten."""
 
     edit: Edit
     score: float
     beyond: bool = False
+    resolved: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,9 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
             matches.append(None)
             continue
         edit = pairs[best][0]
+        resolved = resolve_first_hop(question, edit.subject, edit.answer) if chain else None
         # A question in the edit's scope that has no first hop to resolve was taken for two-hop wrongly (some
         # CounterFact paraphrases open with an unrelated sentence): it asks for the edit's answer.
-        beyond = bool(chain) and (scores[best] < scope.threshold or resolve_first_hop(question, edit.subject, edit.answer) is not None)
-        matches.append(EditMatch(edit, scores[best], beyond=beyond))
+        beyond = bool(chain) and (scores[best] < scope.threshold or resolved is not None)
+        matches.append(EditMatch(edit, scores[best], beyond=beyond, resolved=resolved if beyond else None))
     return matches

@@ -31,8 +31,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
                              "none (ignore the edit memory), or auto (default: the classifier when shipped)")
     parser.add_argument("--two-hop", choices=TWO_HOP_KINDS, default="auto",
                         help="questions that ask beyond an edit (\"the capital of the country X is a citizen of\" after an edit "
-                             "of X's citizenship): auto (default) finds them with the shipped detector and reads them with "
-                             "the generative reader, the edit and passages about its answer; none gives them no special reading")
+                             "of X's citizenship): auto (default) finds them with the shipped detector and asks them again with "
+                             "the edit's answer in place of their first hop (\"the capital of Iraq\"), or has the generative reader "
+                             "read the edit and passages about its answer; none gives them no special reading")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
 
 

@@ -19,7 +19,7 @@ from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
 from rag.span_reader import SpanReader, is_span_reader
-from rag.two_hop import TwoHopDetector, load_two_hop, resolve_first_hop
+from rag.two_hop import TwoHopDetector, load_two_hop
 
 MAX_K = 100
 # Passages read after the edit for a two-hop question whose first hop cannot be resolved (bench/edit_portability.py measured 3).
@@ -97,8 +97,8 @@ class Pipeline:
         writable: bool = False,
     ) -> Pipeline:
         """Open an index (read-only unless `writable`) and load the reader (a span reader folder, default the shipped
-        one, or a causal LM), the edit scope decider (`rag.editing.load_scope`) and, with a decider and `two_hop`
-        "auto", the shipped two-hop detector when it reads the index's encoder ("none": no two-hop reading)."""
+        one, or a causal LM), the edit scope decider (`rag.editing.load_scope`) and, with the classifier decider and
+        `two_hop` "auto", the shipped two-hop detector when it reads the index's encoder ("none": no two-hop reading)."""
         if two_hop not in TWO_HOP_KINDS:
             raise ValueError(f"unknown two-hop setting {two_hop!r}: choose one of {', '.join(TWO_HOP_KINDS)}")
         index = Index.open(index_dir, readonly=not writable, device=device or "cpu") if index_dir else None
@@ -210,15 +210,19 @@ class Pipeline:
             matches = match_edits(self.index.memory, self.scope, questions, vectors, two_hop=self.two_hop)
         edits = [m.edit if m else None for m in matches]
         beyond = [i for i, m in enumerate(matches) if m is not None and m.beyond]
-        asked = list(questions)  # what the reader is asked: a two-hop question with its first hop resolved
-        for i in beyond:
-            asked[i] = resolve_first_hop(questions[i], edits[i].subject, edits[i].answer) or questions[i]
-        resolved = [i for i in beyond if asked[i] != questions[i]]
-        unresolved = [i for i in beyond if asked[i] == questions[i]]
+        # What the reader is asked: a two-hop question with its first hop resolved, else the question.
+        asked = [m.resolved if m is not None and m.resolved else q for q, m in zip(questions, matches)]
+        resolved = [i for i in beyond if matches[i].resolved]
+        unresolved = [i for i in beyond if not matches[i].resolved]
         t1 = time.perf_counter()
         retriever = self.retriever_for(adapter) if k else None
         reuse = vectors if retriever is None and mode != "sparse" else None
-        passages = self.retrieve(questions, k, mode, query_vectors=reuse, retriever=retriever)
+        # Each question is retrieved for once: as asked, or, unresolved, with the edit's answer appended.
+        rest = [i for i in range(len(questions)) if i not in beyond]
+        passages: list[list[SearchHit]] = [[] for _ in questions]
+        found = self.retrieve([questions[i] for i in rest], k, mode, query_vectors=None if reuse is None else reuse[rest], retriever=retriever)
+        for i, hits in zip(rest, found):
+            passages[i] = hits
         again = ((resolved, [asked[i] for i in resolved], k),
                  (unresolved, [f"{questions[i]} {edits[i].answer or ''}".strip() for i in unresolved], min(k, BEYOND_K)))
         for group, queries, depth in again:

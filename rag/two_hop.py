@@ -72,7 +72,7 @@ class TwoHopDetector:
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read two-hop detector {path}: {exc}") from exc
         if not isinstance(raw, dict) or raw.get("kind") != KIND:
-            raise ValueError(f"{path} is not a two-hop detector file (kind {KIND!r}): train one with `python -m trainer.two_hop_training`")
+            raise ValueError(f"{path} is not a two-hop detector file (kind {KIND!r}): train one with `rag-train two-hop`")
         missing = [k for k in ("weights", "bias", "threshold", "relation_threshold", "encoder") if k not in raw]
         if missing:
             raise ValueError(f"two-hop detector {path} lacks {', '.join(missing)}: retrain it with `rag-train two-hop`")
