@@ -92,7 +92,8 @@ def _add_edit_commands(commands: argparse._SubParsersAction) -> None:
     add.add_argument("--fact", required=True, help='the fact, a sentence: "The Eiffel Tower is in Rome."')
     add.add_argument("--question", default=None, help="a question the fact answers")
     add.add_argument("--answer", default=None, help="its answer (needs --question)")
-    add.add_argument("--subject", default=None, help="what the fact is about")
+    add.add_argument("--subject", default=None, help="what the fact is about; when given, only questions that "
+                     "name it (any case, accents ignored, plural or possessive allowed) can be in the edit's scope")
     add.add_argument("--supersedes", default=None, metavar="ID", help="the edit this one replaces")
     add.set_defaults(run=_edit_add)
     listing = verbs.add_parser("list", help="list the active edits (JSON lines)")

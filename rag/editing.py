@@ -119,10 +119,17 @@ def names_subject(question: str, subject: str | None) -> bool:
     return bool(subject_spans(question, subject))
 
 
+def about_subject(question: str, edit: Edit) -> bool:
+    """Whether `question` can be about `edit`: it names the edit's subject, or the edit states none. An edit
+    about Nicolas Chopin says nothing of Frédéric Chopin, however alike the questions read to a decider."""
+    return not (edit.subject or "").strip() or names_subject(question, edit.subject)
+
+
 def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,
                 candidates: int = CANDIDATES, two_hop: TwoHopDetector | None = None) -> list[EditMatch | None]:
     """For each question, the in-scope edit with the best score, or None. A question that is an edit's own
-    question (up to case, spacing and end punctuation) is always in its scope. With `two_hop`, a two-hop
+    question (up to case, spacing and end punctuation) is always in its scope; otherwise an edit that states
+    its subject is in scope only of questions that name it (`about_subject`). With `two_hop`, a two-hop
     question is matched to the best edit that either is in its scope or has its subject named in it with a
     score of at least the detector's `relation_threshold` (the first hop is the edit's relation); `beyond`
     unless the edit claims it in scope and no first hop can be resolved in it (`resolve_first_hop`)."""
@@ -136,8 +143,8 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
         if own:
             matches.append(EditMatch(pairs[own[0]][0], scores[own[0]]))
             continue
-        usable = [i for i, (e, _) in enumerate(pairs) if scores[i] >= scope.threshold
-                  or (chain and names_subject(question, e.subject) and scores[i] >= two_hop.relation_threshold)]
+        usable = [i for i, (e, _) in enumerate(pairs) if about_subject(question, e)
+                  and (scores[i] >= scope.threshold or (chain and e.subject and scores[i] >= two_hop.relation_threshold))]
         best = max(usable, key=scores.__getitem__, default=None)
         if best is None:
             matches.append(None)

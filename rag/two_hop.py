@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,12 +80,26 @@ class TwoHopDetector:
         return cls(**{k: raw[k] for k in ("weights", "bias", "threshold", "relation_threshold", "encoder", "training") if k in raw})
 
 
+# A plural or possessive ending still names the subject: "Houston toads", "Fredrik Semb Berge's team".
+SUBJECT_ENDING = r"(?:['\u2019]s|s['\u2019]|['\u2019]|es|s)?"
+# A second hop that names its object ("What is the name of the state in which X is located?") asks for the
+# first hop itself: there is no further fact to reach.
+IDENTITY_HOP = re.compile(r"\b(?:name|names|title)\s+of\s*$", flags=re.IGNORECASE)
+
+
+def fold_accents(text: str) -> str:
+    """`text` with each character reduced to its base letter ("Frédéric" to "Frederic"), one character for one,
+    so that positions in the result are positions in `text`."""
+    return "".join(unicodedata.normalize("NFKD", ch)[0] for ch in text)
+
+
 def subject_spans(question: str, subject: str | None) -> list[tuple[int, int]]:
-    """Where `subject` occurs in `question` as whole words, case-insensitive: (start, end) pairs, first to last."""
+    """Where `subject` occurs in `question` as whole words, ignoring case and accents and allowing a plural or
+    possessive ending: (start, end) pairs, first to last."""
     if not subject or not subject.strip():
         return []
-    pattern = rf"(?<!\w){re.escape(subject.strip())}(?!\w)"
-    return [m.span() for m in re.finditer(pattern, question, flags=re.IGNORECASE)]
+    pattern = rf"(?<!\w){re.escape(fold_accents(subject.strip()))}{SUBJECT_ENDING}(?!\w)"
+    return [m.span() for m in re.finditer(pattern, fold_accents(question), flags=re.IGNORECASE)]
 
 
 def resolve_first_hop(question: str, subject: str | None, answer: str | None) -> str | None:
@@ -94,15 +109,16 @@ def resolve_first_hop(question: str, subject: str | None, answer: str | None) ->
     The first hop is taken to be the noun phrase that opens with the last "the" before the subject in its
     sentence (not one that is part of the subject's own name, as in "the Eiffel Tower") and runs to the end
     of the subject's clause (",", ";", "?" or the end). Where the subject occurs more than once, the last
-    occurrence that has such a phrase is used. None when there is no subject or answer, no such phrase, or
-    nothing of the sentence would be left before it."""
+    occurrence that has such a phrase is used. None when there is no subject or answer, no such phrase,
+    nothing of the sentence would be left before it, or what is left only names the phrase ("What is the name
+    of the state in which X is located?" asks for the first hop itself)."""
     if not answer:
         return None
     for at, after in reversed(subject_spans(question, subject)):
         sentence = max(question.rfind(mark, 0, at) for mark in ".!?") + 1
         opens = [sentence + m.start() for m in re.finditer(r"\bthe\b", question[sentence:at], flags=re.IGNORECASE)
                  if question[sentence + m.end() : at].strip()]
-        if not opens or not question[sentence : opens[-1]].strip():
+        if not opens or not question[sentence : opens[-1]].strip() or IDENTITY_HOP.search(question[: opens[-1]]):
             continue
         stop = re.search(r"[,;?]", question[after:])
         end = after + stop.start() if stop else len(question)

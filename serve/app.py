@@ -185,7 +185,8 @@ class EditIn(BaseModel):
     fact: EditText = Field(description="the fact, in a sentence: what the reader reads instead of the documents")
     question: EditText | None = Field(None, description="the question it answers; questions like it are answered from it")
     answer: EditText | None = Field(None, description="the answer to `question` (needs `question`)")
-    subject: EditText | None = Field(None, description="what the fact is about, e.g. a name")
+    subject: EditText | None = Field(None, description="what the fact is about, e.g. a name; when given, only questions "
+                                    "that name it can be in the edit's scope")
     supersedes: Text | None = Field(None, description="id of the active edit this one replaces")
 
     @model_validator(mode="after")

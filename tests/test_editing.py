@@ -71,6 +71,16 @@ def test_an_edits_own_question_is_always_in_its_scope(pipeline: Pipeline) -> Non
     assert pipeline.ask("what is topic6?", k=2, mode="sparse").edit is None
 
 
+def test_an_edit_with_a_subject_is_in_scope_only_of_questions_that_name_it(pipeline: Pipeline) -> None:
+    pipeline.scope = SimilarityScope(-1.0)  # a decider that claims every pair
+    about = pipeline.index.memory.add("Nicolas Chopin worked in London.", question="Where did Nicolas Chopin work?",
+                                      answer="London", subject="Nicolas Chopin")
+    assert pipeline.ask("Where did Frédéric Chopin work?", k=2, mode="sparse").edit is None
+    assert pipeline.ask("where did nicolas chopin work, then?", k=2, mode="sparse").edit == about
+    anything = pipeline.index.memory.add("The answer is forty two.", question="what is the answer?")  # no subject
+    assert pipeline.ask("Where did Frédéric Chopin work?", k=2, mode="sparse").edit == anything
+
+
 def test_load_scope_kinds(tmp_path: Path) -> None:
     assert load_scope("none") is None
     assert isinstance(load_scope("similarity", classifier_path=tmp_path), SimilarityScope)

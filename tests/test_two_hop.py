@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rag.editing import names_subject
 from rag.two_hop import SHIPPED, TwoHopDetector, load_two_hop, resolve_first_hop
 from trainer.edit_cases import EditCase, Probe
 from trainer.two_hop_training import fit, questions_of, relation_pairs
@@ -90,6 +91,9 @@ def test_fit_separates_separable_questions() -> None:
     ("On which continent is the place where Savdhaan India @ 11 comes from?", "Savdhaan India @ 11", "Poland",
      "On which continent is Poland?"),
     ("What language is spoken in the city where LÉON DIERX died?", "Léon Dierx", "Paris", "What language is spoken in Paris?"),
+    ("What language is spoken in the country Frederic Chopin's father was born in?", "Frédéric Chopin", "Poland",
+     "What language is spoken in Poland?"),
+    ("What is the name of the state in which Terricciola is situated?", "Terricciola", "Bergamo", None),  # asks the first hop
 ])
 def test_resolve_first_hop(question: str, subject: str, answer: str | None, expected: str | None) -> None:
     assert resolve_first_hop(question, subject, answer) == expected
@@ -106,3 +110,19 @@ def test_training_command_refuses_bad_input(argv: list[str], message: str, tmp_p
 
     assert main_train(["two-hop", "--out", str(tmp_path / "d.json"), *argv]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "d.json").exists()
+
+
+@pytest.mark.parametrize("question, subject, named", [
+    ("Frédéric Chopin was employed in", "Nicolas Chopin", False),
+    ("Derby High School can be found in", "Derby School", False),
+    ("Turks, which is located in", "Turkmenistan", False),
+    ("What is the twin city of Moscow? It is", "Athens", False),
+    ("Was Chopinesque music popular?", "Chopin", False),
+    ("Where did frederic chopin work?", "Frédéric Chopin", True),
+    ("What's the name of Fredrik Semb Berges' team?", "Fredrik Semb Berge", True),
+    ("What's the threatened status of Houston toads?", "Houston toad", True),
+    ("What was Robert Edward Chambliss's crime?", "Robert Edward Chambliss", True),
+    ("Anything at all", None, False),
+])
+def test_names_subject_ignores_case_accents_and_plural_or_possessive_endings(question: str, subject: str | None, named: bool) -> None:
+    assert names_subject(question, subject) is named
