@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/joint-bench"), help="folder of the training runs")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "joint_training.json")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in each training run")
+    parser.add_argument("--bf16", action="store_true", help="train with bf16 autocast (about 2x faster on a CPU with avx512_bf16)")
     args = parser.parse_args()
     out = check_out(args.out)
     torch.set_num_threads(args.threads)
@@ -111,7 +112,7 @@ def main() -> None:
     for stamp in ("timestamp", "machine"):
         result.pop(stamp, None)
     result.setdefault("runs", {})
-    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "max_passage_tokens", "retriever_lr", "limit", "em_limit")}
+    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16")}
     result["scale"]["note"] = "CPU, reduced: query-side only, steps x batch-size training questions, EM on a sub-sample"
     index = Index.open(args.index, readonly=True)
     sets = question_sets(args.limit)
@@ -130,6 +131,7 @@ def main() -> None:
                        "--query-side-only", "--top-k", str(args.top_k), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                        "--max-passage-tokens", str(args.max_passage_tokens), "--retriever-lr", str(args.retriever_lr),
                        "--dev-size", "0", "--dev-eval", "0", "--save-every", "25", "--threads", str(args.threads), "--device", "cpu",
+                       *(["--bf16"] if args.bf16 else []),
                        *(["--resume", str(folder)] if (folder / "checkpoint.pt").is_file() else ["--out", str(folder)])]
             log("train", loss, " ".join(command))
             summary, typed, seconds = run_rag_eval(command, env, program="rag-train")

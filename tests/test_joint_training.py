@@ -41,7 +41,7 @@ def test_settings_that_cannot_work_are_refused(topic_index: Path, qa_file: Path,
         with pytest.raises(ValueError, match="--refresh"):
             Refresh.parse(bad)
     cases = [(dict(loss="adist"), "Fusion-in-Decoder"), (dict(query_side_only=True, refresh="every:2"), "nothing to refresh"),
-             (dict(refresh="rerank:2"), "at least --top-k"), (dict(bf16=True), "GPU"), (dict(tau=0.0), "--tau"),
+             (dict(refresh="rerank:2"), "at least --top-k"), (dict(tau=0.0), "--tau"),
              (dict(train=[tmp_path / "nq-open-test.jsonl.gz"]), "not found"), (dict(grad_accum=0), "--grad-accum")]
     for changes, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -142,11 +142,11 @@ def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_
 
 def test_cli_run_exports_an_encoder_and_a_reader_that_load(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
-    """`rag-train joint` with dev evaluation; `rag-index build --encoder export/encoder` and `rag-serve ask --adapter export/reader` take the outputs."""
+    """`rag-train joint` with dev evaluation and bf16 autocast on the CPU; `rag-index build --encoder export/encoder` and `rag-serve ask --adapter export/reader` take the outputs."""
     run = tmp_path / "run"
     code = main_train(["joint", "--index", str(topic_index), "--train", str(qa_file), "--loss", "rag", "--top-k", "2",
                        "--reader", tiny_reader_path, "--steps", "2", "--batch-size", "2", "--dev-size", "4", "--dev-eval", "4",
-                       "--eval-every", "1", "--gradient-checkpointing", "--device", "cpu", "--threads", "1", "--out", str(run)])
+                       "--eval-every", "1", "--gradient-checkpointing", "--bf16", "--device", "cpu", "--threads", "1", "--out", str(run)])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 2 and summary["dev_before"]["n"] == 4 and summary["dev_after"]["recall@5"] is not None

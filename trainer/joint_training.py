@@ -139,8 +139,6 @@ class JointTrainingConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"--warmup is a share of the steps, from 0 to below 1; got {self.warmup}")
-        if self.bf16 and pick_device(self.device).type != "cuda":
-            raise ValueError("--bf16 autocasts on a GPU only; on a CPU train in float32 (drop --bf16)")
         for path in self.train:
             if not Path(path).is_file():
                 raise ValueError(f"training file not found: {path}")
