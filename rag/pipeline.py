@@ -31,13 +31,15 @@ TWO_HOP_KINDS = ("auto", "none")
 class Answer:
     """An answer, the passages retrieved for it (best first), the edit it was read from when the
     question is in an edit's scope (the edit then takes precedence over the passages), and where the
-    time went (milliseconds)."""
+    time went (milliseconds). `asked_as`: the question the reader was asked instead, when the question
+    asked beyond the edit and the edit's answer took the place of its first hop ("What is the capital of Iraq?")."""
 
     question: str
     text: str
     passages: list[SearchHit]
     timings: dict[str, float] = field(default_factory=dict)
     edit: Edit | None = None
+    asked_as: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +47,7 @@ class Answer:
             "answer": self.text,
             "passages": [p.to_json() for p in self.passages],
             "edit": self.edit.to_json() if self.edit else None,
+            "asked_as": self.asked_as,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -245,4 +248,5 @@ class Pipeline:
                     texts[i] = text
         t3 = time.perf_counter()
         timings = {"edit_ms": (t1 - t0) * 1e3, "retrieve_ms": (t2 - t1) * 1e3, "read_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
-        return [Answer(q, text, hits, dict(timings), edit) for q, text, hits, edit in zip(questions, texts, passages, edits)]
+        return [Answer(q, text, hits, dict(timings), edit, asked if asked != q else None)
+                for q, text, hits, edit, asked in zip(questions, texts, passages, edits, asked)]

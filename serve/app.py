@@ -114,12 +114,15 @@ class EditOut(BaseModel):
 
 class AskResponse(BaseModel):
     """The answer, the passages it was read from (best first), and where the time went (ms). When the
-    question is about an edit, the answer was read from that edit alone (`edit`), not from the passages."""
+    question is about an edit, the answer was read from that edit alone (`edit`), not from the passages;
+    when it asks beyond the edit, it was asked again with the edit's answer in place of its first hop (`asked_as`)."""
 
     question: str
     answer: str
     passages: list[PassageOut]
     edit: EditOut | None = Field(description="the edit the answer was read from, or null")
+    asked_as: str | None = Field(None, description="the question the reader was asked instead, when the question asked "
+                                                   "beyond `edit` and the edit's answer took the place of its first hop")
     timings: dict[str, float]
     batch_size: int = Field(description="questions answered together in this one's micro-batch")
 
@@ -295,7 +298,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         timings = {**answer.timings, "queue_ms": answered.queue_ms, "server_ms": (time.perf_counter() - start) * 1e3}
         return AskResponse(question=answer.question, answer=answer.text,
                            passages=[PassageOut(**p.to_json()) for p in answer.passages],
-                           edit=None if answer.edit is None else EditOut.of(answer.edit),
+                           edit=None if answer.edit is None else EditOut.of(answer.edit), asked_as=answer.asked_as,
                            timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
 
     # -- documents ---------------------------------------------------------------------------

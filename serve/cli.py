@@ -62,7 +62,9 @@ def _ask(args: argparse.Namespace) -> int:
         print(json.dumps(answer.to_json(), ensure_ascii=False))
         return 0
     print(answer.text)
-    if answer.edit is not None:
+    if answer.asked_as is not None:
+        print(f"  (asked as {answer.asked_as!r}: the first hop from edit {answer.edit.id}: {answer.edit.fact})")
+    elif answer.edit is not None:
         print(f"  (from edit {answer.edit.id}, which takes precedence over the passages: {answer.edit.fact})")
     for n, hit in enumerate(answer.passages, 1):
         snippet = hit.text if len(hit.text) <= 160 else hit.text[:157] + "..."

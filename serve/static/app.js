@@ -30,7 +30,9 @@ function showAnswer(data) {
   $("answer").textContent = data.answer || "(no answer)";
   const edit = $("answer-edit");
   edit.hidden = !data.edit;
-  edit.textContent = data.edit ? `answered from edit ${data.edit.id}: ${data.edit.fact}` : "";
+  edit.textContent = !data.edit ? "" : data.asked_as
+    ? `asked as "${data.asked_as}", the first hop from edit ${data.edit.id}: ${data.edit.fact}`
+    : `answered from edit ${data.edit.id}: ${data.edit.fact}`;
   const t = data.timings;
   $("timings").textContent =
     `${Math.round(t.server_ms)} ms (retrieve ${Math.round(t.retrieve_ms)}, read ${Math.round(t.read_ms)}, ` +
