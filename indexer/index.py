@@ -120,7 +120,8 @@ class Index:
         chunk_document(Document("check", "", "check"), words=chunk_words, overlap=chunk_overlap,
                        tokenizer=getattr(encoder, "tokenizer", None), tokens=chunk_tokens)
         path.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(encoder=encoder.name, dim=encoder.dim, normalize=encoder.normalize, dense=dense,
+        manifest = Manifest(encoder=encoder.name, dim=encoder.dim, encoder_dtype=getattr(encoder, "dtype", "float32"),
+                            normalize=encoder.normalize, dense=dense,
                             sparse=sparse, chunk_words=chunk_words, chunk_overlap=chunk_overlap, chunk_tokens=chunk_tokens)
         PassageStore(path / STORE_FILE).close()
         manifest.write(path)
@@ -421,12 +422,12 @@ class Index:
         """Counts, encoder and size of this index, at the current snapshot."""
         gen = self._snapshot.generation
         return {**self.store.counts(gen), **self.memory.stats(), "dim": self.manifest.dim, "encoder": self.manifest.encoder,
-                "dense": self.manifest.dense, "sparse": self.manifest.sparse, "generation": gen, "bytes": _folder_bytes(self.path)}
+                "encoder_dtype": self.manifest.encoder_dtype, "dense": self.manifest.dense, "sparse": self.manifest.sparse, "generation": gen, "bytes": _folder_bytes(self.path)}
 
 
 def manifest_encoder(manifest: Manifest, device: str) -> TextEncoder:
-    """The encoder a manifest names, checked against the dimension the index was built with."""
-    encoder = TextEncoder(manifest.encoder, device=device)
+    """The encoder a manifest names, in the precision the index was built with, checked against its dimension."""
+    encoder = TextEncoder(manifest.encoder, device=device, dtype=manifest.encoder_dtype)
     manifest.check_encoder(encoder.name, encoder.dim)
     return encoder
 

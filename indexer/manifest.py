@@ -19,6 +19,7 @@ class IndexFolderError(RuntimeError):
 class Manifest:
     encoder: str
     dim: int
+    encoder_dtype: str = "float32"  # the precision it encodes in; updates and questions are encoded in it too
     normalize: bool = True
     dense: str = "flat"
     sparse: bool = True

@@ -132,6 +132,9 @@ def test_bfloat16_build_finds_what_a_float32_build_finds(tmp_path: Path, corpus:
     for index in (built, tmp_path / "bf16"):
         code, stdout, _ = run(capsys, "search", "--index", index, "--mode", "dense", "--k", "1", "topic7 " + "hotel " * 5)
         assert json_lines(stdout)[0]["doc_id"] == "doc-7"
+    # The index remembers its precision: updates and questions are encoded in it too.
+    assert Index.open(tmp_path / "bf16", readonly=True).encoder.dtype == "bfloat16"
+    assert Index.open(built, readonly=True).stats()["encoder_dtype"] == "float32"
 
 
 def test_field_mapping(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
