@@ -41,7 +41,8 @@ import torch
 from bench.common import RESULTS_DIR, check_out, log, machine_info, write_result
 from indexer.edit_memory import EditMemory
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
-from rag.editing import CANDIDATES, SCOPE_CLASSIFIER, load_scope, match_edits
+from rag.editing import CANDIDATES, SCOPE_CLASSIFIER, about_subject, load_scope, match_edits
+from rag.two_hop import names_any
 from trainer.edit_cases import FORMATS, EditCase, in_fold, parse_fold, read_cases
 
 VAL = Path("/work/shared/data/editing/counterfact-val.jsonl.gz")
@@ -69,11 +70,11 @@ def share(hits: Sequence[bool]) -> float | None:
 
 
 def outcomes(best: list[tuple[str | None, float]], threshold: float, probes: list[tuple[int, str, str]], own: list[str],
-             names_subject: list[bool]) -> dict[str, Any]:
+             named: list[bool]) -> dict[str, Any]:
     """Routing figures when each probe goes to its best-scored candidate if that score reaches `threshold`."""
     hits: dict[str, list[bool]] = {k: [] for k in ("question", "paraphrase", "neighbor", "neighbor_clean")}
     wrong: dict[str, list[bool]] = {"question": [], "paraphrase": []}
-    for (case, _, kind), (edit, score), named in zip(probes, best, names_subject):
+    for (case, _, kind), (edit, score), named in zip(probes, best, named):
         routed = edit if edit is not None and score >= threshold else None
         if kind == "neighbor":
             hits["neighbor"].append(routed is None)
@@ -89,9 +90,9 @@ def outcomes(best: list[tuple[str | None, float]], threshold: float, probes: lis
 
 
 def route(memory: EditMemory, kind: str, classifier: Path, probes: list[tuple[int, str, str]], vectors: np.ndarray,
-          own: list[str], names_subject: list[bool]) -> dict[str, Any]:
+          own: list[str], named: list[bool]) -> dict[str, Any]:
     """Route every probe with one decider: the figures at its own threshold, and the threshold that would have
-    routed best (mean of generality and locality) as a diagnostic. `names_subject`: whether a probe names the
+    routed best (mean of generality and locality) as a diagnostic. `named`: whether a probe names the
     subject of some edit in the memory."""
     scope = load_scope(kind, classifier, device="cpu")
     questions = [q for _, q, _ in probes]
@@ -99,18 +100,19 @@ def route(memory: EditMemory, kind: str, classifier: Path, probes: list[tuple[in
     best: list[tuple[str | None, float]] = []
     for lo in range(0, len(probes), 256):
         found = memory.search(vectors[lo : lo + 256], CANDIDATES)
-        # match_edits' rule (the best-scored candidate, in scope at or above the threshold), kept with its score
-        # so that other thresholds can be tried without scoring again.
-        for pairs, scores in zip(found, scope.scores(questions[lo : lo + 256], found)):
-            top = int(np.argmax(scores)) if scores else None
+        # match_edits' rule (the best-scored candidate the question can be about, in scope at or above the
+        # threshold), kept with its score so that other thresholds can be tried without scoring again.
+        for question, pairs, scores in zip(questions[lo : lo + 256], found, scope.scores(questions[lo : lo + 256], found)):
+            about = [i for i, (edit, _) in enumerate(pairs) if about_subject(question, edit)]
+            top = max(about, key=scores.__getitem__, default=None)
             best.append((pairs[top][0].id, float(scores[top])) if top is not None else (None, float("-inf")))
     seconds = time.perf_counter() - started
     # The same decisions as the router's own function, on a slice.
     check = match_edits(memory, scope, questions[:64], vectors[:64])
     assert [m.edit.id if m else None for m in check] == [e if s >= scope.threshold else None for e, s in best[:64]]
-    at_threshold = outcomes(best, scope.threshold, probes, own, names_subject)
+    at_threshold = outcomes(best, scope.threshold, probes, own, named)
     # Both scores (a cosine, a probability) are swept over 0 to 1 in steps of 0.01.
-    sweep = [outcomes(best, t, probes, own, names_subject) for t in np.round(np.arange(0.0, 1.0001, 0.01), 2)]
+    sweep = [outcomes(best, t, probes, own, named) for t in np.round(np.arange(0.0, 1.0001, 0.01), 2)]
     tuned = max(sweep, key=lambda o: (o["generality"] + o["locality"]) / 2)
     return {"decider": scope.name, **at_threshold, "ms_per_question": round(1000 * seconds / len(probes), 2),
             "best_routing_threshold": tuned,
@@ -148,9 +150,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         found = memory.search(vectors, CANDIDATES)
         ceiling = {kind: share([any(e.id == own[i] for e, _ in f) for (i, _, k), f in zip(probes, found) if k == kind])
                    for kind in ("question", "paraphrase")}
-        subjects = [e.subject.casefold() for e in memory.list() if e.subject]
-        names_subject = [kind == "neighbor" and any(s in q.casefold() for s in subjects) for _, q, kind in probes]
-        deciders = [route(memory, kind, args.classifier, probes, vectors, own, names_subject) for kind in ("similarity", "classifier")]
+        subjects = [e.subject for e in memory.list() if e.subject]
+        named = [kind == "neighbor" and names_any(q, subjects) for _, q, kind in probes]
+        deciders = [route(memory, kind, args.classifier, probes, vectors, own, named) for kind in ("similarity", "classifier")]
         memory.close()
     results = {"edits_file": str(args.edits), "fold": args.fold, "cases": len(cases),
                "cases_routed": len({i for i, _, _ in probes}), "active_edits": len(set(own)), "candidates": CANDIDATES,

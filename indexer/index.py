@@ -134,7 +134,7 @@ class Index:
         path = Path(path)
         manifest = Manifest.read(path)
         if encoder is not None:
-            manifest.check_encoder(encoder.name, encoder.dim)
+            manifest.check_encoder(encoder.name, encoder.dim, getattr(encoder, "dtype", None))
         index = cls(path, manifest, encoder, readonly, device)
         if readonly:
             index._load(target=None)
@@ -427,7 +427,10 @@ class Index:
 
 def manifest_encoder(manifest: Manifest, device: str) -> TextEncoder:
     """The encoder a manifest names, in the precision the index was built with, checked against its dimension."""
-    encoder = TextEncoder(manifest.encoder, device=device, dtype=manifest.encoder_dtype)
+    try:
+        encoder = TextEncoder(manifest.encoder, device=device, dtype=manifest.encoder_dtype)
+    except ValueError as exc:  # an encoder_dtype this program does not know
+        raise IndexFolderError(f"unreadable manifest: {exc}") from exc
     manifest.check_encoder(encoder.name, encoder.dim)
     return encoder
 

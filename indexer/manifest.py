@@ -58,10 +58,13 @@ class Manifest:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def check_encoder(self, name: str, dim: int) -> None:
-        """Refuse to mix vectors of two encoders in one index."""
+    def check_encoder(self, name: str, dim: int, dtype: str | None = None) -> None:
+        """Refuse to mix vectors of two encoders, or of two precisions (`dtype`, when the encoder has one), in one index."""
         if (name, dim) != (self.encoder, self.dim):
             raise IndexFolderError(
                 f"this index was built with encoder {self.encoder!r} ({self.dim}-d), not {name!r} ({dim}-d): "
                 f"use --encoder {self.encoder} or build a new index"
             )
+        if dtype is not None and dtype != self.encoder_dtype:
+            raise IndexFolderError(f"this index was encoded in {self.encoder_dtype}, not {dtype}: "
+                                   f"open it with an encoder in {self.encoder_dtype} (or none: it loads its own)")

@@ -1,7 +1,8 @@
 """Which edit, if any, a question is about: the scope decision of SERAC over the index's edit memory.
 
 For each question the memory returns its nearest active edits (dense search, `CANDIDATES` deep); a
-scope decider scores each (edit, question) pair and the best pair at or above its threshold wins.
+scope decider scores each (edit, question) pair and the best pair at or above its threshold wins, among
+the edits the question can be about: an edit that states its subject only of questions that name it.
 Two deciders: `SimilarityScope` (the cosine of question and edit key, threshold calibrated on
 the training pairs) and `ClassifierScope` (a cross-encoder trained on CounterFact and zsRE pairs, shipped in
 rag/classifiers/scope-minilm). A question in an edit's scope is answered with the edit's stated answer,
@@ -115,14 +116,15 @@ def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIE
 
 
 def names_subject(question: str, subject: str | None) -> bool:
-    """Whether `question` names `subject` (as whole words, case-insensitive)."""
+    """Whether `question` names `subject`: as whole words, ignoring case and accents, with a possessive ending
+    or (a common noun's) plural one (rag.two_hop.subject_pattern)."""
     return bool(subject_spans(question, subject))
 
 
 def about_subject(question: str, edit: Edit) -> bool:
     """Whether `question` can be about `edit`: it names the edit's subject, or the edit states none. An edit
     about Nicolas Chopin says nothing of Frédéric Chopin, however alike the questions read to a decider."""
-    return not (edit.subject or "").strip() or names_subject(question, edit.subject)
+    return not edit.subject or names_subject(question, edit.subject)
 
 
 def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,
@@ -143,6 +145,7 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
         if own:
             matches.append(EditMatch(pairs[own[0]][0], scores[own[0]]))
             continue
+        # The two-hop path needs a stated subject: about_subject has then checked that the question names it.
         usable = [i for i, (e, _) in enumerate(pairs) if about_subject(question, e)
                   and (scores[i] >= scope.threshold or (chain and e.subject and scores[i] >= two_hop.relation_threshold))]
         best = max(usable, key=scores.__getitem__, default=None)

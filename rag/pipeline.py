@@ -248,5 +248,6 @@ class Pipeline:
                     texts[i] = text
         t3 = time.perf_counter()
         timings = {"edit_ms": (t1 - t0) * 1e3, "retrieve_ms": (t2 - t1) * 1e3, "read_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
-        return [Answer(q, text, hits, dict(timings), edit, asked if asked != q else None)
-                for q, text, hits, edit, asked in zip(questions, texts, passages, edits, asked)]
+        rewritten = [matches[i].resolved if i in resolved else None for i in range(len(questions))]
+        return [Answer(q, text, hits, dict(timings), edit, asked_as)
+                for q, text, hits, edit, asked_as in zip(questions, texts, passages, edits, rewritten)]

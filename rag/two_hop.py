@@ -15,12 +15,13 @@ someone's citizenship says nothing of "the capital of the country where they wer
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -80,26 +81,46 @@ class TwoHopDetector:
         return cls(**{k: raw[k] for k in ("weights", "bias", "threshold", "relation_threshold", "encoder", "training") if k in raw})
 
 
-# A plural or possessive ending still names the subject: "Houston toads", "Fredrik Semb Berge's team".
-SUBJECT_ENDING = r"(?:['\u2019]s|s['\u2019]|['\u2019]|es|s)?"
 # A second hop that names its object ("What is the name of the state in which X is located?") asks for the
 # first hop itself: there is no further fact to reach.
 IDENTITY_HOP = re.compile(r"\b(?:name|names|title)\s+of\s*$", flags=re.IGNORECASE)
 
 
-def fold_accents(text: str) -> str:
-    """`text` with each character reduced to its base letter ("Frédéric" to "Frederic"), one character for one,
-    so that positions in the result are positions in `text`."""
-    return "".join(unicodedata.normalize("NFKD", ch)[0] for ch in text)
+def fold(text: str) -> str:
+    """`text` in composed form (NFC) with accents dropped from accented letters ("Frédéric" to "Frederic") and
+    curly apostrophes made straight, one character for one: positions in the result are positions in
+    `unicodedata.normalize("NFC", text)`."""
+    out = []
+    for ch in unicodedata.normalize("NFC", text):
+        parts = unicodedata.normalize("NFD", ch)
+        # Only a letter plus combining marks loses the marks: a Hangul syllable also decomposes, into letters.
+        out.append(parts[0] if len(parts) > 1 and all(unicodedata.combining(c) for c in parts[1:]) else ch)
+    return "".join(out).replace("\u2019", "'")
+
+
+@functools.lru_cache(maxsize=65536)
+def subject_pattern(subject: str) -> re.Pattern[str] | None:
+    """The pattern of `subject` named in folded text: whole words, any case, with a possessive ending ("Berge's",
+    "Berges'"), and a plural one ("Houston toads") when its last word is a common noun (lowercase): "Williams"
+    must not name "William". None for an empty subject."""
+    subject = fold(subject.strip())
+    if not subject:
+        return None
+    ending = r"(?:'s|s'|es|s|')?" if subject.split()[-1].islower() else r"(?:'s|')?"
+    return re.compile(rf"(?<!\w){re.escape(subject)}{ending}(?!\w)", flags=re.IGNORECASE)
 
 
 def subject_spans(question: str, subject: str | None) -> list[tuple[int, int]]:
-    """Where `subject` occurs in `question` as whole words, ignoring case and accents and allowing a plural or
-    possessive ending: (start, end) pairs, first to last."""
-    if not subject or not subject.strip():
-        return []
-    pattern = rf"(?<!\w){re.escape(fold_accents(subject.strip()))}{SUBJECT_ENDING}(?!\w)"
-    return [m.span() for m in re.finditer(pattern, fold_accents(question), flags=re.IGNORECASE)]
+    """Where `subject` is named in `question` (`subject_pattern`), first to last: (start, end) pairs in the
+    question's composed form (NFC, which is the question itself unless it was typed decomposed)."""
+    pattern = subject_pattern(subject) if subject else None
+    return [m.span() for m in pattern.finditer(fold(question))] if pattern else []
+
+
+def names_any(question: str, subjects: Iterable[str]) -> bool:
+    """Whether `question` names any of `subjects` (folded once, for checking against many subjects)."""
+    folded = fold(question)
+    return any(pattern.search(folded) for pattern in map(subject_pattern, subjects) if pattern)
 
 
 def resolve_first_hop(question: str, subject: str | None, answer: str | None) -> str | None:
@@ -114,11 +135,14 @@ def resolve_first_hop(question: str, subject: str | None, answer: str | None) ->
     of the state in which X is located?" asks for the first hop itself)."""
     if not answer:
         return None
+    question = unicodedata.normalize("NFC", question)  # the positions subject_spans gives
     for at, after in reversed(subject_spans(question, subject)):
         sentence = max(question.rfind(mark, 0, at) for mark in ".!?") + 1
         opens = [sentence + m.start() for m in re.finditer(r"\bthe\b", question[sentence:at], flags=re.IGNORECASE)
                  if question[sentence + m.end() : at].strip()]
-        if not opens or not question[sentence : opens[-1]].strip() or IDENTITY_HOP.search(question[: opens[-1]]):
+        if IDENTITY_HOP.search(question[: opens[-1]] if opens else ""):
+            return None
+        if not opens or not question[sentence : opens[-1]].strip():
             continue
         stop = re.search(r"[,;?]", question[after:])
         end = after + stop.start() if stop else len(question)

@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer one question with its sources",
                               description="Answer a question from the top-k passages of an index and print the sources.")
     add_pipeline_arguments(ask)
-    ask.add_argument("--json", action="store_true", help="print one JSON object {question, answer, passages, timings}")
+    ask.add_argument("--json", action="store_true", help="print one JSON object {question, answer, passages, edit, asked_as, timings}")
     ask.add_argument("question", help="the question, quoted")
     ask.set_defaults(run=_ask)
 
@@ -62,7 +62,7 @@ def _ask(args: argparse.Namespace) -> int:
         print(json.dumps(answer.to_json(), ensure_ascii=False))
         return 0
     print(answer.text)
-    if answer.asked_as is not None:
+    if answer.edit is not None and answer.asked_as is not None:
         print(f"  (asked as {answer.asked_as!r}: the first hop from edit {answer.edit.id}: {answer.edit.fact})")
     elif answer.edit is not None:
         print(f"  (from edit {answer.edit.id}, which takes precedence over the passages: {answer.edit.fact})")

@@ -81,6 +81,19 @@ def test_an_edit_with_a_subject_is_in_scope_only_of_questions_that_name_it(pipel
     assert pipeline.ask("Where did Frédéric Chopin work?", k=2, mode="sparse").edit == anything
 
 
+def test_the_subject_check_comes_before_the_best_score(pipeline: Pipeline) -> None:
+    """The best-scored edit the question cannot be about does not hide a lower-scored one that it names."""
+    pipeline.scope = SimilarityScope(-1.0)
+    question = "Where did Frédéric Chopin work?"
+    near = pipeline.index.memory.add("Nicolas Chopin worked in London.", question="Where did Frederic Chopin work", answer="London",
+                                     subject="Nicolas Chopin")
+    named = pipeline.index.memory.add("Frédéric Chopin worked in Paris.", question="Which city employed him?", answer="Paris",
+                                      subject="Frédéric Chopin")
+    [found] = pipeline.index.memory.search(pipeline.index.encoder([question]), 2)
+    assert [edit for edit, _ in found] == [near, named]  # the look-alike scores higher
+    assert pipeline.ask(question, k=2, mode="sparse").edit == named
+
+
 def test_load_scope_kinds(tmp_path: Path) -> None:
     assert load_scope("none") is None
     assert isinstance(load_scope("similarity", classifier_path=tmp_path), SimilarityScope)

@@ -337,6 +337,19 @@ def test_opening_with_another_encoder_is_refused(built: Path, tiny_encoder_path:
         Index.open(built, renamed, readonly=readonly)
 
 
+def test_an_index_opens_in_the_precision_it_was_encoded_in(built: Path, tiny_encoder_path: str) -> None:
+    """Manifests from before encoder_dtype read as float32; another precision is refused, an unknown one is a clear error."""
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest.pop("encoder_dtype") == "float32"
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    assert Index.open(built, readonly=True).encoder.dtype == "float32"
+    with pytest.raises(IndexFolderError, match="encoded in float32, not bfloat16"):
+        Index.open(built, TextEncoder(tiny_encoder_path, device="cpu", dtype="bfloat16"))
+    (built / "manifest.json").write_text(json.dumps(manifest | {"encoder_dtype": "float8"}))
+    with pytest.raises(IndexFolderError, match="float8"):
+        Index.open(built, readonly=True).encoder
+
+
 def test_another_format_version_is_refused(built: Path, tiny_encoder: TextEncoder) -> None:
     manifest = json.loads((built / "manifest.json").read_text())
     manifest["format_version"] = manifest["format_version"] + 1

@@ -115,13 +115,18 @@ def test_training_command_refuses_bad_input(argv: list[str], message: str, tmp_p
 @pytest.mark.parametrize("question, subject, named", [
     ("Frédéric Chopin was employed in", "Nicolas Chopin", False),
     ("Derby High School can be found in", "Derby School", False),
-    ("Turks, which is located in", "Turkmenistan", False),
-    ("What is the twin city of Moscow? It is", "Athens", False),
+    ("iPhone 8, developed by", "iOS 8", False),
     ("Was Chopinesque music popular?", "Chopin", False),
+    ("Where did John Williams study?", "John William", False),  # a name's plural is another name
+    ("소유 는?", "서울", False),  # Hangul syllables are letters, not letters plus accents
     ("Where did frederic chopin work?", "Frédéric Chopin", True),
-    ("What's the name of Fredrik Semb Berges' team?", "Fredrik Semb Berge", True),
+    ("Where did Fre\u0301de\u0301ric Chopin work?", "Frédéric Chopin", True),  # typed decomposed
+    ("Where was O\u2019Brien born?", "O'Brien", True),
+    ("What was Robert Edward Chambliss\u2019s crime?", "Robert Edward Chambliss", True),
+    ("What's the team of Fredrik Semb Berge's brother?", "Fredrik Semb Berge", True),
     ("What's the threatened status of Houston toads?", "Houston toad", True),
-    ("What was Robert Edward Chambliss's crime?", "Robert Edward Chambliss", True),
+    ("Which birds nest in marshes?", "marsh", True),
+    ("Where is Yahoo!'s head office?", "Yahoo!", True),
     ("Anything at all", None, False),
 ])
 def test_names_subject_ignores_case_accents_and_plural_or_possessive_endings(question: str, subject: str | None, named: bool) -> None:

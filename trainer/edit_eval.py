@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.index import LOCK_FILE
 from rag.pipeline import Pipeline
+from rag.two_hop import names_any
 from trainer.edit_cases import EditCase
 from trainer.evaluate import batches
 from trainer.qa_metrics import contains_answer
@@ -66,12 +67,12 @@ def evaluate_edits(pipeline: Pipeline, cases: Sequence[EditCase], batch: int | N
     bar = tqdm(total=total, desc="edit eval", unit="question", disable=not progress)
     before = iter(_answers(pipeline, neighbors, k, mode, batch_size, bar))
     latencies = [_timed_add(memory, c) for c in tqdm(extra, desc="extra edits", unit="edit", disable=not progress)]
-    subjects = {c.subject.casefold() for c in extra if c.subject}
+    subjects = {c.subject for c in extra if c.subject}
     rows: list[dict[str, Any]] = []
     for start in range(0, len(cases), batch):
         round_cases = cases[start : start + batch]
         latencies += [_timed_add(memory, c) for c in round_cases]
-        subjects |= {c.subject.casefold() for c in round_cases if c.subject}
+        subjects |= {c.subject for c in round_cases if c.subject}
         questions = [q for c in round_cases for q in _probes(c)]
         after = iter(_answers(pipeline, questions, k, mode, batch_size, bar))
         for case in round_cases:
@@ -108,7 +109,7 @@ def _score(case: EditCase, after: Iterator[tuple[str, str | None]], before: Iter
         "paraphrase_answers": [a for a, _ in paraphrased],
         "general": [contains_answer(a, [case.target_new]) for a, _ in paraphrased],
         "neighbor_answers": [{"before": b[0], "after": a[0], "edit_used": a[1]} for b, a in neighbors],
-        "neighbor_names_edited_subject": [any(s in p.question.casefold() for s in edited_subjects) for p in case.neighbors],
+        "neighbor_names_edited_subject": [names_any(p.question, edited_subjects) for p in case.neighbors],
         "local": [b[0] == a[0] for b, a in neighbors],
         "portability_answer": None if ported is None else ported[0],
         "portability_edit_used": None if ported is None else ported[1],
