@@ -9,7 +9,6 @@ from indexer.index import MODES
 from rag.editing import SCOPE_KINDS
 from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.pipeline import TWO_HOP_KINDS, Pipeline
-from rag.retriever import DualEncoder
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool = True) -> None:
@@ -50,10 +49,7 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
     pipeline = Pipeline.load(args.index, reader=args.reader, adapter=args.adapter, device=args.device, constrain_to_passages=args.constrain,
                              scope=args.scope, two_hop=args.two_hop, writable=writable)
     if args.query_encoder is not None:
-        retriever = DualEncoder(str(args.query_encoder)).to(resolve_device(args.device)).eval()
-        if pipeline.index is not None and retriever.dim != pipeline.index.manifest.dim:
-            raise ValueError(f"--query-encoder {args.query_encoder} is {retriever.dim}-d, the index {pipeline.index.manifest.dim}-d")
-        pipeline.retriever = retriever
+        pipeline.retriever = pipeline.load_query_encoder(args.query_encoder, resolve_device(args.device))
     if args.k is None:
         args.k = pipeline.reader.default_k
     return pipeline

@@ -6,7 +6,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Protocol, Sequence
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
 from rag.span_reader import SpanReader, is_span_reader
 from rag.two_hop import TwoHopDetector, load_two_hop
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_K = 100
 # Passages read after the edit for a two-hop question whose first hop cannot be resolved (bench/edit_portability.py measured 3).
@@ -157,19 +160,26 @@ class Pipeline:
             raise ValueError(loaded)
         return loaded or self.retriever
 
+    def load_query_encoder(self, folder: str | Path, device: str | torch.device) -> DualEncoder:
+        """A trained query encoder (`rag-train joint` or `fewshot` export) for this pipeline's index: loaded on
+        `device`, and checked to embed questions as wide as the index's vectors. ValueError says what is wrong."""
+        try:
+            encoder = DualEncoder(str(folder)).to(device).eval()
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"query encoder {folder} does not load ({str(exc).splitlines()[0]})") from exc
+        if self.index is not None and encoder.dim != self.index.manifest.dim:
+            raise ValueError(f"query encoder {folder} is {encoder.dim}-d, the index {self.index.manifest.dim}-d")
+        return encoder
+
     def _load_adapter_retriever(self, adapter: str | Path) -> DualEncoder | str | None:
         """The adapter's own query encoder, None when it has none, or what is wrong with it."""
         folder = query_encoder_folder(adapter)
         if folder is None:
             return None
-        device = self._decoder_reader().device
         try:
-            encoder = DualEncoder(str(folder)).to(device).eval()
-        except (OSError, RuntimeError, ValueError) as exc:
-            return f"adapter {adapter}: its query encoder does not load ({str(exc).splitlines()[0]})"
-        if self.index is not None and encoder.dim != self.index.manifest.dim:
-            return f"adapter {adapter}: its query encoder is {encoder.dim}-d, the index {self.index.manifest.dim}-d"
-        return encoder
+            return self.load_query_encoder(folder, self._decoder_reader().device)
+        except ValueError as exc:
+            return f"adapter {adapter}: {exc}"
 
     def retrieve(self, questions: Sequence[str], k: int, mode: str = "hybrid", query_vectors: np.ndarray | None = None,
                  retriever: DualEncoder | None = None) -> list[list[SearchHit]]:

@@ -153,6 +153,9 @@ def test_an_adapter_with_its_own_query_encoder_retrieves_with_it(served: tuple[T
         response = client.post("/ask", json={"question": QUESTIONS[0], "adapter": "lora-qbroken"})
         assert response.status_code == 422 and "does not load" in response.json()["error"]
     assert client.post("/ask", json={"question": QUESTIONS[0], "adapter": "lora-q"}).status_code == 200
+    # The same check for a query encoder given on its own (--query-encoder).
+    with pytest.raises(ValueError, match="is 16-d, the index 32-d"):
+        pipeline.load_query_encoder(adapters["lora-q16"] / "query_encoder", "cpu")
 
 
 @pytest.mark.parametrize("adapter, message", [("nowhere", "no such folder"), (".", "not a peft adapter folder"),
