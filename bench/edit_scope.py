@@ -69,21 +69,24 @@ def share(hits: Sequence[bool]) -> float | None:
     return round(float(np.mean(hits)), 4) if len(hits) else None
 
 
-def outcomes(best: list[tuple[str | None, float]], threshold: float, probes: list[tuple[int, str, str]], own: list[str],
-             named: list[bool]) -> dict[str, Any]:
-    """Routing figures when each probe goes to its best-scored candidate if that score reaches `threshold`."""
+def outcomes(best: list[tuple[str | None, float]], threshold: float | list[float], probes: list[tuple[int, str, str]],
+             own: list[str], named: list[bool]) -> dict[str, Any]:
+    """Routing figures when each probe goes to its best-scored candidate if that score reaches `threshold` (one
+    for all, or each probe's own)."""
+    limits = threshold if isinstance(threshold, list) else [threshold] * len(best)
     hits: dict[str, list[bool]] = {k: [] for k in ("question", "paraphrase", "neighbor", "neighbor_clean")}
     wrong: dict[str, list[bool]] = {"question": [], "paraphrase": []}
-    for (case, _, kind), (edit, score), named in zip(probes, best, named):
-        routed = edit if edit is not None and score >= threshold else None
+    for (case, _, kind), (edit, score), names, limit in zip(probes, best, named, limits):
+        routed = edit if edit is not None and score >= limit else None
         if kind == "neighbor":
             hits["neighbor"].append(routed is None)
-            if not named:
+            if not names:
                 hits["neighbor_clean"].append(routed is None)
         else:
             hits[kind].append(routed == own[case])
             wrong[kind].append(routed is not None and routed != own[case])
-    return {"threshold": round(float(threshold), 4), "reliability": share(hits["question"]), "generality": share(hits["paraphrase"]),
+    return {"threshold": None if isinstance(threshold, list) else round(float(threshold), 4),
+            "reliability": share(hits["question"]), "generality": share(hits["paraphrase"]),
             "locality": share(hits["neighbor"]), "locality_clean": share(hits["neighbor_clean"]),
             "wrong_edit_question": share(wrong["question"]), "wrong_edit_paraphrase": share(wrong["paraphrase"]),
             "n": {k: len(v) for k, v in hits.items()}}
@@ -98,6 +101,7 @@ def route(memory: EditMemory, kind: str, classifier: Path, probes: list[tuple[in
     questions = [q for _, q, _ in probes]
     started = time.perf_counter()
     best: list[tuple[str | None, float]] = []
+    limits: list[float] = []  # the score each probe's best edit needs (scope.limit)
     for lo in range(0, len(probes), 256):
         found = memory.search(vectors[lo : lo + 256], CANDIDATES)
         # match_edits' rule (the best-scored candidate the question can be about, in scope at or above the
@@ -106,15 +110,17 @@ def route(memory: EditMemory, kind: str, classifier: Path, probes: list[tuple[in
             about = [i for i, (edit, _) in enumerate(pairs) if about_subject(question, edit)]
             top = max(about, key=scores.__getitem__, default=None)
             best.append((pairs[top][0].id, float(scores[top])) if top is not None else (None, float("-inf")))
+            limits.append(scope.limit(pairs[top][0]) if top is not None else scope.threshold)
     seconds = time.perf_counter() - started
     # The same decisions as the router's own function, on a slice.
     check = match_edits(memory, scope, questions[:64], vectors[:64])
-    assert [m.edit.id if m else None for m in check] == [e if s >= scope.threshold else None for e, s in best[:64]]
-    at_threshold = outcomes(best, scope.threshold, probes, own, named)
+    assert [m.edit.id if m else None for m in check] == [e if s >= t else None for (e, s), t in zip(best[:64], limits)]
+    at_threshold = outcomes(best, limits, probes, own, named)
     # Both scores (a cosine, a probability) are swept over 0 to 1 in steps of 0.01.
     sweep = [outcomes(best, t, probes, own, named) for t in np.round(np.arange(0.0, 1.0001, 0.01), 2)]
     tuned = max(sweep, key=lambda o: (o["generality"] + o["locality"]) / 2)
-    return {"decider": scope.name, **at_threshold, "ms_per_question": round(1000 * seconds / len(probes), 2),
+    return {"decider": scope.name, **at_threshold, "threshold": scope.threshold, "subject_threshold": scope.subject_threshold,
+            "ms_per_question": round(1000 * seconds / len(probes), 2),
             "best_routing_threshold": tuned,
             "sweep": [{k: o[k] for k in ("threshold", "reliability", "generality", "locality", "locality_clean")} for o in sweep]}
 

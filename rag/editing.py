@@ -58,10 +58,16 @@ class EditPassage:
 
 
 class Scope(Protocol):
-    """Scores (edit, question) pairs; a pair is in scope when its score is at least `threshold`."""
+    """Scores (edit, question) pairs; a pair is in scope when its score is at least `threshold`, or
+    `subject_threshold` for an edit that states its subject (which the question then names)."""
 
     name: str
     threshold: float
+    subject_threshold: float
+
+    def limit(self, edit: Edit) -> float:
+        """The score `edit` needs for a question to be in its scope."""
+        ...
 
     def scores(self, questions: Sequence[str], candidates: Sequence[Sequence[tuple[Edit, float]]]) -> list[list[float]]: ...
 
@@ -73,19 +79,29 @@ class SimilarityScope:
 
     def __init__(self, threshold: float = SIMILARITY_THRESHOLD) -> None:
         self.threshold = threshold
+        self.subject_threshold = threshold
+
+    def limit(self, edit: Edit) -> float:
+        return self.threshold
 
     def scores(self, questions: Sequence[str], candidates: Sequence[Sequence[tuple[Edit, float]]]) -> list[list[float]]:
         return [[similarity for _, similarity in found] for found in candidates]
 
 
 class ClassifierScope:
-    """In scope when the trained cross-encoder's probability for (edit fact, question) reaches its threshold."""
+    """In scope when the trained cross-encoder's probability for (edit fact, question) reaches its threshold
+    (its `subject_threshold` for an edit that states its subject)."""
 
     name = "classifier"
 
     def __init__(self, classifier: ScopeClassifier) -> None:
         self.classifier = classifier
         self.threshold = float(classifier.threshold)
+        subject = classifier.config.subject_threshold
+        self.subject_threshold = self.threshold if subject is None else float(subject)
+
+    def limit(self, edit: Edit) -> float:
+        return self.subject_threshold if edit.subject else self.threshold
 
     def scores(self, questions: Sequence[str], candidates: Sequence[Sequence[tuple[Edit, float]]]) -> list[list[float]]:
         pairs = [(edit.fact, q) for q, found in zip(questions, candidates) for edit, _ in found]
@@ -147,7 +163,7 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
             continue
         # The two-hop path needs a stated subject: about_subject has then checked that the question names it.
         usable = [i for i, (e, _) in enumerate(pairs) if about_subject(question, e)
-                  and (scores[i] >= scope.threshold or (chain and e.subject and scores[i] >= two_hop.relation_threshold))]
+                  and (scores[i] >= scope.limit(e) or (chain and e.subject and scores[i] >= two_hop.relation_threshold))]
         best = max(usable, key=scores.__getitem__, default=None)
         if best is None:
             matches.append(None)
@@ -156,6 +172,6 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
         resolved = resolve_first_hop(question, edit.subject, edit.answer) if chain else None
         # A question in the edit's scope that has no first hop to resolve was taken for two-hop wrongly (some
         # CounterFact paraphrases open with an unrelated sentence): it asks for the edit's answer.
-        beyond = bool(chain) and (scores[best] < scope.threshold or resolved is not None)
+        beyond = bool(chain) and (scores[best] < scope.limit(edit) or resolved is not None)
         matches.append(EditMatch(edit, scores[best], beyond=beyond, resolved=resolved if beyond else None))
     return matches

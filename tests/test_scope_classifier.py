@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from indexer.edit_memory import Edit
 from indexer.encoder import TextEncoder
+from rag.editing import ClassifierScope
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
 from trainer.edit_cases import EditCase, Probe, in_fold, read_cases
 from trainer.scope_data import CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, relations
@@ -55,6 +57,7 @@ def test_bad_input_is_refused(classifier: ScopeClassifier) -> None:
 def test_save_and_load_round_trip(classifier: ScopeClassifier, tmp_path: Path) -> None:
     classifier.threshold = 0.37
     classifier.config.similarity_threshold = 0.81
+    classifier.config.subject_threshold = 0.2
     expected = classifier.scores(EDITS, QUESTIONS)
     classifier.save_pretrained(tmp_path / "exact", encoder_dtype=torch.float32)
     classifier.save_pretrained(tmp_path / "half")
@@ -68,6 +71,12 @@ def test_save_and_load_round_trip(classifier: ScopeClassifier, tmp_path: Path) -
     assert next(half.encoder.parameters()).dtype == torch.float32
     assert np.allclose(half.scores(EDITS, QUESTIONS), expected, atol=2e-3)
     assert half.threshold == 0.37 and half.similarity_threshold == 0.81
+    # Edits that state their subject get the subject threshold; the others the threshold.
+    scope = ClassifierScope(half)
+    assert scope.limit(Edit("e1", "f", None, None, "Ada", "t")) == 0.2 and scope.limit(Edit("e2", "f", None, None, None, "t")) == 0.37
+    half.config.subject_threshold = 1.5
+    with pytest.raises(ValueError, match="subject_threshold is a probability"):
+        half.config.check()
     # Saving does not change the model being trained.
     assert next(classifier.encoder.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="not a scope classifier folder"):
