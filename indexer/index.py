@@ -422,7 +422,8 @@ class Index:
         """Counts, encoder and size of this index, at the current snapshot."""
         gen = self._snapshot.generation
         return {**self.store.counts(gen), **self.memory.stats(), "dim": self.manifest.dim, "encoder": self.manifest.encoder,
-                "encoder_dtype": self.manifest.encoder_dtype, "dense": self.manifest.dense, "sparse": self.manifest.sparse, "generation": gen, "bytes": _folder_bytes(self.path)}
+                "encoder_dtype": self.manifest.encoder_dtype, "dense": self.manifest.dense, "sparse": self.manifest.sparse,
+                "generation": gen, "bytes": _folder_bytes(self.path)}
 
 
 def manifest_encoder(manifest: Manifest, device: str) -> TextEncoder:

@@ -223,10 +223,12 @@ class Pipeline:
             matches = match_edits(self.index.memory, self.scope, questions, vectors, two_hop=self.two_hop)
         edits = [m.edit if m else None for m in matches]
         beyond = [i for i, m in enumerate(matches) if m is not None and m.beyond]
-        # What the reader is asked: a two-hop question with its first hop resolved, else the question.
-        asked = [m.resolved if m is not None and m.resolved else q for q, m in zip(questions, matches)]
-        resolved = [i for i in beyond if matches[i].resolved]
-        unresolved = [i for i in beyond if not matches[i].resolved]
+        # What the reader is asked: a two-hop question with its first hop resolved (only a `beyond` match has
+        # one), else the question.
+        rewritten = [m.resolved if m is not None else None for m in matches]
+        asked = [r or q for r, q in zip(rewritten, questions)]
+        resolved = [i for i in beyond if rewritten[i]]
+        unresolved = [i for i in beyond if not rewritten[i]]
         t1 = time.perf_counter()
         retriever = self.retriever_for(adapter) if k else None
         reuse = vectors if retriever is None and mode != "sparse" else None
@@ -258,6 +260,5 @@ class Pipeline:
                     texts[i] = text
         t3 = time.perf_counter()
         timings = {"edit_ms": (t1 - t0) * 1e3, "retrieve_ms": (t2 - t1) * 1e3, "read_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
-        rewritten = [matches[i].resolved if i in resolved else None for i in range(len(questions))]
         return [Answer(q, text, hits, dict(timings), edit, asked_as)
                 for q, text, hits, edit, asked_as in zip(questions, texts, passages, edits, rewritten)]
