@@ -86,6 +86,18 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_resumable(folder: Path, args: argparse.Namespace) -> None:
+    """Exit with a message when the run in `folder` was started with settings other than this invocation's:
+    `--resume` continues with the saved ones, which would silently ignore the new flags."""
+    saved = json.loads((folder / "config.json").read_text())
+    changed = [f"--{name.replace('_', '-')} {saved.get(name)} there, {getattr(args, name)} here"
+               for name in ("top_k", "candidates", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16")
+               if saved.get(name) != getattr(args, name)]
+    if changed:
+        sys.exit(f"{folder} holds a run started with other settings ({'; '.join(changed)}): "
+                 "pass the same settings to resume it, or another --runs folder to start afresh")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="whole-corpus index, only read (default %(default)s)")
@@ -93,6 +105,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--top-k", type=int, default=4)
+    parser.add_argument("--candidates", type=int, default=0, help="passages the retriever's loss ranks (0: --top-k)")
     parser.add_argument("--max-passage-tokens", type=int, default=96)
     parser.add_argument("--retriever-lr", type=float, default=2e-5)
     parser.add_argument("--limit", type=int, default=500, help="questions per set for recall (seeded sample, seed 0)")
@@ -112,7 +125,7 @@ def main() -> None:
     for stamp in ("timestamp", "machine"):
         result.pop(stamp, None)
     result.setdefault("runs", {})
-    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16")}
+    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16")}
     result["scale"]["note"] = "CPU, reduced: query-side only, steps x batch-size training questions, EM on a sub-sample"
     index = Index.open(args.index, readonly=True)
     sets = question_sets(args.limit)
@@ -127,8 +140,10 @@ def main() -> None:
         run = result["runs"].get(loss, {})
         folder = args.runs / loss
         if "command" not in run:
+            if (folder / "checkpoint.pt").is_file():
+                check_resumable(folder, args)
             command = [rag_train, "joint", "--index", str(args.index), "--train", ",".join(map(str, TRAIN)), "--loss", loss,
-                       "--query-side-only", "--top-k", str(args.top_k), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                       "--query-side-only", "--top-k", str(args.top_k), "--candidates", str(args.candidates), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                        "--max-passage-tokens", str(args.max_passage_tokens), "--retriever-lr", str(args.retriever_lr),
                        "--dev-size", "0", "--dev-eval", "0", "--save-every", "25", "--threads", str(args.threads), "--device", "cpu",
                        *(["--bf16"] if args.bf16 else []),

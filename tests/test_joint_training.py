@@ -18,7 +18,7 @@ from indexer.encoder import TextEncoder
 from indexer.index import Index
 from serve.cli import main as serve_main
 from trainer.cli import main_train
-from trainer.joint_training import CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, TrainingIndex, train_joint
+from trainer.joint_training import CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, TrainingIndex, evaluating, train_joint
 from trainer.qa_data import QARecord
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,6 +42,8 @@ def test_settings_that_cannot_work_are_refused(topic_index: Path, qa_file: Path,
             Refresh.parse(bad)
     cases = [(dict(loss="adist"), "Fusion-in-Decoder"), (dict(query_side_only=True, refresh="every:2"), "nothing to refresh"),
              (dict(refresh="rerank:2"), "at least --top-k"), (dict(tau=0.0), "--tau"),
+             (dict(candidates=2), "--candidates 2 must be at least --top-k 3"), (dict(loss="loop", candidates=5), "drop --candidates"),
+             (dict(refresh="rerank:4", candidates=5), r"--candidates \(5\)"), (dict(candidates=-1), "--candidates"),
              (dict(train=[tmp_path / "nq-open-test.jsonl.gz"]), "not found"), (dict(grad_accum=0), "--grad-accum")]
     for changes, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -105,6 +107,28 @@ def test_scores_and_reader_targets(topic_index: Path, qa_file: Path, tiny_reader
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.retriever_params)
 
 
+def test_candidates_beyond_the_top_k_feed_the_retriever_loss(topic_index: Path, qa_file: Path, tiny_reader_path: str,
+                                                              tmp_path: Path) -> None:
+    """With --candidates 5 and --top-k 3 the reader reads the first 3 and the retriever's loss ranks all 5."""
+    from trainer.joint_losses import emdr2_loss
+    from trainer.reader_data import ReaderExample
+    from trainer.reader_training import answer_nll
+
+    torch.manual_seed(0)
+    trainer = JointTrainer(config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", query_side_only=True, candidates=5),
+                           Index.open(topic_index, readonly=True))
+    record = QARecord("q", "which topic is number 3?", ["topic3"])
+    with evaluating(trainer.reader.model, trainer.retriever), torch.no_grad():
+        query = trainer.retriever([record.question], "query")
+        found, scores = trainer.retrieve(query, passage_side=False)
+        reader_nll, retriever_loss = trainer.losses([record])
+        expected_nll = answer_nll(trainer.reader, [ReaderExample(record.question, list(found[0][:3]), "topic3", None)])
+        expected_loss = emdr2_loss(scores, trainer.reader_logprobs([record.question], found, ["topic3"], False), trainer.config.tau)
+    assert scores.shape == (1, 5) and len(found[0]) == 5
+    assert reader_nll.item() == pytest.approx(expected_nll.item(), abs=1e-5)
+    assert retriever_loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
+
+
 def test_query_side_training_moves_the_retriever_towards_the_reader(topic_index: Path, qa_file: Path, tiny_reader_path: str,
                                                                     tmp_path: Path) -> None:
     """PDist on one question, reader nearly fixed: the retriever's KL to the reader's targets falls."""
@@ -144,7 +168,7 @@ def test_cli_run_exports_an_encoder_and_a_reader_that_load(topic_index: Path, qa
                                                             capsys: pytest.CaptureFixture) -> None:
     """`rag-train joint` with dev evaluation and bf16 autocast on the CPU; `rag-index build --encoder export/encoder` and `rag-serve ask --adapter export/reader` take the outputs."""
     run = tmp_path / "run"
-    code = main_train(["joint", "--index", str(topic_index), "--train", str(qa_file), "--loss", "rag", "--top-k", "2",
+    code = main_train(["joint", "--index", str(topic_index), "--train", str(qa_file), "--loss", "rag", "--top-k", "2", "--candidates", "3",
                        "--reader", tiny_reader_path, "--steps", "2", "--batch-size", "2", "--dev-size", "4", "--dev-eval", "4",
                        "--eval-every", "1", "--gradient-checkpointing", "--bf16", "--device", "cpu", "--threads", "1", "--out", str(run)])
     assert code == 0

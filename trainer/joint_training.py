@@ -6,7 +6,9 @@ top-K passages from the dense index and then
   will read them when serving, and
 - trains the retriever with the chosen loss (trainer/joint_losses.py) on the scores s_k of those K
   passages, with targets from the reader: log p(a|q,d_k) per passage (emdr2, pdist, rag) or
-  log p(a|q, D minus d_k) (loop).
+  log p(a|q, D minus d_k) (loop). With `--candidates C` (C > K) the loss ranks the top C instead, each
+  scored alone by the reader without gradient: a loss over the top K can only reorder them, one over
+  C can lift a passage from below the top K into it, which is what raises recall@K.
 
 Stale index strategies (ARCHITECTURE.md) as `--query-side-only` / `--refresh`:
 - query-side only: the passage side is the index's stored vectors, frozen; s_k = <E_q(q), v_k>;
@@ -97,6 +99,7 @@ class JointTrainingConfig:
     method: str = "lora"  # lora | full
     lora_rank: int = 16
     top_k: int = 4
+    candidates: int = 0  # passages per question the retriever's loss spreads over (0: the top_k the reader reads)
     refresh: str = "none"
     query_side_only: bool = False
     tau: float = 0.05  # retriever temperature: cosine scores of normalised vectors span [-1, 1]
@@ -122,7 +125,7 @@ class JointTrainingConfig:
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
         check_counts(self, at_least_one=("top_k", "steps", "batch_size", "grad_accum", "lora_rank", "max_passage_tokens"),
-                     at_least_zero=("dev_size", "dev_eval", "eval_every", "save_every", "threads"))
+                     at_least_zero=("candidates", "dev_size", "dev_eval", "eval_every", "save_every", "threads"))
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         if self.loss == "adist":
@@ -132,8 +135,14 @@ class JointTrainingConfig:
         if self.query_side_only and refresh.kind != "none":
             raise ValueError("--query-side-only keeps the passage side frozen (the index's vectors): there is nothing to "
                              "refresh; drop --refresh or --query-side-only")
-        if refresh.kind == "rerank" and refresh.n < self.top_k:
-            raise ValueError(f"--refresh rerank:{refresh.n} must over-retrieve at least --top-k {self.top_k} passages")
+        if self.candidates and self.candidates < self.top_k:
+            raise ValueError(f"--candidates {self.candidates} must be at least --top-k {self.top_k}: the reader reads the first "
+                             "--top-k of the candidates")
+        if self.candidates > self.top_k and self.loss == "loop":
+            raise ValueError("--loss loop scores each passage by the answer without it, in a prompt that holds all the others: "
+                             "it ranks the --top-k the reader reads; drop --candidates or choose emdr2, pdist or rag")
+        if refresh.kind == "rerank" and refresh.n < self.retrieved:
+            raise ValueError(f"--refresh rerank:{refresh.n} must over-retrieve at least --top-k and --candidates ({self.retrieved}) passages")
         for name in ("tau", "temperature", "lr", "retriever_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -147,6 +156,11 @@ class JointTrainingConfig:
             if not Path(self.dev).is_file():
                 raise ValueError(f"--dev file not found: {self.dev}")
             check_not_evaluation_only(self.dev)  # dev figures choose settings: never on a test set
+
+    @property
+    def retrieved(self) -> int:
+        """Passages retrieved per question: the candidates of the retriever's loss, of which the reader reads the first top_k."""
+        return max(self.top_k, self.candidates)
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -277,8 +291,8 @@ class JointTrainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # torchrun: one GPU per process
         self.search_index = TrainingIndex(index, config.out / "index", generation, self.device)
         self.refresh_seconds = 0.0  # re-embedding the index (every:N) or the candidates (rerank:L), all steps so far
-        if config.top_k > self.search_index.size:
-            raise ValueError(f"--top-k {config.top_k}: the index has only {self.search_index.size} passages")
+        if config.retrieved > self.search_index.size:
+            raise ValueError(f"--top-k / --candidates {config.retrieved}: the index has only {self.search_index.size} passages")
         # One encoder for both sides, starting where the index's vectors came from (query-side only never runs its passage side).
         self.retriever = DualEncoder(index.manifest.encoder, shared=True).to(self.device)
         if self.retriever.dim != index.manifest.dim:
@@ -297,12 +311,12 @@ class JointTrainer:
         self.schedule = get_linear_schedule_with_warmup(self.optimizer, math.ceil(config.warmup * config.steps), config.steps)
 
     def retrieve(self, query: torch.Tensor, passage_side: bool) -> tuple[list[list[SearchHit]], torch.Tensor]:
-        """The top-K passages of each query vector, and their scores s_k (B, K), differentiable in the query
-        (and in the passage side when `passage_side`, else against the searched vectors)."""
-        k = self.config.top_k
+        """The top passages of each query vector (`config.retrieved` of them) and their scores s_k (B, K),
+        differentiable in the query (and in the passage side when `passage_side`, else against the searched vectors)."""
+        k = self.config.retrieved
         found = self.search_index.search(query.detach().float().cpu().numpy(), self.refresh_kind.n if self.refresh_kind.kind == "rerank" else k)
         if any(len(row) < k for row in found):
-            raise RuntimeError(f"the search returned fewer than --top-k {k} passages")
+            raise RuntimeError(f"the search returned fewer than the {k} passages asked for")
         if self.refresh_kind.kind == "rerank":
             found = [self._rerank(q, row) for q, row in zip(query.detach(), found)]
         rows = [h for row in found for h in row]
@@ -314,11 +328,11 @@ class JointTrainer:
         return found, torch.einsum("bd,bkd->bk", query, passages).float()
 
     def _rerank(self, query: torch.Tensor, candidates: list[SearchHit]) -> list[SearchHit]:
-        """The top-K of over-retrieved candidates by the current passage side (its time counts as refreshing)."""
+        """The best of over-retrieved candidates by the current passage side (its time counts as refreshing)."""
         start = time.perf_counter()
         with evaluating(self.retriever):
             fresh = torch.from_numpy(self.retriever.encode([encoder_input(h.title, h.text) for h in candidates], "passage"))
-        order = (fresh.to(query.device) @ query.float()).argsort(descending=True)[: self.config.top_k]
+        order = (fresh.to(query.device) @ query.float()).argsort(descending=True)[: self.config.retrieved]
         self.refresh_seconds += time.perf_counter() - start
         return [candidates[i] for i in order.tolist()]
 
@@ -334,12 +348,13 @@ class JointTrainer:
         return self.reader.answer_logprobs(prompts, targets)[0].view(len(questions), -1)
 
     def losses(self, records: Sequence[QARecord]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reader answer NLL on the top-K in one prompt, retriever loss) of one micro-batch."""
+        """(reader answer NLL on the top-K in one prompt, retriever loss over the candidates) of one micro-batch."""
         config = self.config
         questions, answers = [r.question for r in records], [r.answers[0] for r in records]
         query = self.retriever(questions, "query")
         found, scores = self.retrieve(query, passage_side=not config.query_side_only)
-        reader_nll = answer_nll(self.reader, [ReaderExample(q, list(row), a, None) for q, row, a in zip(questions, found, answers)])
+        read = [list(row[: config.top_k]) for row in found]
+        reader_nll = answer_nll(self.reader, [ReaderExample(q, row, a, None) for q, row, a in zip(questions, read, answers)])
         if config.loss == "rag":
             # The marginal trains the reader too: its per-passage likelihoods keep their gradients.
             return reader_nll, rag_marginal_loss(scores, self.reader_logprobs(questions, found, answers, False), config.tau)
@@ -575,7 +590,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--train", help="QA training files, comma-separated (never an evaluation-only file)")
     add("--dev", type=Path, default=None, help="QA file for dev evaluation; without it, --dev-size questions of --train are held out")
     add("--loss", choices=LOSSES, default=d.loss, help="the retriever's loss (adist needs a FiD reader)")
-    add("--top-k", type=int, default=d.top_k, help="passages per question")
+    add("--top-k", type=int, default=d.top_k, help="passages per question the reader reads")
+    add("--candidates", type=int, default=d.candidates,
+        help="passages per question the retriever's loss ranks, each scored alone by the reader (0: --top-k); more than "
+             "--top-k lets the loss lift passages from below the top-K into it")
     add("--refresh", default=d.refresh, help="none, every:N (re-embed all passages every N steps) or rerank:L (over-retrieve L)")
     add("--query-side-only", action="store_true", help="train the query side only, against the index's frozen vectors")
     add("--tau", type=float, default=d.tau, help="retriever softmax temperature")
@@ -612,6 +630,7 @@ def _run(args: argparse.Namespace) -> int:
         config = JointTrainingConfig(
             index=args.index, train=[Path(p) for p in args.train.split(",") if p], out=args.out, loss=args.loss, dev=args.dev,
             reader=args.reader, method=args.method, lora_rank=args.lora_rank, top_k=args.top_k, refresh=args.refresh,
+            candidates=args.candidates,
             query_side_only=args.query_side_only, tau=args.tau, temperature=args.temperature, steps=args.steps,
             batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, retriever_lr=args.retriever_lr, warmup=args.warmup,
             max_passage_tokens=args.max_passage_tokens, dev_size=args.dev_size, dev_eval=args.dev_eval, eval_every=args.eval_every,
