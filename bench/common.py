@@ -22,9 +22,11 @@ from indexer.records import Document
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-CORPUS_FILES = sorted(Path("/work/shared/data/corpus").glob("*.jsonl.gz"))
-QA_DIR = Path("/work/shared/data/qa")
-DEFAULT_INDEX = Path("/work/main/indexes/shared")
+# The shared data lies beside the checkout (../shared/data); RAG_SHARED_DATA points elsewhere (a GPU machine's copy).
+SHARED_DATA = Path(os.environ.get("RAG_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
+CORPUS_FILES = sorted((SHARED_DATA / "corpus").glob("*.jsonl.gz"))
+QA_DIR = SHARED_DATA / "qa"
+DEFAULT_INDEX = BENCH_DIR.parent / "indexes" / "shared"
 # For telling a contended run: CPU seconds used by this process vs wall seconds (2 cores: at most ~2x).
 _WALL0, _CPU0 = time.perf_counter(), time.process_time()
 

@@ -57,9 +57,9 @@ def question_sets(limit: int) -> dict[str, list[QARecord]]:
 
 
 def evaluate_system(index: Index, encoder: str, reader: DecoderReader, sets: dict[str, list[QARecord]], k: int,
-                    em_limit: int) -> dict[str, Any]:
+                    em_limit: int, device: str = "cpu") -> dict[str, Any]:
     """recall@1/5/20 on every question of each set, EM/F1 on a seeded sub-sample of `em_limit` of them."""
-    retriever = DualEncoder(encoder).eval()
+    retriever = DualEncoder(encoder).to(device).eval()
     out = {}
     for name, records in sets.items():
         recall, _ = evaluate_qa(Pipeline(index, NoReader(), retriever=retriever), records, k=k, mode="dense", batch_size=32, progress=False)
@@ -91,7 +91,7 @@ def check_resumable(folder: Path, args: argparse.Namespace) -> None:
     `--resume` continues with the saved ones, which would silently ignore the new flags."""
     saved = json.loads((folder / "config.json").read_text())
     changed = [f"--{name.replace('_', '-')} {saved.get(name)} there, {getattr(args, name)} here"
-               for name in ("top_k", "candidates", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16")
+               for name in ("top_k", "candidates", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
                if saved.get(name) != getattr(args, name)]
     if changed:
         sys.exit(f"{folder} holds a run started with other settings ({'; '.join(changed)}): "
@@ -114,6 +114,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "joint_training.json")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in each training run")
     parser.add_argument("--bf16", action="store_true", help="train with bf16 autocast (about 2x faster on a CPU with avx512_bf16)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the training runs and the system is evaluated")
+    parser.add_argument("--refresh", default=None, metavar="SPEC",
+                        help="train both sides with this index refresh (every:N or rerank:L); default: query side only")
     args = parser.parse_args()
     out = check_out(args.out)
     torch.set_num_threads(args.threads)
@@ -125,14 +128,15 @@ def main() -> None:
     for stamp in ("timestamp", "machine"):
         result.pop(stamp, None)
     result.setdefault("runs", {})
-    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16")}
-    result["scale"]["note"] = "CPU, reduced: query-side only, steps x batch-size training questions, EM on a sub-sample"
+    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh")}
+    result["scale"]["note"] = (f"{args.device}: {'query side only' if not args.refresh else 'both sides, refresh ' + args.refresh}, "
+                               "steps x batch-size training questions, EM on a sub-sample")
     index = Index.open(args.index, readonly=True)
     sets = question_sets(args.limit)
     if "before" not in result:
         log("before training")
-        reader = DecoderReader(GENERATIVE_READER, device="cpu", max_passage_tokens=args.max_passage_tokens)
-        result["before"] = evaluate_system(index, index.manifest.encoder, reader, sets, args.top_k, args.em_limit)
+        reader = DecoderReader(GENERATIVE_READER, device=args.device, max_passage_tokens=args.max_passage_tokens)
+        result["before"] = evaluate_system(index, index.manifest.encoder, reader, sets, args.top_k, args.em_limit, args.device)
         write_result(out, result, info)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
     rag_train = str(Path(sys.executable).with_name("rag-train"))
@@ -143,22 +147,23 @@ def main() -> None:
             if (folder / "checkpoint.pt").is_file():
                 check_resumable(folder, args)
             command = [rag_train, "joint", "--index", str(args.index), "--train", ",".join(map(str, TRAIN)), "--loss", loss,
-                       "--query-side-only", "--top-k", str(args.top_k), "--candidates", str(args.candidates), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                       *(["--refresh", args.refresh] if args.refresh else ["--query-side-only"]), "--top-k", str(args.top_k), "--candidates", str(args.candidates), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                        "--max-passage-tokens", str(args.max_passage_tokens), "--retriever-lr", str(args.retriever_lr),
-                       "--dev-size", "0", "--dev-eval", "0", "--save-every", "25", "--threads", str(args.threads), "--device", "cpu",
+                       "--dev-size", "0", "--dev-eval", "0", "--save-every", "25", "--threads", str(args.threads), "--device", args.device,
                        *(["--bf16"] if args.bf16 else []),
                        *(["--resume", str(folder)] if (folder / "checkpoint.pt").is_file() else ["--out", str(folder)])]
             log("train", loss, " ".join(command))
             summary, typed, seconds = run_rag_eval(command, env, program="rag-train")
             training = json.loads((folder / "training.json").read_text())
-            run = {"command": typed, "seconds": seconds, "final_losses": training["final_losses"], "summary": summary}
+            run = {"command": typed, "seconds": seconds, "final_losses": training["final_losses"], "speed": training["speed"],
+                   "summary": summary}
             result["runs"][loss] = run
             write_result(out, result, info)
         if "after" not in run:
             log("after", loss)
-            reader = DecoderReader(GENERATIVE_READER, adapter=folder / "export" / "reader", device="cpu",
+            reader = DecoderReader(GENERATIVE_READER, adapter=folder / "export" / "reader", device=args.device,
                                    max_passage_tokens=args.max_passage_tokens)
-            run["after"] = evaluate_system(index, str(folder / "export" / "encoder"), reader, sets, args.top_k, args.em_limit)
+            run["after"] = evaluate_system(index, str(folder / "export" / "encoder"), reader, sets, args.top_k, args.em_limit, args.device)
             write_result(out, result, info)
     print(table(result))
 

@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load per phase (default 60)")
     parser.add_argument("--max-requests", type=int, default=20_000, help="most questions sent in one phase")
     parser.add_argument("--drain-timeout", type=float, default=600.0, help="longest wait for the answers in flight")
-    parser.add_argument("--questions", default="squad-open-dev", help="QA file under /work/shared/data/qa")
+    parser.add_argument("--questions", default="squad-open-dev", help="QA file under the shared data folder (../shared/data/qa)")
     parser.add_argument("--n-questions", type=int, default=1000, help="seeded sample of its questions")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--mode", default="hybrid")

@@ -151,7 +151,8 @@ def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_
     record = train_joint(stopped, resume=True, progress=False)
     assert record["steps"] == 4
     lines = [(tmp_path / name / "metrics.jsonl").read_text().splitlines() for name in ("straight", "resumed")]
-    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if "seconds" not in k and k != "refresh"} for r in rows]
+    timed = lambda key: "second" in key or key in ("refresh", "peak_memory_mib")
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if not timed(k)} for r in rows]
     assert strip(lines[0]) == strip(lines[1]) and len(lines[0]) == 4
     a, b = (torch.load(tmp_path / name / CHECKPOINT, weights_only=False) for name in ("straight", "resumed"))
     assert a["step"] == b["step"] == 4 and a["cursor"] == b["cursor"] and a["generation"] == b["generation"]
@@ -161,6 +162,7 @@ def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_
                for x, y in zip(s.values(), t.values()))
     if refresh.startswith("every"):
         assert a["generation"] == 1 and json.loads(lines[1][1])["refresh"]["generation"] == 1
+        assert json.loads(lines[1][1])["refresh"]["passages_per_second"] > 0
     assert json.loads(lines[1][-1])["refresh_seconds_total"] > json.loads(lines[1][0])["refresh_seconds_total"] >= 0  # timed, and carried over
 
 
@@ -177,6 +179,8 @@ def test_cli_run_exports_an_encoder_and_a_reader_that_load(topic_index: Path, qa
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "dev" in r] == [0, 1, 2]
     record = json.loads((run / "training.json").read_text())
+    speed = record["speed"]  # what a GPU run reports: step time, reader tokens/s, peak memory
+    assert speed["median_step_seconds"] > 0 and speed["median_reader_tokens_per_second"] > 0 and speed["peak_memory_mib"] > 0
     assert record["config"]["loss"] == "rag" and record["command"] and record["export"]["base_reader"] == tiny_reader_path
     from rag.retriever import DualEncoder
 

@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import sys
 import time
@@ -246,7 +247,9 @@ class TrainingIndex:
         self.folder.mkdir(parents=True, exist_ok=True)
         shard.save(self._file(self.generation + 1))
         self.dense, self.generation = ShardedDenseSearch(shard, self.comm_device), self.generation + 1
-        return {"generation": self.generation, "passages": len(passages), "seconds": time.perf_counter() - start}
+        seconds = time.perf_counter() - start
+        return {"generation": self.generation, "passages": len(passages), "seconds": seconds,
+                "passages_per_second": round(len(passages) / seconds, 1)}
 
     def drop_older(self, keep: int) -> None:
         """Delete this rank's generation files before `keep` (a checkpoint names `keep`, so they can no longer be needed)."""
@@ -303,12 +306,18 @@ class JointTrainer:
             checkpoint_activations(self.reader.model)
             checkpoint_activations(self.retriever.query_model)
         self.reader_params = trainable_parameters(self.reader, config.method, config.lora_rank)
+        self.reader_tokens = 0  # tokens the reader has read (padding excluded), training and scoring passes together
+        self.reader.model.register_forward_pre_hook(self._count_tokens, with_kwargs=True)
         self.retriever_params = list(self.retriever.parameters())
         self.reader.model.train()
         self.retriever.train()
         self.optimizer = torch.optim.AdamW([{"params": self.reader_params, "lr": config.lr},
                                             {"params": self.retriever_params, "lr": config.retriever_lr}], weight_decay=0.0)
         self.schedule = get_linear_schedule_with_warmup(self.optimizer, math.ceil(config.warmup * config.steps), config.steps)
+
+    def _count_tokens(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        self.reader_tokens += int(mask.sum()) if mask is not None else 0
 
     def retrieve(self, query: torch.Tensor, passage_side: bool) -> tuple[list[list[SearchHit]], torch.Tensor]:
         """The top passages of each query vector (`config.retrieved` of them) and their scores s_k (B, K),
@@ -468,6 +477,26 @@ def _records(config: JointTrainingConfig, ranks: int) -> tuple[list[QARecord], l
     return train, sample(dev, config.dev_eval, config.seed) if config.dev_eval else []
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """The most memory this process has held so far: the GPU's allocations on CUDA, else its resident set."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
+def speed(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Median step time and reader tokens/s of the logged steps (the first left out: it warms up), the peak
+    memory, and the re-embedding throughput of the refreshes."""
+    if not rows:
+        return None
+    steady = rows[1:] or rows
+    refreshes = [r["refresh"]["passages_per_second"] for r in rows if "passages_per_second" in r.get("refresh", {})]
+    return {"median_step_seconds": float(np.median([r["step_seconds"] for r in steady])),
+            "median_reader_tokens_per_second": float(np.median([r["reader_tokens_per_second"] for r in steady])),
+            "peak_memory_mib": max(r["peak_memory_mib"] for r in rows),
+            "refresh_passages_per_second": float(np.median(refreshes)) if refreshes else None}
+
+
 def _log(fh: Any, row: dict[str, Any]) -> None:
     fh.write(json.dumps(row) + "\n")
     fh.flush()
@@ -533,9 +562,14 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
                 begin = cursor + rank * config.batch_size
                 micro.append([train[(begin + i) % len(train)] for i in range(config.batch_size)])
                 cursor += config.batch_size * ranks
+            step_started, tokens_before = time.perf_counter(), trainer.reader_tokens
             losses = trainer.step(micro)
+            step_seconds = time.perf_counter() - step_started
             row: dict[str, Any] = {"step": step, **losses, "lr": trainer.schedule.get_last_lr()[0],
-                                   "generation": trainer.search_index.generation, "seconds": round(time.time() - started, 3)}
+                                   "generation": trainer.search_index.generation, "seconds": round(time.time() - started, 3),
+                                   "step_seconds": round(step_seconds, 3),
+                                   "reader_tokens_per_second": round((trainer.reader_tokens - tokens_before) / step_seconds, 1),
+                                   "peak_memory_mib": peak_memory_mib(trainer.device)}
             if trainer.refresh_kind.kind == "every" and step % trainer.refresh_kind.n == 0 and step < config.steps:
                 row["refresh"] = trainer.search_index.refresh(trainer.retriever, progress=progress)
                 trainer.refresh_seconds += row["refresh"]["seconds"]
@@ -569,6 +603,7 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
         "dev_after": final or None,
         "final_losses": next(({k: r[k] for k in ("reader_nll", "retriever_loss")} for r in reversed(rows) if "reader_nll" in r), None),
         "refresh_seconds": round(trainer.refresh_seconds, 3),
+        "speed": speed([r for r in rows if "step_seconds" in r]),
         "generation": trainer.search_index.generation,
         "export": exported | {"base_encoder": index.manifest.encoder, "base_reader": config.reader},
         "machine": machine() | {"device": str(trainer.device)},
