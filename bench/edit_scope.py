@@ -41,8 +41,8 @@ import torch
 from bench.common import RESULTS_DIR, check_out, log, machine_info, write_result
 from indexer.edit_memory import EditMemory
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
+from indexer.names import names_any
 from rag.editing import CANDIDATES, SCOPE_CLASSIFIER, about_subject, load_scope, match_edits
-from rag.two_hop import names_any
 from trainer.edit_cases import FORMATS, EditCase, in_fold, parse_fold, read_cases
 
 VAL = Path("/work/shared/data/editing/counterfact-val.jsonl.gz")

@@ -12,6 +12,7 @@ from indexer.dense import KINDS
 from indexer.encoder import DEFAULT_ENCODER, DTYPES, TextEncoder
 from indexer.index import MODES, Index, build_index
 from indexer.manifest import IndexFolderError
+from indexer.names import unnamed_subject
 from indexer.records import Document
 
 
@@ -93,7 +94,8 @@ def _add_edit_commands(commands: argparse._SubParsersAction) -> None:
     add.add_argument("--question", default=None, help="a question the fact answers")
     add.add_argument("--answer", default=None, help="its answer (needs --question)")
     add.add_argument("--subject", default=None, help="what the fact is about; when given, only questions that "
-                     "name it (any case, accents ignored, plural or possessive allowed) can be in the edit's scope")
+                     "name it (any case, accents ignored, plural or possessive allowed) can be in the edit's scope; a subject "
+                     "that neither the fact nor the question names gets a warning on stderr")
     add.add_argument("--supersedes", default=None, metavar="ID", help="the edit this one replaces")
     add.set_defaults(run=_edit_add)
     listing = verbs.add_parser("list", help="list the active edits (JSON lines)")
@@ -211,6 +213,9 @@ def _edit_add(args: argparse.Namespace) -> int:
     memory = Index.open_memory(args.index)
     edit = memory.add(args.fact, question=args.question, answer=args.answer, subject=args.subject, supersedes=args.supersedes)
     print(json.dumps(edit.to_json(), ensure_ascii=False))
+    warning = unnamed_subject(edit.fact, edit.question, edit.subject)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

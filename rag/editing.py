@@ -23,8 +23,9 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from indexer.edit_memory import Edit, EditMemory, question_key
+from indexer.names import subject_spans
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
-from rag.two_hop import TwoHopDetector, resolve_first_hop, subject_spans
+from rag.two_hop import TwoHopDetector, resolve_first_hop
 
 SCOPE_CLASSIFIER = str(SHIPPED)
 SCOPE_KINDS = ("auto", "classifier", "similarity", "none")
@@ -133,7 +134,7 @@ def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIE
 
 def names_subject(question: str, subject: str | None) -> bool:
     """Whether `question` names `subject`: as whole words, ignoring case and accents, with a possessive ending
-    or (a common noun's) plural one (rag.two_hop.subject_pattern)."""
+    or (a common noun's) plural one (indexer.names.subject_pattern)."""
     return bool(subject_spans(question, subject))
 
 

@@ -15,15 +15,16 @@ someone's citizenship says nothing of "the capital of the country where they wer
 """
 from __future__ import annotations
 
-import functools
 import json
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
+
+from indexer.names import subject_spans
 
 KIND = "two-hop-detector"
 SHIPPED = Path(__file__).resolve().parent / "classifiers" / "two-hop-minilm.json"
@@ -84,43 +85,6 @@ class TwoHopDetector:
 # A second hop that names its object ("What is the name of the state in which X is located?") asks for the
 # first hop itself: there is no further fact to reach.
 IDENTITY_HOP = re.compile(r"\b(?:name|names|title)\s+of\s*$", flags=re.IGNORECASE)
-
-
-def fold(text: str) -> str:
-    """`text` in composed form (NFC) with accents dropped from accented letters ("Frédéric" to "Frederic") and
-    curly apostrophes made straight, one character for one: positions in the result are positions in
-    `unicodedata.normalize("NFC", text)`."""
-    out = []
-    for ch in unicodedata.normalize("NFC", text):
-        parts = unicodedata.normalize("NFD", ch)
-        # Only a letter plus combining marks loses the marks: a Hangul syllable also decomposes, into letters.
-        out.append(parts[0] if len(parts) > 1 and all(unicodedata.combining(c) for c in parts[1:]) else ch)
-    return "".join(out).replace("\u2019", "'")
-
-
-@functools.lru_cache(maxsize=65536)
-def subject_pattern(subject: str) -> re.Pattern[str] | None:
-    """The pattern of `subject` named in folded text: whole words, any case, with a possessive ending ("Berge's",
-    "Berges'"), and a plural one ("Houston toads") when its last word is a common noun (lowercase): "Williams"
-    must not name "William". None for an empty subject."""
-    subject = fold(subject.strip())
-    if not subject:
-        return None
-    ending = r"(?:'s|s'|es|s|')?" if subject.split()[-1].islower() else r"(?:'s|')?"
-    return re.compile(rf"(?<!\w){re.escape(subject)}{ending}(?!\w)", flags=re.IGNORECASE)
-
-
-def subject_spans(question: str, subject: str | None) -> list[tuple[int, int]]:
-    """Where `subject` is named in `question` (`subject_pattern`), first to last: (start, end) pairs in the
-    question's composed form (NFC, which is the question itself unless it was typed decomposed)."""
-    pattern = subject_pattern(subject) if subject else None
-    return [m.span() for m in pattern.finditer(fold(question))] if pattern else []
-
-
-def names_any(question: str, subjects: Iterable[str]) -> bool:
-    """Whether `question` names any of `subjects` (folded once, for checking against many subjects)."""
-    folded = fold(question)
-    return any(pattern.search(folded) for pattern in map(subject_pattern, subjects) if pattern)
 
 
 def resolve_first_hop(question: str, subject: str | None, answer: str | None) -> str | None:

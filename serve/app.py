@@ -32,6 +32,7 @@ from swagger_ui_bundle import swagger_ui_path
 from indexer.edit_memory import MAX_TEXT_CHARS, Edit, EditNotFound
 from indexer.index import ChangeReport
 from indexer.manifest import IndexFolderError
+from indexer.names import unnamed_subject
 from indexer.records import Document
 from rag.adapters import check_adapter_folder
 from rag.pipeline import MAX_K, Pipeline, check_request
@@ -106,10 +107,12 @@ class EditOut(BaseModel):
     revoked_at: str | None = Field(description="when it was revoked (ISO 8601, UTC)")
     superseded_by: str | None = Field(description="the edit that replaced this one")
     active: bool = Field(description="neither revoked nor superseded: questions about it are answered from it")
+    warning: str | None = Field(None, description="what looks wrong with the edit as stated: a subject that neither "
+                                "its fact nor its question names (a typo, most likely); null when nothing does")
 
     @classmethod
     def of(cls, edit: Edit) -> EditOut:
-        return cls(**edit.to_json())
+        return cls(**edit.to_json(), warning=unnamed_subject(edit.fact, edit.question, edit.subject))
 
 
 class AskResponse(BaseModel):

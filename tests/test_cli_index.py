@@ -294,3 +294,24 @@ def test_commands_on_a_folder_that_is_not_an_index(tmp_path: Path, corpus: Path,
     assert list(plain.iterdir()) == []
     code, _, err = run(capsys, command, "--index", tmp_path / "missing", *extra)
     assert code == 2 and "no such index folder" in err and not (tmp_path / "missing").exists()
+
+
+def test_edit_commands_add_list_revoke_and_warn_of_an_unnamed_subject(built: Path, capsys: pytest.CaptureFixture) -> None:
+    code, stdout, err = run(capsys, "edit", "add", "--index", built, "--fact", "The Eiffel Tower is in Rome.",
+                            "--question", "Where is the Eiffel Tower?", "--answer", "Rome", "--subject", "Eiffel Tower")
+    first = json.loads(stdout)
+    assert code == 0 and "warning" not in err and first["id"] == "e1" and first["active"]
+    # A subject the fact and the question both leave unnamed is kept as stated, with a warning on stderr.
+    code, stdout, err = run(capsys, "edit", "add", "--index", built, "--fact", "The Louvre is in Lyon.", "--subject", "Louvr")
+    second = json.loads(stdout)
+    assert code == 0 and second["subject"] == "Louvr" and "warning: the subject 'Louvr' is named in neither" in err
+    code, stdout, _ = run(capsys, "edit", "revoke", "--index", built, "e1")
+    assert code == 0 and json.loads(stdout)["revoked_at"] is not None
+    code, stdout, _ = run(capsys, "edit", "list", "--index", built)
+    assert [e["id"] for e in json_lines(stdout)] == ["e2"]
+    code, stdout, _ = run(capsys, "edit", "list", "--index", built, "--all")
+    assert [e["id"] for e in json_lines(stdout)] == ["e1", "e2"]
+    code, stdout, err = run(capsys, "edit", "add", "--index", built, "--fact", "Paris is in France.", "--answer", "France")
+    assert code == 2 and stdout == "" and "needs its question" in err
+    code, stdout, err = run(capsys, "edit", "revoke", "--index", built, "e1")
+    assert code == 2 and "already revoked" in err

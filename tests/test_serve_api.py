@@ -141,6 +141,13 @@ def test_writes_need_the_token_and_reads_do_not(client: TestClient, pipeline: Pi
         assert open_client.delete(f"/edits/{made.json()['id']}").status_code == 200
 
 
+def test_an_edit_whose_subject_nothing_names_comes_back_with_a_warning(client: TestClient) -> None:
+    made = add_edit(client, fact="The harbour ferry leaves from Tanga.", subject="Zanzibar ferry")
+    assert made["subject"] == "Zanzibar ferry" and "'Zanzibar ferry' is named in neither" in made["warning"]
+    assert [e for e in client.get("/edits").json()["edits"] if e["id"] == made["id"]] == [made]
+    revoke(client, made["id"])
+
+
 def test_an_edit_answers_its_question_until_revoked(client: TestClient, pipeline: Pipeline) -> None:
     question, other = "who painted the quokka mural?", "what is topic3?"
     before, other_before = ask(client, question, k=2), ask(client, other, k=2)
@@ -148,6 +155,7 @@ def test_an_edit_answers_its_question_until_revoked(client: TestClient, pipeline
     made = add_edit(client, fact="The quokka mural was painted by Ada Lovelace.", question=question,
                     answer="Ada Lovelace", subject="quokka mural")
     assert made["id"].startswith("e") and made["active"] and made["revoked_at"] is None and made["supersedes"] is None
+    assert made["warning"] is None
     assert (made["fact"], made["question"], made["answer"], made["subject"]) == (
         "The quokka mural was painted by Ada Lovelace.", question, "Ada Lovelace", "quokka mural")
     assert made in client.get("/edits").json()["edits"]

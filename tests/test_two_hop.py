@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.names import unnamed_subject
 from rag.editing import names_subject
 from rag.two_hop import SHIPPED, TwoHopDetector, load_two_hop, resolve_first_hop
 from trainer.edit_cases import EditCase, Probe
@@ -131,3 +132,14 @@ def test_training_command_refuses_bad_input(argv: list[str], message: str, tmp_p
 ])
 def test_names_subject_ignores_case_accents_and_plural_or_possessive_endings(question: str, subject: str | None, named: bool) -> None:
     assert names_subject(question, subject) is named
+
+
+@pytest.mark.parametrize("fact,question,subject,warned", [
+    ("The Eiffel Tower is in Rome.", None, "eiffel tower", False),
+    ("It is in Rome.", "Where is the Eiffel Tower?", "Eiffel Tower", False),  # the question names it
+    ("The Eiffel Tower is in Rome.", "Where is it?", "Eifel Tower", True),  # a typo
+    ("The Eiffel Tower is in Rome.", None, None, False),
+])
+def test_an_edit_subject_that_neither_fact_nor_question_names_is_flagged(fact: str, question: str | None, subject: str | None,
+                                                                        warned: bool) -> None:
+    assert (unnamed_subject(fact, question, subject) is not None) is warned

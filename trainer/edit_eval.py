@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.index import LOCK_FILE
+from indexer.names import names_any
 from rag.pipeline import Pipeline
-from rag.two_hop import names_any
 from trainer.edit_cases import EditCase
 from trainer.evaluate import batches
 from trainer.qa_metrics import contains_answer

@@ -138,6 +138,7 @@ function editItem(edit) {
   const details = [];
   if (edit.question) details.push(`Q: ${edit.question}` + (edit.answer ? ` → ${edit.answer}` : ""));
   if (edit.subject) details.push(`subject: ${edit.subject}`);
+  if (edit.warning) details.push(`warning: ${edit.warning}`);
   details.push(`made ${edit.created_at}`);
   if (edit.supersedes) details.push(`replaces ${edit.supersedes}`);
   if (edit.revoked_at) details.push(`revoked ${edit.revoked_at}`);
@@ -173,7 +174,8 @@ async function addEdit(event) {
   }
   try {
     const edit = await call("POST", "/edits", body, true);
-    say(`edit ${edit.id} added` + (edit.supersedes ? ` (replaces ${edit.supersedes})` : ""), true);
+    say(`edit ${edit.id} added` + (edit.supersedes ? ` (replaces ${edit.supersedes})` : "") +
+        (edit.warning ? `; warning: ${edit.warning}` : ""), !edit.warning);
     for (const name of ["fact", "question", "answer", "subject"]) $("edit-" + name).value = "";
     refreshEdits();
     refreshStats();
