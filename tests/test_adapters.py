@@ -143,6 +143,12 @@ def test_an_adapter_with_its_own_query_encoder_retrieves_with_it(served: tuple[T
     assert [[h.id for h in a.passages] for a in pipeline.ask_many(QUESTIONS, k=3, mode="dense", adapter=adapters["lora-a"])] != expected
     reply = client.post("/ask", json={"question": QUESTIONS[0], "k": 3, "mode": "dense", "adapter": "lora-q"}).json()
     assert [p["id"] for p in reply["passages"]] == expected[0]
+    # Hybrid: the dense half of the fusion searches with the adapter's vectors too.
+    fused = [[h.id for h in hits] for hits in pipeline.index.search_many(QUESTIONS, k=3, mode="hybrid", query_vectors=own)]
+    assert [[h.id for h in a.passages] for a in pipeline.ask_many(QUESTIONS, k=3, mode="hybrid", adapter=adapters["lora-q"])] == fused
+    assert [[h.id for h in a.passages] for a in pipeline.ask_many(QUESTIONS, k=3, mode="hybrid")] != fused  # the test can tell
+    reply = client.post("/ask", json={"question": QUESTIONS[0], "k": 3, "mode": "hybrid", "adapter": "lora-q"}).json()
+    assert [p["id"] for p in reply["passages"]] == fused[0]
     response = client.post("/ask", json={"question": QUESTIONS[0], "adapter": "lora-q16"})
     assert response.status_code == 422 and "16-d" in response.json()["error"]
     broken = adapters["lora-a"].parent / "lora-qbroken"
