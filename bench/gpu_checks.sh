@@ -10,7 +10,7 @@
 #   serve   issue 4: builds indexes/default, 16 and 64 clients with and without micro-batching, span reader
 #           then the generative one (bench/serve_load.py)
 # Results and the log go to bench/results/gpu, and are copied to $OUT (the device tool's folder that comes back).
-# Env: JOINT_STEPS (default 300), JOINT_EXTRA (more bench/joint_training.py flags, which win), ENCODE_LIMIT
+# Env: JOINT_STEPS (default 200), JOINT_EXTRA (more bench/joint_training.py flags, which win), ENCODE_LIMIT
 # (passages, default all), SERVE_SECONDS (default 30), PYTHON (default python3). Rehearse it on a machine without a GPU
 # with DEVICE=cpu and small settings (setup is skipped where the project is importable already), e.g.
 #   DEVICE=cpu ENCODE_LIMIT=200 JOINT_STEPS=1 JOINT_EXTRA="--batch-size 2 --limit 20 --em-limit 2" bench/gpu_checks.sh encode joint
@@ -53,9 +53,9 @@ stage_index() {
 stage_joint() {
     [ -f indexes/shared/manifest.json ] || stage_index
     rm -rf /tmp/rag-joint
-    "$python" bench/joint_training.py --device "$device" --bf16 --threads 8 --losses pdist --steps "${JOINT_STEPS:-300}" \
+    "$python" bench/joint_training.py --device "$device" --bf16 --threads 8 --losses pdist --steps "${JOINT_STEPS:-200}" \
         --batch-size 16 --top-k 8 --candidates 32 --refresh rerank:64 --max-passage-tokens 128 --retriever-lr 3e-5 \
-        --em-limit 200 --runs /tmp/rag-joint --out "$out/joint_training_gpu.json" ${JOINT_EXTRA:-}  # word-split on purpose
+        --em-limit 100 --runs /tmp/rag-joint --out "$out/joint_training_gpu.json" ${JOINT_EXTRA:-}  # word-split on purpose
 }
 
 stage_serve() {
