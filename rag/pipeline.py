@@ -34,8 +34,9 @@ TWO_HOP_KINDS = ("auto", "none")
 class Answer:
     """An answer, the passages retrieved for it (best first), the edit it was read from when the
     question is in an edit's scope (the edit then takes precedence over the passages), and where the
-    time went (milliseconds). `asked_as`: the question the reader was asked instead, when the question
-    asked beyond the edit and the edit's answer took the place of its first hop ("What is the capital of Iraq?")."""
+    time went (milliseconds). `beyond`: the question asks beyond the edit (a second hop from the edit's answer),
+    so the answer follows from the edit but is not the one it states. `asked_as`: the question the reader was
+    asked instead, when the edit's answer could take the place of its first hop ("What is the capital of Iraq?")."""
 
     question: str
     text: str
@@ -43,6 +44,7 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     edit: Edit | None = None
     asked_as: str | None = None
+    beyond: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class Answer:
             "passages": [p.to_json() for p in self.passages],
             "edit": self.edit.to_json() if self.edit else None,
             "asked_as": self.asked_as,
+            "beyond": self.beyond,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -260,5 +263,5 @@ class Pipeline:
                     texts[i] = text
         t3 = time.perf_counter()
         timings = {"edit_ms": (t1 - t0) * 1e3, "retrieve_ms": (t2 - t1) * 1e3, "read_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
-        return [Answer(q, text, hits, dict(timings), edit, asked_as)
-                for q, text, hits, edit, asked_as in zip(questions, texts, passages, edits, rewritten)]
+        return [Answer(q, text, hits, dict(timings), edit, asked_as, i in beyond)
+                for i, (q, text, hits, edit, asked_as) in enumerate(zip(questions, texts, passages, edits, rewritten))]

@@ -126,6 +126,8 @@ class AskResponse(BaseModel):
     edit: EditOut | None = Field(description="the edit the answer was read from, or null")
     asked_as: str | None = Field(None, description="the question the reader was asked instead, when the question asked "
                                                    "beyond `edit` and the edit's answer took the place of its first hop")
+    beyond: bool = Field(False, description="the question asks beyond `edit` (a second hop from its answer): the "
+                                            "answer follows from the edit but is not the one it states")
     timings: dict[str, float]
     batch_size: int = Field(description="questions answered together in this one's micro-batch")
 
@@ -302,7 +304,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         return AskResponse(question=answer.question, answer=answer.text,
                            passages=[PassageOut(**p.to_json()) for p in answer.passages],
                            edit=None if answer.edit is None else EditOut.of(answer.edit), asked_as=answer.asked_as,
-                           timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
+                           beyond=answer.beyond, timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
 
     # -- documents ---------------------------------------------------------------------------
     def require_token(authorization: Annotated[str | None, Header(description="Bearer <token>")] = None) -> None:

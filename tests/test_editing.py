@@ -213,13 +213,15 @@ def test_two_hop_questions_take_their_second_hop_from_the_edits_answer(pipeline:
     assert got.edit == edit and got.question == question and [p.id for p in got.passages] == [h.id for h in plain]
     assert got.text == pipeline.reader.generate(["what is the capital of zeta?"], [plain])[0]
     assert got.asked_as == "what is the capital of zeta?" and got.to_json()["asked_as"] == got.asked_as
+    assert got.beyond and got.to_json()["beyond"] is True
     # No phrase to resolve: the generative reader reads the edit, then passages about its answer.
     odd = "topic4 lies in a land whose capital is what?"
     got = pipeline.ask(odd, k=3, mode="sparse")
     hits = pipeline.retrieve([f"{odd} zeta"], 3, "sparse")[0]
-    assert got.edit == edit and got.asked_as is None and [p.id for p in got.passages] == [h.id for h in hits]
+    assert got.edit == edit and got.asked_as is None and got.beyond and [p.id for p in got.passages] == [h.id for h in hits]
     assert got.text == reader.generate([odd], [[EditPassage.of(edit), *hits]])[0]
-    assert pipeline.ask("where is topic4?", k=3, mode="sparse").text == "zeta"  # its own question: the stated answer
+    own = pipeline.ask("where is topic4?", k=3, mode="sparse")
+    assert own.text == "zeta" and not own.beyond  # its own question: the stated answer
     after = pipeline.ask(unrelated, k=3, mode="sparse")  # names no edited subject
     assert after.edit is None and after.text == before.text
     pipeline.scope = SimilarityScope(-1.0)  # now every question is in the nearest edit's scope

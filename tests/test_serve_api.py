@@ -69,7 +69,7 @@ def test_ask_answers_with_passages_and_timings(client: TestClient, pipeline: Pip
     body = ask(client, "what is topic3?", k=2, mode="hybrid")
     assert body["passages"][0]["doc_id"] == "doc-3" and len(body["passages"]) == 2
     assert set(body["passages"][0]) == {"id", "doc_id", "title", "text", "score"}
-    assert body["edit"] is None and body["asked_as"] is None
+    assert body["edit"] is None and body["asked_as"] is None and body["beyond"] is False
     assert {"edit_ms", "retrieve_ms", "read_ms", "total_ms", "queue_ms", "server_ms"} <= set(body["timings"])
     assert body["answer"] == pipeline.ask("what is topic3?", k=2, mode="hybrid").text
     assert ask(client, "who?", k=0)["passages"] == []  # closed book
@@ -162,7 +162,7 @@ def test_an_edit_answers_its_question_until_revoked(client: TestClient, pipeline
     assert client.get("/stats").json()["edits"] >= 1
 
     edited = ask(client, question, k=2)
-    assert edited["edit"] == made and edited["asked_as"] is None and "edit_ms" in edited["timings"]
+    assert edited["edit"] == made and edited["asked_as"] is None and not edited["beyond"] and "edit_ms" in edited["timings"]
     # The answer is the one the edit states, and the passages are still retrieved and shown.
     assert edited["answer"] == "Ada Lovelace"
     assert [p["id"] for p in edited["passages"]] == [p["id"] for p in before["passages"]]

@@ -32,6 +32,8 @@ function showAnswer(data) {
   edit.hidden = !data.edit;
   edit.textContent = !data.edit ? "" : data.asked_as
     ? `asked as "${data.asked_as}", the first hop from edit ${data.edit.id}: ${data.edit.fact}`
+    : data.beyond
+    ? `read with edit ${data.edit.id} in view, from which the question asks a further step: ${data.edit.fact}`
     : `answered from edit ${data.edit.id}: ${data.edit.fact}`;
   const t = data.timings;
   $("timings").textContent =
