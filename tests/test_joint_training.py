@@ -164,6 +164,11 @@ def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_
         assert a["generation"] == 1 and json.loads(lines[1][1])["refresh"]["generation"] == 1
         assert json.loads(lines[1][1])["refresh"]["passages_per_second"] > 0
     assert json.loads(lines[1][-1])["refresh_seconds_total"] > json.loads(lines[1][0])["refresh_seconds_total"] >= 0  # timed, and carried over
+    # Re-embedded: the whole index (20 passages) at step 2, or each step's grad-accum x batch x L = 2 x 2 x 5 candidates.
+    expected = [0, 20, 20, 20] if refresh.startswith("every") else [20, 40, 60, 80]
+    assert [json.loads(r)["refresh_passages_total"] for r in lines[1]] == expected
+    speed = json.loads((tmp_path / "resumed" / "training.json").read_text())["speed"]
+    assert speed["refresh_passages_per_second"] > 0
 
 
 def test_cli_run_exports_an_encoder_and_a_reader_that_load(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,

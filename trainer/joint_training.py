@@ -294,6 +294,7 @@ class JointTrainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # torchrun: one GPU per process
         self.search_index = TrainingIndex(index, config.out / "index", generation, self.device)
         self.refresh_seconds = 0.0  # re-embedding the index (every:N) or the candidates (rerank:L), all steps so far
+        self.refresh_passages = 0  # the passages those re-embedded
         if config.retrieved > self.search_index.size:
             raise ValueError(f"--top-k / --candidates {config.retrieved}: the index has only {self.search_index.size} passages")
         # One encoder for both sides, starting where the index's vectors came from (query-side only never runs its passage side).
@@ -343,6 +344,7 @@ class JointTrainer:
             fresh = torch.from_numpy(self.retriever.encode([encoder_input(h.title, h.text) for h in candidates], "passage"))
         order = (fresh.to(query.device) @ query.float()).argsort(descending=True)[: self.config.retrieved]
         self.refresh_seconds += time.perf_counter() - start
+        self.refresh_passages += len(candidates)
         return [candidates[i] for i in order.tolist()]
 
     def reader_logprobs(self, questions: Sequence[str], found: Sequence[Sequence[SearchHit]], answers: Sequence[str],
@@ -486,15 +488,16 @@ def peak_memory_mib(device: torch.device) -> float:
 
 def speed(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Median step time and reader tokens/s of the logged steps (the first left out: it warms up), the peak
-    memory, and the re-embedding throughput of the refreshes."""
+    memory, and the re-embedding throughput of the refreshes (the whole index every N steps, or the over-retrieved
+    candidates of each step), None when nothing was re-embedded."""
     if not rows:
         return None
-    steady = rows[1:] or rows
-    refreshes = [r["refresh"]["passages_per_second"] for r in rows if "passages_per_second" in r.get("refresh", {})]
+    steady, last = rows[1:] or rows, rows[-1]
+    refreshed = last.get("refresh_passages_total", 0) and last["refresh_seconds_total"]
     return {"median_step_seconds": float(np.median([r["step_seconds"] for r in steady])),
             "median_reader_tokens_per_second": float(np.median([r["reader_tokens_per_second"] for r in steady])),
             "peak_memory_mib": max(r["peak_memory_mib"] for r in rows),
-            "refresh_passages_per_second": float(np.median(refreshes)) if refreshes else None}
+            "refresh_passages_per_second": round(last["refresh_passages_total"] / last["refresh_seconds_total"], 1) if refreshed else None}
 
 
 def _log(fh: Any, row: dict[str, Any]) -> None:
@@ -548,7 +551,8 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
         step, cursor = state["step"], state["cursor"]
     kept = _metrics_until(out / METRICS, step) if rank == 0 else []
     started = time.time()
-    trainer.refresh_seconds = next((json.loads(line)["refresh_seconds_total"] for line in reversed(kept) if "reader_nll" in line), 0.0)
+    last = next((json.loads(line) for line in reversed(kept) if "reader_nll" in line), {})
+    trainer.refresh_seconds, trainer.refresh_passages = last.get("refresh_seconds_total", 0.0), last.get("refresh_passages_total", 0)
     with open(out / METRICS if rank == 0 else os.devnull, "w") as log:
         log.writelines(line + "\n" for line in kept)
         if dev and step == 0:
@@ -573,7 +577,9 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
             if trainer.refresh_kind.kind == "every" and step % trainer.refresh_kind.n == 0 and step < config.steps:
                 row["refresh"] = trainer.search_index.refresh(trainer.retriever, progress=progress)
                 trainer.refresh_seconds += row["refresh"]["seconds"]
+                trainer.refresh_passages += row["refresh"]["passages"]
             row["refresh_seconds_total"] = round(trainer.refresh_seconds, 3)
+            row["refresh_passages_total"] = trainer.refresh_passages
             _log(log, row)
             if dev and config.eval_every and step % config.eval_every == 0 and step < config.steps:
                 _log(log, {"step": step, "dev": trainer.evaluate(dev)})
