@@ -26,14 +26,10 @@ from bench.common import DEFAULT_INDEX, QA_DIR, check_out, default_out, log, mac
 from indexer.index import Index
 from rag.models import GENERATIVE_READER
 from rag.reader import DecoderReader
+from trainer.joint_losses import retriever_log_probs
 from trainer.qa_data import read_qa, sample
 
 TRAIN = {"squad-open-train": QA_DIR / "squad-open-train.jsonl.gz", "nq-open-train": QA_DIR / "nq-open-train.jsonl.gz"}
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
 
 
 def main() -> None:
@@ -58,21 +54,21 @@ def main() -> None:
         found = index.search_many([r.question for r in records], k=args.candidates, mode="dense")
         rows = []
         for record, hits in tqdm(list(zip(records, found)), desc=name, unit="question"):
-            gold = [i for i, h in enumerate(hits) if h.doc_id in set(record.gold_ids)]
+            gold_ids = set(record.gold_ids)
+            gold = [i for i, h in enumerate(hits) if h.doc_id in gold_ids]
             if not gold:
-                rows.append(None)
                 continue
             with torch.inference_mode():
-                logp = reader.score(record.question, hits, record.answers[0]).float().numpy()
-            retriever = softmax(np.array([h.score for h in hits]) / args.tau)
-            teacher = softmax(logp / args.temperature)
+                logp = reader.score(record.question, hits, record.answers[0]).float()
+            # The two distributions rag-train joint's pdist compares: p_ret = softmax(s / tau) and its target.
+            retriever = retriever_log_probs(torch.tensor([h.score for h in hits]), args.tau).exp().numpy()
+            teacher = torch.softmax(logp / args.temperature, dim=-1).numpy()
             rows.append({"gold_rank": gold[0] + 1, "retriever_first_is_gold": 0 in gold,
                          "reader_first_is_gold": int(logp.argmax()) in gold,
                          "retriever_gold_mass": float(retriever[gold].sum()), "teacher_gold_mass": float(teacher[gold].sum())})
-        kept = [r for r in rows if r]
-        mean = lambda key: round(float(np.mean([r[key] for r in kept])), 3) if kept else None
-        result[name] = {"questions": len(records), "gold_in_candidates": len(kept),
-                        "gold_below_rank_3": sum(r["gold_rank"] > 3 for r in kept),
+        mean = lambda key: round(float(np.mean([r[key] for r in rows])), 3) if rows else None
+        result[name] = {"questions": len(records), "gold_in_candidates": len(rows),
+                        "gold_below_rank_3": sum(r["gold_rank"] > 3 for r in rows),
                         "retriever_first_is_gold": mean("retriever_first_is_gold"), "reader_first_is_gold": mean("reader_first_is_gold"),
                         "retriever_gold_mass": mean("retriever_gold_mass"), "teacher_gold_mass": mean("teacher_gold_mass")}
         log(name, json.dumps(result[name]))

@@ -307,7 +307,9 @@ class JointTrainer:
             checkpoint_activations(self.reader.model)
             checkpoint_activations(self.retriever.query_model)
         self.reader_params = trainable_parameters(self.reader, config.method, config.lora_rank)
-        self.reader_tokens = 0  # tokens the reader has read (padding excluded), training and scoring passes together
+        # Tokens each reader forward read (padding excluded), kept on the device and summed once a step by
+        # `take_reader_tokens`: reading them per forward would make the GPU wait in the middle of the step.
+        self._reader_tokens: list[torch.Tensor] = []
         self.reader.model.register_forward_pre_hook(self._count_tokens, with_kwargs=True)
         self.retriever_params = list(self.retriever.parameters())
         self.reader.model.train()
@@ -318,7 +320,14 @@ class JointTrainer:
 
     def _count_tokens(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
-        self.reader_tokens += int(mask.sum()) if mask is not None else 0
+        if mask is not None:
+            self._reader_tokens.append(mask.sum())
+
+    def take_reader_tokens(self) -> int:
+        """The tokens the reader has read since the last call (training and scoring passes together)."""
+        total = int(torch.stack(self._reader_tokens).sum()) if self._reader_tokens else 0
+        self._reader_tokens.clear()
+        return total
 
     def retrieve(self, query: torch.Tensor, passage_side: bool) -> tuple[list[list[SearchHit]], torch.Tensor]:
         """The top passages of each query vector (`config.retrieved` of them) and their scores s_k (B, K),
@@ -566,13 +575,14 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
                 begin = cursor + rank * config.batch_size
                 micro.append([train[(begin + i) % len(train)] for i in range(config.batch_size)])
                 cursor += config.batch_size * ranks
-            step_started, tokens_before = time.perf_counter(), trainer.reader_tokens
+            trainer.take_reader_tokens()  # drop what a dev evaluation read
+            step_started = time.perf_counter()
             losses = trainer.step(micro)
             step_seconds = time.perf_counter() - step_started
             row: dict[str, Any] = {"step": step, **losses, "lr": trainer.schedule.get_last_lr()[0],
                                    "generation": trainer.search_index.generation, "seconds": round(time.time() - started, 3),
                                    "step_seconds": round(step_seconds, 3),
-                                   "reader_tokens_per_second": round((trainer.reader_tokens - tokens_before) / step_seconds, 1),
+                                   "reader_tokens_per_second": round(trainer.take_reader_tokens() / step_seconds, 1),
                                    "peak_memory_mib": peak_memory_mib(trainer.device)}
             if trainer.refresh_kind.kind == "every" and step % trainer.refresh_kind.n == 0 and step < config.steps:
                 row["refresh"] = trainer.search_index.refresh(trainer.retriever, progress=progress)
