@@ -6,7 +6,8 @@ questions with gold_ids (squad-open-train and nq-open-train, what `rag-train joi
 `--candidates` passages of the index's own encoder are each scored alone by the untrained reader
 (log p(answer | question, passage), as the trainer scores them), and among the questions whose gold is in the
 candidates we count how often the gold is the retriever's first and the reader's first, and the mass each puts
-on the gold: the retriever's softmax(s / tau) and the pdist target softmax(log p / T).
+on the gold: the retriever's softmax(s / tau) and the pdist target softmax(log p / T). `--adapter` scores with a
+trained reader instead (a joint run's export/reader): the teacher a retriever meets after `--reader-first` steps.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--max-passage-tokens", type=int, default=64)
     parser.add_argument("--tau", type=float, default=0.05, help="the retriever's softmax temperature (rag-train joint's default)")
     parser.add_argument("--temperature", type=float, default=1.0, help="T of the pdist target")
+    parser.add_argument("--adapter", type=Path, default=None, help="the reader's LoRA adapter (default: the untrained reader)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=default_out(__file__))
     args = parser.parse_args()
@@ -47,8 +49,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     info = machine_info()
     index = Index.open(args.index, readonly=True)
-    reader = DecoderReader(GENERATIVE_READER, device="cpu", max_passage_tokens=args.max_passage_tokens)
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("limit", "candidates", "max_passage_tokens", "tau", "temperature")}}
+    reader = DecoderReader(GENERATIVE_READER, adapter=args.adapter, device="cpu", max_passage_tokens=args.max_passage_tokens)
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("limit", "candidates", "max_passage_tokens", "tau", "temperature")}
+                              | {"adapter": str(args.adapter) if args.adapter else None}}
     for name, path in TRAIN.items():
         records = sample([r for r in read_qa(path) if r.gold_ids], args.limit, 0)
         found = index.search_many([r.question for r in records], k=args.candidates, mode="dense")

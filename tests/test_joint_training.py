@@ -44,7 +44,8 @@ def test_settings_that_cannot_work_are_refused(topic_index: Path, qa_file: Path,
              (dict(refresh="rerank:2"), "at least --top-k"), (dict(tau=0.0), "--tau"),
              (dict(candidates=2), "--candidates 2 must be at least --top-k 3"), (dict(loss="loop", candidates=5), "drop --candidates"),
              (dict(refresh="rerank:4", candidates=5), r"--candidates \(5\)"), (dict(candidates=-1), "--candidates"),
-             (dict(train=[tmp_path / "nq-open-test.jsonl.gz"]), "not found"), (dict(grad_accum=0), "--grad-accum")]
+             (dict(reader_first=4), "--reader-first 4 leaves none"),
+             (dict(reader_first=-1), "--reader-first"), (dict(train=[tmp_path / "nq-open-test.jsonl.gz"]), "not found"), (dict(grad_accum=0), "--grad-accum")]
     for changes, message in cases:
         with pytest.raises(ValueError, match=message):
             config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", **changes).check()
@@ -141,6 +142,27 @@ def test_query_side_training_moves_the_retriever_towards_the_reader(topic_index:
     assert len(losses) == 12 and losses[-1] < losses[0] / 2
 
 
+def test_reader_first_holds_the_retriever_until_its_steps_are_done(topic_index: Path, qa_file: Path, tiny_reader_path: str,
+                                                                    tmp_path: Path) -> None:
+    """--reader-first 2 of 4 steps: the reader trains from the start, the retriever (loss and weights) from step 3 on."""
+    from rag.retriever import DualEncoder
+
+    run = config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", loss="pdist", query_side_only=True, candidates=5,
+                 reader_first=2, warmup=0.0, retriever_lr=1e-3)
+    initial = DualEncoder(str(Index.open(topic_index, readonly=True).manifest.encoder)).state_dict()
+    assert train_joint(run, progress=False, stop_after=2) == {"stopped_at": 2}
+    held = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    assert all(torch.equal(held["retriever"][n], initial[n]) for n in initial)
+    assert held["optimizer"]["param_groups"][1]["lr"] == 1e-3  # the retriever's schedule starts at full rate (no warm-up)
+    train_joint(run, resume=True, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["retriever_loss"] == 0 for r in rows] == [True, True, False, False]
+    assert all(r["reader_nll"] > 0 for r in rows)
+    trained = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    assert any(not torch.equal(trained["retriever"][n], initial[n]) for n in initial)
+    assert any(not torch.equal(held["reader"][n], trained["reader"][n]) for n in held["reader"])
+
+
 @pytest.mark.parametrize("loss,refresh", [("emdr2", "every:2"), ("loop", "rerank:5")])
 def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path, loss: str, refresh: str) -> None:
     """4 steps straight == 2 steps, stop, resume, 2 steps: the same losses, weights, optimizer and index generation."""
@@ -217,7 +239,7 @@ def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: 
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "trainer.joint_training", "--index", str(topic_index), "--train", str(qa_file), "--loss", "pdist",
-                           "--refresh", "every:1", "--top-k", "3", "--reader", tiny_reader_path, "--steps", "2", "--batch-size", "1",
+                           "--refresh", "every:1", "--top-k", "3", "--reader", tiny_reader_path, "--steps", "2", "--batch-size", "1", "--reader-first", "1",
                            "--dev-size", "4", "--dev-eval", "2", "--device", "cpu", "--threads", "1", "--out", str(run)],
                           env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -228,5 +250,9 @@ def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: 
 
     shards = [DenseIndex.load(run / "index" / f"dense-1-{r}of2.faiss", "flat").ntotal for r in (0, 1)]
     assert sum(shards) == 20 and min(shards) > 0
-    assert torch.load(run / CHECKPOINT, weights_only=False)["world_size"] == 2
+    checkpoint = torch.load(run / CHECKPOINT, weights_only=False)
+    assert checkpoint["world_size"] == 2
+    # The retriever's optimizer state starts at the step it is first taught, as on one process (--reader-first 1 of 2).
+    steps = lambda group: {int(checkpoint["optimizer"]["state"][i]["step"]) for i in checkpoint["optimizer"]["param_groups"][group]["params"]}
+    assert steps(0) == {2} and steps(1) == {1}
     assert (run / "export" / "reader" / "adapter_config.json").is_file()

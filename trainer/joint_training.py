@@ -8,7 +8,8 @@ top-K passages from the dense index and then
   passages, with targets from the reader: log p(a|q,d_k) per passage (emdr2, pdist, rag) or
   log p(a|q, D minus d_k) (loop). With `--candidates C` (C > K) the loss ranks the top C instead, each
   scored alone by the reader without gradient: a loss over the top K can only reorder them, one over
-  C can lift a passage from below the top K into it, which is what raises recall@K.
+  C can lift a passage from below the top K into it, which is what raises recall@K. With `--reader-first N`
+  the retriever's loss waits N steps, while the reader alone trains: an untrained reader is a weak teacher.
 
 Stale index strategies (ARCHITECTURE.md) as `--query-side-only` / `--refresh`:
 - query-side only: the passage side is the index's stored vectors, frozen; s_k = <E_q(q), v_k>;
@@ -32,8 +33,9 @@ import resource
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -41,7 +43,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from indexer.dense import DenseIndex
 from indexer.encoder import encoder_input
@@ -102,6 +103,7 @@ class JointTrainingConfig:
     top_k: int = 4
     candidates: int = 0  # passages per question the retriever's loss spreads over (0: the top_k the reader reads)
     refresh: str = "none"
+    reader_first: int = 0  # steps the reader trains alone before the retriever's loss starts
     query_side_only: bool = False
     tau: float = 0.05  # retriever temperature: cosine scores of normalised vectors span [-1, 1]
     temperature: float = 1.0  # T of the pdist and loop targets
@@ -126,7 +128,7 @@ class JointTrainingConfig:
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
         check_counts(self, at_least_one=("top_k", "steps", "batch_size", "grad_accum", "lora_rank", "max_passage_tokens"),
-                     at_least_zero=("candidates", "dev_size", "dev_eval", "eval_every", "save_every", "threads"))
+                     at_least_zero=("candidates", "reader_first", "dev_size", "dev_eval", "eval_every", "save_every", "threads"))
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         if self.loss == "adist":
@@ -139,6 +141,9 @@ class JointTrainingConfig:
         if self.candidates and self.candidates < self.top_k:
             raise ValueError(f"--candidates {self.candidates} must be at least --top-k {self.top_k}: the reader reads the first "
                              "--top-k of the candidates")
+        if self.reader_first >= self.steps:
+            raise ValueError(f"--reader-first {self.reader_first} leaves none of the {self.steps} --steps to the retriever: "
+                             "make it smaller than --steps")
         if self.candidates > self.top_k and self.loss == "loop":
             raise ValueError("--loss loop scores each passage by the answer without it, in a prompt that holds all the others: "
                              "it ranks the --top-k the reader reads; drop --candidates or choose emdr2, pdist or rag")
@@ -258,6 +263,17 @@ class TrainingIndex:
                 path.unlink()
 
 
+def linear_lr_factor(step: int, start: int, warmup: int, end: int) -> float:
+    """Learning-rate multiplier at optimizer step `step`: 0 before `start`, then a linear rise over `warmup` steps
+    and a linear fall to 0 at `end` (transformers' linear schedule, shifted to begin at `start`)."""
+    step -= start
+    if step < 0:
+        return 0.0
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (end - start - step) / max(1, end - start - warmup))
+
+
 def checkpoint_activations(model: torch.nn.Module) -> None:
     """Recompute activations in the backward pass instead of keeping them. Not re-entrant, so it works with
     frozen inputs (LoRA) without making the embeddings require grad."""
@@ -316,7 +332,10 @@ class JointTrainer:
         self.retriever.train()
         self.optimizer = torch.optim.AdamW([{"params": self.reader_params, "lr": config.lr},
                                             {"params": self.retriever_params, "lr": config.retriever_lr}], weight_decay=0.0)
-        self.schedule = get_linear_schedule_with_warmup(self.optimizer, math.ceil(config.warmup * config.steps), config.steps)
+        # Each group warms up from the step its loss starts at (the retriever's after --reader-first) and decays to 0 at the end.
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
+            partial(linear_lr_factor, start=start, warmup=math.ceil(config.warmup * (config.steps - start)), end=config.steps)
+            for start in (0, config.reader_first)])
 
     def _count_tokens(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
@@ -367,14 +386,18 @@ class JointTrainer:
                 targets.append(target)
         return self.reader.answer_logprobs(prompts, targets)[0].view(len(questions), -1)
 
-    def losses(self, records: Sequence[QARecord]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reader answer NLL on the top-K in one prompt, retriever loss over the candidates) of one micro-batch."""
+    def losses(self, records: Sequence[QARecord], teach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reader answer NLL on the top-K in one prompt, retriever loss over the candidates) of one micro-batch;
+        without `teach` (the --reader-first steps) the retriever's loss is 0 and the reader scores no candidates."""
         config = self.config
         questions, answers = [r.question for r in records], [r.answers[0] for r in records]
-        query = self.retriever(questions, "query")
-        found, scores = self.retrieve(query, passage_side=not config.query_side_only)
+        with nullcontext() if teach else torch.no_grad():
+            query = self.retriever(questions, "query")
+            found, scores = self.retrieve(query, passage_side=not config.query_side_only)
         read = [list(row[: config.top_k]) for row in found]
         reader_nll = answer_nll(self.reader, [ReaderExample(q, row, a, None) for q, row, a in zip(questions, read, answers)])
+        if not teach:
+            return reader_nll, scores.new_zeros(())
         if config.loss == "rag":
             # The marginal trains the reader too: its per-passage likelihoods keep their gradients.
             return reader_nll, rag_marginal_loss(scores, self.reader_logprobs(questions, found, answers, False), config.tau)
@@ -390,25 +413,27 @@ class JointTrainer:
         """One optimizer step over `micro_batches` (gradient accumulation); the mean losses."""
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
         totals = {"reader_nll": 0.0, "retriever_loss": 0.0}
+        teach = self.schedule.last_epoch >= self.config.reader_first  # last_epoch: the optimizer steps taken so far
         for batch in micro_batches:
             with autocast:
-                reader_nll, retriever_loss = self.losses(batch)
+                reader_nll, retriever_loss = self.losses(batch, teach)
             ((reader_nll + retriever_loss) / len(micro_batches)).backward()
             totals["reader_nll"] += reader_nll.item() / len(micro_batches)
             totals["retriever_loss"] += retriever_loss.item() / len(micro_batches)
         if self.world_size > 1:
-            totals = self._average(totals)
+            totals = self._average(totals, teach)
         torch.nn.utils.clip_grad_norm_(self.reader_params + self.retriever_params, 1.0)
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         return totals
 
-    def _average(self, totals: dict[str, float]) -> dict[str, float]:
+    def _average(self, totals: dict[str, float], teach: bool) -> dict[str, float]:
         """Data parallelism: every rank's gradients replaced by their mean over the ranks (the DDP all-reduce,
         done by hand because the shared encoder runs several forward passes per step, which DDP's hooks refuse),
-        and the mean losses for the log."""
-        for param in self.reader_params + self.retriever_params:
+        and the mean losses for the log. Before the retriever is taught its gradients stay None, as on one
+        process: zeros would start AdamW's moments and step count early and skew its first real updates."""
+        for param in self.reader_params + (self.retriever_params if teach else []):
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             dist.all_reduce(param.grad)
@@ -645,6 +670,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--candidates", type=int, default=d.candidates,
         help="passages per question the retriever's loss ranks, each scored alone by the reader (0: --top-k); more than "
              "--top-k lets the loss lift passages from below the top-K into it")
+    add("--reader-first", type=int, default=d.reader_first,
+        help="steps the reader trains alone before the retriever's loss starts, so that the retriever learns from a reader "
+             "that has learned to read passages; the retriever's learning rate warms up from then")
     add("--refresh", default=d.refresh, help="none, every:N (re-embed all passages every N steps) or rerank:L (over-retrieve L)")
     add("--query-side-only", action="store_true", help="train the query side only, against the index's frozen vectors")
     add("--tau", type=float, default=d.tau, help="retriever softmax temperature")
@@ -681,7 +709,7 @@ def _run(args: argparse.Namespace) -> int:
         config = JointTrainingConfig(
             index=args.index, train=[Path(p) for p in args.train.split(",") if p], out=args.out, loss=args.loss, dev=args.dev,
             reader=args.reader, method=args.method, lora_rank=args.lora_rank, top_k=args.top_k, refresh=args.refresh,
-            candidates=args.candidates,
+            candidates=args.candidates, reader_first=args.reader_first,
             query_side_only=args.query_side_only, tau=args.tau, temperature=args.temperature, steps=args.steps,
             batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, retriever_lr=args.retriever_lr, warmup=args.warmup,
             max_passage_tokens=args.max_passage_tokens, dev_size=args.dev_size, dev_eval=args.dev_eval, eval_every=args.eval_every,

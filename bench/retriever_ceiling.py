@@ -1,0 +1,112 @@
+"""Benchmark: the recall a perfect teacher would reach, at the scale joint training runs at.
+
+Joint training moves the query encoder towards the passages its reader (the teacher) prefers among the
+top candidates. The best any teacher can do is to put all its mass on the gold passage. This script trains
+the query encoder exactly as `rag-train joint --query-side-only --loss pdist --candidates C` does (the same
+training questions in the same order, the index's frozen passage vectors, tau, AdamW with linear warm-up and
+decay, gradient clipping), except that the target puts all its mass on the gold passages (shared equally when the
+gold document has several) instead of following the reader's preference; questions whose gold is not among the candidates teach nothing, as in joint training. It then
+measures recall@1/5/20 on the joint-training benchmark's sets (500 seeded questions each of squad-open-dev
+and the gold_ids records of nq-open-test). So for each number of training questions it gives the ceiling of
+what the pdist/emdr2 losses can add to recall@5; bench/joint_training.py says how much of it they reach.
+No reader runs, so it is cheap on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, write_result
+from bench.joint_training import SETS, TRAIN, NoReader, question_sets
+from indexer.index import Index
+from rag.pipeline import Pipeline
+from rag.retriever import DualEncoder
+from trainer.evaluate import evaluate_qa
+from trainer.joint_losses import pdist_loss
+from trainer.joint_training import TrainingIndex
+from trainer.qa_data import QARecord
+from trainer.reader_training import load_train_dev
+
+
+def recall(index: Index, retriever: DualEncoder, sets: dict[str, list[QARecord]]) -> dict[str, dict[str, float]]:
+    """recall@1/5/20 of each set, dense retrieval with `retriever`'s query side over the index's vectors."""
+    retriever.eval()
+    out = {}
+    for name, records in sets.items():
+        summary, _ = evaluate_qa(Pipeline(index, NoReader(), retriever=retriever), records, k=5, mode="dense", batch_size=32, progress=False)
+        out[name] = {key: summary[key] for key in ("n", "recall@1", "recall@5", "recall@20")}
+    return out
+
+
+def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespace) -> tuple[DualEncoder, dict[str, Any]]:
+    """The query encoder after `len(records) / batch_size` steps of pdist towards a target on the gold passages only."""
+    torch.manual_seed(args.seed)
+    retriever = DualEncoder(index.manifest.encoder, shared=True).train()
+    optimizer = torch.optim.AdamW(retriever.parameters(), lr=args.retriever_lr, weight_decay=0.0)
+    steps = len(records) // args.batch_size
+    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(args.warmup * steps), steps)
+    taught = 0
+    with tempfile.TemporaryDirectory() as folder:
+        search = TrainingIndex(index, Path(folder))
+        for step in tqdm(range(steps), desc=f"{len(records)} questions", unit="step"):
+            batch = records[step * args.batch_size : (step + 1) * args.batch_size]
+            query = retriever([r.question for r in batch], "query")
+            found = search.search(query.detach().numpy(), args.candidates)
+            passages = torch.from_numpy(search.stored_vectors([h.row for row in found for h in row])).view(len(batch), args.candidates, -1)
+            scores = torch.einsum("bd,bkd->bk", query, passages)
+            gold = torch.tensor([[h.doc_id in set(r.gold_ids) for h in row] for r, row in zip(batch, found)])
+            has_gold = gold.any(-1)
+            taught += int(has_gold.sum())
+            if has_gold.any():
+                # log-probabilities of a perfect teacher: equal on the gold passages, nothing elsewhere
+                target = torch.where(gold, 0.0, -1e4)[has_gold]
+                pdist_loss(scores[has_gold], target, args.tau).backward()
+                torch.nn.utils.clip_grad_norm_(retriever.parameters(), 1.0)
+            optimizer.step()  # skips the parameters without gradients, as rag-train joint's does
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+    return retriever, {"steps": steps, "questions": len(records), "questions_with_gold_in_candidates": taught}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="whole-corpus index, only read (default %(default)s)")
+    parser.add_argument("--questions", type=int, nargs="+", default=[400, 2000, 8000, 32000],
+                        help="training questions of each run (the first N of joint training's shuffled mix)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--candidates", type=int, default=16, help="passages the loss ranks (--candidates of rag-train joint)")
+    parser.add_argument("--retriever-lr", type=float, default=1e-4)
+    parser.add_argument("--tau", type=float, default=0.05, help="temperature of p_ret = softmax(s / tau), as rag-train joint's --tau")
+    parser.add_argument("--warmup", type=float, default=0.05, help="share of the steps the learning rate warms up over")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training order, as rag-train joint's --seed")
+    parser.add_argument("--limit", type=int, default=500, help="questions per evaluation set (seeded sample, seed 0)")
+    parser.add_argument("--out", type=Path, default=default_out(__file__))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    out, info = check_out(args.out), machine_info()
+    torch.set_num_threads(args.threads)
+    index, sets = Index.open(args.index, readonly=True), question_sets(args.limit)
+    train, _ = load_train_dev(TRAIN, max(args.questions), 0, args.seed)
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "retriever_lr", "tau", "warmup", "limit", "seed")},
+                              "sets": list(SETS), "before": recall(index, DualEncoder(index.manifest.encoder), sets), "runs": {}}
+    log("before", json.dumps(result["before"]))
+    for n in args.questions:
+        retriever, stats = train_on_gold(index, train[:n], args)
+        result["runs"][str(n)] = stats | {"after": recall(index, retriever, sets)}
+        log(n, json.dumps(result["runs"][str(n)]))
+        write_result(out, result, info)
+
+
+if __name__ == "__main__":
+    main()
