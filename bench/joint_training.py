@@ -56,17 +56,21 @@ def question_sets(limit: int) -> dict[str, list[QARecord]]:
     return sets
 
 
+def recall(index: Index, retriever: DualEncoder, records: Sequence[QARecord]) -> dict[str, Any]:
+    """n and recall@1/5/20 of dense retrieval with `retriever`'s query side over the index's vectors (no reader runs)."""
+    summary, _ = evaluate_qa(Pipeline(index, NoReader(), retriever=retriever), records, k=5, mode="dense", batch_size=32, progress=False)
+    return {key: summary[key] for key in ("n", "recall@1", "recall@5", "recall@20")}
+
+
 def evaluate_system(index: Index, encoder: str, reader: DecoderReader, sets: dict[str, list[QARecord]], k: int,
                     em_limit: int, device: str = "cpu") -> dict[str, Any]:
     """recall@1/5/20 on every question of each set, EM/F1 on a seeded sub-sample of `em_limit` of them."""
     retriever = DualEncoder(encoder).to(device).eval()
     out = {}
     for name, records in sets.items():
-        recall, _ = evaluate_qa(Pipeline(index, NoReader(), retriever=retriever), records, k=k, mode="dense", batch_size=32, progress=False)
         answers, _ = evaluate_qa(Pipeline(index, reader, retriever=retriever), sample(records, em_limit, 0), k=k, mode="dense",
                                  batch_size=4, progress=False)
-        out[name] = {"n": recall["n"], "recall@1": recall["recall@1"], "recall@5": recall["recall@5"], "recall@20": recall["recall@20"],
-                     "em_n": answers["n"], "em": answers["em"], "f1": answers["f1"]}
+        out[name] = recall(index, retriever, records) | {"em_n": answers["n"], "em": answers["em"], "f1": answers["f1"]}
         log(name, json.dumps(out[name]))
     return out
 

@@ -1,15 +1,15 @@
 """Benchmark: the recall a perfect teacher would reach, at the scale joint training runs at.
 
 Joint training moves the query encoder towards the passages its reader (the teacher) prefers among the
-top candidates. The best any teacher can do is to put all its mass on the gold passage. This script trains
-the query encoder exactly as `rag-train joint --query-side-only --loss pdist --candidates C` does (the same
-training questions in the same order, the index's frozen passage vectors, tau, AdamW with linear warm-up and
-decay, gradient clipping), except that the target puts all its mass on the gold passages (shared equally when the
-gold document has several) instead of following the reader's preference; questions whose gold is not among the candidates teach nothing, as in joint training. It then
-measures recall@1/5/20 on the joint-training benchmark's sets (500 seeded questions each of squad-open-dev
-and the gold_ids records of nq-open-test). So for each number of training questions it gives the ceiling of
-what the pdist/emdr2 losses can add to recall@5; bench/joint_training.py says how much of it they reach.
-No reader runs, so it is cheap on a CPU.
+top candidates; the best any teacher can do is to put all its mass on the gold passages. This script trains
+the query encoder as `rag-train joint --query-side-only --loss pdist --candidates C` does (the same training
+questions in the same order, the index's frozen passage vectors, tau, AdamW with linear warm-up and decay,
+gradient clipping), except that the target is the gold passages (shared equally when the gold document has
+several) instead of the reader's preference; questions whose gold is not among the candidates teach nothing,
+as in joint training. It then measures recall@1/5/20 on the joint-training benchmark's sets (500 seeded
+questions each of squad-open-dev and the gold_ids records of nq-open-test). So for each number of training
+questions it gives the ceiling of what the pdist/emdr2 losses can add to recall@5; bench/joint_training.py
+says how much of it they reach. No reader runs, so it is cheap on a CPU.
 """
 from __future__ import annotations
 
@@ -28,25 +28,19 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, write_result
-from bench.joint_training import SETS, TRAIN, NoReader, question_sets
+from bench.joint_training import SETS, TRAIN, question_sets, recall
 from indexer.index import Index
-from rag.pipeline import Pipeline
 from rag.retriever import DualEncoder
-from trainer.evaluate import evaluate_qa
 from trainer.joint_losses import pdist_loss
 from trainer.joint_training import TrainingIndex
 from trainer.qa_data import QARecord
 from trainer.reader_training import load_train_dev
 
 
-def recall(index: Index, retriever: DualEncoder, sets: dict[str, list[QARecord]]) -> dict[str, dict[str, float]]:
-    """recall@1/5/20 of each set, dense retrieval with `retriever`'s query side over the index's vectors."""
+def recall_of_sets(index: Index, retriever: DualEncoder, sets: dict[str, list[QARecord]]) -> dict[str, dict[str, Any]]:
+    """recall@1/5/20 of each set with `retriever` in eval mode."""
     retriever.eval()
-    out = {}
-    for name, records in sets.items():
-        summary, _ = evaluate_qa(Pipeline(index, NoReader(), retriever=retriever), records, k=5, mode="dense", batch_size=32, progress=False)
-        out[name] = {key: summary[key] for key in ("n", "recall@1", "recall@5", "recall@20")}
-    return out
+    return {name: recall(index, retriever, records) for name, records in sets.items()}
 
 
 def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespace) -> tuple[DualEncoder, dict[str, Any]]:
@@ -65,7 +59,8 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
             found = search.search(query.detach().numpy(), args.candidates)
             passages = torch.from_numpy(search.stored_vectors([h.row for row in found for h in row])).view(len(batch), args.candidates, -1)
             scores = torch.einsum("bd,bkd->bk", query, passages)
-            gold = torch.tensor([[h.doc_id in set(r.gold_ids) for h in row] for r, row in zip(batch, found)])
+            gold_ids = [set(r.gold_ids) for r in batch]
+            gold = torch.tensor([[h.doc_id in ids for h in row] for ids, row in zip(gold_ids, found)])
             has_gold = gold.any(-1)
             taught += int(has_gold.sum())
             if has_gold.any():
@@ -99,11 +94,11 @@ def main() -> None:
     index, sets = Index.open(args.index, readonly=True), question_sets(args.limit)
     train, _ = load_train_dev(TRAIN, max(args.questions), 0, args.seed)
     result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "retriever_lr", "tau", "warmup", "limit", "seed")},
-                              "sets": list(SETS), "before": recall(index, DualEncoder(index.manifest.encoder), sets), "runs": {}}
+                              "sets": list(SETS), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
     for n in args.questions:
         retriever, stats = train_on_gold(index, train[:n], args)
-        result["runs"][str(n)] = stats | {"after": recall(index, retriever, sets)}
+        result["runs"][str(n)] = stats | {"after": recall_of_sets(index, retriever, sets)}
         log(n, json.dumps(result["runs"][str(n)]))
         write_result(out, result, info)
 

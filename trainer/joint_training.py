@@ -393,7 +393,8 @@ class JointTrainer:
         questions, answers = [r.question for r in records], [r.answers[0] for r in records]
         with nullcontext() if teach else torch.no_grad():
             query = self.retriever(questions, "query")
-            found, scores = self.retrieve(query, passage_side=not config.query_side_only)
+            # Untaught steps need only the passages: the passage side's scores would be thrown away.
+            found, scores = self.retrieve(query, passage_side=teach and not config.query_side_only)
         read = [list(row[: config.top_k]) for row in found]
         reader_nll = answer_nll(self.reader, [ReaderExample(q, row, a, None) for q, row, a in zip(questions, read, answers)])
         if not teach:
