@@ -6,10 +6,13 @@ the query encoder as `rag-train joint --query-side-only --loss pdist --candidate
 questions in the same order, the index's frozen passage vectors, tau, AdamW with linear warm-up and decay,
 gradient clipping), except that the target is the gold passages (shared equally when the gold document has
 several) instead of the reader's preference; questions whose gold is not among the candidates teach nothing,
-as in joint training. It then measures recall@1/5/20 on the joint-training benchmark's sets (500 seeded
+as in joint training. With --passage-side both sides train, as `rag-train joint --refresh every:N` without
+--query-side-only does (the candidates' passages embedded afresh at each step, with gradients), and the whole
+corpus is re-embedded with the trained encoder before recall is measured. It then measures recall@1/5/20 on the joint-training benchmark's sets (500 seeded
 questions each of squad-open-dev and the gold_ids records of nq-open-test). So for each number of training
 questions it gives the ceiling of what the pdist/emdr2 losses can add to recall@5; bench/joint_training.py
-says how much of it they reach. No reader runs, so it is cheap on a CPU.
+says how much of it they reach. No reader runs, so it is cheap on a CPU (but --passage-side
+re-embeds the whole corpus once per run: about 25 minutes on two cores).
 """
 from __future__ import annotations
 
@@ -32,19 +35,20 @@ from bench.joint_training import SETS, TRAIN, question_sets, recall
 from indexer.index import Index
 from rag.retriever import DualEncoder
 from trainer.joint_losses import pdist_loss
-from trainer.joint_training import TrainingIndex
+from trainer.joint_training import TrainingIndex, passage_scores
 from trainer.qa_data import QARecord
 from trainer.reader_training import load_train_dev
 
 
-def recall_of_sets(index: Index, retriever: DualEncoder, sets: dict[str, list[QARecord]]) -> dict[str, dict[str, Any]]:
-    """recall@1/5/20 of each set with `retriever` in eval mode."""
+def recall_of_sets(index: Index | TrainingIndex, retriever: DualEncoder, sets: dict[str, list[QARecord]]) -> dict[str, dict[str, Any]]:
+    """recall@1/5/20 of each set with `retriever` in eval mode, over `index`'s passage vectors."""
     retriever.eval()
     return {name: recall(index, retriever, records) for name, records in sets.items()}
 
 
-def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespace) -> tuple[DualEncoder, dict[str, Any]]:
-    """The query encoder after `len(records) / batch_size` steps of pdist towards a target on the gold passages only."""
+def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespace, sets: dict[str, list[QARecord]]) -> dict[str, Any]:
+    """Recall on `sets` after `len(records) / batch_size` steps of pdist towards a target on the gold passages only
+    (of the query side, or with `args.passage_side` of both sides and then over the re-embedded corpus)."""
     torch.manual_seed(args.seed)
     retriever = DualEncoder(index.manifest.encoder, shared=True).train()
     optimizer = torch.optim.AdamW(retriever.parameters(), lr=args.retriever_lr, weight_decay=0.0)
@@ -57,8 +61,7 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
             batch = records[step * args.batch_size : (step + 1) * args.batch_size]
             query = retriever([r.question for r in batch], "query")
             found = search.search(query.detach().numpy(), args.candidates)
-            passages = torch.from_numpy(search.stored_vectors([h.row for row in found for h in row])).view(len(batch), args.candidates, -1)
-            scores = torch.einsum("bd,bkd->bk", query, passages)
+            scores = passage_scores(query, found, search, retriever if args.passage_side else None)
             gold_ids = [set(r.gold_ids) for r in batch]
             gold = torch.tensor([[h.doc_id in ids for h in row] for ids, row in zip(gold_ids, found)])
             has_gold = gold.any(-1)
@@ -71,7 +74,10 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
             optimizer.step()  # skips the parameters without gradients, as rag-train joint's does
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-    return retriever, {"steps": steps, "questions": len(records), "questions_with_gold_in_candidates": taught}
+        stats: dict[str, Any] = {"steps": steps, "questions": len(records), "questions_with_gold_in_candidates": taught}
+        if args.passage_side:
+            stats["refresh"] = search.refresh(retriever, progress=True)
+        return stats | {"after": recall_of_sets(search if args.passage_side else index, retriever, sets)}
 
 
 def main() -> None:
@@ -82,6 +88,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=16, help="passages the loss ranks (--candidates of rag-train joint)")
     parser.add_argument("--retriever-lr", type=float, default=1e-4)
+    parser.add_argument("--passage-side", action="store_true",
+                        help="train both sides and re-embed the corpus before measuring (default: the query side only)")
     parser.add_argument("--tau", type=float, default=0.05, help="temperature of p_ret = softmax(s / tau), as rag-train joint's --tau")
     parser.add_argument("--warmup", type=float, default=0.05, help="share of the steps the learning rate warms up over")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training order, as rag-train joint's --seed")
@@ -93,12 +101,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     index, sets = Index.open(args.index, readonly=True), question_sets(args.limit)
     train, _ = load_train_dev(TRAIN, max(args.questions), 0, args.seed)
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "retriever_lr", "tau", "warmup", "limit", "seed")},
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed")},
                               "sets": list(SETS), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
     for n in args.questions:
-        retriever, stats = train_on_gold(index, train[:n], args)
-        result["runs"][str(n)] = stats | {"after": recall_of_sets(index, retriever, sets)}
+        result["runs"][str(n)] = train_on_gold(index, train[:n], args, sets)
         log(n, json.dumps(result["runs"][str(n)]))
         write_result(out, result, info)
 

@@ -263,6 +263,19 @@ class TrainingIndex:
                 path.unlink()
 
 
+def passage_scores(query: torch.Tensor, found: Sequence[Sequence[SearchHit]], search_index: TrainingIndex,
+                   passage_encoder: DualEncoder | None) -> torch.Tensor:
+    """s_k (B, K) in float32: each query vector against its K found passages, embedded now by `passage_encoder`'s
+    passage side (differentiable in it), or without one the index's stored vectors (query-side training)."""
+    rows = [h for row in found for h in row]
+    if passage_encoder is not None:
+        passages = passage_encoder([encoder_input(h.title, h.text) for h in rows], "passage")
+    else:
+        passages = torch.from_numpy(search_index.stored_vectors([h.row for h in rows])).to(query.device)
+    passages = passages.view(len(found), len(found[0]), -1).to(query.dtype)
+    return torch.einsum("bd,bkd->bk", query, passages).float()
+
+
 def linear_lr_factor(step: int, start: int, warmup: int, end: int) -> float:
     """Learning-rate multiplier at optimizer step `step`: 0 before `start`, then a linear rise over `warmup` steps
     and a linear fall to 0 at `end` (transformers' linear schedule, shifted to begin at `start`)."""
@@ -357,13 +370,7 @@ class JointTrainer:
             raise RuntimeError(f"the search returned fewer than the {k} passages asked for")
         if self.refresh_kind.kind == "rerank":
             found = [self._rerank(q, row) for q, row in zip(query.detach(), found)]
-        rows = [h for row in found for h in row]
-        if passage_side:
-            passages = self.retriever([encoder_input(h.title, h.text) for h in rows], "passage")
-        else:
-            passages = torch.from_numpy(self.search_index.stored_vectors([h.row for h in rows])).to(self.device)
-        passages = passages.view(len(found), k, -1).to(query.dtype)
-        return found, torch.einsum("bd,bkd->bk", query, passages).float()
+        return found, passage_scores(query, found, self.search_index, self.retriever if passage_side else None)
 
     def _rerank(self, query: torch.Tensor, candidates: list[SearchHit]) -> list[SearchHit]:
         """The best of over-retrieved candidates by the current passage side (its time counts as refreshing)."""
