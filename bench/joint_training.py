@@ -81,8 +81,8 @@ def evaluate_system(index: Index | TrainingIndex, encoder: str, reader: DecoderR
     retriever = DualEncoder(encoder).to(device).eval()
     out = {}
     for name, records in sets.items():
-        answers, _ = evaluate_qa(Pipeline(index, reader, retriever=retriever),  # type: ignore[arg-type] sample(records, em_limit, 0), k=k, mode="dense",
-                                 batch_size=4, progress=False)
+        answers, _ = evaluate_qa(Pipeline(index, reader, retriever=retriever), sample(records, em_limit, 0),  # type: ignore[arg-type]
+                                 k=k, mode="dense", batch_size=4, progress=False)
         out[name] = recall(index, retriever, records) | {"em_n": answers["n"], "em": answers["em"], "f1": answers["f1"]}
         log(name, json.dumps(out[name]))
     return out
