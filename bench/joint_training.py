@@ -66,19 +66,18 @@ def recall(index: Index | TrainingIndex, retriever: DualEncoder, records: Sequen
     return {key: summary[key] for key in ("n", "recall@1", "recall@5", "recall@20")}
 
 
-def trained_index(index: Index, run: Path, device: str) -> TrainingIndex:
-    """The corpus re-embedded with the run's exported encoder (its passage side trained too), searchable as the index."""
+def trained_index(index: Index, run: Path, encoder: DualEncoder) -> TrainingIndex:
+    """The corpus re-embedded with `encoder`, the run's exported one (its passage side trained too), searchable as the index."""
     search = TrainingIndex(index, run / "evaluation-index")
     log("re-embedding the corpus with", run / "export" / "encoder")
-    refreshed = search.refresh(DualEncoder(str(run / "export" / "encoder")).to(device), progress=True)
-    log("re-embedded", json.dumps(refreshed))
+    log("re-embedded", json.dumps(search.refresh(encoder, progress=True)))
     return search
 
 
-def evaluate_system(index: Index | TrainingIndex, encoder: str, reader: DecoderReader, sets: dict[str, list[QARecord]], k: int,
-                    em_limit: int, device: str = "cpu") -> dict[str, Any]:
+def evaluate_system(index: Index | TrainingIndex, retriever: DualEncoder, reader: DecoderReader, sets: dict[str, list[QARecord]],
+                    k: int, em_limit: int) -> dict[str, Any]:
     """recall@1/5/20 on every question of each set, EM/F1 on a seeded sub-sample of `em_limit` of them."""
-    retriever = DualEncoder(encoder).to(device).eval()
+    retriever.eval()
     out = {}
     for name, records in sets.items():
         answers, _ = evaluate_qa(Pipeline(index, reader, retriever=retriever), sample(records, em_limit, 0),  # type: ignore[arg-type]
@@ -154,7 +153,7 @@ def main() -> None:
     if "before" not in result:
         log("before training")
         reader = DecoderReader(GENERATIVE_READER, device=args.device, max_passage_tokens=args.max_passage_tokens)
-        result["before"] = evaluate_system(index, index.manifest.encoder, reader, sets, args.top_k, args.em_limit, args.device)
+        result["before"] = evaluate_system(index, DualEncoder(index.manifest.encoder).to(args.device), reader, sets, args.top_k, args.em_limit)
         write_result(out, result, info)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
     rag_train = str(Path(sys.executable).with_name("rag-train"))
@@ -182,8 +181,9 @@ def main() -> None:
             log("after", loss)
             reader = DecoderReader(GENERATIVE_READER, adapter=folder / "export" / "reader", device=args.device,
                                    max_passage_tokens=args.max_passage_tokens)
-            searched = trained_index(index, folder, args.device) if args.refresh else index
-            run["after"] = evaluate_system(searched, str(folder / "export" / "encoder"), reader, sets, args.top_k, args.em_limit, args.device)
+            retriever = DualEncoder(str(folder / "export" / "encoder")).to(args.device)
+            searched = trained_index(index, folder, retriever) if args.refresh else index
+            run["after"] = evaluate_system(searched, retriever, reader, sets, args.top_k, args.em_limit)
             write_result(out, result, info)
     print(table(result))
 

@@ -7,12 +7,12 @@ questions in the same order, the index's frozen passage vectors, tau, AdamW with
 gradient clipping), except that the target is the gold passages (shared equally when the gold document has
 several) instead of the reader's preference; questions whose gold is not among the candidates teach nothing,
 as in joint training. With --passage-side both sides train, as `rag-train joint --refresh every:N` without
---query-side-only does (the candidates' passages embedded afresh at each step, with gradients), and the whole
-corpus is re-embedded with the trained encoder before recall is measured. It then measures recall@1/5/20 on the joint-training benchmark's sets (500 seeded
-questions each of squad-open-dev and the gold_ids records of nq-open-test). So for each number of training
-questions it gives the ceiling of what the pdist/emdr2 losses can add to recall@5; bench/joint_training.py
-says how much of it they reach. No reader runs, so it is cheap on a CPU (but --passage-side
-re-embeds the whole corpus once per run: about 25 minutes on two cores).
+--query-side-only trains them (the candidates' passages embedded afresh at each step, with gradients), and
+the whole corpus is re-embedded with the trained encoder at the end. It then measures recall@1/5/20 on the
+joint-training benchmark's sets (500 seeded questions each of squad-open-dev and the gold_ids records of
+nq-open-test). So for each number of training questions it gives the ceiling of what the pdist/emdr2 losses
+can add to recall@5; bench/joint_training.py says how much of it they reach. No reader runs, so it is cheap
+on a CPU (but --passage-side re-embeds the whole corpus once per run: about 25 minutes on two cores).
 """
 from __future__ import annotations
 

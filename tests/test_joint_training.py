@@ -18,7 +18,8 @@ from indexer.encoder import TextEncoder
 from indexer.index import Index
 from serve.cli import main as serve_main
 from trainer.cli import main_train
-from trainer.joint_training import CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, TrainingIndex, evaluating, train_joint
+from trainer.joint_training import (CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, TrainingIndex, evaluating, passage_scores,
+                                    train_joint)
 from trainer.qa_data import QARecord
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,6 +82,25 @@ def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path,
     search.drop_older(1)
     with pytest.raises(ValueError, match="retrieval is dense"):
         search.search_many(queries, 5, "hybrid", vectors)
+
+
+def test_passage_scores_use_the_stored_vectors_or_the_passage_side(topic_index: Path, tiny_encoder_path: str, tmp_path: Path) -> None:
+    """Query-side scores read the index's vectors and send nothing to the passage side; both-sides scores embed the
+    passages afresh (the same vectors while the encoder is unchanged) and are differentiable in its weights."""
+    from rag.retriever import DualEncoder
+
+    search = TrainingIndex(Index.open(topic_index, readonly=True), tmp_path / "gens")
+    retriever = DualEncoder(tiny_encoder_path).eval()
+    query = retriever(["topic3 alpha", "topic7 bravo"], "query").detach()  # only the passage side may carry a gradient
+    found = search.search(query.numpy(), 4)
+    stored = passage_scores(query, found, search, None)
+    fresh = passage_scores(query, found, search, retriever)
+    assert stored.shape == fresh.shape == (2, 4) and stored.dtype == fresh.dtype == torch.float32
+    assert torch.allclose(stored, torch.tensor([[h.score for h in row] for row in found]), atol=1e-5)
+    assert torch.allclose(fresh, stored, atol=1e-5)
+    assert not stored.requires_grad
+    fresh.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in retriever.parameters())
 
 
 def test_scores_and_reader_targets(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
