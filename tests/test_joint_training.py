@@ -183,6 +183,17 @@ def test_reader_first_holds_the_retriever_until_its_steps_are_done(topic_index: 
     assert any(not torch.equal(held["reader"][n], trained["reader"][n]) for n in held["reader"])
 
 
+@pytest.mark.parametrize("refresh,expected", [("rerank:5", [0, 0, 10]), ("every:1", [0, 0, 20])])
+def test_reader_first_steps_re_embed_nothing(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,
+                                            refresh: str, expected: list[int]) -> None:
+    """While --reader-first holds the encoder its passage vectors are the stored ones: no refresh until it has stepped."""
+    run = config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", loss="pdist", refresh=refresh, reader_first=2, steps=4)
+    assert train_joint(run, progress=False, stop_after=3) == {"stopped_at": 3}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # Step 3 is the retriever's first: rerank:5 re-embeds its batch x L = 2 x 5 candidates, every:1 all 20 passages after it.
+    assert [r["refresh_passages_total"] for r in rows] == expected
+
+
 @pytest.mark.parametrize("loss,refresh", [("emdr2", "every:2"), ("loop", "rerank:5")])
 def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path, loss: str, refresh: str) -> None:
     """4 steps straight == 2 steps, stop, resume, 2 steps: the same losses, weights, optimizer and index generation."""

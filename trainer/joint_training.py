@@ -361,14 +361,16 @@ class JointTrainer:
         self._reader_tokens.clear()
         return total
 
-    def retrieve(self, query: torch.Tensor, passage_side: bool) -> tuple[list[list[SearchHit]], torch.Tensor]:
+    def retrieve(self, query: torch.Tensor, passage_side: bool, rerank: bool = True) -> tuple[list[list[SearchHit]], torch.Tensor]:
         """The top passages of each query vector (`config.retrieved` of them) and their scores s_k (B, K),
-        differentiable in the query (and in the passage side when `passage_side`, else against the searched vectors)."""
+        differentiable in the query (and in the passage side when `passage_side`, else against the searched vectors).
+        Without `rerank` a rerank:L refresh is skipped: before the encoder's first step the stored vectors are its own."""
         k = self.config.retrieved
-        found = self.search_index.search(query.detach().float().cpu().numpy(), self.refresh_kind.n if self.refresh_kind.kind == "rerank" else k)
+        rerank = rerank and self.refresh_kind.kind == "rerank"
+        found = self.search_index.search(query.detach().float().cpu().numpy(), self.refresh_kind.n if rerank else k)
         if any(len(row) < k for row in found):
             raise RuntimeError(f"the search returned fewer than the {k} passages asked for")
-        if self.refresh_kind.kind == "rerank":
+        if rerank:
             found = [self._rerank(q, row) for q, row in zip(query.detach(), found)]
         return found, passage_scores(query, found, self.search_index, self.retriever if passage_side else None)
 
@@ -401,7 +403,7 @@ class JointTrainer:
         with nullcontext() if teach else torch.no_grad():
             query = self.retriever(questions, "query")
             # Untaught steps need only the passages: the passage side's scores would be thrown away.
-            found, scores = self.retrieve(query, passage_side=teach and not config.query_side_only)
+            found, scores = self.retrieve(query, passage_side=teach and not config.query_side_only, rerank=teach)
         read = [list(row[: config.top_k]) for row in found]
         reader_nll = answer_nll(self.reader, [ReaderExample(q, row, a, None) for q, row, a in zip(questions, read, answers)])
         if not teach:
@@ -617,7 +619,8 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
                                    "step_seconds": round(step_seconds, 3),
                                    "reader_tokens_per_second": round(trainer.take_reader_tokens() / step_seconds, 1),
                                    "peak_memory_mib": peak_memory_mib(trainer.device)}
-            if trainer.refresh_kind.kind == "every" and step % trainer.refresh_kind.n == 0 and step < config.steps:
+            # No re-embedding while --reader-first holds the encoder: it would give back the same vectors.
+            if trainer.refresh_kind.kind == "every" and step % trainer.refresh_kind.n == 0 and config.reader_first < step < config.steps:
                 row["refresh"] = trainer.search_index.refresh(trainer.retriever, progress=progress)
                 trainer.refresh_seconds += row["refresh"]["seconds"]
                 trainer.refresh_passages += row["refresh"]["passages"]
