@@ -109,6 +109,8 @@ def check_resumable(folder: Path, args: argparse.Namespace) -> None:
     changed = [f"--{name.replace('_', '-')} {saved.get(name)} there, {getattr(args, name)} here"
                for name in ("top_k", "candidates", "reader_first", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
                if saved.get(name, {"candidates": 0, "reader_first": 0}.get(name)) != getattr(args, name)]  # older runs lack the newer options
+    if saved.get("refresh", "none") != (args.refresh or "none"):  # a query-side run is saved as refresh "none"
+        changed.append(f"--refresh {saved.get('refresh', 'none')} there, {args.refresh or 'none'} here")
     if changed:
         sys.exit(f"{folder} holds a run started with other settings ({'; '.join(changed)}): "
                  "pass the same settings to resume it, or another --runs folder to start afresh")
@@ -134,6 +136,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the training runs and the system is evaluated")
     parser.add_argument("--refresh", default=None, metavar="SPEC",
                         help="train both sides with this index refresh (every:N or rerank:L); default: query side only")
+    parser.add_argument("--save-every", type=int, default=25,
+                        help="steps between each run's checkpoints, so an interrupted bench resumes (0: at the end only)")
     args = parser.parse_args()
     out = check_out(args.out)
     torch.set_num_threads(args.threads)
@@ -167,7 +171,7 @@ def main() -> None:
                        *(["--refresh", args.refresh] if args.refresh else ["--query-side-only"]), "--top-k", str(args.top_k), "--candidates", str(args.candidates),
                        "--reader-first", str(args.reader_first), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                        "--max-passage-tokens", str(args.max_passage_tokens), "--retriever-lr", str(args.retriever_lr),
-                       "--dev-size", "0", "--dev-eval", "0", "--save-every", "25", "--threads", str(args.threads), "--device", args.device,
+                       "--dev-size", "0", "--dev-eval", "0", "--save-every", str(args.save_every), "--threads", str(args.threads), "--device", args.device,
                        *(["--bf16"] if args.bf16 else []),
                        *(["--resume", str(folder)] if (folder / "checkpoint.pt").is_file() else ["--out", str(folder)])]
             log("train", loss, " ".join(command))
