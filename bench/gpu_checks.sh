@@ -7,11 +7,14 @@
 #   index   builds indexes/gpu-shared from the shared corpus on the device (what joint trains and is scored on)
 #   joint   issue 6: joint training in bf16, both sides, rerank refresh; recall@5 and EM before and after;
 #           step time, reader tokens/s, peak memory (bench/joint_training.py)
+#   ceiling issue 6: recall@5 a perfect teacher reaches training both sides, corpus re-embedded after
+#           (bench/retriever_ceiling.py --passage-side; minutes here, hours on the 2-core CPU)
 #   serve   issue 4: builds indexes/default, 16 and 64 clients with and without micro-batching, span reader
 #           then the generative one (bench/serve_load.py; needs a kit packed with WITH_SERVE=1)
 # Results and the log go to bench/results/gpu (bench/results/gpu-cpu when DEVICE=cpu), and to $OUT as they are
 # written (the device tool's folder that comes back, also after a timeout).
 # Env: JOINT_STEPS (default 200), JOINT_EXTRA (more bench/joint_training.py flags, which win), ENCODE_LIMIT
+# CEILING_QUESTIONS (training questions of each ceiling run, default "2000 8000"), CEILING_EXTRA (more flags),
 # (passages, default all), SERVE_SECONDS (default 30), PYTHON (default python3), DEVICE (default cuda).
 # Rehearse it without a GPU, in the project's venv (setup is skipped where everything is installed already):
 #   PYTHON=.venv/bin/python DEVICE=cpu ENCODE_LIMIT=200 JOINT_STEPS=1 \
@@ -27,8 +30,8 @@ kit=/tmp/rag-kit
 [ $# -gt 0 ] || set -- encode index joint
 for stage in "$@"; do
     case "$stage" in
-        encode | index | joint | serve) ;;
-        *) echo "unknown stage $stage: choose from encode index joint serve" >&2; exit 2 ;;
+        encode | index | joint | ceiling | serve) ;;
+        *) echo "unknown stage $stage: choose from encode index joint ceiling serve" >&2; exit 2 ;;
     esac
 done
 mkdir -p "$out"
@@ -84,6 +87,13 @@ stage_joint() {
     "$python" bench/joint_training.py --index "$index" --device "$device" --bf16 --threads 8 --losses pdist \
         --steps "${JOINT_STEPS:-200}" --batch-size 16 --top-k 8 --candidates 32 --refresh rerank:64 --max-passage-tokens 128 \
         --retriever-lr 3e-5 --em-limit 100 --runs /tmp/rag-joint --out "$out/joint_training_gpu.json" ${JOINT_EXTRA:-}
+}
+
+stage_ceiling() {
+    [ -f "$index/manifest.json" ] || stage_index
+    # shellcheck disable=SC2086  # both are word-split on purpose
+    "$python" bench/retriever_ceiling.py --index "$index" --device "$device" --threads 8 --passage-side \
+        --questions ${CEILING_QUESTIONS:-2000 8000} --retriever-lr 2e-5 --out "$out/retriever_ceiling_gpu.json" ${CEILING_EXTRA:-}
 }
 
 stage_serve() {

@@ -50,7 +50,7 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
     """Recall on `sets` after `len(records) / batch_size` steps of pdist towards a target on the gold passages only
     (of the query side, or with `args.passage_side` of both sides and then over the re-embedded corpus)."""
     torch.manual_seed(args.seed)
-    retriever = DualEncoder(index.manifest.encoder, shared=True).train()
+    retriever = DualEncoder(index.manifest.encoder, shared=True).to(args.device).train()
     optimizer = torch.optim.AdamW(retriever.parameters(), lr=args.retriever_lr, weight_decay=0.0)
     steps = len(records) // args.batch_size
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(args.warmup * steps), steps)
@@ -60,10 +60,10 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
         for step in tqdm(range(steps), desc=f"{len(records)} questions", unit="step"):
             batch = records[step * args.batch_size : (step + 1) * args.batch_size]
             query = retriever([r.question for r in batch], "query")
-            found = search.search(query.detach().numpy(), args.candidates)
+            found = search.search(query.detach().cpu().numpy(), args.candidates)
             scores = passage_scores(query, found, search, retriever if args.passage_side else None)
             gold_ids = [set(r.gold_ids) for r in batch]
-            gold = torch.tensor([[h.doc_id in ids for h in row] for ids, row in zip(gold_ids, found)])
+            gold = torch.tensor([[h.doc_id in ids for h in row] for ids, row in zip(gold_ids, found)], device=scores.device)
             has_gold = gold.any(-1)
             taught += int(has_gold.sum())
             if has_gold.any():
@@ -96,13 +96,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=500, help="questions per evaluation set (seeded sample, seed 0)")
     parser.add_argument("--out", type=Path, default=default_out(__file__))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the encoder trains and encodes")
     args = parser.parse_args()
     out, info = check_out(args.out), machine_info()
     torch.set_num_threads(args.threads)
     index, sets = Index.open(args.index, readonly=True), question_sets(args.limit)
     train, _ = load_train_dev(TRAIN, max(args.questions), 0, args.seed)
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed")},
-                              "sets": list(SETS), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder), sets), "runs": {}}
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed", "device")},
+                              "sets": list(SETS), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
     for n in args.questions:
         result["runs"][str(n)] = train_on_gold(index, train[:n], args, sets)
