@@ -270,12 +270,13 @@ def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: 
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "trainer.joint_training", "--index", str(topic_index), "--train", str(qa_file), "--loss", "pdist",
-                           "--refresh", "every:1", "--top-k", "3", "--reader", tiny_reader_path, "--steps", "2", "--batch-size", "1", "--reader-first", "1",
+                           "--refresh", "every:1", "--top-k", "3", "--reader", tiny_reader_path, "--steps", "3", "--batch-size", "1", "--reader-first", "1",
                            "--dev-size", "4", "--dev-eval", "2", "--device", "cpu", "--threads", "1", "--out", str(run)],
                           env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((run / "training.json").read_text())
-    assert record["processes"] == 2 and record["steps"] == 2 and record["generation"] == 1 and record["dev_after"]["n"] == 2
+    # One re-embedding, after step 2: step 1 is --reader-first's, and none follows the last.
+    assert record["processes"] == 2 and record["steps"] == 3 and record["generation"] == 1 and record["dev_after"]["n"] == 2
     assert sorted(p.name for p in (run / "index").iterdir()) == ["dense-1-0of2.faiss", "dense-1-1of2.faiss"]
     from indexer.dense import DenseIndex
 
@@ -283,7 +284,7 @@ def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: 
     assert sum(shards) == 20 and min(shards) > 0
     checkpoint = torch.load(run / CHECKPOINT, weights_only=False)
     assert checkpoint["world_size"] == 2
-    # The retriever's optimizer state starts at the step it is first taught, as on one process (--reader-first 1 of 2).
+    # The retriever's optimizer state starts at the step it is first taught, as on one process (--reader-first 1 of 3).
     steps = lambda group: {int(checkpoint["optimizer"]["state"][i]["step"]) for i in checkpoint["optimizer"]["param_groups"][group]["params"]}
-    assert steps(0) == {2} and steps(1) == {1}
+    assert steps(0) == {3} and steps(1) == {2}
     assert (run / "export" / "reader" / "adapter_config.json").is_file()
