@@ -12,7 +12,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -121,3 +121,18 @@ def run_rag_eval(command: list[str], env: dict[str, str], program: str = "rag-ev
         raise SystemExit(done.returncode)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     return summary, " ".join([program, *command[1:]]), round(time.time() - started, 1)
+
+
+def interleaved_seconds(configs: dict[str, Callable[[list[str]], Any]], texts: Sequence[str], size: int) -> dict[str, list[float]]:
+    """Seconds each configuration takes on each slice of `size` texts. Every configuration runs every slice in
+    turn, the order rotating from slice to slice, so load changes on a shared machine hit all of them alike."""
+    names = list(configs)
+    per_slice: dict[str, list[float]] = {name: [] for name in names}
+    for i, start in enumerate(range(0, len(texts), size)):
+        part = list(texts[start : start + size])
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            t0 = time.perf_counter()
+            configs[name](part)
+            per_slice[name].append(time.perf_counter() - t0)
+        log(f"slice {i}: " + ", ".join(f"{name} {sum(s):.1f}s" for name, s in per_slice.items()))
+    return per_slice

@@ -12,12 +12,11 @@ import argparse
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, write_result
+from bench.common import DEFAULT_INDEX, check_out, default_out, interleaved_seconds, log, machine_info, write_result
 from indexer.encoder import TextEncoder, encoder_input, resolve_model_path
 from indexer.index import Index
 
@@ -47,20 +46,11 @@ def main() -> None:
 
     configs = {f"ours batch_tokens={b}": (lambda part, b=b: ours(b, part)) for b in args.budgets}
     configs["sentence-transformers batch_size=32"] = lambda part: st.encode(part, batch_size=32)
-    seconds: dict[str, float] = {name: 0.0 for name in configs}
-    per_slice: dict[str, list[float]] = {name: [] for name in configs}
-    names = list(configs)
     # Warm-up: a first call with new batch shapes costs several times a later one.
-    for name in names:
+    for name in configs:
         configs[name](texts[: args.slice])
-    for i, start in enumerate(range(0, len(texts), args.slice)):
-        part = texts[start : start + args.slice]
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            t0 = time.perf_counter()
-            configs[name](part)
-            per_slice[name].append(time.perf_counter() - t0)
-            seconds[name] += per_slice[name][-1]
-        log(f"slice {i}: " + ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items()))
+    per_slice = interleaved_seconds(configs, texts, args.slice)
+    seconds = {name: sum(s) for name, s in per_slice.items()}
     st_name = "sentence-transformers batch_size=32"
     st_s = seconds[st_name]
     result = {

@@ -29,6 +29,18 @@ def test_vectors_follow_input_order_whatever_the_batching(tiny_encoder: TextEnco
         tiny_encoder.batch_tokens = saved
 
 
+def test_dual_encoder_vectors_follow_input_order_whatever_the_batching(tiny_encoder: TextEncoder) -> None:
+    from rag.retriever import DualEncoder
+
+    texts = [" ".join(["word"] * n) + f" tail{n}" for n in (50, 3, 120, 7, 1, 64)]
+    encoder = DualEncoder(tiny_encoder.name).eval()
+    alone = np.concatenate([encoder.encode([t], "passage") for t in texts])
+    for batch_size in (2, 4, 64):
+        np.testing.assert_allclose(encoder.encode(texts, "passage", batch_size), alone, atol=1e-5)
+    np.testing.assert_allclose(alone, tiny_encoder(texts), atol=1e-5)  # the indexer's vectors, so refreshes match them
+    assert encoder.encode([], "query").shape == (0, encoder.dim)
+
+
 def test_vectors_are_normalised_and_empty_input_gives_no_rows(tiny_encoder: TextEncoder) -> None:
     vectors = tiny_encoder(["one text", "another, longer text " * 20])
     assert vectors.dtype == np.float32 and vectors.shape == (2, tiny_encoder.dim)

@@ -78,6 +78,8 @@ def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path,
     refreshed = search.search(vectors, 5)
     assert [[h.id for h in hits] for hits in refreshed] == [[h.id for h in hits] for hits in expected]
     assert [h.score for h in refreshed[0]] == pytest.approx([h.score for h in expected[0]], abs=1e-5)
+    every = [p.row for p in index.store.iter_passages(index.generation)]  # each re-embedded passage under its own row,
+    assert [hits[0].row for hits in search.search(search.stored_vectors(every), 1)] == every  # whatever order it was encoded in
     assert TrainingIndex(index, tmp_path / "gens", generation=1).size == 20  # a resumed run loads its generation
     search.drop_older(1)
     with pytest.raises(ValueError, match="retrieval is dense"):

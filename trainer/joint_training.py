@@ -239,6 +239,7 @@ class TrainingIndex:
         persist it, swap it in."""
         start = time.perf_counter()
         passages = [p for p in self.index.store.iter_passages(self.index.generation) if p.row % self.world_size == self.rank]
+        passages.sort(key=lambda p: -len(p.title) - len(p.text))  # rows carry their ids: by length, batches pad little
         texts = [encoder_input(p.title, p.text) for p in passages]
         bar = tqdm(total=len(texts), desc="refresh", unit="passage", disable=not progress, mininterval=1.0)
         parts = [np.zeros((0, self.index.manifest.dim), np.float32)]
