@@ -14,8 +14,9 @@
 # Results and the log go to bench/results/gpu (bench/results/gpu-cpu when DEVICE=cpu), and to $OUT as they are
 # written (the device tool's folder that comes back, also after a timeout).
 # Env: JOINT_STEPS (default 200), JOINT_EXTRA (more bench/joint_training.py flags, which win), ENCODE_LIMIT
-# CEILING_QUESTIONS (training questions of each ceiling run, default "2000 8000"), CEILING_EXTRA (more flags),
-# (passages, default all), SERVE_SECONDS (default 30), PYTHON (default python3), DEVICE (default cuda).
+# (passages, default all), CEILING_QUESTIONS (training questions of each ceiling run, default "2000 8000"),
+# CEILING_EXTRA (more bench/retriever_ceiling.py flags), SERVE_SECONDS (default 30), PYTHON (default python3),
+# DEVICE (default cuda).
 # Rehearse it without a GPU, in the project's venv (setup is skipped where everything is installed already):
 #   PYTHON=.venv/bin/python DEVICE=cpu ENCODE_LIMIT=200 JOINT_STEPS=1 \
 #     JOINT_EXTRA="--batch-size 2 --limit 20 --em-limit 2" bench/gpu_checks.sh encode joint

@@ -185,14 +185,16 @@ def test_reader_first_holds_the_retriever_until_its_steps_are_done(topic_index: 
     assert any(not torch.equal(held["reader"][n], trained["reader"][n]) for n in held["reader"])
 
 
-@pytest.mark.parametrize("refresh,expected", [("rerank:5", [0, 0, 10]), ("every:1", [0, 0, 20])])
-def test_reader_first_steps_re_embed_nothing(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,
-                                            refresh: str, expected: list[int]) -> None:
-    """While --reader-first holds the encoder its passage vectors are the stored ones: no refresh until it has stepped."""
-    run = config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", loss="pdist", refresh=refresh, reader_first=2, steps=4)
-    assert train_joint(run, progress=False, stop_after=3) == {"stopped_at": 3}
+@pytest.mark.parametrize("refresh,expected", [("rerank:5", [0, 0, 0, 0, 10]), ("every:1", [0, 0, 0, 20, 20])])
+def test_no_refresh_until_the_encoder_has_moved(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,
+                                               refresh: str, expected: list[int]) -> None:
+    """Until an optimizer step changes the encoder its passage vectors are the stored ones: nothing is re-embedded."""
+    run = config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", loss="pdist", refresh=refresh, reader_first=2, steps=5)
+    train_joint(run, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    # Step 3 is the retriever's first: rerank:5 re-embeds its batch x L = 2 x 5 candidates, every:1 all 20 passages after it.
+    # Steps 1-2 are --reader-first's, step 3 the first of the retriever's warm-up, at learning rate 0; step 4's update
+    # moves it, so every:1 re-embeds all 20 passages after step 4 (none after the last) and rerank:5 step 5's
+    # batch x L = 2 x 5 candidates.
     assert [r["refresh_passages_total"] for r in rows] == expected
 
 
@@ -219,8 +221,9 @@ def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_
         assert a["generation"] == 1 and json.loads(lines[1][1])["refresh"]["generation"] == 1
         assert json.loads(lines[1][1])["refresh"]["passages_per_second"] > 0
     assert json.loads(lines[1][-1])["refresh_seconds_total"] > json.loads(lines[1][0])["refresh_seconds_total"] >= 0  # timed, and carried over
-    # Re-embedded: the whole index (20 passages) at step 2, or each step's grad-accum x batch x L = 2 x 2 x 5 candidates.
-    expected = [0, 20, 20, 20] if refresh.startswith("every") else [20, 40, 60, 80]
+    # Re-embedded: the whole index (20 passages) at step 2, or each step's grad-accum x batch x L = 2 x 2 x 5 candidates
+    # from step 3 on (step 1 of the warm-up has learning rate 0, so the encoder first moves at step 2).
+    expected = [0, 20, 20, 20] if refresh.startswith("every") else [0, 0, 20, 40]
     assert [json.loads(r)["refresh_passages_total"] for r in lines[1]] == expected
     speed = json.loads((tmp_path / "resumed" / "training.json").read_text())["speed"]
     assert speed["refresh_passages_per_second"] > 0
@@ -272,13 +275,14 @@ def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: 
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "trainer.joint_training", "--index", str(topic_index), "--train", str(qa_file), "--loss", "pdist",
-                           "--refresh", "every:1", "--top-k", "3", "--reader", tiny_reader_path, "--steps", "3", "--batch-size", "1", "--reader-first", "1",
+                           "--refresh", "every:1", "--top-k", "3", "--reader", tiny_reader_path, "--steps", "4", "--batch-size", "1", "--reader-first", "1",
                            "--dev-size", "4", "--dev-eval", "2", "--device", "cpu", "--threads", "1", "--out", str(run)],
                           env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((run / "training.json").read_text())
-    # One re-embedding, after step 2: step 1 is --reader-first's, and none follows the last.
-    assert record["processes"] == 2 and record["steps"] == 3 and record["generation"] == 1 and record["dev_after"]["n"] == 2
+    # One re-embedding, after step 3: step 1 is --reader-first's, step 2 warms the retriever up from learning rate 0,
+    # and none follows the last.
+    assert record["processes"] == 2 and record["steps"] == 4 and record["generation"] == 1 and record["dev_after"]["n"] == 2
     assert sorted(p.name for p in (run / "index").iterdir()) == ["dense-1-0of2.faiss", "dense-1-1of2.faiss"]
     from indexer.dense import DenseIndex
 
@@ -286,7 +290,7 @@ def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: 
     assert sum(shards) == 20 and min(shards) > 0
     checkpoint = torch.load(run / CHECKPOINT, weights_only=False)
     assert checkpoint["world_size"] == 2
-    # The retriever's optimizer state starts at the step it is first taught, as on one process (--reader-first 1 of 3).
+    # The retriever's optimizer state starts at the step it is first taught, as on one process (--reader-first 1 of 4).
     steps = lambda group: {int(checkpoint["optimizer"]["state"][i]["step"]) for i in checkpoint["optimizer"]["param_groups"][group]["params"]}
-    assert steps(0) == {3} and steps(1) == {2}
+    assert steps(0) == {4} and steps(1) == {3}
     assert (run / "export" / "reader" / "adapter_config.json").is_file()

@@ -351,6 +351,12 @@ class JointTrainer:
             partial(linear_lr_factor, start=start, warmup=math.ceil(config.warmup * (config.steps - start)), end=config.steps)
             for start in (0, config.reader_first)])
 
+    def encoder_has_moved(self) -> bool:
+        """Whether an optimizer step so far has changed the encoder. Its learning rate is 0 through --reader-first
+        and on the first step of its warm-up, and until it moves the stored vectors are its own: nothing to refresh."""
+        factor = self.schedule.lr_lambdas[1]
+        return any(factor(step) > 0 for step in range(self.config.reader_first, self.schedule.last_epoch))
+
     def _count_tokens(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
         if mask is not None:
@@ -365,7 +371,7 @@ class JointTrainer:
     def retrieve(self, query: torch.Tensor, passage_side: bool, rerank: bool = True) -> tuple[list[list[SearchHit]], torch.Tensor]:
         """The top passages of each query vector (`config.retrieved` of them) and their scores s_k (B, K),
         differentiable in the query (and in the passage side when `passage_side`, else against the searched vectors).
-        Without `rerank` a rerank:L refresh is skipped: before the encoder's first step the stored vectors are its own."""
+        Without `rerank` a rerank:L refresh is skipped (`encoder_has_moved` says when it is needed)."""
         k = self.config.retrieved
         rerank = rerank and self.refresh_kind.kind == "rerank"
         found = self.search_index.search(query.detach().float().cpu().numpy(), self.refresh_kind.n if rerank else k)
@@ -404,7 +410,7 @@ class JointTrainer:
         with nullcontext() if teach else torch.no_grad():
             query = self.retriever(questions, "query")
             # Untaught steps need only the passages: the passage side's scores would be thrown away.
-            found, scores = self.retrieve(query, passage_side=teach and not config.query_side_only, rerank=teach)
+            found, scores = self.retrieve(query, passage_side=teach and not config.query_side_only, rerank=self.encoder_has_moved())
         read = [list(row[: config.top_k]) for row in found]
         reader_nll = answer_nll(self.reader, [ReaderExample(q, row, a, None) for q, row, a in zip(questions, read, answers)])
         if not teach:
@@ -620,8 +626,8 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
                                    "step_seconds": round(step_seconds, 3),
                                    "reader_tokens_per_second": round(trainer.take_reader_tokens() / step_seconds, 1),
                                    "peak_memory_mib": peak_memory_mib(trainer.device)}
-            # No re-embedding while --reader-first holds the encoder: it would give back the same vectors.
-            if trainer.refresh_kind.kind == "every" and step % trainer.refresh_kind.n == 0 and config.reader_first < step < config.steps:
+            if (trainer.refresh_kind.kind == "every" and step % trainer.refresh_kind.n == 0 and step < config.steps
+                    and trainer.encoder_has_moved()):
                 row["refresh"] = trainer.search_index.refresh(trainer.retriever, progress=progress)
                 trainer.refresh_seconds += row["refresh"]["seconds"]
                 trainer.refresh_passages += row["refresh"]["passages"]
