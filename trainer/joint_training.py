@@ -368,12 +368,12 @@ class JointTrainer:
         self._reader_tokens.clear()
         return total
 
-    def retrieve(self, query: torch.Tensor, passage_side: bool, rerank: bool = True) -> tuple[list[list[SearchHit]], torch.Tensor]:
+    def retrieve(self, query: torch.Tensor, passage_side: bool) -> tuple[list[list[SearchHit]], torch.Tensor]:
         """The top passages of each query vector (`config.retrieved` of them) and their scores s_k (B, K),
         differentiable in the query (and in the passage side when `passage_side`, else against the searched vectors).
-        Without `rerank` a rerank:L refresh is skipped (`encoder_has_moved` says when it is needed)."""
+        A rerank:L refresh waits until the encoder has moved: before, the stored vectors are its own."""
         k = self.config.retrieved
-        rerank = rerank and self.refresh_kind.kind == "rerank"
+        rerank = self.refresh_kind.kind == "rerank" and self.encoder_has_moved()
         found = self.search_index.search(query.detach().float().cpu().numpy(), self.refresh_kind.n if rerank else k)
         if any(len(row) < k for row in found):
             raise RuntimeError(f"the search returned fewer than the {k} passages asked for")
@@ -410,7 +410,7 @@ class JointTrainer:
         with nullcontext() if teach else torch.no_grad():
             query = self.retriever(questions, "query")
             # Untaught steps need only the passages: the passage side's scores would be thrown away.
-            found, scores = self.retrieve(query, passage_side=teach and not config.query_side_only, rerank=self.encoder_has_moved())
+            found, scores = self.retrieve(query, passage_side=teach and not config.query_side_only)
         read = [list(row[: config.top_k]) for row in found]
         reader_nll = answer_nll(self.reader, [ReaderExample(q, row, a, None) for q, row, a in zip(questions, read, answers)])
         if not teach:
