@@ -18,8 +18,8 @@
 # CEILING_EXTRA (more bench/retriever_ceiling.py flags), SERVE_SECONDS (default 30), PYTHON (default python3),
 # DEVICE (default cuda).
 # Rehearse it without a GPU, in the project's venv (setup is skipped where everything is installed already):
-#   PYTHON=.venv/bin/python DEVICE=cpu ENCODE_LIMIT=200 JOINT_STEPS=1 \
-#     JOINT_EXTRA="--batch-size 2 --limit 20 --em-limit 2" bench/gpu_checks.sh encode joint
+#   PYTHON=.venv/bin/python DEVICE=cpu ENCODE_LIMIT=200 JOINT_STEPS=2 \
+#     JOINT_EXTRA="--batch-size 2 --limit 20 --em-limit 2 --reader-first 1" bench/gpu_checks.sh encode joint
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -84,8 +84,10 @@ stage_index() {
 stage_joint() {
     [ -f "$index/manifest.json" ] || stage_index
     rm -rf /tmp/rag-joint "$out/joint_training_gpu.json"  # the bench resumes from its result file: start afresh
+    # The reader trains alone for the first 60 steps (960 questions): the untrained reader is a worse teacher than
+    # the retriever it would teach, one trained on 1,000 questions a better one (bench/results/teacher_agreement*.json).
     # shellcheck disable=SC2086  # JOINT_EXTRA is word-split on purpose
-    "$python" bench/joint_training.py --index "$index" --device "$device" --bf16 --threads 8 --losses pdist \
+    "$python" bench/joint_training.py --index "$index" --device "$device" --bf16 --threads 8 --losses pdist --reader-first 60 \
         --steps "${JOINT_STEPS:-200}" --batch-size 16 --top-k 8 --candidates 32 --refresh rerank:64 --max-passage-tokens 128 \
         --retriever-lr 3e-5 --em-limit 100 --runs /tmp/rag-joint --out "$out/joint_training_gpu.json" ${JOINT_EXTRA:-}
 }
@@ -94,7 +96,7 @@ stage_ceiling() {
     [ -f "$index/manifest.json" ] || stage_index
     # shellcheck disable=SC2086  # both are word-split on purpose
     "$python" bench/retriever_ceiling.py --index "$index" --device "$device" --threads 8 --passage-side \
-        --questions ${CEILING_QUESTIONS:-2000 8000} --retriever-lr 2e-5 --out "$out/retriever_ceiling_gpu.json" ${CEILING_EXTRA:-}
+        --questions ${CEILING_QUESTIONS:-2000 8000} --retriever-lr 2e-5 --bf16 --out "$out/retriever_ceiling_gpu.json" ${CEILING_EXTRA:-}
 }
 
 stage_serve() {

@@ -55,13 +55,16 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
     steps = len(records) // args.batch_size
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(args.warmup * steps), steps)
     taught = 0
+    # as rag-train joint --bf16: the compute autocast, the weights and the optimizer in float32
+    autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
     with tempfile.TemporaryDirectory() as folder:
         search = TrainingIndex(index, Path(folder))
         for step in tqdm(range(steps), desc=f"{len(records)} questions", unit="step"):
             batch = records[step * args.batch_size : (step + 1) * args.batch_size]
-            query = retriever([r.question for r in batch], "query")
-            found = search.search(query.detach().cpu().numpy(), args.candidates)
-            scores = passage_scores(query, found, search, retriever if args.passage_side else None)
+            with autocast:
+                query = retriever([r.question for r in batch], "query")
+                found = search.search(query.detach().float().cpu().numpy(), args.candidates)
+                scores = passage_scores(query, found, search, retriever if args.passage_side else None)
             gold_ids = [set(r.gold_ids) for r in batch]
             gold = torch.tensor([[h.doc_id in ids for h in row] for ids, row in zip(gold_ids, found)], device=scores.device)
             has_gold = gold.any(-1)
@@ -96,13 +99,16 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=500, help="questions per evaluation set (seeded sample, seed 0)")
     parser.add_argument("--out", type=Path, default=default_out(__file__))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--bf16", action="store_true",
+                        help="train with bf16 autocast, as rag-train joint --bf16 (about 2x faster on a CPU with avx512_bf16); "
+                             "the corpus is still re-embedded in float32")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the encoder trains and encodes")
     args = parser.parse_args()
     out, info = check_out(args.out), machine_info()
     torch.set_num_threads(args.threads)
     index, sets = Index.open(args.index, readonly=True), question_sets(args.limit)
     train, _ = load_train_dev(TRAIN, max(args.questions), 0, args.seed)
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed", "device")},
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed", "bf16", "device")},
                               "sets": list(SETS), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
     for n in args.questions:

@@ -7,7 +7,7 @@ questions with gold_ids (squad-open-train and nq-open-train, what `rag-train joi
 (log p(answer | question, passage), as the trainer scores them), and among the questions whose gold is in the
 candidates we count how often the gold is the retriever's first and the reader's first, and the mass each puts
 on the gold: the retriever's softmax(s / tau) and the pdist target softmax(log p / T). `--adapter` scores with a
-trained reader instead (a joint run's export/reader): the teacher a retriever meets after `--reader-first` steps.
+trained reader instead (a joint run's export/reader, or rag-train reader's --out): the teacher a retriever meets after `--reader-first` steps.
 """
 from __future__ import annotations
 
