@@ -20,6 +20,7 @@
 # Rehearse it without a GPU, in the project's venv (setup is skipped where everything is installed already):
 #   PYTHON=.venv/bin/python DEVICE=cpu ENCODE_LIMIT=200 JOINT_STEPS=2 \
 #     JOINT_EXTRA="--batch-size 2 --limit 20 --em-limit 2 --reader-first 1" bench/gpu_checks.sh encode joint
+#   (joint then re-embeds the whole corpus for its after-figures: about 40 minutes on a 2-core CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
