@@ -56,7 +56,7 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(args.warmup * steps), steps)
     taught = 0
     # as rag-train joint --bf16: the compute autocast, the weights and the optimizer in float32
-    autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
+    autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16)
     with tempfile.TemporaryDirectory() as folder:
         search = TrainingIndex(index, Path(folder))
         for step in tqdm(range(steps), desc=f"{len(records)} questions", unit="step"):
