@@ -109,8 +109,14 @@ def check_resumable(folder: Path, args: argparse.Namespace) -> None:
     changed = [f"--{name.replace('_', '-')} {saved.get(name)} there, {getattr(args, name)} here"
                for name in ("top_k", "candidates", "reader_first", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
                if saved.get(name, {"candidates": 0, "reader_first": 0}.get(name)) != getattr(args, name)]  # older runs lack the newer options
-    if saved.get("refresh", "none") != (args.refresh or "none"):  # a query-side run is saved as refresh "none"
-        changed.append(f"--refresh {saved.get('refresh', 'none')} there, {args.refresh or 'none'} here")
+    adapter = str(Path(args.adapter)) if args.adapter else None  # as rag-train joint saves it
+    if saved.get("adapter") != adapter:
+        changed.append(f"--adapter {saved.get('adapter')} there, {adapter} here")
+    # A query-side run is saved as refresh "none", as is a both-sides run that never refreshes.
+    sides = ("--query-side-only" if saved.get("query_side_only") else f"--refresh {saved.get('refresh', 'none')}",
+             f"--refresh {args.refresh}" if args.refresh else "--query-side-only")
+    if sides[0] != sides[1]:
+        changed.append(f"{sides[0]} there, {sides[1]} here")
     if changed:
         sys.exit(f"{folder} holds a run started with other settings ({'; '.join(changed)}): "
                  "pass the same settings to resume it, or another --runs folder to start afresh")
@@ -125,6 +131,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=0, help="passages the retriever's loss ranks (0: --top-k)")
     parser.add_argument("--reader-first", type=int, default=0, help="steps the reader trains alone before the retriever's loss starts")
+    parser.add_argument("--adapter", default=None,
+                        help="a trained reader LoRA (rag-train reader --out) each run starts from, as rag-train joint --adapter")
     parser.add_argument("--max-passage-tokens", type=int, default=96)
     parser.add_argument("--retriever-lr", type=float, default=2e-5)
     parser.add_argument("--limit", type=int, default=500, help="questions per set for recall (seeded sample, seed 0)")
@@ -149,7 +157,7 @@ def main() -> None:
     for stamp in ("timestamp", "machine"):
         result.pop(stamp, None)
     result.setdefault("runs", {})
-    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "reader_first", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh")}
+    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "reader_first", "adapter", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh")}
     result["scale"]["note"] = (f"{args.device}: {'query side only' if not args.refresh else 'both sides, refresh ' + args.refresh}, "
                                "steps x batch-size training questions, EM on a sub-sample")
     index = Index.open(args.index, readonly=True)
@@ -169,7 +177,7 @@ def main() -> None:
                 check_resumable(folder, args)
             command = [rag_train, "joint", "--index", str(args.index), "--train", ",".join(map(str, TRAIN)), "--loss", loss,
                        *(["--refresh", args.refresh] if args.refresh else ["--query-side-only"]), "--top-k", str(args.top_k), "--candidates", str(args.candidates),
-                       "--reader-first", str(args.reader_first), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                       "--reader-first", str(args.reader_first), *(["--adapter", args.adapter] if args.adapter else []), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                        "--max-passage-tokens", str(args.max_passage_tokens), "--retriever-lr", str(args.retriever_lr),
                        "--dev-size", "0", "--dev-eval", "0", "--save-every", str(args.save_every), "--threads", str(args.threads), "--device", args.device,
                        *(["--bf16"] if args.bf16 else []),

@@ -13,22 +13,35 @@ SETTINGS = dict(top_k=4, candidates=16, reader_first=0, steps=100, batch_size=8,
                 retriever_lr=2e-5, bf16=False, device="cpu")
 
 
-def saved_run(folder: Path, refresh: str) -> Path:
-    (folder / "config.json").write_text(json.dumps({**SETTINGS, "refresh": refresh, "query_side_only": refresh == "none"}))
+def saved_run(folder: Path, refresh: str | None, adapter: str | None = None) -> Path:
+    """A run's config.json as rag-train joint saves it: refresh None is a query-side run (saved as refresh "none")."""
+    config = {**SETTINGS, "refresh": refresh or "none", "query_side_only": refresh is None, "adapter": adapter}
+    (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 
-@pytest.mark.parametrize("saved, asked", [("none", None), ("rerank:64", "rerank:64")])
-def test_same_settings_resume(tmp_path: Path, saved: str, asked: str | None) -> None:
-    check_resumable(saved_run(tmp_path, saved), argparse.Namespace(**SETTINGS, refresh=asked))
+def asked(refresh: str | None, adapter: str | None = None, **changes: object) -> argparse.Namespace:
+    """The bench's arguments: --refresh None trains the query side only."""
+    return argparse.Namespace(**{**SETTINGS, **changes}, refresh=refresh, adapter=adapter)
 
 
-@pytest.mark.parametrize("saved, asked", [("none", "rerank:64"), ("rerank:64", None), ("every:50", "rerank:64")])
-def test_another_refresh_is_refused(tmp_path: Path, saved: str, asked: str | None) -> None:
-    with pytest.raises(SystemExit, match=f"--refresh {saved} there, {asked or 'none'} here"):
-        check_resumable(saved_run(tmp_path, saved), argparse.Namespace(**SETTINGS, refresh=asked))
+@pytest.mark.parametrize("refresh", [None, "none", "rerank:64"])
+def test_same_settings_resume(tmp_path: Path, refresh: str | None) -> None:
+    check_resumable(saved_run(tmp_path, refresh, "runs/reader"), asked(refresh, "runs/reader"))
 
 
-def test_another_step_count_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("saved, wanted, message", [
+    (None, "rerank:64", "--query-side-only there, --refresh rerank:64 here"),
+    (None, "none", "--query-side-only there, --refresh none here"),
+    ("none", None, "--refresh none there, --query-side-only here"),
+    ("every:50", "rerank:64", "--refresh every:50 there, --refresh rerank:64 here")])
+def test_another_refresh_is_refused(tmp_path: Path, saved: str | None, wanted: str | None, message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        check_resumable(saved_run(tmp_path, saved), asked(wanted))
+
+
+def test_another_step_count_or_adapter_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--steps 100 there, 200 here"):
-        check_resumable(saved_run(tmp_path, "none"), argparse.Namespace(**{**SETTINGS, "steps": 200}, refresh=None))
+        check_resumable(saved_run(tmp_path, None), asked(None, steps=200))
+    with pytest.raises(SystemExit, match="--adapter None there, runs/reader here"):
+        check_resumable(saved_run(tmp_path, None), asked(None, "runs/reader"))

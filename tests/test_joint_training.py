@@ -185,6 +185,31 @@ def test_reader_first_holds_the_retriever_until_its_steps_are_done(topic_index: 
     assert any(not torch.equal(held["reader"][n], trained["reader"][n]) for n in held["reader"])
 
 
+def test_a_trained_reader_adapter_trains_on(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+    """--adapter: the reader starts as the given LoRA, trains it on, resumes with it and exports it over the same base reader."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    first = config(topic_index, qa_file, tiny_reader_path, tmp_path / "first", loss="pdist", query_side_only=True, steps=2, lr=1e-2)
+    train_joint(first, progress=False)
+    adapter = tmp_path / "first" / "export" / "reader"
+    start = load_file(adapter / "adapter_model.safetensors")
+    run = config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", loss="pdist", query_side_only=True, adapter=adapter, lr=1e-2)
+    trainer = JointTrainer(run, Index.open(topic_index, readonly=True))
+    loaded = get_peft_model_state_dict(trainer.reader.model)
+    assert loaded.keys() == start.keys() and all(torch.equal(loaded[n], start[n]) for n in start)
+    assert {id(p) for p in trainer.reader_params} == {id(p) for n, p in trainer.reader.model.named_parameters() if "lora_" in n}
+    assert train_joint(run, progress=False, stop_after=2) == {"stopped_at": 2}
+    record = train_joint(run, resume=True, progress=False)  # the saved config names the adapter; the checkpoint's LoRA wins
+    assert record["config"]["adapter"] == str(adapter) and record["steps"] == 4
+    trained = load_file(tmp_path / "run" / "export" / "reader" / "adapter_model.safetensors")
+    assert trained.keys() == start.keys() and any(not torch.equal(trained[n], start[n]) for n in start)
+    for changes, message in [(dict(adapter=tmp_path / "none"), "no such folder"), (dict(adapter=topic_index), "not a peft adapter"),
+                             (dict(adapter=adapter, method="full"), "drop --method full")]:
+        with pytest.raises(ValueError, match=message):
+            config(topic_index, qa_file, tiny_reader_path, tmp_path / "bad", **changes).check()
+
+
 @pytest.mark.parametrize("refresh,expected", [("rerank:5", [0, 0, 0, 0, 10]), ("every:1", [0, 0, 0, 20, 20])])
 def test_no_refresh_until_the_encoder_has_moved(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,
                                                refresh: str, expected: list[int]) -> None:

@@ -10,6 +10,7 @@ top-K passages from the dense index and then
   scored alone by the reader without gradient: a loss over the top K can only reorder them, one over
   C can lift a passage from below the top K into it, which is what raises recall@K. With `--reader-first N`
   the retriever's loss waits N steps, while the reader alone trains: an untrained reader is a weak teacher.
+  `--adapter DIR` starts instead from a reader LoRA trained already (rag-train reader), which trains on.
 
 Stale index strategies (ARCHITECTURE.md) as `--query-side-only` / `--refresh`:
 - query-side only: the passage side is the index's stored vectors, frozen; s_k = <E_q(q), v_k>;
@@ -48,6 +49,7 @@ from indexer.dense import DenseIndex
 from indexer.encoder import encoder_input
 from indexer.index import Index
 from indexer.records import SearchHit
+from rag.adapters import check_adapter_folder
 from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
@@ -98,6 +100,7 @@ class JointTrainingConfig:
     loss: str = "emdr2"
     dev: Path | None = None  # None: hold out `dev_size` questions of the training files
     reader: str = GENERATIVE_READER
+    adapter: Path | None = None  # a trained LoRA adapter of the reader (rag-train reader --out) that trains on
     method: str = "lora"  # lora | full
     lora_rank: int = 16
     top_k: int = 4
@@ -141,6 +144,10 @@ class JointTrainingConfig:
         if self.candidates and self.candidates < self.top_k:
             raise ValueError(f"--candidates {self.candidates} must be at least --top-k {self.top_k}: the reader reads the first "
                              "--top-k of the candidates")
+        if self.adapter is not None:
+            check_adapter_folder(self.adapter)
+            if self.method != "lora":
+                raise ValueError(f"--adapter {self.adapter} is a LoRA adapter to train on: drop --method {self.method} or --adapter")
         if self.reader_first >= self.steps:
             raise ValueError(f"--reader-first {self.reader_first} leaves none of the {self.steps} --steps to the retriever: "
                              "make it smaller than --steps")
@@ -175,7 +182,7 @@ class JointTrainingConfig:
     def from_json(cls, data: dict[str, Any]) -> JointTrainingConfig:
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values.update(index=Path(data["index"]), out=Path(data["out"]), train=[Path(p) for p in data["train"]],
-                      dev=Path(data["dev"]) if data.get("dev") else None)
+                      dev=Path(data["dev"]) if data.get("dev") else None, adapter=Path(data["adapter"]) if data.get("adapter") else None)
         return cls(**values)
 
 
@@ -336,7 +343,7 @@ class JointTrainer:
         if config.gradient_checkpointing:
             checkpoint_activations(self.reader.model)
             checkpoint_activations(self.retriever.query_model)
-        self.reader_params = trainable_parameters(self.reader, config.method, config.lora_rank)
+        self.reader_params = trainable_parameters(self.reader, config.method, config.lora_rank, config.adapter)
         # Tokens each reader forward read (padding excluded), kept on the device and summed once a step by
         # `take_reader_tokens`: reading them per forward would make the GPU wait in the middle of the step.
         self._reader_tokens: list[torch.Tensor] = []
@@ -696,6 +703,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--tau", type=float, default=d.tau, help="retriever softmax temperature")
     add("--temperature", type=float, default=d.temperature, help="T of the pdist and loop targets")
     add("--reader", default=d.reader, help="causal LM name or folder")
+    add("--adapter", type=Path, default=None,
+        help="a LoRA adapter of --reader to start from, e.g. a rag-train reader run, so that the retriever learns from a reader "
+             "that already reads passages; its LoRA trains on (its rank, not --lora-rank)")
     add("--method", choices=("lora", "full"), default=d.method, help="how the reader trains")
     add("--lora-rank", type=int, default=d.lora_rank, help="LoRA rank")
     add("--max-passage-tokens", type=int, default=d.max_passage_tokens, help="passage truncation in the reader's prompt")
@@ -726,7 +736,7 @@ def _run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--{option} is required (unless --resume RUN_DIR)")
         config = JointTrainingConfig(
             index=args.index, train=[Path(p) for p in args.train.split(",") if p], out=args.out, loss=args.loss, dev=args.dev,
-            reader=args.reader, method=args.method, lora_rank=args.lora_rank, top_k=args.top_k, refresh=args.refresh,
+            reader=args.reader, adapter=args.adapter, method=args.method, lora_rank=args.lora_rank, top_k=args.top_k, refresh=args.refresh,
             candidates=args.candidates, reader_first=args.reader_first,
             query_side_only=args.query_side_only, tau=args.tau, temperature=args.temperature, steps=args.steps,
             batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, retriever_lr=args.retriever_lr, warmup=args.warmup,

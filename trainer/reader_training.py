@@ -68,9 +68,14 @@ def load_train_dev(files: list[Path], needed: int, dev_size: int, seed: int) -> 
     return train[:needed], dev
 
 
-def trainable_parameters(reader: DecoderReader, method: str, lora_rank: int) -> list[torch.nn.Parameter]:
-    """Make the reader trainable by `method` (lora: wraps its model in a peft LoRA model; full) and return the trainable parameters."""
-    if method == "lora":
+def trainable_parameters(reader: DecoderReader, method: str, lora_rank: int, adapter: Path | None = None) -> list[torch.nn.Parameter]:
+    """Make the reader trainable by `method` (lora: wraps its model in a peft LoRA model, a fresh one of rank
+    `lora_rank` or the trained one in folder `adapter`, which trains on; full) and return the trainable parameters."""
+    if method == "lora" and adapter is not None:
+        from peft import PeftModel
+
+        reader.model = PeftModel.from_pretrained(reader.model, str(adapter), is_trainable=True)
+    elif method == "lora":
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.05, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
