@@ -204,10 +204,23 @@ def test_a_trained_reader_adapter_trains_on(topic_index: Path, qa_file: Path, ti
     assert record["config"]["adapter"] == str(adapter) and record["steps"] == 4
     trained = load_file(tmp_path / "run" / "export" / "reader" / "adapter_model.safetensors")
     assert trained.keys() == start.keys() and any(not torch.equal(trained[n], start[n]) for n in start)
+    ia3 = tmp_path / "ia3"
+    ia3.mkdir()
+    (ia3 / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
     for changes, message in [(dict(adapter=tmp_path / "none"), "no such folder"), (dict(adapter=topic_index), "not a peft adapter"),
-                             (dict(adapter=adapter, method="full"), "drop --method full")]:
+                             (dict(adapter=ia3), "is a IA3 adapter"), (dict(adapter=adapter, method="full"), "drop --method full")]:
         with pytest.raises(ValueError, match=message):
             config(topic_index, qa_file, tiny_reader_path, tmp_path / "bad", **changes).check()
+    # A LoRA trained over another base model (here narrower) is refused when the reader loads, not mid-training.
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    narrow = AutoConfig.from_pretrained(tiny_reader_path)
+    narrow.hidden_size, narrow.intermediate_size = 32, 64
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(LlamaForCausalLM(narrow), lora).save_pretrained(tmp_path / "narrow")
+    with pytest.raises(ValueError, match="does not fit reader"):
+        JointTrainer(replace(run, adapter=tmp_path / "narrow", out=tmp_path / "bad"), Index.open(topic_index, readonly=True))
 
 
 @pytest.mark.parametrize("refresh,expected", [("rerank:5", [0, 0, 0, 0, 10]), ("every:1", [0, 0, 0, 20, 20])])

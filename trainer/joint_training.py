@@ -145,7 +145,10 @@ class JointTrainingConfig:
             raise ValueError(f"--candidates {self.candidates} must be at least --top-k {self.top_k}: the reader reads the first "
                              "--top-k of the candidates")
         if self.adapter is not None:
-            check_adapter_folder(self.adapter)
+            kind = json.loads((check_adapter_folder(self.adapter) / "adapter_config.json").read_text()).get("peft_type")
+            if kind != "LORA":
+                raise ValueError(f"--adapter {self.adapter} is a {kind} adapter: joint training trains a LoRA one on "
+                                 "(rag-train reader --method lora, or a joint run's export/reader)")
             if self.method != "lora":
                 raise ValueError(f"--adapter {self.adapter} is a LoRA adapter to train on: drop --method {self.method} or --adapter")
         if self.reader_first >= self.steps:

@@ -74,7 +74,10 @@ def trainable_parameters(reader: DecoderReader, method: str, lora_rank: int, ada
     if method == "lora" and adapter is not None:
         from peft import PeftModel
 
-        reader.model = PeftModel.from_pretrained(reader.model, str(adapter), is_trainable=True)
+        try:
+            reader.model = PeftModel.from_pretrained(reader.model, str(adapter), is_trainable=True)
+        except (RuntimeError, ValueError, KeyError) as exc:  # e.g. trained over another base model
+            raise ValueError(f"adapter {adapter} does not fit reader {reader.name}: {str(exc).splitlines()[0]}") from exc
     elif method == "lora":
         from peft import LoraConfig, get_peft_model
 
