@@ -28,6 +28,18 @@ def check_adapter_folder(adapter: str | Path) -> Path:
     return folder
 
 
+def adapter_kind(adapter: str | Path) -> str:
+    """The peft type of the adapter in folder `adapter` ("LORA", "IA3", "PROMPT_TUNING"...), or ValueError saying why
+    there is none."""
+    from peft import PeftConfig
+
+    folder = check_adapter_folder(adapter)
+    try:
+        return PeftConfig.from_pretrained(str(folder)).peft_type.value
+    except (ValueError, TypeError, OSError) as exc:
+        raise ValueError(f"adapter {folder}: unreadable adapter_config.json ({exc})") from exc
+
+
 def query_encoder_folder(adapter: str | Path) -> Path | None:
     """The query encoder trained with an adapter, if it has one: retrieval for that adapter should use it."""
     folder = Path(adapter) / QUERY_ENCODER
@@ -65,12 +77,9 @@ class AdapterBank:
         return peft_model
 
     def _load(self, folder: Path) -> tuple[str, str]:
-        from peft import PeftConfig, PeftModel
+        from peft import PeftModel
 
-        try:
-            kind = str(PeftConfig.from_pretrained(str(folder)).peft_type)
-        except (ValueError, TypeError, OSError) as exc:
-            raise ValueError(f"adapter {folder}: unreadable adapter_config.json ({exc})") from exc
+        kind = adapter_kind(folder)
         name = f"adapter{len(self._loaded)}"
         try:
             if kind in self._by_kind:

@@ -207,8 +207,11 @@ def test_a_trained_reader_adapter_trains_on(topic_index: Path, qa_file: Path, ti
     ia3 = tmp_path / "ia3"
     ia3.mkdir()
     (ia3 / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
     for changes, message in [(dict(adapter=tmp_path / "none"), "no such folder"), (dict(adapter=topic_index), "not a peft adapter"),
-                             (dict(adapter=ia3), "is a IA3 adapter"), (dict(adapter=adapter, method="full"), "drop --method full")]:
+                             (dict(adapter=ia3), "is a IA3 adapter"), (dict(adapter=broken), "unreadable adapter_config.json"), (dict(adapter=adapter, method="full"), "drop --method full")]:
         with pytest.raises(ValueError, match=message):
             config(topic_index, qa_file, tiny_reader_path, tmp_path / "bad", **changes).check()
     # A LoRA trained over another base model (here narrower) is refused when the reader loads, not mid-training.

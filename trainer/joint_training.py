@@ -49,7 +49,7 @@ from indexer.dense import DenseIndex
 from indexer.encoder import encoder_input
 from indexer.index import Index
 from indexer.records import SearchHit
-from rag.adapters import check_adapter_folder
+from rag.adapters import adapter_kind
 from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
@@ -145,7 +145,7 @@ class JointTrainingConfig:
             raise ValueError(f"--candidates {self.candidates} must be at least --top-k {self.top_k}: the reader reads the first "
                              "--top-k of the candidates")
         if self.adapter is not None:
-            kind = json.loads((check_adapter_folder(self.adapter) / "adapter_config.json").read_text()).get("peft_type")
+            kind = adapter_kind(self.adapter)
             if kind != "LORA":
                 raise ValueError(f"--adapter {self.adapter} is a {kind} adapter: joint training trains a LoRA one on "
                                  "(rag-train reader --method lora, or a joint run's export/reader)")
