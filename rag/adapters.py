@@ -40,6 +40,16 @@ def adapter_kind(adapter: str | Path) -> str:
         raise ValueError(f"adapter {folder}: unreadable adapter_config.json ({exc})") from exc
 
 
+def load_merged(model: torch.nn.Module, adapter: str | Path) -> torch.nn.Module:
+    """`model` with the peft adapter in folder `adapter` over it, merged into its weights: an adapted reader then runs
+    exactly as fast as the base one. A prompt-tuning adapter has no weights to merge (its virtual tokens go before
+    every prompt): the PeftModel comes back."""
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(model, str(adapter))
+    return adapted if adapted.peft_config["default"].is_prompt_learning else adapted.merge_and_unload()
+
+
 def query_encoder_folder(adapter: str | Path) -> Path | None:
     """The query encoder trained with an adapter, if it has one: retrieval for that adapter should use it."""
     folder = Path(adapter) / QUERY_ENCODER

@@ -18,7 +18,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
                         help="passages given to the reader; 0 answers closed-book (default: the reader's own, chosen on dev data)")
     parser.add_argument("--mode", choices=MODES, default="hybrid", help="retrieval: dense, sparse (BM25) or hybrid (default)")
     parser.add_argument("--reader", default=DEFAULT_READER,
-                        help=f"a span reader folder, or a causal LM name or folder such as {GENERATIVE_READER} "
+                        help=f"a span reader folder, a causal LM name or folder such as {GENERATIVE_READER}, or the folder of an "
+                             "encoder-decoder model (T5, BART), read Fusion-in-Decoder style "
                              "(default: the shipped span reader rag/readers/span-minilm)")
     parser.add_argument("--adapter", type=Path, default=None, help="a peft adapter folder to load over the reader")
     parser.add_argument("--query-encoder", type=Path, default=None,

@@ -16,6 +16,7 @@ from indexer.records import SearchHit
 from rag.adapters import query_encoder_folder
 from rag.editing import ClassifierScope, EditMatch, EditPassage, Scope, load_scope, match_edits
 from rag.models import DEFAULT_READER, GENERATIVE_READER
+from rag.fid_reader import FiDReader, is_fid_reader
 from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
 from rag.span_reader import SpanReader, is_span_reader
@@ -106,7 +107,7 @@ class Pipeline:
         writable: bool = False,
     ) -> Pipeline:
         """Open an index (read-only unless `writable`) and load the reader (a span reader folder, default the shipped
-        one, or a causal LM), the edit scope decider (`rag.editing.load_scope`) and, with the classifier decider and
+        one, a causal LM, or a folder of an encoder-decoder model for the FiD reader), the edit scope decider (`rag.editing.load_scope`) and, with the classifier decider and
         `two_hop` "auto", the shipped two-hop detector when it reads the index's encoder ("none": no two-hop reading)."""
         if two_hop not in TWO_HOP_KINDS:
             raise ValueError(f"unknown two-hop setting {two_hop!r}: choose one of {', '.join(TWO_HOP_KINDS)}")
@@ -116,6 +117,10 @@ class Pipeline:
             if adapter or constrain_to_passages:
                 raise ValueError("--adapter and --constrain apply to a generative reader, not to a span reader (its answers are spans)")
             loaded: Reader = SpanReader.from_pretrained(reader, device=device)
+        elif is_fid_reader(reader):
+            if constrain_to_passages:
+                raise ValueError("--constrain applies to the decoder-only reader, not to a Fusion-in-Decoder one")
+            loaded = FiDReader(reader, adapter=adapter, device=device)
         else:
             loaded = DecoderReader(reader, adapter=adapter, device=device, constrain_to_passages=constrain_to_passages)
         decider = load_scope(scope, device=device)
@@ -132,7 +137,7 @@ class Pipeline:
     def _beyond_reader(self) -> Reader:
         """The reader of questions that ask beyond an edit: one that generates (a span reader can only copy the
         edit's first hop back out of it)."""
-        if isinstance(self.reader, DecoderReader):
+        if isinstance(self.reader, (DecoderReader, FiDReader)):
             return self.reader
         if self.edit_reader is None:
             device = getattr(self.reader, "device", None)
@@ -146,7 +151,8 @@ class Pipeline:
 
     def _decoder_reader(self) -> DecoderReader:
         if not isinstance(self.reader, DecoderReader):
-            raise ValueError("adapters apply to a generative reader; this pipeline's reader is a span reader")
+            kind = "a Fusion-in-Decoder reader (load it with its adapter instead)" if isinstance(self.reader, FiDReader) else "a span reader"
+            raise ValueError(f"adapters chosen per question apply to the decoder-only reader; this pipeline's reader is {kind}")
         return self.reader
 
     def retriever_for(self, adapter: str | Path | None) -> DualEncoder | None:

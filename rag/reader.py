@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
-from rag.adapters import AdapterBank
+from rag.adapters import AdapterBank, load_merged
 from rag.models import GENERATIVE_READER, resolve_reader_path
 
 SYSTEM_PROMPT = (
@@ -36,6 +37,16 @@ def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def load_pretrained(path: str, model_class: Any, device: torch.device, dtype: torch.dtype | None,
+                    **settings: Any) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """A reader's tokenizer and model (`model_class`: an Auto class) from a folder, read offline, or a hub name; dtype
+    None is bf16 on a GPU and float32 elsewhere. OSError (or ValueError) when either cannot load."""
+    local = os.path.isdir(path) or None
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return (AutoTokenizer.from_pretrained(path, local_files_only=local),
+            model_class.from_pretrained(path, local_files_only=local, dtype=dtype, **settings))
 
 
 class SpanConstraint(LogitsProcessor):
@@ -95,13 +106,9 @@ class DecoderReader:
         max_passage_tokens: int = 192,
         constrain_to_passages: bool = False,
     ) -> None:
-        path = resolve_reader_path(name_or_path)
-        local = os.path.isdir(path)
         self.device = pick_device(device)
-        dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
-            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local or None, dtype=dtype)
+            self.tokenizer, self.model = load_pretrained(resolve_reader_path(name_or_path), AutoModelForCausalLM, self.device, dtype)
         except OSError as exc:
             raise RuntimeError(f"cannot load reader {name_or_path!r}: {exc}") from exc
         if self.tokenizer.chat_template is None:
@@ -109,12 +116,7 @@ class DecoderReader:
         self.name = name_or_path
         self.adapter = str(adapter) if adapter else None
         if adapter:
-            from peft import PeftModel
-
-            adapted = PeftModel.from_pretrained(self.model, str(adapter))
-            # Merged weights make an adapted reader exactly as fast as the base one; a prompt-tuning
-            # adapter has no weights to merge (its virtual tokens go before every prompt).
-            self.model = adapted if adapted.peft_config["default"].is_prompt_learning else adapted.merge_and_unload()
+            self.model = load_merged(self.model, adapter)
         self.model.to(self.device).eval()
         self.adapters = AdapterBank(self.model)
         self.max_new_tokens = max_new_tokens
@@ -239,10 +241,15 @@ class DecoderReader:
         in_answer = torch.arange(longest, device=self.device).unsqueeze(0) >= (longest - lengths).unsqueeze(1)
         return (picked * in_answer).sum(-1), lengths
 
+    def read_logprobs(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]],
+                      answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(answer | question, its passages) per row, all passages of a row in one prompt as `generate` reads
+        them, and each answer's length in tokens; differentiable, one batched forward pass."""
+        prompts = [self.prompt_ids(q, p) for q, p in zip(questions, passages)]
+        return self.answer_logprobs(prompts, [self.answer_ids(a) for a in answers])
+
     def score(self, question: str, passages: Sequence[PassageText], answer: str) -> torch.Tensor:
         """log p(answer | question, passage_k) for each passage k, shape (K,), in one batched call."""
         if not passages:
             raise ValueError("score needs at least one passage")
-        target = self.answer_ids(answer)
-        prompts = [self.prompt_ids(question, [p]) for p in passages]
-        return self.answer_logprobs(prompts, [target] * len(prompts))[0]
+        return self.read_logprobs([question] * len(passages), [[p] for p in passages], [answer] * len(passages))[0]

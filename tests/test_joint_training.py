@@ -226,6 +226,40 @@ def test_a_trained_reader_adapter_trains_on(topic_index: Path, qa_file: Path, ti
         JointTrainer(replace(run, adapter=tmp_path / "narrow", out=tmp_path / "bad"), Index.open(topic_index, readonly=True))
 
 
+def test_adist_distils_the_fid_readers_cross_attention(topic_index: Path, qa_file: Path, tiny_fid_reader_path: str, tiny_reader_path: str,
+                                                       tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--loss adist with a FiD reader: the reader's NLL and the retriever's target come from one reading pass over the top-K;
+    the retriever's KL to that attention falls; the run exports a LoRA over the T5 that `rag-serve ask` loads; adist
+    refuses a decoder-only reader and candidates it does not read."""
+    from trainer.joint_losses import adist_loss
+
+    torch.manual_seed(0)
+    run = config(topic_index, qa_file, tiny_fid_reader_path, tmp_path / "run", loss="adist", query_side_only=True)
+    trainer = JointTrainer(run, Index.open(topic_index, readonly=True))
+    record = QARecord("q", "which topic is number 3?", ["topic3"])
+    with evaluating(trainer.reader.model, trainer.retriever):  # no LoRA dropout: both passes alike
+        query = trainer.retriever([record.question], "query")
+        found, scores = trainer.retrieve(query, passage_side=False)
+        logprobs, lengths, mass = trainer.reader.read_with_attention([record.question], [found[0]], ["topic3"])
+        reader_nll, retriever_loss = trainer.losses([record])
+    assert reader_nll.item() == pytest.approx((-logprobs.sum() / lengths.sum()).item(), abs=1e-5)
+    assert retriever_loss.item() == pytest.approx(adist_loss(scores, mass, run.tau).item(), abs=1e-5)
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"id": "q0", "question": "which topic is number 0?", "answers": ["topic0"]}) + "\n")
+    learn = replace(run, train=[one], out=tmp_path / "learn", steps=12, batch_size=1, dev_size=0, lr=1e-7, retriever_lr=1e-2, warmup=0.0,
+                    save_every=0)
+    train_joint(learn, progress=False)
+    losses = [json.loads(line)["retriever_loss"] for line in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 12 and losses[-1] < losses[0] / 2
+    assert serve_main(["ask", "--index", str(topic_index), "--reader", tiny_fid_reader_path, "--adapter", str(tmp_path / "learn" / "export" / "reader"),
+                       "--query-encoder", str(tmp_path / "learn" / "export" / "encoder"), "--k", "3", "--mode", "dense", "--scope", "none",
+                       "--device", "cpu", "--json", "which topic is number 0?"]) == 0
+    assert len(json.loads(capsys.readouterr().out.splitlines()[-1])["passages"]) == 3
+    for changes, message in [(dict(reader=tiny_reader_path), "is decoder-only"), (dict(candidates=5), "drop --candidates")]:
+        with pytest.raises(ValueError, match=message):
+            replace(run, **changes).check()
+
+
 @pytest.mark.parametrize("refresh,expected", [("rerank:5", [0, 0, 0, 0, 10]), ("every:1", [0, 0, 0, 20, 20])])
 def test_no_refresh_until_the_encoder_has_moved(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,
                                                refresh: str, expected: list[int]) -> None:

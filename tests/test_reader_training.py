@@ -8,6 +8,7 @@ import pytest
 
 from conftest import write_topic_qa
 from indexer.index import Index
+from rag.fid_reader import load_generative_reader
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from trainer.cli import main_train
@@ -35,16 +36,20 @@ def test_split_train_dev_is_disjoint_and_seeded() -> None:
     assert split_train_dev(records, 10, seed=3) == (train, dev)
 
 
-def test_full_finetuning_learns_the_answer(topic_index: Path, tiny_reader_path: str, tmp_path: Path) -> None:
-    """Twenty steps on one question make the tiny reader say its answer; the folder loads as a reader."""
+@pytest.mark.parametrize("reader_fixture,lr", [("tiny_reader_path", 1e-2), ("tiny_fid_reader_path", 1e-1)])
+def test_full_finetuning_learns_the_answer(topic_index: Path, reader_fixture: str, lr: float, tmp_path: Path,
+                                           request: pytest.FixtureRequest) -> None:
+    """Twenty-five steps on one question make the tiny reader (decoder-only, or FiD over a T5) say its answer; the folder
+    loads as a reader."""
     train_file = write_topic_qa(tmp_path / "one.jsonl.gz", n=1)
-    config = ReaderTrainingConfig(train=[train_file], index=topic_index, out=tmp_path / "full", reader=tiny_reader_path,
-                                  method="full", k=2, steps=25, batch_size=2, lr=1e-2, dev_size=0, dev_eval=0, device="cpu")
+    config = ReaderTrainingConfig(train=[train_file], index=topic_index, out=tmp_path / "full", reader=request.getfixturevalue(reader_fixture),
+                                  method="full", k=2, steps=25, batch_size=2, lr=lr, dev_size=0, dev_eval=0, device="cpu")
     record = train_reader(config, progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 25 and losses[-1] < losses[0] / 5
     assert record["examples_with_gold_passage"] == 1
-    trained = Pipeline(Index.open(topic_index, readonly=True), DecoderReader(str(tmp_path / "full"), device="cpu"))
+    trained = Pipeline(Index.open(topic_index, readonly=True), load_generative_reader(str(tmp_path / "full"), device="cpu"))
+    assert type(trained.reader).__name__ == ("FiDReader" if "fid" in reader_fixture else "DecoderReader")
     assert trained.ask("which topic is number 0?", k=2).text == "topic0"
 
 

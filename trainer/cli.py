@@ -165,7 +165,7 @@ def _train_parser() -> argparse.ArgumentParser:
                                     "on the retrieved passages; checkpoints resume exactly; exports an encoder and a reader. "
                                     "The same as python -m trainer.joint_training.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     reader = commands.add_parser(
-        "reader", help="RAG-tune the decoder reader (LoRA or full)",
+        "reader", help="RAG-tune the generative reader (LoRA or full)",
         description="Supervised reader finetuning with retrieved passages: each question with its top-k passages (the gold "
                     "passage kept among them at a random position) and the short answer as the target. Holds out "
                     "--dev-size questions of the training files and reports EM on them at the end.")
@@ -173,7 +173,8 @@ def _train_parser() -> argparse.ArgumentParser:
     reader.add_argument("--index", required=True, type=Path, help="index to retrieve passages from")
     reader.add_argument("--out", required=True, type=Path, help="output folder: a peft adapter (lora) or a model (full)")
     reader.add_argument("--method", choices=("lora", "full"), default="lora", help="default lora")
-    reader.add_argument("--reader", default=None, help="base causal LM (default: SmolLM2-135M-Instruct)")
+    reader.add_argument("--reader", default=None, help="base causal LM, or the folder of an encoder-decoder model (T5, BART) to "
+                                                        "train as a Fusion-in-Decoder reader (default: SmolLM2-135M-Instruct)")
     reader.add_argument("--k", type=int, default=3, help="passages per question (default 3)")
     reader.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
     reader.add_argument("--batch-size", type=int, default=4, help="questions per forward pass (default 4)")

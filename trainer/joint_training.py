@@ -5,12 +5,13 @@ top-K passages from the dense index and then
 - trains the reader (LoRA by default) with its answer NLL given all K passages in one prompt, as it
   will read them when serving, and
 - trains the retriever with the chosen loss (trainer/joint_losses.py) on the scores s_k of those K
-  passages, with targets from the reader: log p(a|q,d_k) per passage (emdr2, pdist, rag) or
-  log p(a|q, D minus d_k) (loop). With `--candidates C` (C > K) the loss ranks the top C instead, each
-  scored alone by the reader without gradient: a loss over the top K can only reorder them, one over
-  C can lift a passage from below the top K into it, which is what raises recall@K. With `--reader-first N`
-  the retriever's loss waits N steps, while the reader alone trains: an untrained reader is a weak teacher.
-  `--adapter DIR` starts instead from a reader LoRA trained already (rag-train reader), which trains on.
+  passages, with targets from the reader: log p(a|q,d_k) per passage (emdr2, pdist, rag),
+  log p(a|q, D minus d_k) (loop), or, with a Fusion-in-Decoder reader (rag/fid_reader.py), the
+  cross-attention its decoder paid each passage in the reading pass itself (adist). With `--candidates C`
+  (C > K) the loss ranks the top C instead, each scored alone by the reader without gradient: a loss over
+  the top K can only reorder them, one over C can lift a passage from below the top K into it, which is
+  what raises recall@K. With `--reader-first N` the retriever's loss waits N steps, while the reader alone
+  trains: an untrained reader is a weak teacher. `--adapter DIR` starts instead from a reader LoRA trained already (rag-train reader), which trains on.
 
 Stale index strategies (ARCHITECTURE.md) as `--query-side-only` / `--refresh`:
 - query-side only: the passage side is the index's stored vectors, frozen; s_k = <E_q(q), v_k>;
@@ -51,13 +52,14 @@ from indexer.index import Index
 from indexer.records import SearchHit
 from rag.adapters import adapter_kind
 from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
+from rag.fid_reader import FiDReader, is_fid_reader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
-from rag.reader import DecoderReader, pick_device
+from rag.reader import pick_device
 from rag.retriever import DualEncoder
 from trainer.distributed_search import ShardedDenseSearch, barrier, shard_of, start_distributed, world
 from trainer.evaluate import evaluate_qa
-from trainer.joint_losses import emdr2_loss, loop_loss, pdist_loss, rag_marginal_loss
+from trainer.joint_losses import adist_loss, emdr2_loss, loop_loss, pdist_loss, rag_marginal_loss
 from trainer.qa_data import QARecord, read_qa, sample
 from trainer.reader_data import ReaderExample
 from trainer.reader_training import answer_nll, load_train_dev, trainable_parameters
@@ -134,9 +136,10 @@ class JointTrainingConfig:
                      at_least_zero=("candidates", "reader_first", "dev_size", "dev_eval", "eval_every", "save_every", "threads"))
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-        if self.loss == "adist":
-            raise ValueError("--loss adist distils the reader's cross-attention over passages, which only a Fusion-in-Decoder "
-                             "(encoder-decoder) reader has; the decoder-only reader has none: choose emdr2, pdist, loop or rag")
+        if self.loss == "adist" and not is_fid_reader(self.reader):
+            raise ValueError(f"--loss adist distils the reader's cross-attention over its passages, which only a Fusion-in-Decoder "
+                             f"reader has: give --reader the folder of an encoder-decoder model (T5, BART); {self.reader} is "
+                             "decoder-only. Or choose emdr2, pdist, loop or rag")
         refresh = Refresh.parse(self.refresh)
         if self.query_side_only and refresh.kind != "none":
             raise ValueError("--query-side-only keeps the passage side frozen (the index's vectors): there is nothing to "
@@ -157,6 +160,9 @@ class JointTrainingConfig:
         if self.candidates > self.top_k and self.loss == "loop":
             raise ValueError("--loss loop scores each passage by the answer without it, in a prompt that holds all the others: "
                              "it ranks the --top-k the reader reads; drop --candidates or choose emdr2, pdist or rag")
+        if self.candidates > self.top_k and self.loss == "adist":
+            raise ValueError("--loss adist takes its target from the cross-attention of the pass that reads the --top-k passages: "
+                             "it ranks those; drop --candidates or choose emdr2 or pdist")
         if refresh.kind == "rerank" and refresh.n < self.retrieved:
             raise ValueError(f"--refresh rerank:{refresh.n} must over-retrieve at least --top-k and --candidates ({self.retrieved}) passages")
         for name in ("tau", "temperature", "lr", "retriever_lr"):
@@ -342,7 +348,8 @@ class JointTrainer:
         if self.retriever.dim != index.manifest.dim:
             raise ValueError(f"encoder {index.manifest.encoder!r} is {self.retriever.dim}-d, the index {index.manifest.dim}-d")
         # float32 weights on every device: --bf16 autocasts the compute, the optimizer keeps full precision.
-        self.reader = DecoderReader(config.reader, device=str(self.device), dtype=torch.float32, max_passage_tokens=config.max_passage_tokens)
+        self.reader = load_generative_reader(config.reader, device=str(self.device), dtype=torch.float32,
+                                             max_passage_tokens=config.max_passage_tokens)
         if config.gradient_checkpointing:
             checkpoint_activations(self.reader.model)
             checkpoint_activations(self.retriever.query_model)
@@ -404,13 +411,13 @@ class JointTrainer:
     def reader_logprobs(self, questions: Sequence[str], found: Sequence[Sequence[SearchHit]], answers: Sequence[str],
                         leave_one_out: bool) -> torch.Tensor:
         """(B, K): log p(a|q,d_k), or with `leave_one_out` log p(a|q, D minus d_k), all rows in one batch."""
-        prompts, targets = [], []
+        asked, read, wanted = [], [], []
         for question, row, answer in zip(questions, found, answers):
-            target = self.reader.answer_ids(answer)
             for k in range(len(row)):
-                prompts.append(self.reader.prompt_ids(question, list(row[:k]) + list(row[k + 1 :]) if leave_one_out else [row[k]]))
-                targets.append(target)
-        return self.reader.answer_logprobs(prompts, targets)[0].view(len(questions), -1)
+                asked.append(question)
+                read.append(list(row[:k]) + list(row[k + 1 :]) if leave_one_out else [row[k]])
+                wanted.append(answer)
+        return self.reader.read_logprobs(asked, read, wanted)[0].view(len(questions), -1)
 
     def losses(self, records: Sequence[QARecord], teach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(reader answer NLL on the top-K in one prompt, retriever loss over the candidates) of one micro-batch;
@@ -422,6 +429,11 @@ class JointTrainer:
             # Untaught steps need only the passages: the passage side's scores would be thrown away.
             found, scores = self.retrieve(query, passage_side=teach and not config.query_side_only)
         read = [list(row[: config.top_k]) for row in found]
+        if teach and config.loss == "adist":
+            # The teacher is the reading pass itself: its cross-attention over the top-K it reads (check(): no more candidates).
+            assert isinstance(self.reader, FiDReader)  # check() refuses adist with any other reader
+            logprobs, lengths, mass = self.reader.read_with_attention(questions, read, answers)
+            return -logprobs.sum() / lengths.sum(), adist_loss(scores, mass, config.tau)
         reader_nll = answer_nll(self.reader, [ReaderExample(q, row, a, None) for q, row, a in zip(questions, read, answers)])
         if not teach:
             return reader_nll, scores.new_zeros(())
@@ -705,7 +717,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--query-side-only", action="store_true", help="train the query side only, against the index's frozen vectors")
     add("--tau", type=float, default=d.tau, help="retriever softmax temperature")
     add("--temperature", type=float, default=d.temperature, help="T of the pdist and loop targets")
-    add("--reader", default=d.reader, help="causal LM name or folder")
+    add("--reader", default=d.reader, help="causal LM name or folder; or the folder of an encoder-decoder model (T5, BART), "
+                                          "read Fusion-in-Decoder style, which --loss adist needs")
     add("--adapter", type=Path, default=None,
         help="a LoRA adapter of --reader to start from, e.g. a rag-train reader run, so that the retriever learns from a reader "
              "that already reads passages; its LoRA trains on (its rank, not --lora-rank)")

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.index import Index
+from rag.fid_reader import FiDReader, GenerativeReader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
-from rag.reader import DecoderReader
 from trainer.evaluate import evaluate_qa
 from trainer.qa_data import QARecord, read_qa, split_train_dev
 from trainer.reader_data import ReaderExample, build_examples
@@ -68,7 +68,7 @@ def load_train_dev(files: list[Path], needed: int, dev_size: int, seed: int) -> 
     return train[:needed], dev
 
 
-def trainable_parameters(reader: DecoderReader, method: str, lora_rank: int, adapter: Path | None = None) -> list[torch.nn.Parameter]:
+def trainable_parameters(reader: GenerativeReader, method: str, lora_rank: int, adapter: Path | None = None) -> list[torch.nn.Parameter]:
     """Make the reader trainable by `method` (lora: wraps its model in a peft LoRA model, a fresh one of rank
     `lora_rank` or the trained one in folder `adapter`, which trains on; full) and return the trainable parameters."""
     if method == "lora" and adapter is not None:
@@ -81,7 +81,10 @@ def trainable_parameters(reader: DecoderReader, method: str, lora_rank: int, ada
     elif method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.05, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        # An encoder-decoder's linear layers have other names in each family (T5: q, wi; BART: q_proj, fc1): all of them.
+        seq2seq = isinstance(reader, FiDReader)
+        lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.05, target_modules="all-linear" if seq2seq else LORA_TARGETS,
+                          task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
         reader.model = get_peft_model(reader.model, lora)
     elif method != "full":
         raise ValueError(f"unknown method {method!r}: choose lora or full")
@@ -101,7 +104,7 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     train_records, dev_records = load_train_dev(config.train, config.steps * config.batch_size * config.grad_accum,
                                                config.dev_size, config.seed)
     examples = build_examples(index, train_records, config.k, seed=config.seed, progress=progress)
-    reader = DecoderReader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
+    reader = load_generative_reader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
     params = trainable_parameters(reader, config.method, config.lora_rank)
     reader.model.train()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -154,9 +157,7 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     return record
 
 
-def answer_nll(reader: DecoderReader, batch: list[ReaderExample]) -> torch.Tensor:
+def answer_nll(reader: GenerativeReader, batch: list[ReaderExample]) -> torch.Tensor:
     """Mean negative log-likelihood per answer token of a batch, each answer given its passages."""
-    prompts = [reader.prompt_ids(e.question, e.passages) for e in batch]
-    answers = [reader.answer_ids(e.answer) for e in batch]
-    logprobs, lengths = reader.answer_logprobs(prompts, answers)
+    logprobs, lengths = reader.read_logprobs([e.question for e in batch], [e.passages for e in batch], [e.answer for e in batch])
     return -logprobs.sum() / lengths.sum()
