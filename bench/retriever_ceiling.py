@@ -8,7 +8,8 @@ gradient clipping), except that the target is the gold passages (shared equally 
 several) instead of the reader's preference; questions whose gold is not among the candidates teach nothing,
 as in joint training. With --passage-side both sides train, as `rag-train joint --refresh every:N` without
 --query-side-only trains them (the candidates' passages embedded afresh at each step, with gradients), and
-the whole corpus is re-embedded with the trained encoder at the end. It then measures recall@1/5/20 on the
+the whole corpus is re-embedded with the trained encoder at the end; with --rerank L the candidates are the best C
+of the stale top L by the current passage side, as `--refresh rerank:L` picks them. It then measures recall@1/5/20 on the
 joint-training benchmark's sets (500 seeded questions each of squad-open-dev and the gold_ids records of
 nq-open-test). So for each number of training questions it gives the ceiling of what the pdist/emdr2 losses
 can add to recall@5; bench/joint_training.py says how much of it they reach. No reader runs, so it is cheap
@@ -35,7 +36,7 @@ from bench.joint_training import SETS, TRAIN, question_sets, recall
 from indexer.index import Index
 from rag.retriever import DualEncoder
 from trainer.joint_losses import pdist_loss
-from trainer.joint_training import TrainingIndex, passage_scores
+from trainer.joint_training import TrainingIndex, passage_scores, rerank
 from trainer.qa_data import QARecord
 from trainer.reader_training import load_train_dev
 
@@ -63,7 +64,9 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
             batch = records[step * args.batch_size : (step + 1) * args.batch_size]
             with autocast:
                 query = retriever([r.question for r in batch], "query")
-                found = search.search(query.detach().float().cpu().numpy(), args.candidates)
+                found = search.search(query.detach().float().cpu().numpy(), args.rerank or args.candidates)
+                if args.rerank:
+                    found = [rerank(retriever, q, row, args.candidates) for q, row in zip(query.detach(), found)]
                 scores = passage_scores(query, found, search, retriever if args.passage_side else None)
             gold_ids = [set(r.gold_ids) for r in batch]
             gold = torch.tensor([[h.doc_id in ids for h in row] for ids, row in zip(gold_ids, found)], device=scores.device)
@@ -91,6 +94,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=16, help="passages the loss ranks (--candidates of rag-train joint)")
     parser.add_argument("--retriever-lr", type=float, default=1e-4)
+    parser.add_argument("--rerank", type=int, default=0, metavar="L",
+                        help="with --passage-side: over-retrieve L from the stale vectors and keep the --candidates best by the "
+                             "current passage side, as rag-train joint --refresh rerank:L (default 0: the stale top candidates)")
     parser.add_argument("--passage-side", action="store_true",
                         help="train both sides and re-embed the corpus before measuring (default: the query side only)")
     parser.add_argument("--tau", type=float, default=0.05, help="temperature of p_ret = softmax(s / tau), as rag-train joint's --tau")
@@ -104,11 +110,13 @@ def main() -> None:
                              "the corpus is still re-embedded in float32")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the encoder trains and encodes")
     args = parser.parse_args()
+    if args.rerank and (not args.passage_side or args.rerank < args.candidates):
+        parser.error("--rerank L needs --passage-side (the query side alone keeps the stored vectors fresh) and L >= --candidates")
     out, info = check_out(args.out), machine_info()
     torch.set_num_threads(args.threads)
     index, sets = Index.open(args.index, readonly=True), question_sets(args.limit)
     train, _ = load_train_dev(TRAIN, max(args.questions), 0, args.seed)
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed", "bf16", "device")},
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed", "bf16", "device")},
                               "sets": list(SETS), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
     for n in args.questions:

@@ -293,6 +293,15 @@ def passage_scores(query: torch.Tensor, found: Sequence[Sequence[SearchHit]], se
     return torch.einsum("bd,bkd->bk", query, passages).float()
 
 
+def rerank(encoder: DualEncoder, query: torch.Tensor, candidates: Sequence[SearchHit], keep: int) -> list[SearchHit]:
+    """The `keep` best of one query vector's over-retrieved candidates, by `encoder`'s current passage side (re-embedded
+    now, without gradient): the rerank:L refresh, which keeps a stale index's candidates fresh."""
+    with evaluating(encoder):
+        fresh = torch.from_numpy(encoder.encode([encoder_input(h.title, h.text) for h in candidates], "passage"))
+    order = (fresh.to(query.device) @ query.float()).argsort(descending=True)[:keep]
+    return [candidates[i] for i in order.tolist()]
+
+
 def linear_lr_factor(step: int, start: int, warmup: int, end: int) -> float:
     """Learning-rate multiplier at optimizer step `step`: 0 before `start`, then a linear rise over `warmup` steps
     and a linear fall to 0 at `end` (transformers' linear schedule, shifted to begin at `start`)."""
@@ -401,12 +410,10 @@ class JointTrainer:
     def _rerank(self, query: torch.Tensor, candidates: list[SearchHit]) -> list[SearchHit]:
         """The best of over-retrieved candidates by the current passage side (its time counts as refreshing)."""
         start = time.perf_counter()
-        with evaluating(self.retriever):
-            fresh = torch.from_numpy(self.retriever.encode([encoder_input(h.title, h.text) for h in candidates], "passage"))
-        order = (fresh.to(query.device) @ query.float()).argsort(descending=True)[: self.config.retrieved]
+        best = rerank(self.retriever, query, candidates, self.config.retrieved)
         self.refresh_seconds += time.perf_counter() - start
         self.refresh_passages += len(candidates)
-        return [candidates[i] for i in order.tolist()]
+        return best
 
     def reader_logprobs(self, questions: Sequence[str], found: Sequence[Sequence[SearchHit]], answers: Sequence[str],
                         leave_one_out: bool) -> torch.Tensor:
