@@ -145,8 +145,9 @@ class FiDReader:
         for i, target in enumerate(targets):
             labels[i, : len(target)] = torch.tensor(target)
         labels = labels.to(self.device)
-        out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, labels=labels,
-                         output_attentions=attention)
+        # Decoder inputs, not labels: with labels the model would also compute a loss that is never used.
+        out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask,
+                         decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=labels), output_attentions=attention)
         in_answer = labels != -100
         logprobs = torch.log_softmax(out.logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         summed, lengths = (logprobs * in_answer).sum(-1), in_answer.sum(-1)

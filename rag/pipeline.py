@@ -15,8 +15,8 @@ from indexer.index import MODES, Index
 from indexer.records import SearchHit
 from rag.adapters import query_encoder_folder
 from rag.editing import ClassifierScope, EditMatch, EditPassage, Scope, load_scope, match_edits
-from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.fid_reader import FiDReader, is_fid_reader
+from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
 from rag.span_reader import SpanReader, is_span_reader
@@ -107,8 +107,9 @@ class Pipeline:
         writable: bool = False,
     ) -> Pipeline:
         """Open an index (read-only unless `writable`) and load the reader (a span reader folder, default the shipped
-        one, a causal LM, or a folder of an encoder-decoder model for the FiD reader), the edit scope decider (`rag.editing.load_scope`) and, with the classifier decider and
-        `two_hop` "auto", the shipped two-hop detector when it reads the index's encoder ("none": no two-hop reading)."""
+        one, a causal LM, or a folder of an encoder-decoder model for the FiD reader), the edit scope decider
+        (`rag.editing.load_scope`) and, with the classifier decider and `two_hop` "auto", the shipped two-hop detector
+        when it reads the index's encoder ("none": no two-hop reading)."""
         if two_hop not in TWO_HOP_KINDS:
             raise ValueError(f"unknown two-hop setting {two_hop!r}: choose one of {', '.join(TWO_HOP_KINDS)}")
         index = Index.open(index_dir, readonly=not writable, device=device or "cpu") if index_dir else None

@@ -11,7 +11,8 @@ top-K passages from the dense index and then
   (C > K) the loss ranks the top C instead, each scored alone by the reader without gradient: a loss over
   the top K can only reorder them, one over C can lift a passage from below the top K into it, which is
   what raises recall@K. With `--reader-first N` the retriever's loss waits N steps, while the reader alone
-  trains: an untrained reader is a weak teacher. `--adapter DIR` starts instead from a reader LoRA trained already (rag-train reader), which trains on.
+  trains: an untrained reader is a weak teacher. `--adapter DIR` starts instead from a reader LoRA trained
+  already (rag-train reader), which trains on.
 
 Stale index strategies (ARCHITECTURE.md) as `--query-side-only` / `--refresh`:
 - query-side only: the passage side is the index's stored vectors, frozen; s_k = <E_q(q), v_k>;
@@ -437,8 +438,9 @@ class JointTrainer:
             found, scores = self.retrieve(query, passage_side=teach and not config.query_side_only)
         read = [list(row[: config.top_k]) for row in found]
         if teach and config.loss == "adist":
-            # The teacher is the reading pass itself: its cross-attention over the top-K it reads (check(): no more candidates).
-            assert isinstance(self.reader, FiDReader)  # check() refuses adist with any other reader
+            # The teacher is the reading pass itself: its cross-attention over the top-K it reads. check() refuses adist
+            # with any other reader, and with candidates beyond the top-K.
+            assert isinstance(self.reader, FiDReader)
             logprobs, lengths, mass = self.reader.read_with_attention(questions, read, answers)
             return -logprobs.sum() / lengths.sum(), adist_loss(scores, mass, config.tau)
         reader_nll = answer_nll(self.reader, [ReaderExample(q, row, a, None) for q, row, a in zip(questions, read, answers)])
