@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="whole-corpus index, only read (default %(default)s)")
     parser.add_argument("--limit", type=int, default=40, help="questions per training file (seeded sample, seed 0)")
     parser.add_argument("--candidates", type=int, default=16)
-    parser.add_argument("--max-passage-tokens", type=int, default=64)
+    parser.add_argument("--max-passage-tokens", type=int, default=160, help="rag-train joint's (default %(default)s)")
     parser.add_argument("--tau", type=float, default=0.05, help="the retriever's softmax temperature (rag-train joint's default)")
     parser.add_argument("--temperature", type=float, default=1.0, help="T of the pdist target")
     parser.add_argument("--adapter", type=Path, default=None, help="the reader's LoRA adapter (default: the untrained reader)")

@@ -20,7 +20,7 @@ from transformers import AutoModelForSeq2SeqLM
 from transformers.modeling_outputs import BaseModelOutput
 
 from rag.adapters import load_merged
-from rag.reader import DecoderReader, PassageText, load_pretrained, pick_device
+from rag.reader import AnswerScorer, DecoderReader, PassageText, load_pretrained, pick_device
 
 
 def is_fid_reader(name_or_path: str | Path) -> bool:
@@ -40,7 +40,7 @@ def load_generative_reader(name_or_path: str, **settings: Any) -> GenerativeRead
     return (FiDReader if is_fid_reader(name_or_path) else DecoderReader)(name_or_path, **settings)
 
 
-class FiDReader:
+class FiDReader(AnswerScorer):
     """An encoder-decoder model reading each passage with the question, fused in its decoder. `max_passage_tokens`
     bounds each encoder input: question, title and passage together."""
 
@@ -158,12 +158,6 @@ class FiDReader:
         per_slot = weights.view(weights.shape[0], weights.shape[1], slots, -1).sum(-1)
         mass = (per_slot * in_answer.unsqueeze(-1)).sum(1) / lengths.unsqueeze(-1)
         return summed, lengths, mass
-
-    def score(self, question: str, passages: Sequence[PassageText], answer: str) -> torch.Tensor:
-        """log p(answer | question, passage_k) for each passage k alone, shape (K,), in one batched call."""
-        if not passages:
-            raise ValueError("score needs at least one passage")
-        return self.read_logprobs([question] * len(passages), [[p] for p in passages], [answer] * len(passages))[0]
 
 
 GenerativeReader = DecoderReader | FiDReader  # the readers that write answers and train: `read_logprobs` scores them

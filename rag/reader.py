@@ -91,7 +91,21 @@ class SpanConstraint(LogitsProcessor):
         return bool(answer) and any(answer in text for text in self.texts[row])
 
 
-class DecoderReader:
+class AnswerScorer:
+    """What the generative readers share on top of their `read_logprobs`: scoring passages one at a time."""
+
+    def read_logprobs(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]],
+                      answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def score(self, question: str, passages: Sequence[PassageText], answer: str) -> torch.Tensor:
+        """log p(answer | question, passage_k) for each passage k alone, shape (K,), in one batched call."""
+        if not passages:
+            raise ValueError("score needs at least one passage")
+        return self.read_logprobs([question] * len(passages), [[p] for p in passages], [answer] * len(passages))[0]
+
+
+class DecoderReader(AnswerScorer):
     """A causal LM that reads passages and answers; any Hugging Face causal LM name or folder works."""
 
     default_k = 5  # passages per question when a request does not say: prompt length is latency
@@ -247,9 +261,3 @@ class DecoderReader:
         them, and each answer's length in tokens; differentiable, one batched forward pass."""
         prompts = [self.prompt_ids(q, p) for q, p in zip(questions, passages)]
         return self.answer_logprobs(prompts, [self.answer_ids(a) for a in answers])
-
-    def score(self, question: str, passages: Sequence[PassageText], answer: str) -> torch.Tensor:
-        """log p(answer | question, passage_k) for each passage k, shape (K,), in one batched call."""
-        if not passages:
-            raise ValueError("score needs at least one passage")
-        return self.read_logprobs([question] * len(passages), [[p] for p in passages], [answer] * len(passages))[0]
