@@ -34,7 +34,7 @@ from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
 from trainer.evaluate import evaluate_qa
-from trainer.joint_training import TrainingIndex
+from trainer.joint_training import JointTrainingConfig, TrainingIndex
 from trainer.qa_data import QARecord, read_qa, sample
 
 TRAIN = [QA_DIR / "squad-open-train.jsonl.gz", QA_DIR / "nq-open-train.jsonl.gz"]
@@ -133,7 +133,8 @@ def main() -> None:
     parser.add_argument("--reader-first", type=int, default=0, help="steps the reader trains alone before the retriever's loss starts")
     parser.add_argument("--adapter", default=None,
                         help="a trained reader LoRA (rag-train reader --out) each run starts from, as rag-train joint --adapter")
-    parser.add_argument("--max-passage-tokens", type=int, default=160, help="rag-train joint's (default %(default)s)")
+    parser.add_argument("--max-passage-tokens", type=int, default=JointTrainingConfig.max_passage_tokens,
+                        help="rag-train joint's (default %(default)s)")
     parser.add_argument("--retriever-lr", type=float, default=2e-5)
     parser.add_argument("--limit", type=int, default=500, help="questions per set for recall (seeded sample, seed 0)")
     parser.add_argument("--em-limit", type=int, default=100, help="of those, questions answered for EM")

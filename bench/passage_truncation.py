@@ -13,20 +13,41 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from bench.common import DEFAULT_INDEX, QA_DIR, check_out, default_out, log, machine_info, write_result
 from indexer.index import Index
 from rag.models import GENERATIVE_READER, resolve_reader_path
-from trainer.qa_data import read_qa, sample
+from trainer.qa_data import QARecord, read_qa, sample
 from trainer.qa_metrics import contains_answer
 
 FILES = ("squad-open-train", "nq-open-train", "squad-open-dev", "nq-open-test")
+
+
+def answer_in_gold(index: Index, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord],
+                   cuts: Sequence[int]) -> dict[str, Any]:
+    """Of the records that have a gold passage in `index`: the share whose answer occurs in one, whole ("whole") and
+    within its first N tokens (str(N) for each N of `cuts`); and the gold passages' token-length percentiles."""
+    gen, with_gold, visible, lengths = index.generation, 0, dict.fromkeys(["whole", *map(str, cuts)], 0), []
+    for record in records:
+        rows = [row for row, _, _ in index.store.live_passages(record.gold_ids).values()]
+        texts = [p.text for p in index.store.iter_passages(gen, rows)]
+        if not texts:
+            continue
+        ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        with_gold += 1
+        lengths += map(len, ids)
+        visible["whole"] += any(contains_answer(text, record.answers) for text in texts)
+        for n in cuts:
+            visible[str(n)] += any(contains_answer(tokenizer.decode(t[:n]), record.answers) for t in ids)
+    return {"records": len(records), "with_gold_passage": with_gold,
+            "answer_in_gold": {k: round(v / max(with_gold, 1), 3) for k, v in visible.items()},
+            "gold_passage_tokens": {q: int(np.percentile(lengths, q)) for q in (50, 90, 99)} if lengths else None}
 
 
 def main() -> None:
@@ -41,24 +62,10 @@ def main() -> None:
     info = machine_info()
     tokenizer = AutoTokenizer.from_pretrained(resolve_reader_path(GENERATIVE_READER))
     index = Index.open(args.index, readonly=True)
-    gen = index.generation
     result: dict[str, Any] = {"settings": {"limit": args.limit, "tokens": args.tokens, "reader": GENERATIVE_READER}}
     for name in args.files:
         records = sample([r for r in read_qa(QA_DIR / f"{name}.jsonl.gz") if r.gold_ids], args.limit, 0)
-        with_gold, visible, lengths = 0, dict.fromkeys(["whole", *map(str, args.tokens)], 0), []
-        for record in records:
-            rows = [row for row, _, _ in index.store.live_passages(record.gold_ids).values()]
-            ids = [tokenizer(p.text, add_special_tokens=False)["input_ids"] for p in index.store.iter_passages(gen, rows)]
-            if not ids:
-                continue
-            with_gold += 1
-            lengths += map(len, ids)
-            visible["whole"] += any(contains_answer(tokenizer.decode(t), record.answers) for t in ids)
-            for n in args.tokens:
-                visible[str(n)] += any(contains_answer(tokenizer.decode(t[:n]), record.answers) for t in ids)
-        result[name] = {"records": len(records), "with_gold_passage": with_gold,
-                        "answer_in_gold": {k: round(v / max(with_gold, 1), 3) for k, v in visible.items()},
-                        "gold_passage_tokens": {q: int(np.percentile(lengths, q)) for q in (50, 90, 99)} if lengths else None}
+        result[name] = answer_in_gold(index, tokenizer, records, args.tokens)
         log(name, json.dumps(result[name]))
     index.close()
     write_result(out, result, info)

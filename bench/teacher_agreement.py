@@ -28,6 +28,7 @@ from indexer.index import Index
 from rag.models import GENERATIVE_READER
 from rag.reader import DecoderReader
 from trainer.joint_losses import retriever_log_probs
+from trainer.joint_training import JointTrainingConfig
 from trainer.qa_data import read_qa, sample
 
 TRAIN = {"squad-open-train": QA_DIR / "squad-open-train.jsonl.gz", "nq-open-train": QA_DIR / "nq-open-train.jsonl.gz"}
@@ -38,9 +39,12 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="whole-corpus index, only read (default %(default)s)")
     parser.add_argument("--limit", type=int, default=40, help="questions per training file (seeded sample, seed 0)")
     parser.add_argument("--candidates", type=int, default=16)
-    parser.add_argument("--max-passage-tokens", type=int, default=160, help="rag-train joint's (default %(default)s)")
-    parser.add_argument("--tau", type=float, default=0.05, help="the retriever's softmax temperature (rag-train joint's default)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="T of the pdist target")
+    parser.add_argument("--max-passage-tokens", type=int, default=JointTrainingConfig.max_passage_tokens,
+                        help="rag-train joint's (default %(default)s)")
+    parser.add_argument("--tau", type=float, default=JointTrainingConfig.tau,
+                        help="the retriever's softmax temperature (rag-train joint's default, %(default)s)")
+    parser.add_argument("--temperature", type=float, default=JointTrainingConfig.temperature,
+                        help="T of the pdist target (rag-train joint's default, %(default)s)")
     parser.add_argument("--adapter", type=Path, default=None, help="the reader's LoRA adapter (default: the untrained reader)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=default_out(__file__))

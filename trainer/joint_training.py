@@ -735,7 +735,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
              "that already reads passages; its LoRA trains on (its rank, not --lora-rank)")
     add("--method", choices=("lora", "full"), default=d.method, help="how the reader trains")
     add("--lora-rank", type=int, default=d.lora_rank, help="LoRA rank")
-    add("--max-passage-tokens", type=int, default=d.max_passage_tokens, help="each passage cut to this many reader tokens (default %(default)s: whole for 97%% of gold passages)")
+    add("--max-passage-tokens", type=int, default=d.max_passage_tokens,
+        help="each passage cut to this many reader tokens (default %(default)s: whole for 97%% of gold passages)")
     add_optimizer_options(parser, d, "questions in each of the --grad-accum micro-batches")
     add("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
     add("--retriever-lr", type=float, default=d.retriever_lr, help="the encoder's peak learning rate (--lr is the reader's)")
