@@ -34,7 +34,7 @@ from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
 from trainer.evaluate import evaluate_qa
-from trainer.joint_training import JointTrainingConfig, TrainingIndex
+from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex
 from trainer.qa_data import QARecord, read_qa, sample
 
 TRAIN = [QA_DIR / "squad-open-train.jsonl.gz", QA_DIR / "nq-open-train.jsonl.gz"]
@@ -105,10 +105,11 @@ def table(result: dict[str, Any]) -> str:
 def check_resumable(folder: Path, args: argparse.Namespace) -> None:
     """Exit with a message when the run in `folder` was started with settings other than this invocation's:
     `--resume` continues with the saved ones, which would silently ignore the new flags."""
-    saved = json.loads((folder / "config.json").read_text())
+    # Older runs lack the newer options: they ran as those options' defaults.
+    saved = {"candidates": 0, "candidates_from": "dense", "reader_first": 0} | json.loads((folder / "config.json").read_text())
     changed = [f"--{name.replace('_', '-')} {saved.get(name)} there, {getattr(args, name)} here"
-               for name in ("top_k", "candidates", "reader_first", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
-               if saved.get(name, {"candidates": 0, "reader_first": 0}.get(name)) != getattr(args, name)]  # older runs lack the newer options
+               for name in ("top_k", "candidates", "candidates_from", "reader_first", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
+               if saved.get(name) != getattr(args, name)]
     adapter = str(Path(args.adapter)) if args.adapter else None  # as rag-train joint saves it
     if saved.get("adapter") != adapter:
         changed.append(f"--adapter {saved.get('adapter')} there, {adapter} here")
@@ -130,6 +131,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=0, help="passages the retriever's loss ranks (0: --top-k)")
+    parser.add_argument("--candidates-from", choices=CANDIDATE_SOURCES, default=JointTrainingConfig.candidates_from,
+                        help="rag-train joint's: the dense top alone, or fused with BM25's best (default %(default)s)")
     parser.add_argument("--reader-first", type=int, default=0, help="steps the reader trains alone before the retriever's loss starts")
     parser.add_argument("--adapter", default=None,
                         help="a trained reader LoRA (rag-train reader --out) each run starts from, as rag-train joint --adapter")
@@ -158,7 +161,7 @@ def main() -> None:
     for stamp in ("timestamp", "machine"):
         result.pop(stamp, None)
     result.setdefault("runs", {})
-    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "reader_first", "adapter", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh")}
+    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "candidates_from", "reader_first", "adapter", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh")}
     result["scale"]["note"] = (f"{args.device}: {'query side only' if not args.refresh else 'both sides, refresh ' + args.refresh}, "
                                "steps x batch-size training questions, EM on a sub-sample")
     index = Index.open(args.index, readonly=True)
@@ -178,6 +181,7 @@ def main() -> None:
                 check_resumable(folder, args)
             command = [rag_train, "joint", "--index", str(args.index), "--train", ",".join(map(str, TRAIN)), "--loss", loss,
                        *(["--refresh", args.refresh] if args.refresh else ["--query-side-only"]), "--top-k", str(args.top_k), "--candidates", str(args.candidates),
+                       "--candidates-from", args.candidates_from,
                        "--reader-first", str(args.reader_first), *(["--adapter", args.adapter] if args.adapter else []), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                        "--max-passage-tokens", str(args.max_passage_tokens), "--retriever-lr", str(args.retriever_lr),
                        "--dev-size", "0", "--dev-eval", "0", "--save-every", str(args.save_every), "--threads", str(args.threads), "--device", args.device,

@@ -9,7 +9,8 @@ several) instead of the reader's preference; questions whose gold is not among t
 as in joint training. With --passage-side both sides train, as `rag-train joint --refresh every:N` without
 --query-side-only trains them (the candidates' passages embedded afresh at each step, with gradients), and
 the whole corpus is re-embedded with the trained encoder at the end; with --rerank L the candidates are the best C
-of the stale top L by the current passage side, as `--refresh rerank:L` picks them. It then measures recall@1/5/20 on the
+of the stale top L by the current passage side, as `--refresh rerank:L` picks them; with --candidates-from hybrid
+they are fused with BM25's best C, as `rag-train joint --candidates-from hybrid` fuses them. It then measures recall@1/5/20 on the
 joint-training benchmark's sets (500 seeded questions each of squad-open-dev and the gold_ids records of
 nq-open-test). So for each number of training questions it gives the ceiling of what the pdist/emdr2 losses
 can add to recall@5; bench/joint_training.py says how much of it they reach. No reader runs, so it is cheap
@@ -36,7 +37,7 @@ from bench.joint_training import SETS, TRAIN, question_sets, recall
 from indexer.index import Index
 from rag.retriever import DualEncoder
 from trainer.joint_losses import pdist_loss
-from trainer.joint_training import TrainingIndex, passage_scores, rerank
+from trainer.joint_training import CANDIDATE_SOURCES, TrainingIndex, passage_scores, rerank
 from trainer.qa_data import QARecord
 from trainer.reader_training import load_train_dev
 
@@ -67,6 +68,8 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
                 found = search.search(query.detach().float().cpu().numpy(), args.rerank or args.candidates)
                 if args.rerank:
                     found = [rerank(retriever, q, row, args.candidates) for q, row in zip(query.detach(), found)]
+                if args.candidates_from == "hybrid":
+                    found = search.with_bm25([r.question for r in batch], found)
                 scores = passage_scores(query, found, search, retriever if args.passage_side else None)
             gold_ids = [set(r.gold_ids) for r in batch]
             gold = torch.tensor([[h.doc_id in ids for h in row] for ids, row in zip(gold_ids, found)], device=scores.device)
@@ -93,6 +96,8 @@ def main() -> None:
                         help="training questions of each run (the first N of joint training's shuffled mix)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=16, help="passages the loss ranks (--candidates of rag-train joint)")
+    parser.add_argument("--candidates-from", choices=CANDIDATE_SOURCES, default="dense",
+                        help="the dense top alone, or fused with BM25's best (rag-train joint's --candidates-from)")
     parser.add_argument("--retriever-lr", type=float, default=1e-4)
     parser.add_argument("--rerank", type=int, default=0, metavar="L",
                         help="with --passage-side: over-retrieve L from the stale vectors and keep the --candidates best by the "
@@ -116,7 +121,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     index, sets = Index.open(args.index, readonly=True), question_sets(args.limit)
     train, _ = load_train_dev(TRAIN, max(args.questions), 0, args.seed)
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed", "bf16", "device")},
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed", "bf16", "device")},
                               "sets": list(SETS), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
     for n in args.questions:

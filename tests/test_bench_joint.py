@@ -9,7 +9,7 @@ import pytest
 
 from bench.joint_training import check_resumable
 
-SETTINGS = dict(top_k=4, candidates=16, reader_first=0, steps=100, batch_size=8, max_passage_tokens=96,
+SETTINGS = dict(top_k=4, candidates=16, candidates_from="dense", reader_first=0, steps=100, batch_size=8, max_passage_tokens=96,
                 retriever_lr=2e-5, bf16=False, device="cpu")
 
 
@@ -45,3 +45,14 @@ def test_another_step_count_or_adapter_is_refused(tmp_path: Path) -> None:
         check_resumable(saved_run(tmp_path, None), asked(None, steps=200))
     with pytest.raises(SystemExit, match="--adapter None there, runs/reader here"):
         check_resumable(saved_run(tmp_path, None), asked(None, "runs/reader"))
+
+
+def test_older_runs_count_as_dense_candidates(tmp_path: Path) -> None:
+    """A run saved before --candidates-from existed took dense candidates: it resumes as such and not as hybrid."""
+    folder = saved_run(tmp_path, None)
+    config = json.loads((folder / "config.json").read_text())
+    del config["candidates_from"]
+    (folder / "config.json").write_text(json.dumps(config))
+    check_resumable(folder, asked(None))
+    with pytest.raises(SystemExit, match="--candidates-from dense there, hybrid here"):
+        check_resumable(folder, asked(None, candidates_from="hybrid"))

@@ -111,7 +111,7 @@ def test_scores_and_reader_targets(topic_index: Path, qa_file: Path, tiny_reader
     torch.manual_seed(0)
     trainer = JointTrainer(config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", query_side_only=True), Index.open(topic_index, readonly=True))
     query = trainer.retriever(["which topic is number 3?"], "query")
-    found, scores = trainer.retrieve(query, passage_side=False)
+    found, scores = trainer.retrieve(["which topic is number 3?"], query, passage_side=False)
     vectors = trainer.search_index.stored_vectors([h.row for h in found[0]])
     assert scores.shape == (1, 3) and torch.allclose(scores, query.detach() @ torch.from_numpy(vectors).T, atol=1e-6)
     assert [h.score for h in found[0]] == pytest.approx(scores[0].tolist(), abs=1e-5)
@@ -143,13 +143,45 @@ def test_candidates_beyond_the_top_k_feed_the_retriever_loss(topic_index: Path, 
     record = QARecord("q", "which topic is number 3?", ["topic3"])
     with evaluating(trainer.reader.model, trainer.retriever), torch.no_grad():
         query = trainer.retriever([record.question], "query")
-        found, scores = trainer.retrieve(query, passage_side=False)
+        found, scores = trainer.retrieve([record.question], query, passage_side=False)
         reader_nll, retriever_loss = trainer.losses([record])
         expected_nll = answer_nll(trainer.reader, [ReaderExample(record.question, list(found[0][:3]), "topic3", None)])
         expected_loss = emdr2_loss(scores, trainer.reader_logprobs([record.question], found, ["topic3"], False), trainer.config.tau)
     assert scores.shape == (1, 5) and len(found[0]) == 5
     assert reader_nll.item() == pytest.approx(expected_nll.item(), abs=1e-5)
     assert retriever_loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
+
+
+def test_hybrid_candidates_fuse_the_dense_top_with_bm25s(topic_index: Path, qa_file: Path, tiny_reader_path: str,
+                                                         tiny_encoder: TextEncoder, tmp_path: Path) -> None:
+    """--candidates-from hybrid: each question's candidates are the reciprocal rank fusion of its dense top-C and BM25's
+    top-C, C of them, none twice, so BM25's best passage is there even where the dense side ranks it too low to see;
+    the loss still scores them with the retriever. An index without BM25 is refused."""
+    from indexer.fusion import reciprocal_rank_fusion
+    from indexer.index import build_index
+
+    index = Index.open(topic_index, readonly=True)
+    trainer = JointTrainer(config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", query_side_only=True, candidates=4,
+                                  candidates_from="hybrid"), index)
+    questions = [f"topic{i}" for i in range(20)]
+    with torch.no_grad():
+        query = trainer.retriever(questions, "query")
+        found, scores = trainer.retrieve(questions, query, passage_side=False)
+    dense = trainer.search_index.search(query.numpy(), 4)
+    bm25 = index.search_many(questions, 4, mode="sparse")
+    assert any(best[0].row not in {h.row for h in row} for best, row in zip(bm25, dense))  # the dense side misses some
+    for row, best, own in zip(found, bm25, dense):
+        rows = [h.row for h in row]
+        assert len(set(rows)) == 4 and best[0].row in rows
+        assert rows == [r for r, _ in reciprocal_rank_fusion([[h.row for h in own], [h.row for h in best]], 4)]
+    vectors = torch.from_numpy(trainer.search_index.stored_vectors([h.row for row in found for h in row])).view(20, 4, -1)
+    assert torch.allclose(scores, torch.einsum("bd,bkd->bk", query, vectors), atol=1e-6)
+    dense_only = tmp_path / "dense-only"
+    build_index(dense_only, make_documents(6), tiny_encoder, sparse=False)
+    with pytest.raises(ValueError, match="no sparse part"):
+        JointTrainer(config(dense_only, qa_file, tiny_reader_path, tmp_path / "run2", candidates_from="hybrid"), Index.open(dense_only, readonly=True))
+    with pytest.raises(ValueError, match="--candidates-from"):
+        config(topic_index, qa_file, tiny_reader_path, tmp_path / "run3", candidates_from="bm25").check()
 
 
 def test_query_side_training_moves_the_retriever_towards_the_reader(topic_index: Path, qa_file: Path, tiny_reader_path: str,
@@ -239,7 +271,7 @@ def test_adist_distils_the_fid_readers_cross_attention(topic_index: Path, qa_fil
     record = QARecord("q", "which topic is number 3?", ["topic3"])
     with evaluating(trainer.reader.model, trainer.retriever):  # no LoRA dropout: both passes alike
         query = trainer.retriever([record.question], "query")
-        found, scores = trainer.retrieve(query, passage_side=False)
+        found, scores = trainer.retrieve([record.question], query, passage_side=False)
         logprobs, lengths, mass = trainer.reader.read_with_attention([record.question], [found[0]], ["topic3"])
         reader_nll, retriever_loss = trainer.losses([record])
     assert reader_nll.item() == pytest.approx((-logprobs.sum() / lengths.sum()).item(), abs=1e-5)

@@ -10,7 +10,9 @@ top-K passages from the dense index and then
   cross-attention its decoder paid each passage in the reading pass itself (adist). With `--candidates C`
   (C > K) the loss ranks the top C instead, each scored alone by the reader without gradient: a loss over
   the top K can only reorder them, one over C can lift a passage from below the top K into it, which is
-  what raises recall@K. With `--reader-first N` the retriever's loss waits N steps, while the reader alone
+  what raises recall@K. `--candidates-from hybrid` fuses the dense top C with BM25's (reciprocal rank fusion, the
+  server's default search): BM25 brings in the passages the dense side ranks too low to see, which are the ones
+  it has to learn to lift. With `--reader-first N` the retriever's loss waits N steps, while the reader alone
   trains: an untrained reader is a weak teacher. `--adapter DIR` starts instead from a reader LoRA trained
   already (rag-train reader), which trains on.
 
@@ -49,6 +51,7 @@ from tqdm.auto import tqdm
 
 from indexer.dense import DenseIndex
 from indexer.encoder import encoder_input
+from indexer.fusion import reciprocal_rank_fusion
 from indexer.index import Index
 from indexer.records import SearchHit
 from rag.adapters import adapter_kind
@@ -68,6 +71,7 @@ from trainer.scope_data import check_not_evaluation_only
 from trainer.span_training import machine
 
 LOSSES = ("emdr2", "pdist", "loop", "adist", "rag")
+CANDIDATE_SOURCES = ("dense", "hybrid")
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
@@ -108,6 +112,7 @@ class JointTrainingConfig:
     lora_rank: int = 16
     top_k: int = 4
     candidates: int = 0  # passages per question the retriever's loss spreads over (0: the top_k the reader reads)
+    candidates_from: str = "dense"  # dense | hybrid: the dense top fused with BM25's
     refresh: str = "none"
     reader_first: int = 0  # steps the reader trains alone before the retriever's loss starts
     query_side_only: bool = False
@@ -137,6 +142,8 @@ class JointTrainingConfig:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
         check_counts(self, at_least_one=("top_k", "steps", "batch_size", "grad_accum", "lora_rank", "max_passage_tokens"),
                      at_least_zero=("candidates", "reader_first", "dev_size", "dev_eval", "eval_every", "save_every", "threads"))
+        if self.candidates_from not in CANDIDATE_SOURCES:
+            raise ValueError(f"--candidates-from {self.candidates_from!r}: choose {' or '.join(CANDIDATE_SOURCES)}")
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         if self.loss == "adist" and not is_fid_reader(self.reader):
@@ -247,6 +254,17 @@ class TrainingIndex:
             raise ValueError("training retrieval is dense, with the trained query encoder's vectors")
         return self.search(query_vectors, k)
 
+    def with_bm25(self, questions: Sequence[str], found: Sequence[Sequence[SearchHit]]) -> list[list[SearchHit]]:
+        """Each question's dense hits fused with as many of BM25's best by reciprocal rank fusion (as the index's hybrid
+        search ranks), cut to as many: the hybrid candidates. Needs an index with its sparse part."""
+        k = len(found[0])
+        fused_rows = []
+        for dense, sparse in zip(found, self.index.search_many(questions, k, mode="sparse")):
+            hits = {h.row: h for h in [*sparse, *dense]}
+            fused = reciprocal_rank_fusion([[h.row for h in dense], [h.row for h in sparse]], k)
+            fused_rows.append([hits[row] for row, _ in fused])
+        return fused_rows
+
     def stored_vectors(self, rows: Sequence[int]) -> np.ndarray:
         """The index's own vectors of store rows, in order: the frozen passage side of query-side training."""
         ids, vectors = self.index.store.vectors(rows, self.index.generation, self.index.manifest.dim)
@@ -353,6 +371,9 @@ class JointTrainer:
         self.search_index = TrainingIndex(index, config.out / "index", generation, self.device)
         self.refresh_seconds = 0.0  # re-embedding the index (every:N) or the candidates (rerank:L), all steps so far
         self.refresh_passages = 0  # the passages those re-embedded
+        if config.candidates_from == "hybrid" and index.sparse is None:
+            raise ValueError(f"--candidates-from hybrid fuses BM25's best, but {index.path} has no sparse part (built with "
+                             "--no-sparse): rebuild it with one or use --candidates-from dense")
         if config.retrieved > self.search_index.size:
             raise ValueError(f"--top-k / --candidates {config.retrieved}: the index has only {self.search_index.size} passages")
         # One encoder for both sides, starting where the index's vectors came from (query-side only never runs its passage side).
@@ -397,10 +418,11 @@ class JointTrainer:
         self._reader_tokens.clear()
         return total
 
-    def retrieve(self, query: torch.Tensor, passage_side: bool) -> tuple[list[list[SearchHit]], torch.Tensor]:
-        """The top passages of each query vector (`config.retrieved` of them) and their scores s_k (B, K),
-        differentiable in the query (and in the passage side when `passage_side`, else against the searched vectors).
-        A rerank:L refresh waits until the encoder has moved: before, the stored vectors are its own."""
+    def retrieve(self, questions: Sequence[str], query: torch.Tensor, passage_side: bool) -> tuple[list[list[SearchHit]], torch.Tensor]:
+        """The top passages of each question (`config.retrieved` of them: its query vector's, or fused with BM25's)
+        and their scores s_k (B, K), differentiable in the query (and in the passage side when `passage_side`, else
+        against the searched vectors). A rerank:L refresh waits until the encoder has moved: before, the stored
+        vectors are its own."""
         k = self.config.retrieved
         rerank = self.refresh_kind.kind == "rerank" and self.encoder_has_moved()
         found = self.search_index.search(query.detach().float().cpu().numpy(), self.refresh_kind.n if rerank else k)
@@ -408,6 +430,8 @@ class JointTrainer:
             raise RuntimeError(f"the search returned fewer than the {k} passages asked for")
         if rerank:
             found = [self._rerank(q, row) for q, row in zip(query.detach(), found)]
+        if self.config.candidates_from == "hybrid":
+            found = self.search_index.with_bm25(questions, found)
         return found, passage_scores(query, found, self.search_index, self.retriever if passage_side else None)
 
     def _rerank(self, query: torch.Tensor, candidates: list[SearchHit]) -> list[SearchHit]:
@@ -437,7 +461,7 @@ class JointTrainer:
         with nullcontext() if teach else torch.no_grad():
             query = self.retriever(questions, "query")
             # Untaught steps need only the passages: the passage side's scores would be thrown away.
-            found, scores = self.retrieve(query, passage_side=teach and not config.query_side_only)
+            found, scores = self.retrieve(questions, query, passage_side=teach and not config.query_side_only)
         read = [list(row[: config.top_k]) for row in found]
         if teach and config.loss == "adist":
             # The teacher is the reading pass itself: its cross-attention over the top-K it reads. check() refuses adist
@@ -721,6 +745,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--candidates", type=int, default=d.candidates,
         help="passages per question the retriever's loss ranks, each scored alone by the reader (0: --top-k); more than "
              "--top-k lets the loss lift passages from below the top-K into it")
+    add("--candidates-from", choices=CANDIDATE_SOURCES, default=d.candidates_from,
+        help="where the candidates come from: the dense index alone, or hybrid, fused with BM25's best as the server's "
+             "default search is (BM25 brings passages the dense side ranks too low to see, the ones it must learn to lift)")
     add("--reader-first", type=int, default=d.reader_first,
         help="steps the reader trains alone before the retriever's loss starts, so that the retriever learns from a reader "
              "that has learned to read passages; the retriever's learning rate warms up from then")
@@ -765,7 +792,7 @@ def _run(args: argparse.Namespace) -> int:
         config = JointTrainingConfig(
             index=args.index, train=[Path(p) for p in args.train.split(",") if p], out=args.out, loss=args.loss, dev=args.dev,
             reader=args.reader, adapter=args.adapter, method=args.method, lora_rank=args.lora_rank, top_k=args.top_k, refresh=args.refresh,
-            candidates=args.candidates, reader_first=args.reader_first,
+            candidates=args.candidates, candidates_from=args.candidates_from, reader_first=args.reader_first,
             query_side_only=args.query_side_only, tau=args.tau, temperature=args.temperature, steps=args.steps,
             batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, retriever_lr=args.retriever_lr, warmup=args.warmup,
             max_passage_tokens=args.max_passage_tokens, dev_size=args.dev_size, dev_eval=args.dev_eval, eval_every=args.eval_every,
