@@ -5,7 +5,7 @@
 # Usage: bench/gpu_checks.sh [STAGE ...]   (default: encode index joint)
 #   encode  issue 2: encoder passages/s, float32 and bfloat16, tokenisation included (bench/encoder_throughput.py)
 #   index   builds indexes/gpu-shared from the shared corpus on the device (what joint trains and is scored on)
-#   joint   issue 6: joint training in bf16, both sides, rerank refresh; recall@5 and EM before and after;
+#   joint   issue 6: joint training in bf16, both sides, hybrid candidates, rerank refresh; recall@5 and EM before and after;
 #           step time, reader tokens/s, peak memory (bench/joint_training.py)
 #   ceiling issue 6: recall@5 a perfect teacher reaches training both sides, corpus re-embedded after
 #           (bench/retriever_ceiling.py --passage-side; minutes here, hours on the 2-core CPU)
@@ -88,10 +88,11 @@ stage_joint() {
     # The reader trains alone for the first 60 steps (960 questions): the untrained reader is a worse teacher than
     # the retriever it would teach, one trained on 1,000 questions a better one (bench/results/teacher_agreement*.json).
     # 160 passage tokens: 128 hide the answer of 9% of SQuAD's gold passages (bench/results/passage_truncation.json).
+    # Hybrid candidates: the best CPU run's (bench/results/joint_training_hybrid_160.json).
     # shellcheck disable=SC2086  # JOINT_EXTRA is word-split on purpose
     "$python" bench/joint_training.py --index "$index" --device "$device" --bf16 --threads 8 --losses pdist --reader-first 60 \
-        --steps "${JOINT_STEPS:-200}" --batch-size 16 --top-k 8 --candidates 32 --refresh rerank:64 --max-passage-tokens 160 \
-        --retriever-lr 3e-5 --em-limit 100 --runs /tmp/rag-joint --out "$out/joint_training_gpu.json" ${JOINT_EXTRA:-}
+        --steps "${JOINT_STEPS:-200}" --batch-size 16 --top-k 8 --candidates 32 --candidates-from hybrid --refresh rerank:64 \
+        --max-passage-tokens 160 --retriever-lr 3e-5 --em-limit 100 --runs /tmp/rag-joint --out "$out/joint_training_gpu.json" ${JOINT_EXTRA:-}
 }
 
 stage_ceiling() {

@@ -37,7 +37,7 @@ from bench.joint_training import SETS, TRAIN, question_sets, recall
 from indexer.index import Index
 from rag.retriever import DualEncoder
 from trainer.joint_losses import pdist_loss
-from trainer.joint_training import CANDIDATE_SOURCES, TrainingIndex, passage_scores, rerank
+from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, passage_scores, rerank
 from trainer.qa_data import QARecord
 from trainer.reader_training import load_train_dev
 
@@ -94,9 +94,9 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="whole-corpus index, only read (default %(default)s)")
     parser.add_argument("--questions", type=int, nargs="+", default=[400, 2000, 8000, 32000],
                         help="training questions of each run (the first N of joint training's shuffled mix)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=JointTrainingConfig.batch_size)
     parser.add_argument("--candidates", type=int, default=16, help="passages the loss ranks (--candidates of rag-train joint)")
-    parser.add_argument("--candidates-from", choices=CANDIDATE_SOURCES, default="dense",
+    parser.add_argument("--candidates-from", choices=CANDIDATE_SOURCES, default=JointTrainingConfig.candidates_from,
                         help="the dense top alone, or fused with BM25's best (rag-train joint's --candidates-from)")
     parser.add_argument("--retriever-lr", type=float, default=1e-4)
     parser.add_argument("--rerank", type=int, default=0, metavar="L",
@@ -104,8 +104,8 @@ def main() -> None:
                              "current passage side, as rag-train joint --refresh rerank:L (default 0: the stale top candidates)")
     parser.add_argument("--passage-side", action="store_true",
                         help="train both sides and re-embed the corpus before measuring (default: the query side only)")
-    parser.add_argument("--tau", type=float, default=0.05, help="temperature of p_ret = softmax(s / tau), as rag-train joint's --tau")
-    parser.add_argument("--warmup", type=float, default=0.05, help="share of the steps the learning rate warms up over")
+    parser.add_argument("--tau", type=float, default=JointTrainingConfig.tau, help="temperature of p_ret = softmax(s / tau), as rag-train joint's --tau")
+    parser.add_argument("--warmup", type=float, default=JointTrainingConfig.warmup, help="share of the steps the learning rate warms up over")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training order, as rag-train joint's --seed")
     parser.add_argument("--limit", type=int, default=500, help="questions per evaluation set (seeded sample, seed 0)")
     parser.add_argument("--out", type=Path, default=default_out(__file__))
@@ -119,7 +119,11 @@ def main() -> None:
         parser.error("--rerank L needs --passage-side (the query side alone keeps the stored vectors fresh) and L >= --candidates")
     out, info = check_out(args.out), machine_info()
     torch.set_num_threads(args.threads)
-    index, sets = Index.open(args.index, readonly=True), question_sets(args.limit)
+    index = Index.open(args.index, readonly=True)
+    if args.candidates_from == "hybrid" and index.sparse is None:
+        parser.error(f"--candidates-from hybrid fuses BM25's best, but {args.index} has no sparse part (built with --no-sparse): "
+                     "rebuild it with one or drop --candidates-from hybrid")
+    sets = question_sets(args.limit)
     train, _ = load_train_dev(TRAIN, max(args.questions), 0, args.seed)
     result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed", "bf16", "device")},
                               "sets": list(SETS), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
