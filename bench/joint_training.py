@@ -35,9 +35,10 @@ from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
 from trainer.evaluate import evaluate_qa
 from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex
-from trainer.qa_data import QARecord, read_qa, sample
+from trainer.qa_data import QARecord, read_qa, sample, split_by_article
 
 TRAIN = [QA_DIR / "squad-open-train.jsonl.gz", QA_DIR / "nq-open-train.jsonl.gz"]
+HELD_OUT_SHARE = 0.1  # of the training files' articles, held out to choose settings on
 SETS = {"squad-open-dev": (QA_DIR / "squad-open-dev.jsonl.gz", False), "nq-open-test-gold": (QA_DIR / "nq-open-test.jsonl.gz", True)}
 
 
@@ -57,6 +58,19 @@ def question_sets(limit: int) -> dict[str, list[QARecord]]:
         records = [r for r in read_qa(path) if r.gold_ids or not gold_only]
         sets[name] = sample(records, limit, 0)
     return sets
+
+
+def held_out_sets(index: Index, limit: int, share: float = HELD_OUT_SHARE, seed: int = 0) -> tuple[set[str], dict[str, list[QARecord]]]:
+    """The sets settings are chosen on, since the issue's sets are evaluation only (shared/data/SOURCES.md): the ids of
+    the training files' records about a seeded `share` of their articles (the gold documents' titles), which training
+    leaves out, and `limit` seeded records of those per file."""
+    per_file = {path.name.removesuffix(".jsonl.gz"): [r for r in read_qa(path) if r.gold_ids] for path in TRAIN}
+    records = [r for part in per_file.values() for r in part]
+    titles = index.store.live_documents(sorted({g for r in records for g in r.gold_ids}))
+    # One split over both files: an article both files ask about is held out of both.
+    _, held = split_by_article(records, {doc_id: title for doc_id, (_, title, _, _) in titles.items()}, share, seed)
+    held_ids = {r.id for r in held}
+    return held_ids, {f"{name}-held-out": sample([r for r in part if r.id in held_ids], limit, 0) for name, part in per_file.items()}
 
 
 def recall(index: Index | TrainingIndex, retriever: DualEncoder, records: Sequence[QARecord]) -> dict[str, Any]:

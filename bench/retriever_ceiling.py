@@ -13,7 +13,9 @@ of the stale top L by the current passage side, as `--refresh rerank:L` picks th
 they are fused with BM25's best C, as `rag-train joint --candidates-from hybrid` fuses them. It then measures recall@1/5/20 on the
 joint-training benchmark's sets (500 seeded questions each of squad-open-dev and the gold_ids records of
 nq-open-test). So for each number of training questions it gives the ceiling of what the pdist/emdr2 losses
-can add to recall@5; bench/joint_training.py says how much of it they reach. No reader runs, so it is cheap
+can add to recall@5; bench/joint_training.py says how much of it they reach. Those sets are evaluation only:
+settings are chosen on the `*-held-out` sets, the training files' questions about a tenth of their articles
+(--held-out-share), which never train. No reader runs, so it is cheap
 on a CPU (but --passage-side re-embeds the whole corpus once per run: about 25 minutes on two cores).
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, write_result
-from bench.joint_training import SETS, TRAIN, question_sets, recall
+from bench.joint_training import HELD_OUT_SHARE, TRAIN, held_out_sets, question_sets, recall
 from indexer.index import Index
 from rag.retriever import DualEncoder
 from trainer.joint_losses import pdist_loss
@@ -107,7 +109,10 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=JointTrainingConfig.tau, help="temperature of p_ret = softmax(s / tau), as rag-train joint's --tau")
     parser.add_argument("--warmup", type=float, default=JointTrainingConfig.warmup, help="share of the steps the learning rate warms up over")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training order, as rag-train joint's --seed")
-    parser.add_argument("--limit", type=int, default=500, help="questions per evaluation set (seeded sample, seed 0)")
+    parser.add_argument("--held-out-share", type=float, default=HELD_OUT_SHARE,
+                        help="share of the training files' articles whose questions never train and are measured, to choose settings "
+                             "on (default %(default)s; 0: train on all, as the runs before 2026-12-04 did)")
+    parser.add_argument("--limit", type=int, default=500, help="questions per set (seeded sample, seed 0)")
     parser.add_argument("--out", type=Path, default=default_out(__file__))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bf16", action="store_true",
@@ -115,6 +120,8 @@ def main() -> None:
                              "the corpus is still re-embedded in float32")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the encoder trains and encodes")
     args = parser.parse_args()
+    if not 0 <= args.held_out_share < 1:
+        parser.error(f"--held-out-share is a share of the articles, from 0 to below 1; got {args.held_out_share}")
     if args.rerank and (not args.passage_side or args.rerank < args.candidates):
         parser.error("--rerank L needs --passage-side (the query side alone keeps the stored vectors fresh) and L >= --candidates")
     out, info = check_out(args.out), machine_info()
@@ -123,10 +130,11 @@ def main() -> None:
     if args.candidates_from == "hybrid" and index.sparse is None:
         parser.error(f"--candidates-from hybrid fuses BM25's best, but {args.index} has no sparse part (built with --no-sparse): "
                      "rebuild it with one or drop --candidates-from hybrid")
-    sets = question_sets(args.limit)
-    train, _ = load_train_dev(TRAIN, max(args.questions), 0, args.seed)
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "limit", "seed", "bf16", "device")},
-                              "sets": list(SETS), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
+    held_ids, sets = held_out_sets(index, args.limit, args.held_out_share) if args.held_out_share else (set(), {})
+    sets |= question_sets(args.limit)
+    train = [r for r in load_train_dev(TRAIN, sys.maxsize, 0, args.seed)[0] if r.id not in held_ids][:max(args.questions)]
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
+                              "sets": list(sets), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
     for n in args.questions:
         result["runs"][str(n)] = train_on_gold(index, train[:n], args, sets)

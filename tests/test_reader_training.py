@@ -12,9 +12,8 @@ from rag.fid_reader import load_generative_reader
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from trainer.cli import main_train
-from trainer.qa_data import QARecord
+from trainer.qa_data import QARecord, split_by_article, split_train_dev
 from trainer.reader_data import build_examples
-from trainer.qa_data import split_train_dev
 from trainer.reader_training import ReaderTrainingConfig, train_reader
 
 
@@ -34,6 +33,23 @@ def test_split_train_dev_is_disjoint_and_seeded() -> None:
     train, dev = split_train_dev(records, 10, seed=3)
     assert len(dev) == 10 and len(train) == 40 and not {r.id for r in train} & {r.id for r in dev}
     assert split_train_dev(records, 10, seed=3) == (train, dev)
+
+
+def test_split_by_article_holds_out_whole_articles() -> None:
+    """Every question about a held-out article is held out, none about the others; the split is seeded; questions
+    whose gold article is unknown stay in training."""
+    article_of = {f"{a}-{p}": f"Article {a}" for a in range(10) for p in range(3)}
+    records = [QARecord(f"{a}-{p}-{i}", "q", ["x"], [f"{a}-{p}"]) for a in range(10) for p in range(3) for i in range(2)]
+    records.append(QARecord("unknown", "q", ["x"], ["elsewhere"]))
+    rest, held = split_by_article(records, article_of, 0.3, seed=1)
+    held_articles = {article_of[r.gold_ids[0]] for r in held}
+    assert len(held_articles) == 3 and len(held) == 3 * 3 * 2
+    assert not held_articles & {article_of.get(r.gold_ids[0]) for r in rest}
+    assert "unknown" in {r.id for r in rest} and len(rest) + len(held) == len(records)
+    assert split_by_article(records, article_of, 0.3, seed=1) == (rest, held)
+    assert split_by_article(records, article_of, 0.3, seed=2) != (rest, held)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        split_by_article(records, article_of, 1.0, seed=1)
 
 
 @pytest.mark.parametrize("reader_fixture,lr", [("tiny_reader_path", 1e-2), ("tiny_fid_reader_path", 1e-1)])

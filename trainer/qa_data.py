@@ -77,3 +77,16 @@ def split_train_dev(records: list[QARecord], dev_size: int, seed: int) -> tuple[
     random.Random(seed).shuffle(order)
     dev = {i for i in order[:dev_size]}
     return [r for i, r in enumerate(records) if i not in dev], [records[i] for i in sorted(dev)]
+
+
+def split_by_article(records: list[QARecord], article_of: dict[str, str], share: float, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """(rest, held out): a seeded `share` of the articles the records' gold documents belong to (`article_of`: doc id ->
+    article) held out, with every record whose gold is in one of them. Settings chosen on the held-out records are
+    chosen on articles training never saw, as an evaluation set's are: a retriever whose passage side trained on an
+    article's other paragraphs would look better on its questions than it is. Records with no known article stay in."""
+    if not 0 < share < 1:
+        raise ValueError(f"share of articles to hold out must be between 0 and 1, got {share}")
+    articles = sorted({article_of[g] for r in records for g in r.gold_ids if g in article_of})
+    held = set(random.Random(seed).sample(articles, round(share * len(articles))))
+    out = [any(article_of.get(g) in held for g in r.gold_ids) for r in records]
+    return [r for r, o in zip(records, out) if not o], [r for r, o in zip(records, out) if o]
