@@ -39,7 +39,7 @@ from bench.joint_training import HELD_OUT_SHARE, TRAIN, held_out_sets, question_
 from indexer.index import Index
 from rag.retriever import DualEncoder
 from trainer.joint_losses import pdist_loss
-from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, passage_scores, rerank
+from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, check_candidate_source, passage_scores, rerank
 from trainer.qa_data import QARecord
 from trainer.reader_training import load_train_dev
 
@@ -127,9 +127,10 @@ def main() -> None:
     out, info = check_out(args.out), machine_info()
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
-    if args.candidates_from == "hybrid" and index.sparse is None:
-        parser.error(f"--candidates-from hybrid fuses BM25's best, but {args.index} has no sparse part (built with --no-sparse): "
-                     "rebuild it with one or drop --candidates-from hybrid")
+    try:
+        check_candidate_source(index, args.candidates_from)
+    except ValueError as exc:
+        parser.error(str(exc))
     held_ids, sets = held_out_sets(index, args.limit, args.held_out_share) if args.held_out_share else (set(), {})
     sets |= question_sets(args.limit)
     train = [r for r in load_train_dev(TRAIN, sys.maxsize, 0, args.seed)[0] if r.id not in held_ids][:max(args.questions)]

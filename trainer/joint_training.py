@@ -301,6 +301,13 @@ class TrainingIndex:
                 path.unlink()
 
 
+def check_candidate_source(index: Index, candidates_from: str) -> None:
+    """ValueError when `index` cannot give candidates from `candidates_from`: hybrid needs its sparse (BM25) part."""
+    if candidates_from == "hybrid" and index.sparse is None:
+        raise ValueError(f"--candidates-from hybrid fuses BM25's best, but {index.path} has no sparse part (built with "
+                         "--no-sparse): rebuild it with one or use --candidates-from dense")
+
+
 def passage_scores(query: torch.Tensor, found: Sequence[Sequence[SearchHit]], search_index: TrainingIndex,
                    passage_encoder: DualEncoder | None) -> torch.Tensor:
     """s_k (B, K) in float32: each query vector against its K found passages, embedded now by `passage_encoder`'s
@@ -371,9 +378,7 @@ class JointTrainer:
         self.search_index = TrainingIndex(index, config.out / "index", generation, self.device)
         self.refresh_seconds = 0.0  # re-embedding the index (every:N) or the candidates (rerank:L), all steps so far
         self.refresh_passages = 0  # the passages those re-embedded
-        if config.candidates_from == "hybrid" and index.sparse is None:
-            raise ValueError(f"--candidates-from hybrid fuses BM25's best, but {index.path} has no sparse part (built with "
-                             "--no-sparse): rebuild it with one or use --candidates-from dense")
+        check_candidate_source(index, config.candidates_from)
         if config.retrieved > self.search_index.size:
             raise ValueError(f"--top-k / --candidates {config.retrieved}: the index has only {self.search_index.size} passages")
         # One encoder for both sides, starting where the index's vectors came from (query-side only never runs its passage side).
