@@ -46,7 +46,6 @@ from trainer.reader_training import load_train_dev
 
 def recall_of_sets(index: Index | TrainingIndex, retriever: DualEncoder, sets: dict[str, list[QARecord]]) -> dict[str, dict[str, Any]]:
     """recall@1/5/20 of each set with `retriever` in eval mode, over `index`'s passage vectors."""
-    retriever.eval()
     return {name: recall(index, retriever, records) for name, records in sets.items()}
 
 

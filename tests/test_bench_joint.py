@@ -56,3 +56,30 @@ def test_older_runs_count_as_dense_candidates(tmp_path: Path) -> None:
     check_resumable(folder, asked(None))
     with pytest.raises(SystemExit, match="--candidates-from dense there, hybrid here"):
         check_resumable(folder, asked(None, candidates_from="hybrid"))
+
+
+def test_a_re_embedded_corpus_is_reused_until_the_export_changes(topic_index: Path, tiny_encoder_path: str, tmp_path: Path) -> None:
+    """Rerunning the bench to add figures to a finished run reuses its re-embedded corpus, unless the export is newer."""
+    import os
+    import shutil
+
+    from bench.joint_training import trained_index
+    from indexer.index import Index
+    from rag.retriever import DualEncoder
+
+    index, exported = Index.open(topic_index, readonly=True), tmp_path / "export" / "encoder"
+    shutil.copytree(tiny_encoder_path, exported)
+    encoder = DualEncoder(str(exported))
+    first = trained_index(index, tmp_path, encoder)
+    vectors = tmp_path / "evaluation-index" / "dense-1-0of1.faiss"
+    assert first.generation == 1 and vectors.is_file()
+    os.utime(vectors, (1e9, 1e9))  # older than the export: a new export since, so re-embed
+    again = trained_index(index, tmp_path, encoder)
+    assert again.generation == 1 and vectors.stat().st_mtime > 1e9
+    for f in exported.iterdir():
+        os.utime(f, (1e9, 1e9))
+    stamp = vectors.stat().st_mtime
+    reused = trained_index(index, tmp_path, encoder)
+    assert reused.generation == 1 and vectors.stat().st_mtime == stamp
+    query = encoder.encode(["which topic is number 3?"], "query")
+    assert [h.id for h in reused.search(query, 3)[0]] == [h.id for h in first.search(query, 3)[0]]

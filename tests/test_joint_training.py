@@ -69,6 +69,8 @@ def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path,
     expected = index.search_many(queries, k=5, mode="dense", query_vectors=vectors)
     assert [[h.id for h in hits] for hits in search.search(vectors, 5)] == [[h.id for h in hits] for hits in expected]
     assert [[h.id for h in hits] for hits in search.search_many(queries, 5, "dense", vectors)] == [[h.id for h in hits] for hits in expected]
+    served = index.search_many(queries, k=3, mode="hybrid", query_vectors=vectors)  # the system as served: fused with BM25
+    assert [[h.id for h in hits] for hits in search.search_many(queries, 3, "hybrid", vectors)] == [[h.id for h in hits] for hits in served]
     rows = [h.row for h in expected[0]]
     stored = dict(zip(*index.store.vectors(rows, index.generation, index.manifest.dim)))
     assert np.array_equal(search.stored_vectors(rows), np.stack([stored[r] for r in rows]))
@@ -82,8 +84,8 @@ def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path,
     assert [hits[0].row for hits in search.search(search.stored_vectors(every), 1)] == every  # whatever order it was encoded in
     assert TrainingIndex(index, tmp_path / "gens", generation=1).size == 20  # a resumed run loads its generation
     search.drop_older(1)
-    with pytest.raises(ValueError, match="retrieval is dense"):
-        search.search_many(queries, 5, "hybrid", vectors)
+    with pytest.raises(ValueError, match="retrieval is dense or hybrid"):
+        search.search_many(queries, 5, "sparse", vectors)
 
 
 def test_passage_scores_use_the_stored_vectors_or_the_passage_side(topic_index: Path, tiny_encoder_path: str, tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from indexer.dense import DenseIndex
 from indexer.encoder import encoder_input
 from indexer.fusion import reciprocal_rank_fusion
-from indexer.index import Index
+from indexer.index import HYBRID_DEPTH, Index
 from indexer.records import SearchHit
 from rag.adapters import adapter_kind
 from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
@@ -249,10 +249,13 @@ class TrainingIndex:
 
     def search_many(self, queries: Sequence[str], k: int = 5, mode: str = "dense",
                     query_vectors: np.ndarray | None = None) -> list[list[SearchHit]]:
-        """`Index.search_many` for a pipeline with a trained query encoder: dense only, vectors required."""
-        if mode != "dense" or query_vectors is None:
-            raise ValueError("training retrieval is dense, with the trained query encoder's vectors")
-        return self.search(query_vectors, k)
+        """`Index.search_many` for a pipeline with a trained query encoder (vectors required): dense, or hybrid as the
+        index ranks it (the fusion of the dense and BM25 top HYBRID_DEPTH, cut to k), so the system as served is measured."""
+        if mode not in ("dense", "hybrid") or query_vectors is None:
+            raise ValueError("training retrieval is dense or hybrid, with the trained query encoder's vectors")
+        if mode == "dense":
+            return self.search(query_vectors, k)
+        return [row[:k] for row in self.with_bm25(queries, self.search(query_vectors, max(k, HYBRID_DEPTH)))]
 
     def with_bm25(self, questions: Sequence[str], found: Sequence[Sequence[SearchHit]]) -> list[list[SearchHit]]:
         """Each question's dense hits fused with as many of BM25's best by reciprocal rank fusion (as the index's hybrid
