@@ -1,7 +1,10 @@
 """Benchmark: recall@5 and EM before and after joint retriever-reader training, one run per loss.
 
 Sets as in the issue: 500-question samples (seed 0) of squad-open-dev and of the nq-open-test records
-with gold_ids, over the whole shared corpus, dense retrieval. Each training run is a subprocess
+with gold_ids, over the whole shared corpus; recall of dense retrieval (the trained retriever alone) and of
+hybrid (fused with BM25, as the server ranks). Those sets are evaluation only: with --held-out-share (default
+0.1) training leaves out the training files' questions about a seeded share of their articles, and the same
+figures are measured on 500 of them per file (`*-held-out`), to choose settings on. Each training run is a subprocess
 `rag-train joint --query-side-only ...` on squad-open-train + nq-open-train whose exact command is kept in
 the result; its exported query encoder and reader adapter are then evaluated here, in-process, with
 `rag-eval qa`'s metrics (trainer.evaluate.evaluate_qa over the shared index's stored passage vectors; after a
@@ -34,8 +37,8 @@ from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
 from trainer.evaluate import evaluate_qa
-from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex
-from trainer.qa_data import QARecord, read_qa, sample, split_by_article
+from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, split_held_out
+from trainer.qa_data import QARecord, read_qa, sample
 
 TRAIN = [QA_DIR / "squad-open-train.jsonl.gz", QA_DIR / "nq-open-train.jsonl.gz"]
 HELD_OUT_SHARE = 0.1  # of the training files' articles, held out to choose settings on
@@ -65,10 +68,8 @@ def held_out_sets(index: Index, limit: int, share: float = HELD_OUT_SHARE, seed:
     the training files' records about a seeded `share` of their articles (the gold documents' titles), which training
     leaves out, and `limit` seeded records of those per file."""
     per_file = {path.name.removesuffix(".jsonl.gz"): [r for r in read_qa(path) if r.gold_ids] for path in TRAIN}
-    records = [r for part in per_file.values() for r in part]
-    titles = index.store.live_documents(sorted({g for r in records for g in r.gold_ids}))
-    # One split over both files: an article both files ask about is held out of both.
-    _, held = split_by_article(records, {doc_id: title for doc_id, (_, title, _, _) in titles.items()}, share, seed)
+    # One split over both files, as rag-train joint --held-out-share makes it: an article both files ask about is held out of both.
+    _, held = split_held_out(index, [r for part in per_file.values() for r in part], share, seed)
     held_ids = {r.id for r in held}
     return held_ids, {f"{name}-held-out": sample([r for r in part if r.id in held_ids], limit, 0) for name, part in per_file.items()}
 
@@ -148,9 +149,9 @@ def check_resumable(folder: Path, args: argparse.Namespace) -> None:
     """Exit with a message when the run in `folder` was started with settings other than this invocation's:
     `--resume` continues with the saved ones, which would silently ignore the new flags."""
     # Older runs lack the newer options: they ran as those options' defaults.
-    saved = {"candidates": 0, "candidates_from": "dense", "reader_first": 0} | json.loads((folder / "config.json").read_text())
+    saved = {"candidates": 0, "candidates_from": "dense", "reader_first": 0, "held_out_share": 0.0} | json.loads((folder / "config.json").read_text())
     changed = [f"--{name.replace('_', '-')} {saved.get(name)} there, {getattr(args, name)} here"
-               for name in ("top_k", "candidates", "candidates_from", "reader_first", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
+               for name in ("top_k", "candidates", "candidates_from", "reader_first", "held_out_share", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
                if saved.get(name) != getattr(args, name)]
     adapter = str(Path(args.adapter)) if args.adapter else None  # as rag-train joint saves it
     if saved.get("adapter") != adapter:
@@ -181,6 +182,9 @@ def main() -> None:
     parser.add_argument("--max-passage-tokens", type=int, default=JointTrainingConfig.max_passage_tokens,
                         help="rag-train joint's (default %(default)s)")
     parser.add_argument("--retriever-lr", type=float, default=2e-5)
+    parser.add_argument("--held-out-share", type=float, default=HELD_OUT_SHARE,
+                        help="share of the training files' articles whose questions never train and are measured as well, to choose "
+                             "settings on (default %(default)s; 0: train on all, as the runs before 2026-12-05 did)")
     parser.add_argument("--limit", type=int, default=500, help="questions per set for recall (seeded sample, seed 0)")
     parser.add_argument("--em-limit", type=int, default=100, help="of those, questions answered for EM")
     parser.add_argument("--runs", type=Path, default=Path("runs/joint-bench"), help="folder of the training runs")
@@ -193,6 +197,8 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=25,
                         help="steps between each run's checkpoints, so an interrupted bench resumes (0: at the end only)")
     args = parser.parse_args()
+    if not 0 <= args.held_out_share < 1:
+        parser.error(f"--held-out-share is a share of the articles, from 0 to below 1; got {args.held_out_share}")
     out = check_out(args.out)
     torch.set_num_threads(args.threads)
     info = machine_info()
@@ -202,15 +208,23 @@ def main() -> None:
     if "command" in result:
         result.setdefault("earlier_invocations", []).append({k: result.pop(k) for k in ("command", "timestamp", "machine") if k in result})
     result.setdefault("runs", {})
-    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "candidates_from", "reader_first", "adapter", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh")}
+    # Files written before the option trained on every article.
+    trained_share = result.get("scale", {}).get("held_out_share", 0.0) if result["runs"] else args.held_out_share
+    if trained_share != args.held_out_share:
+        sys.exit(f"{out} holds runs trained with --held-out-share {trained_share}: pass that to complete it, or another --out")
+    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "candidates_from", "reader_first", "adapter", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh", "held_out_share")}
     result["scale"]["note"] = (f"{args.device}: {'query side only' if not args.refresh else 'both sides, refresh ' + args.refresh}, "
                                "steps x batch-size training questions, EM on a sub-sample")
     index = Index.open(args.index, readonly=True)
     sets = question_sets(args.limit)
-    if "before" not in result:
+    if args.held_out_share:
+        sets |= held_out_sets(index, args.limit, args.held_out_share)[1]
+    unmeasured = {name: records for name, records in sets.items() if name not in result.get("before", {})}
+    if unmeasured:
         log("before training")
         reader = DecoderReader(GENERATIVE_READER, device=args.device, max_passage_tokens=args.max_passage_tokens)
-        result["before"] = evaluate_system(index, DualEncoder(index.manifest.encoder).to(args.device), reader, sets, args.top_k, args.em_limit)
+        result["before"] = result.get("before", {}) | evaluate_system(index, DualEncoder(index.manifest.encoder).to(args.device), reader,
+                                                                      unmeasured, args.top_k, args.em_limit)
         write_result(out, result, info)
     elif lacks_hybrid(result["before"], index):
         log("hybrid recall before training")
@@ -229,7 +243,7 @@ def main() -> None:
                        "--candidates-from", args.candidates_from,
                        "--reader-first", str(args.reader_first), *(["--adapter", args.adapter] if args.adapter else []), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                        "--max-passage-tokens", str(args.max_passage_tokens), "--retriever-lr", str(args.retriever_lr),
-                       "--dev-size", "0", "--dev-eval", "0", "--save-every", str(args.save_every), "--threads", str(args.threads), "--device", args.device,
+                       "--held-out-share", str(args.held_out_share), "--dev-size", "0", "--dev-eval", "0", "--save-every", str(args.save_every), "--threads", str(args.threads), "--device", args.device,
                        *(["--bf16"] if args.bf16 else []),
                        *(["--resume", str(folder)] if (folder / "checkpoint.pt").is_file() else ["--out", str(folder)])]
             log("train", loss, " ".join(command))

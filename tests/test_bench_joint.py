@@ -10,7 +10,7 @@ import pytest
 from bench.joint_training import check_resumable
 
 SETTINGS = dict(top_k=4, candidates=16, candidates_from="dense", reader_first=0, steps=100, batch_size=8, max_passage_tokens=96,
-                retriever_lr=2e-5, bf16=False, device="cpu")
+                retriever_lr=2e-5, bf16=False, device="cpu", held_out_share=0.1)
 
 
 def saved_run(folder: Path, refresh: str | None, adapter: str | None = None) -> Path:
@@ -56,6 +56,16 @@ def test_older_runs_count_as_dense_candidates(tmp_path: Path) -> None:
     check_resumable(folder, asked(None))
     with pytest.raises(SystemExit, match="--candidates-from dense there, hybrid here"):
         check_resumable(folder, asked(None, candidates_from="hybrid"))
+
+
+def test_a_run_from_before_held_out_articles_is_not_resumed_with_them(tmp_path: Path) -> None:
+    """A run started before --held-out-share trained on every article: resuming it with a share would mix the two."""
+    config = json.loads((saved_run(tmp_path, "none")).joinpath("config.json").read_text())
+    del config["held_out_share"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="--held-out-share 0.0 there, 0.1 here"):
+        check_resumable(tmp_path, asked("none"))
+    check_resumable(tmp_path, asked("none", held_out_share=0.0))
 
 
 def test_a_re_embedded_corpus_is_reused_until_the_export_changes(topic_index: Path, tiny_encoder_path: str, tmp_path: Path) -> None:

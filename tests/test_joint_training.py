@@ -19,8 +19,9 @@ from indexer.index import Index
 from serve.cli import main as serve_main
 from trainer.cli import main_train
 from trainer.joint_training import (CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, TrainingIndex, evaluating, passage_scores,
-                                    train_joint)
+                                    run_records, train_joint)
 from trainer.qa_data import QARecord
+from trainer.reader_training import load_train_dev
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,7 +47,7 @@ def test_settings_that_cannot_work_are_refused(topic_index: Path, qa_file: Path,
              (dict(candidates=2), "--candidates 2 must be at least --top-k 3"), (dict(loss="loop", candidates=5), "drop --candidates"),
              (dict(refresh="rerank:4", candidates=5), r"--candidates \(5\)"), (dict(candidates=-1), "--candidates"),
              (dict(reader_first=4), "--reader-first 4 leaves none"),
-             (dict(reader_first=-1), "--reader-first"), (dict(train=[tmp_path / "nq-open-test.jsonl.gz"]), "not found"), (dict(grad_accum=0), "--grad-accum")]
+             (dict(reader_first=-1), "--reader-first"), (dict(held_out_share=1.0), "--held-out-share"), (dict(train=[tmp_path / "nq-open-test.jsonl.gz"]), "not found"), (dict(grad_accum=0), "--grad-accum")]
     for changes, message in cases:
         with pytest.raises(ValueError, match=message):
             config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", **changes).check()
@@ -86,6 +87,23 @@ def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path,
     search.drop_older(1)
     with pytest.raises(ValueError, match="retrieval is dense or hybrid"):
         search.search_many(queries, 5, "sparse", vectors)
+
+
+def test_held_out_articles_never_train_and_are_the_dev_set(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+    """--held-out-share: the questions about a seeded share of the articles are the dev set and never train; the rest
+    train in the order they would without it (so a ceiling probe and a joint run see the same questions)."""
+    index = Index.open(topic_index, readonly=True)
+    held_config = config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", held_out_share=0.25, steps=10, dev_eval=20)
+    train, dev = run_records(held_config, 1, index)
+    article = {g: index.document(g).title for r in train + dev for g in r.gold_ids}
+    held = {article[g] for r in dev for g in r.gold_ids}
+    assert len(held) == 5 and len(dev) == 5  # 20 questions about 20 articles, a quarter held out
+    assert not {article[g] for r in train for g in r.gold_ids} & held and len(train) == 15
+    everything, _ = load_train_dev([qa_file], 100, 0, held_config.seed)
+    assert [r.id for r in train] == [r.id for r in everything if r.id not in {d.id for d in dev}]
+    assert run_records(held_config, 1, index) == (train, dev)  # seeded: a resumed run gets the same split
+    _, random_dev = run_records(replace(held_config, held_out_share=0.0), 1, index)
+    assert len(random_dev) == 4  # without it, --dev-size questions
 
 
 def test_passage_scores_use_the_stored_vectors_or_the_passage_side(topic_index: Path, tiny_encoder_path: str, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ from rag.retriever import DualEncoder
 from trainer.distributed_search import ShardedDenseSearch, barrier, shard_of, start_distributed, world
 from trainer.evaluate import evaluate_qa
 from trainer.joint_losses import adist_loss, emdr2_loss, loop_loss, pdist_loss, rag_marginal_loss
-from trainer.qa_data import QARecord, read_qa, sample
+from trainer.qa_data import QARecord, read_qa, sample, split_by_article
 from trainer.reader_data import ReaderExample
 from trainer.reader_training import answer_nll, load_train_dev, trainable_parameters
 from trainer.scope_data import check_not_evaluation_only
@@ -105,7 +105,7 @@ class JointTrainingConfig:
     train: list[Path]
     out: Path
     loss: str = "emdr2"
-    dev: Path | None = None  # None: hold out `dev_size` questions of the training files
+    dev: Path | None = None  # None: hold out `dev_size` questions of the training files (or the held_out_share articles')
     reader: str = GENERATIVE_READER
     adapter: Path | None = None  # a trained LoRA adapter of the reader (rag-train reader --out) that trains on
     method: str = "lora"  # lora | full
@@ -128,6 +128,9 @@ class JointTrainingConfig:
     # (bench/results/passage_truncation.json): a teacher cannot prefer a passage whose answer it cannot see.
     max_passage_tokens: int = 160
     dev_size: int = 200
+    # A seeded share of the training files' articles (the gold documents' titles) whose questions never train and are the
+    # dev set without --dev: settings chosen on questions about articles training saw would look better than they are.
+    held_out_share: float = 0.0
     dev_eval: int = 100  # dev questions answered before and after training and at each --eval-every (0: none)
     eval_every: int = 0
     save_every: int = 100
@@ -180,6 +183,8 @@ class JointTrainingConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"--warmup is a share of the steps, from 0 to below 1; got {self.warmup}")
+        if not 0 <= self.held_out_share < 1:
+            raise ValueError(f"--held-out-share is a share of the training files' articles, from 0 to below 1; got {self.held_out_share}")
         for path in self.train:
             if not Path(path).is_file():
                 raise ValueError(f"training file not found: {path}")
@@ -587,10 +592,23 @@ class JointTrainer:
 
 # -- the run -----------------------------------------------------------------------------------------
 
-def _records(config: JointTrainingConfig, ranks: int) -> tuple[list[QARecord], list[QARecord]]:
-    """Training records (shuffled, seeded) and dev records (the --dev file's, or held out of the training files)."""
+def split_held_out(index: Index, records: list[QARecord], share: float, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """(rest, held out): `split_by_article` with each gold document's article read off the index (its title)."""
+    titles = index.store.live_documents(sorted({g for r in records for g in r.gold_ids}))
+    return split_by_article(records, {doc_id: title for doc_id, (_, title, _, _) in titles.items()}, share, seed)
+
+
+def run_records(config: JointTrainingConfig, ranks: int, index: Index) -> tuple[list[QARecord], list[QARecord]]:
+    """Training records (shuffled, seeded) and dev records (the --dev file's, or held out of the training files: whole
+    articles with --held-out-share, else --dev-size questions)."""
     needed = config.steps * config.batch_size * config.grad_accum * ranks
-    train, held_out = load_train_dev(config.train, needed, 0 if config.dev else config.dev_size, config.seed)
+    if config.held_out_share:
+        _, held_out = split_held_out(index, [r for path in config.train for r in read_qa(path)], config.held_out_share, config.seed)
+        held = {r.id for r in held_out}
+        # The same order as without held-out articles, less their questions (as bench/retriever_ceiling.py trains).
+        train = [r for r in load_train_dev(config.train, sys.maxsize, 0, config.seed)[0] if r.id not in held][:needed]
+    else:
+        train, held_out = load_train_dev(config.train, needed, 0 if config.dev else config.dev_size, config.seed)
     dev = read_qa(config.dev) if config.dev else held_out
     return train, sample(dev, config.dev_eval, config.seed) if config.dev_eval else []
 
@@ -659,7 +677,7 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
     index = Index.open(config.index, readonly=True)
-    train, dev = _records(config, ranks)
+    train, dev = run_records(config, ranks, index)
     trainer = JointTrainer(config, index, generation=state["generation"] if state else 0)
     step, cursor = 0, 0
     if state:
@@ -775,7 +793,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_optimizer_options(parser, d, "questions in each of the --grad-accum micro-batches")
     add("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
     add("--retriever-lr", type=float, default=d.retriever_lr, help="the encoder's peak learning rate (--lr is the reader's)")
-    add("--dev-size", type=int, default=d.dev_size, help="questions held out of --train when there is no --dev")
+    add("--dev-size", type=int, default=d.dev_size, help="questions held out of --train when there is no --dev (nor --held-out-share)")
+    add("--held-out-share", type=float, default=d.held_out_share,
+        help="share of --train's articles (its gold documents' titles in --index), seeded, whose questions never train and, "
+             "without --dev, are the dev set: dev figures then come from articles training never saw (0: none)")
     add("--dev-eval", type=int, default=d.dev_eval, help="dev questions answered before, during and after training (0: none)")
     add("--eval-every", type=int, default=d.eval_every, help="steps between dev evaluations (0: before and after only)")
     add("--save-every", type=int, default=d.save_every, help="steps between checkpoints (0: at the end only)")
@@ -803,7 +824,7 @@ def _run(args: argparse.Namespace) -> int:
             candidates=args.candidates, candidates_from=args.candidates_from, reader_first=args.reader_first,
             query_side_only=args.query_side_only, tau=args.tau, temperature=args.temperature, steps=args.steps,
             batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, retriever_lr=args.retriever_lr, warmup=args.warmup,
-            max_passage_tokens=args.max_passage_tokens, dev_size=args.dev_size, dev_eval=args.dev_eval, eval_every=args.eval_every,
+            max_passage_tokens=args.max_passage_tokens, dev_size=args.dev_size, held_out_share=args.held_out_share, dev_eval=args.dev_eval, eval_every=args.eval_every,
             save_every=args.save_every, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, bf16=args.bf16,
             threads=args.threads, device=args.device,
         )
