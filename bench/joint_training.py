@@ -24,7 +24,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,7 +37,7 @@ from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
 from trainer.evaluate import evaluate_qa
-from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, split_held_out
+from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, generation_file, split_held_out
 from trainer.qa_data import QARecord, read_qa, sample
 
 TRAIN = [QA_DIR / "squad-open-train.jsonl.gz", QA_DIR / "nq-open-train.jsonl.gz"]
@@ -63,21 +63,22 @@ def question_sets(limit: int) -> dict[str, list[QARecord]]:
     return sets
 
 
-def held_out_sets(index: Index, limit: int, share: float = HELD_OUT_SHARE, seed: int = 0) -> tuple[set[str], dict[str, list[QARecord]]]:
-    """The sets settings are chosen on, since the issue's sets are evaluation only (shared/data/SOURCES.md): the ids of
-    the training files' records about a seeded `share` of their articles (the gold documents' titles), which training
-    leaves out, and `limit` seeded records of those per file."""
-    per_file = {path.name.removesuffix(".jsonl.gz"): [r for r in read_qa(path) if r.gold_ids] for path in TRAIN}
-    # One split over both files, as rag-train joint --held-out-share makes it: an article both files ask about is held out of both.
-    _, held = split_held_out(index, [r for part in per_file.values() for r in part], share, seed)
-    held_ids = {r.id for r in held}
-    return held_ids, {f"{name}-held-out": sample([r for r in part if r.id in held_ids], limit, 0) for name, part in per_file.items()}
+def held_out_sets(index: Index, limit: int, share: float = HELD_OUT_SHARE, files: Sequence[Path] = TRAIN) -> dict[str, list[QARecord]]:
+    """The sets settings are chosen on, since the issue's sets are evaluation only (shared/data/SOURCES.md): `limit`
+    seeded records per training file of those about the share of their articles that rag-train joint
+    --held-out-share leaves out of training."""
+    per_file = {path.name.removesuffix(".jsonl.gz"): [r for r in read_qa(path) if r.gold_ids] for path in files}
+    # One split over both files, as rag-train joint makes it: an article both files ask about is held out of both.
+    _, held = split_held_out(index, [r for part in per_file.values() for r in part], share)
+    held_records = {id(r) for r in held}  # by identity: record ids may repeat across files
+    return {f"{name}-held-out": sample([r for r in part if id(r) in held_records], limit, 0) for name, part in per_file.items()}
 
 
-def recall(index: Index | TrainingIndex, retriever: DualEncoder, records: Sequence[QARecord], mode: str = "dense") -> dict[str, Any]:
+def recall(index: Index | TrainingIndex, retriever: DualEncoder, records: Sequence[QARecord],
+           mode: Literal["dense", "hybrid"] = "dense") -> dict[str, Any]:
     """n and recall@1/5/20 of `retriever`'s query side over the index's vectors (no reader runs): dense, the retriever
     alone (keys `recall@K`), or hybrid, fused with BM25 as the server ranks (keys `hybrid_recall@K`)."""
-    retriever.eval()
+    retriever.eval()  # and it stays so: the bench only measures with it
     summary, _ = evaluate_qa(Pipeline(index, NoReader(), retriever=retriever), records,  # type: ignore[arg-type]
                              k=5, mode=mode, batch_size=32, progress=False)
     prefix = "" if mode == "dense" else f"{mode}_"
@@ -98,16 +99,17 @@ def lacks_hybrid(figures: dict[str, dict[str, Any]], index: Index) -> bool:
 def add_hybrid(figures: dict[str, dict[str, Any]], index: Index | TrainingIndex, retriever: DualEncoder, sets: dict[str, list[QARecord]]) -> None:
     """Measure the hybrid recall `figures` lack, so rerunning a bench's command completes an older result file."""
     for name, records in sets.items():
-        figures[name] |= recall(index, retriever, records, "hybrid")
-        log(name, json.dumps(figures[name]))
+        if "hybrid_recall@5" not in figures[name]:
+            figures[name] |= recall(index, retriever, records, "hybrid")
+            log(name, json.dumps(figures[name]))
 
 
 def trained_index(index: Index, run: Path, encoder: DualEncoder) -> TrainingIndex:
     """The corpus re-embedded with `encoder`, the run's exported one (its passage side trained too), searchable as the
     index; an earlier re-embedding of the same export is reused (it takes about 20 minutes on two cores)."""
     folder, exported = run / "evaluation-index", run / "export" / "encoder"
-    earlier = folder / "dense-1-0of1.faiss"
-    if earlier.is_file() and earlier.stat().st_mtime > max(f.stat().st_mtime for f in exported.iterdir()):
+    earlier = generation_file(folder, 1)
+    if earlier.is_file() and earlier.stat().st_mtime > max(f.stat().st_mtime for f in exported.rglob("*")):
         log("reusing the corpus re-embedded with", exported, "in", earlier)
         return TrainingIndex(index, folder, generation=1)
     search = TrainingIndex(index, folder)
@@ -130,17 +132,19 @@ def evaluate_system(index: Index | TrainingIndex, retriever: DualEncoder, reader
 
 
 def table(result: dict[str, Any]) -> str:
-    """The README table: one row before training, one per loss after."""
-    head = ("| system | squad-open-dev recall@5 dense (hybrid) | EM | nq-open-test (gold) recall@5 dense (hybrid) | EM | train seconds |\n"
-            "|---|---|---|---|---|---|")
+    """The README table: one row before training, one per loss after; two columns per set measured (the issue's, then
+    the held-out ones)."""
+    names = list(result.get("before", {}))
+    head = ("| system | " + " | ".join(f"{name} recall@5 dense (hybrid) | EM" for name in names) + " | train seconds |\n"
+            + "|---" * (2 * len(names) + 2) + "|")
     rows = [("untrained (MiniLM dense, SmolLM2-135M)", result.get("before"), None)]
     rows += [(f"after `{loss}`", run.get("after"), run.get("seconds")) for loss, run in result.get("runs", {}).items()]
     lines = [head]
     for name, figures, seconds in rows:
         if not figures:
             continue
-        cells = [f"{figures[s]['recall@5']:.3f} ({figures[s].get('hybrid_recall@5', float('nan')):.3f}) | "
-                 f"{figures[s]['em']:.3f} (n={figures[s]['em_n']})" for s in SETS]
+        cells = [f"{f['recall@5']:.3f} ({format(f['hybrid_recall@5'], '.3f') if 'hybrid_recall@5' in f else '-'}) | "
+                 f"{f['em']:.3f} (n={f['em_n']})" if (f := figures.get(s)) else "- | -" for s in names]
         lines.append(f"| {name} | {' | '.join(cells)} | {seconds or '-'} |")
     return "\n".join(lines)
 
@@ -205,11 +209,14 @@ def main() -> None:
     result: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
     # write_result stamps this invocation's command and machine; earlier invocations' stamps are kept in a list,
     # since the machine an earlier one trained on is part of its figures.
+    earlier = [{"command": c} for c in result.pop("earlier_commands", [])] + result.pop("earlier_invocations", [])
     if "command" in result:
-        result.setdefault("earlier_invocations", []).append({k: result.pop(k) for k in ("command", "timestamp", "machine") if k in result})
+        earlier.append({k: result.pop(k) for k in ("command", "timestamp", "machine") if k in result})
+    if earlier:
+        result["earlier_invocations"] = earlier
     result.setdefault("runs", {})
-    # Files written before the option trained on every article.
-    trained_share = result.get("scale", {}).get("held_out_share", 0.0) if result["runs"] else args.held_out_share
+    # Files written before the option trained (and measured) on every article.
+    trained_share = result.get("scale", {}).get("held_out_share", 0.0) if result["runs"] or "before" in result else args.held_out_share
     if trained_share != args.held_out_share:
         sys.exit(f"{out} holds runs trained with --held-out-share {trained_share}: pass that to complete it, or another --out")
     result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "candidates_from", "reader_first", "adapter", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh", "held_out_share")}
@@ -218,7 +225,7 @@ def main() -> None:
     index = Index.open(args.index, readonly=True)
     sets = question_sets(args.limit)
     if args.held_out_share:
-        sets |= held_out_sets(index, args.limit, args.held_out_share)[1]
+        sets |= held_out_sets(index, args.limit, args.held_out_share)
     unmeasured = {name: records for name, records in sets.items() if name not in result.get("before", {})}
     if unmeasured:
         log("before training")
@@ -226,7 +233,7 @@ def main() -> None:
         result["before"] = result.get("before", {}) | evaluate_system(index, DualEncoder(index.manifest.encoder).to(args.device), reader,
                                                                       unmeasured, args.top_k, args.em_limit)
         write_result(out, result, info)
-    elif lacks_hybrid(result["before"], index):
+    if lacks_hybrid(result["before"], index):
         log("hybrid recall before training")
         add_hybrid(result["before"], index, DualEncoder(index.manifest.encoder).to(args.device), sets)
         write_result(out, result, info)

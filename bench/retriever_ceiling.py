@@ -39,7 +39,8 @@ from bench.joint_training import HELD_OUT_SHARE, TRAIN, held_out_sets, question_
 from indexer.index import Index
 from rag.retriever import DualEncoder
 from trainer.joint_losses import pdist_loss
-from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, check_candidate_source, passage_scores, rerank
+from trainer.joint_training import (CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, check_candidate_source, passage_scores, rerank,
+                                    split_held_out)
 from trainer.qa_data import QARecord
 from trainer.reader_training import load_train_dev
 
@@ -70,7 +71,7 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
                 if args.rerank:
                     found = [rerank(retriever, q, row, args.candidates) for q, row in zip(query.detach(), found)]
                 if args.candidates_from == "hybrid":
-                    found = search.with_bm25([r.question for r in batch], found)
+                    found = search.with_bm25([r.question for r in batch], found, args.candidates)
                 scores = passage_scores(query, found, search, retriever if args.passage_side else None)
             gold_ids = [set(r.gold_ids) for r in batch]
             gold = torch.tensor([[h.doc_id in ids for h in row] for ids, row in zip(gold_ids, found)], device=scores.device)
@@ -130,9 +131,12 @@ def main() -> None:
         check_candidate_source(index, args.candidates_from)
     except ValueError as exc:
         parser.error(str(exc))
-    held_ids, sets = held_out_sets(index, args.limit, args.held_out_share) if args.held_out_share else (set(), {})
+    sets = held_out_sets(index, args.limit, args.held_out_share) if args.held_out_share else {}
     sets |= question_sets(args.limit)
-    train = [r for r in load_train_dev(TRAIN, sys.maxsize, 0, args.seed)[0] if r.id not in held_ids][:max(args.questions)]
+    train = load_train_dev(TRAIN, sys.maxsize, 0, args.seed)[0]  # shuffled, as rag-train joint's
+    if args.held_out_share:  # rag-train joint --held-out-share's split, which keeps the order
+        train = split_held_out(index, train, args.held_out_share)[0]
+    train = train[:max(args.questions)]
     result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
                               "sets": list(sets), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))

@@ -1,6 +1,7 @@
 """`rag-train joint` on tiny models and a tiny index: retrieval, refresh, learning, exact resume, export."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -21,7 +22,6 @@ from trainer.cli import main_train
 from trainer.joint_training import (CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, TrainingIndex, evaluating, passage_scores,
                                     run_records, train_joint)
 from trainer.qa_data import QARecord
-from trainer.reader_training import load_train_dev
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,9 +59,15 @@ def test_settings_that_cannot_work_are_refused(topic_index: Path, qa_file: Path,
         config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", dev=evaluation_only).check()
 
 
-def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path, tiny_encoder_path: str, tmp_path: Path) -> None:
+def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path, tiny_encoder_path: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Generation 0 is the index's own vectors; a refresh with the unchanged encoder reproduces them in a new file."""
+    import indexer.index
+    import trainer.joint_training
     from rag.retriever import DualEncoder
+
+    for module in (indexer.index, trainer.joint_training):  # fused from fewer than the 20 passages, so a wrong depth shows
+        monkeypatch.setattr(module, "HYBRID_DEPTH", 4)
 
     index = Index.open(topic_index, readonly=True)
     search = TrainingIndex(index, tmp_path / "gens")
@@ -71,7 +77,8 @@ def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path,
     assert [[h.id for h in hits] for hits in search.search(vectors, 5)] == [[h.id for h in hits] for hits in expected]
     assert [[h.id for h in hits] for hits in search.search_many(queries, 5, "dense", vectors)] == [[h.id for h in hits] for hits in expected]
     served = index.search_many(queries, k=3, mode="hybrid", query_vectors=vectors)  # the system as served: fused with BM25
-    assert [[h.id for h in hits] for hits in search.search_many(queries, 3, "hybrid", vectors)] == [[h.id for h in hits] for hits in served]
+    hybrid = search.search_many(queries, 3, "hybrid", vectors)
+    assert [[(h.id, h.score) for h in hits] for hits in hybrid] == [[(h.id, h.score) for h in hits] for hits in served]
     rows = [h.row for h in expected[0]]
     stored = dict(zip(*index.store.vectors(rows, index.generation, index.manifest.dim)))
     assert np.array_equal(search.stored_vectors(rows), np.stack([stored[r] for r in rows]))
@@ -90,20 +97,32 @@ def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path,
 
 
 def test_held_out_articles_never_train_and_are_the_dev_set(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
-    """--held-out-share: the questions about a seeded share of the articles are the dev set and never train; the rest
-    train in the order they would without it (so a ceiling probe and a joint run see the same questions)."""
+    """--held-out-share: the questions about a share of the articles are the dev set and never train; the rest train in
+    the order a run with --dev trains them (so a ceiling probe and a joint run see the same questions); the joint
+    bench measures the same held-out questions."""
+    from bench.joint_training import held_out_sets
+
+    qa = tmp_path / "qa.jsonl.gz"
+    with gzip.open(qa, "wt") as out, gzip.open(qa_file, "rt") as topics:
+        out.write(topics.read())
+        out.writelines(json.dumps({"id": f"free{i}", "question": f"what else is {i}?", "answers": ["x"]}) + "\n" for i in range(3))
     index = Index.open(topic_index, readonly=True)
-    held_config = config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", held_out_share=0.25, steps=10, dev_eval=20)
+    held_config = config(topic_index, qa, tiny_reader_path, tmp_path / "run", held_out_share=0.25, steps=20, dev_eval=20)
     train, dev = run_records(held_config, 1, index)
     article = {g: index.document(g).title for r in train + dev for g in r.gold_ids}
     held = {article[g] for r in dev for g in r.gold_ids}
     assert len(held) == 5 and len(dev) == 5  # 20 questions about 20 articles, a quarter held out
-    assert not {article[g] for r in train for g in r.gold_ids} & held and len(train) == 15
-    everything, _ = load_train_dev([qa_file], 100, 0, held_config.seed)
+    assert not {article[g] for r in train for g in r.gold_ids} & held
+    assert len(train) == 18 and {r.id for r in train} >= {"free0", "free1", "free2"}  # no gold, no article: they train
+    everything, _ = run_records(replace(held_config, held_out_share=0.0, dev=qa_file), 1, index)
     assert [r.id for r in train] == [r.id for r in everything if r.id not in {d.id for d in dev}]
-    assert run_records(held_config, 1, index) == (train, dev)  # seeded: a resumed run gets the same split
+    other_seed, other_dev = run_records(replace(held_config, seed=1), 1, index)
+    assert {r.id for r in other_dev} == {r.id for r in dev} and [r.id for r in other_seed] != [r.id for r in train]  # --seed shuffles, the split stays
+    assert {r.id for r in held_out_sets(index, 100, 0.25, files=[qa])["qa-held-out"]} == {r.id for r in dev}
     _, random_dev = run_records(replace(held_config, held_out_share=0.0), 1, index)
     assert len(random_dev) == 4  # without it, --dev-size questions
+    with pytest.raises(ValueError, match="holds out no question"):
+        run_records(replace(held_config, held_out_share=0.01), 1, index)
 
 
 def test_passage_scores_use_the_stored_vectors_or_the_passage_side(topic_index: Path, tiny_encoder_path: str, tmp_path: Path) -> None:

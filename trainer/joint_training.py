@@ -39,7 +39,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -128,7 +128,7 @@ class JointTrainingConfig:
     # (bench/results/passage_truncation.json): a teacher cannot prefer a passage whose answer it cannot see.
     max_passage_tokens: int = 160
     dev_size: int = 200
-    # A seeded share of the training files' articles (the gold documents' titles) whose questions never train and are the
+    # A share of the training files' articles (the gold documents' titles, seed 0) whose questions never train and are the
     # dev set without --dev: settings chosen on questions about articles training saw would look better than they are.
     held_out_share: float = 0.0
     dev_eval: int = 100  # dev questions answered before and after training and at each --eval-every (0: none)
@@ -232,7 +232,7 @@ class TrainingIndex:
         if not self.size:
             raise ValueError(f"{index.path}: the index has no passages to train on")
         if generation:
-            shard = DenseIndex.load(self._file(generation), "flat")
+            shard = DenseIndex.load(generation_file(folder, generation, self.rank, self.world_size), "flat")
         else:
             shard = DenseIndex.create(index.manifest.dim, "flat")
             for rows, vectors in index.store.iter_vectors(index.generation, index.manifest.dim):
@@ -241,9 +241,6 @@ class TrainingIndex:
         # Collectives travel on the rank's GPU under NCCL, on the CPU under gloo.
         self.comm_device = device if device is not None and device.type == "cuda" else None
         self.dense = ShardedDenseSearch(shard, self.comm_device)
-
-    def _file(self, generation: int) -> Path:
-        return self.folder / f"dense-{generation}-{self.rank}of{self.world_size}.faiss"
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[SearchHit]]:
         """The k nearest passages of each query vector (inner product), best first."""
@@ -260,17 +257,19 @@ class TrainingIndex:
             raise ValueError("training retrieval is dense or hybrid, with the trained query encoder's vectors")
         if mode == "dense":
             return self.search(query_vectors, k)
-        return [row[:k] for row in self.with_bm25(queries, self.search(query_vectors, max(k, HYBRID_DEPTH)))]
+        depth = max(k, HYBRID_DEPTH)
+        return [row[:k] for row in self.with_bm25(queries, self.search(query_vectors, depth), depth)]
 
-    def with_bm25(self, questions: Sequence[str], found: Sequence[Sequence[SearchHit]]) -> list[list[SearchHit]]:
-        """Each question's dense hits fused with as many of BM25's best by reciprocal rank fusion (as the index's hybrid
-        search ranks), cut to as many: the hybrid candidates. Needs an index with its sparse part."""
-        k = len(found[0])
+    def with_bm25(self, questions: Sequence[str], found: Sequence[Sequence[SearchHit]], k: int) -> list[list[SearchHit]]:
+        """Each question's dense hits fused with BM25's best k by reciprocal rank fusion, cut to k, each hit scored by
+        the fusion, as the index's hybrid search ranks: the hybrid candidates. Needs an index with its sparse part."""
+        if not questions:
+            return []
         fused_rows = []
         for dense, sparse in zip(found, self.index.search_many(questions, k, mode="sparse")):
             hits = {h.row: h for h in [*sparse, *dense]}
             fused = reciprocal_rank_fusion([[h.row for h in dense], [h.row for h in sparse]], k)
-            fused_rows.append([hits[row] for row, _ in fused])
+            fused_rows.append([replace(hits[row], score=score) for row, score in fused])
         return fused_rows
 
     def stored_vectors(self, rows: Sequence[int]) -> np.ndarray:
@@ -296,7 +295,7 @@ class TrainingIndex:
         shard = DenseIndex.create(self.index.manifest.dim, "flat")
         shard.add(np.array([p.row for p in passages], dtype=np.int64), np.concatenate(parts))
         self.folder.mkdir(parents=True, exist_ok=True)
-        shard.save(self._file(self.generation + 1))
+        shard.save(generation_file(self.folder, self.generation + 1, self.rank, self.world_size))
         self.dense, self.generation = ShardedDenseSearch(shard, self.comm_device), self.generation + 1
         seconds = time.perf_counter() - start
         return {"generation": self.generation, "passages": len(passages), "seconds": seconds,
@@ -307,6 +306,11 @@ class TrainingIndex:
         for path in self.folder.glob(f"dense-*-{self.rank}of{self.world_size}.faiss"):
             if int(path.stem.split("-")[1]) < keep:
                 path.unlink()
+
+
+def generation_file(folder: Path, generation: int, rank: int = 0, world_size: int = 1) -> Path:
+    """Where a TrainingIndex keeps one rank's shard of a generation's re-embedded vectors."""
+    return folder / f"dense-{generation}-{rank}of{world_size}.faiss"
 
 
 def check_candidate_source(index: Index, candidates_from: str) -> None:
@@ -444,7 +448,7 @@ class JointTrainer:
         if rerank:
             found = [self._rerank(q, row) for q, row in zip(query.detach(), found)]
         if self.config.candidates_from == "hybrid":
-            found = self.search_index.with_bm25(questions, found)
+            found = self.search_index.with_bm25(questions, found, k)
         return found, passage_scores(query, found, self.search_index, self.retriever if passage_side else None)
 
     def _rerank(self, query: torch.Tensor, candidates: list[SearchHit]) -> list[SearchHit]:
@@ -592,10 +596,11 @@ class JointTrainer:
 
 # -- the run -----------------------------------------------------------------------------------------
 
-def split_held_out(index: Index, records: list[QARecord], share: float, seed: int) -> tuple[list[QARecord], list[QARecord]]:
-    """(rest, held out): `split_by_article` with each gold document's article read off the index (its title)."""
+def split_held_out(index: Index, records: list[QARecord], share: float) -> tuple[list[QARecord], list[QARecord]]:
+    """(rest, held out): `split_by_article` with each gold document's article read off the index (its title). The split's
+    seed is fixed, not --seed: runs with other seeds are measured on the same articles."""
     titles = index.store.live_documents(sorted({g for r in records for g in r.gold_ids}))
-    return split_by_article(records, {doc_id: title for doc_id, (_, title, _, _) in titles.items()}, share, seed)
+    return split_by_article(records, {doc_id: title for doc_id, (_, title, _, _) in titles.items()}, share, seed=0)
 
 
 def run_records(config: JointTrainingConfig, ranks: int, index: Index) -> tuple[list[QARecord], list[QARecord]]:
@@ -603,10 +608,13 @@ def run_records(config: JointTrainingConfig, ranks: int, index: Index) -> tuple[
     articles with --held-out-share, else --dev-size questions)."""
     needed = config.steps * config.batch_size * config.grad_accum * ranks
     if config.held_out_share:
-        _, held_out = split_held_out(index, [r for path in config.train for r in read_qa(path)], config.held_out_share, config.seed)
-        held = {r.id for r in held_out}
-        # The same order as without held-out articles, less their questions (as bench/retriever_ceiling.py trains).
-        train = [r for r in load_train_dev(config.train, sys.maxsize, 0, config.seed)[0] if r.id not in held][:needed]
+        # Split the shuffled whole, which keeps its order: the order of a run with --dev (or --dev-size 0) less the
+        # held-out questions, as bench/retriever_ceiling.py trains.
+        train, held_out = split_held_out(index, load_train_dev(config.train, sys.maxsize, 0, config.seed)[0], config.held_out_share)
+        if not held_out:
+            raise ValueError(f"--held-out-share {config.held_out_share} holds out no question: it needs records with gold_ids whose "
+                             "documents are in --index, and enough articles (titles) for the share to round to at least one")
+        train = train[:needed]
     else:
         train, held_out = load_train_dev(config.train, needed, 0 if config.dev else config.dev_size, config.seed)
     dev = read_qa(config.dev) if config.dev else held_out
