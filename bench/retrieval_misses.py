@@ -27,20 +27,13 @@ from bench.joint_training import question_sets, trained_index
 from indexer.index import Index
 from indexer.records import SearchHit
 from rag.retriever import DualEncoder
-from trainer.joint_training import TrainingIndex
+from trainer.joint_training import TrainingIndex, article_titles
 from trainer.qa_data import QARecord
 
 
 def miss_kinds(index: Index, records: Sequence[QARecord], found: Sequence[Sequence[SearchHit]]) -> dict[str, Any]:
     """Counts of hits at 5 and of the misses' kinds, given each record's top 20."""
-    titles: dict[str, str | None] = {}
-
-    def title(doc_id: str) -> str | None:
-        if doc_id not in titles:
-            document = index.document(doc_id)
-            titles[doc_id] = document.title if document else None
-        return titles[doc_id]
-
+    article_of = article_titles(index, records)
     counts: Counter[str] = Counter()
     for record, hits in zip(records, found):
         gold = set(record.gold_ids)
@@ -49,7 +42,7 @@ def miss_kinds(index: Index, records: Sequence[QARecord], found: Sequence[Sequen
             counts["hit_at_5"] += 1
             continue
         counts["miss_gold_at_6_to_20" if rank is not None else "miss_gold_beyond_20"] += 1
-        articles = {title(g) for g in gold} - {None}
+        articles = {article_of[g] for g in gold if g in article_of}
         counts["miss_same_article_in_top_5"] += any(h.title in articles for h in hits[:5])
         counts["miss_same_article_first"] += bool(hits) and hits[0].title in articles
     return {"n": len(records), **{key: counts[key] for key in ("hit_at_5", "miss_gold_at_6_to_20", "miss_gold_beyond_20",

@@ -40,9 +40,8 @@ from indexer.index import Index
 from rag.retriever import DualEncoder
 from trainer.joint_losses import pdist_loss
 from trainer.joint_training import (CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, check_candidate_source, passage_scores, rerank,
-                                    split_held_out)
+                                    training_order)
 from trainer.qa_data import QARecord
-from trainer.reader_training import load_train_dev
 
 
 def recall_of_sets(index: Index | TrainingIndex, retriever: DualEncoder, sets: dict[str, list[QARecord]]) -> dict[str, dict[str, Any]]:
@@ -133,10 +132,7 @@ def main() -> None:
         parser.error(str(exc))
     sets = held_out_sets(index, args.limit, args.held_out_share) if args.held_out_share else {}
     sets |= question_sets(args.limit)
-    train = load_train_dev(TRAIN, sys.maxsize, 0, args.seed)[0]  # shuffled, as rag-train joint's
-    if args.held_out_share:  # rag-train joint --held-out-share's split, which keeps the order
-        train = split_held_out(index, train, args.held_out_share)[0]
-    train = train[:max(args.questions)]
+    train = training_order(index, TRAIN, args.held_out_share, args.seed)[0][:max(args.questions)]
     result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
                               "sets": list(sets), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))

@@ -263,8 +263,6 @@ class TrainingIndex:
     def with_bm25(self, questions: Sequence[str], found: Sequence[Sequence[SearchHit]], k: int) -> list[list[SearchHit]]:
         """Each question's dense hits fused with BM25's best k by reciprocal rank fusion, cut to k, each hit scored by
         the fusion, as the index's hybrid search ranks: the hybrid candidates. Needs an index with its sparse part."""
-        if not questions:
-            return []
         fused_rows = []
         for dense, sparse in zip(found, self.index.search_many(questions, k, mode="sparse")):
             hits = {h.row: h for h in [*sparse, *dense]}
@@ -596,11 +594,23 @@ class JointTrainer:
 
 # -- the run -----------------------------------------------------------------------------------------
 
+def article_titles(index: Index, records: Sequence[QARecord]) -> dict[str, str]:
+    """Gold document id -> its article (title), for the records' gold documents live in the index."""
+    live = index.store.live_documents(sorted({g for r in records for g in r.gold_ids}))
+    return {doc_id: title for doc_id, (_, title, _, _) in live.items()}
+
+
 def split_held_out(index: Index, records: list[QARecord], share: float) -> tuple[list[QARecord], list[QARecord]]:
     """(rest, held out): `split_by_article` with each gold document's article read off the index (its title). The split's
     seed is fixed, not --seed: runs with other seeds are measured on the same articles."""
-    titles = index.store.live_documents(sorted({g for r in records for g in r.gold_ids}))
-    return split_by_article(records, {doc_id: title for doc_id, (_, title, _, _) in titles.items()}, share, seed=0)
+    return split_by_article(records, article_titles(index, records), share, seed=0)
+
+
+def training_order(index: Index, files: Sequence[Path], share: float, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """Every record of `files`, shuffled by `seed`, less those about a `share` of the articles (held out, second), in
+    that order: what a joint run with --held-out-share, or with --dev, trains on, and bench/retriever_ceiling.py too."""
+    records = load_train_dev(list(files), sys.maxsize, 0, seed)[0]
+    return split_held_out(index, records, share) if share else (records, [])
 
 
 def run_records(config: JointTrainingConfig, ranks: int, index: Index) -> tuple[list[QARecord], list[QARecord]]:
@@ -608,9 +618,7 @@ def run_records(config: JointTrainingConfig, ranks: int, index: Index) -> tuple[
     articles with --held-out-share, else --dev-size questions)."""
     needed = config.steps * config.batch_size * config.grad_accum * ranks
     if config.held_out_share:
-        # Split the shuffled whole, which keeps its order: the order of a run with --dev (or --dev-size 0) less the
-        # held-out questions, as bench/retriever_ceiling.py trains.
-        train, held_out = split_held_out(index, load_train_dev(config.train, sys.maxsize, 0, config.seed)[0], config.held_out_share)
+        train, held_out = training_order(index, config.train, config.held_out_share, config.seed)
         if not held_out:
             raise ValueError(f"--held-out-share {config.held_out_share} holds out no question: it needs records with gold_ids whose "
                              "documents are in --index, and enough articles (titles) for the share to round to at least one")
