@@ -87,8 +87,7 @@ def recall(index: Index | TrainingIndex, retriever: DualEncoder, records: Sequen
 
 def system_recall(index: Index | TrainingIndex, retriever: DualEncoder, records: Sequence[QARecord]) -> dict[str, Any]:
     """`recall` dense, and hybrid too when the index has its BM25 part."""
-    sparse = (index.index if isinstance(index, TrainingIndex) else index).sparse is not None
-    return recall(index, retriever, records) | (recall(index, retriever, records, "hybrid") if sparse else {})
+    return recall(index, retriever, records) | (recall(index, retriever, records, "hybrid") if index.sparse is not None else {})
 
 
 def lacks_hybrid(figures: dict[str, dict[str, Any]], index: Index) -> bool:

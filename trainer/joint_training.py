@@ -54,6 +54,7 @@ from indexer.encoder import encoder_input
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.index import HYBRID_DEPTH, Index
 from indexer.records import SearchHit
+from indexer.sparse import SparseIndex
 from rag.adapters import adapter_kind
 from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
 from rag.fid_reader import FiDReader, is_fid_reader, load_generative_reader
@@ -241,6 +242,11 @@ class TrainingIndex:
         # Collectives travel on the rank's GPU under NCCL, on the CPU under gloo.
         self.comm_device = device if device is not None and device.type == "cuda" else None
         self.dense = ShardedDenseSearch(shard, self.comm_device)
+
+    @property
+    def sparse(self) -> SparseIndex | None:
+        """The index's BM25 part (None when built without one): hybrid search fuses it, as `Index.sparse` does."""
+        return self.index.sparse
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[SearchHit]]:
         """The k nearest passages of each query vector (inner product), best first."""
