@@ -17,14 +17,15 @@ import torch
 QUERY_ENCODER = "query_encoder"  # subfolder of an adapter trained with its query encoder (rag-train fewshot --train-query-encoder)
 
 
-def check_adapter_folder(adapter: str | Path) -> Path:
-    """The folder as a Path, or ValueError saying why it is not a peft adapter folder."""
-    folder = Path(adapter)
+def check_adapter_folder(adapter: str | Path, label: str | None = None) -> Path:
+    """The folder as a Path, or ValueError saying why it is not a peft adapter folder (naming it `label`, by default
+    its path)."""
+    folder, label = Path(adapter), label or str(adapter)
     if not folder.is_dir():
-        raise ValueError(f"adapter {adapter}: no such folder")
+        raise ValueError(f"adapter {label}: no such folder")
     if not (folder / "adapter_config.json").is_file():
         hint = " (a whole model: load it as the reader instead)" if (folder / "config.json").is_file() else ""
-        raise ValueError(f"adapter {adapter}: not a peft adapter folder (no adapter_config.json){hint}")
+        raise ValueError(f"adapter {label}: not a peft adapter folder (no adapter_config.json){hint}")
     return folder
 
 

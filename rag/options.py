@@ -16,7 +16,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
     parser.add_argument("--index", type=Path, required=index_required, help="index folder (built by `rag-index build`)")
     parser.add_argument("--k", type=int, default=None,
                         help="passages given to the reader; 0 answers closed-book (default: the reader's own, chosen on dev data)")
-    parser.add_argument("--mode", choices=MODES, default="hybrid", help="retrieval: dense, sparse (BM25) or hybrid (default)")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="retrieval: dense, sparse (BM25) or hybrid (default: hybrid, or dense on an index built with --no-sparse)")
     parser.add_argument("--reader", default=DEFAULT_READER,
                         help=f"a span reader folder, a causal LM name or folder such as {GENERATIVE_READER}, or the folder of an "
                              "encoder-decoder model (T5, BART), read Fusion-in-Decoder style "
@@ -40,7 +41,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
 def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipeline:
     """Load the pipeline the options describe. `writable` opens the index for upserts too (the server).
 
-    A --k left out becomes the loaded reader's default (`args.k` is set), so callers read one value.
+    A --k left out becomes the loaded reader's default and a --mode left out hybrid, or dense where the index has no BM25
+    (`args.k` and `args.mode` are set), so callers read one value.
     """
     if args.k is not None and args.k < 0:
         raise ValueError(f"--k must be 0 or more, got {args.k}")
@@ -53,4 +55,9 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
         pipeline.retriever = pipeline.load_query_encoder(args.query_encoder, resolve_device(args.device))
     if args.k is None:
         args.k = pipeline.reader.default_k
+    has_bm25 = pipeline.index is None or pipeline.index.sparse is not None
+    if args.mode is None:
+        args.mode = "hybrid" if has_bm25 else "dense"
+    elif args.mode != "dense" and not has_bm25:
+        raise ValueError(f"--mode {args.mode} needs BM25, and {args.index} was built without it (--no-sparse): use --mode dense")
     return pipeline

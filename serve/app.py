@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -69,6 +70,25 @@ def _encodable(value: str) -> str:
     except UnicodeEncodeError as exc:
         raise ValueError(f"not valid Unicode: unpaired surrogate {value[exc.start]!a} at character {exc.start}") from None
     return value
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+    """ValueError naming the field of a document's metadata that cannot be stored as JSON: a string or key with an
+    unpaired surrogate, or NaN/Infinity (which Python's JSON parser lets through though JSON has no such numbers)."""
+    todo: list[tuple[str, Any]] = [("meta", meta)]  # a stack, not recursion: the parser allows deep nesting
+    while todo:
+        where, value = todo.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where}: {value!r} is not a JSON number (JSON has no NaN or Infinity)")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            todo.append((f"{where}.{key}", item))
+        try:
+            for text in [value, *(value if isinstance(value, dict) else ())]:
+                if isinstance(text, str):
+                    _encodable(text)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 Text = Annotated[str, AfterValidator(_encodable)]
@@ -136,15 +156,15 @@ class DocumentIn(BaseModel):
     """A document to add or replace. Fields other than id, title and text are kept as its metadata."""
 
     model_config = ConfigDict(extra="allow", strict=True)
-    id: Text = Field(min_length=1, max_length=512, pattern=r"^[^#\s](?:[^#]*[^#\s])?$",
-                     description="document id: no '#' (passage ids use it), no leading or trailing space")
+    # Control characters are refused too: a URL path cannot carry them, so GET and DELETE could never reach the document.
+    id: Text = Field(min_length=1, max_length=512, pattern=r"^[^#\s\x00-\x1f\x7f](?:[^#\x00-\x1f\x7f]*[^#\s\x00-\x1f\x7f])?$",
+                     description="document id: no '#' (passage ids use it), no control characters, no leading or trailing space")
     title: Text = ""
     text: Text = Field(min_length=1, pattern=r"\S", description="the text; must not be blank")
 
     @model_validator(mode="after")
     def _encodable_meta(self) -> DocumentIn:
-        for key, value in (self.model_extra or {}).items():
-            _encodable(f"{key}{value}")
+        _check_meta(self.model_extra or {})
         return self
 
 
@@ -221,14 +241,24 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in
 
 # -- the app ---------------------------------------------------------------------------------------
 
-def _adapter_path(name: str, root: Path | None) -> Path:
-    """The folder an /ask `adapter` names: inside the server's adapter root, never elsewhere on its disk."""
+MAX_ADAPTER_CHARS = 255
+
+
+def _adapter_folder(name: str, root: Path | None) -> Path:
+    """The adapter folder an /ask `adapter` names: inside the server's adapter root, never elsewhere on its disk. Errors
+    name the adapter as the client wrote it, not the server's folders."""
     if root is None:
         raise ValueError("this server takes no adapters: start it with --adapters DIR to serve the adapters in DIR")
+    if not name.strip() or len(name) > MAX_ADAPTER_CHARS or any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise ValueError(f"adapter {name[:80]!r}: must be a folder name inside the server's adapter folder, 1 to "
+                         f"{MAX_ADAPTER_CHARS} characters, without control characters")
     folder = (root / name).resolve()
     if not folder.is_relative_to(root.resolve()):
         raise ValueError(f"adapter {name!r}: must name a folder inside the server's adapter folder")
-    return folder
+    try:
+        return check_adapter_folder(folder, label=repr(name))
+    except OSError as exc:  # e.g. a path component over the file system's name limit
+        raise ValueError(f"adapter {name[:80]!r}: not a usable folder name ({exc.strerror})") from exc
 
 
 def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
@@ -238,6 +268,9 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     index = pipeline.index
     if index is None or index.readonly:
         raise ValueError("the server needs an index opened for writing (Index.open(path))")
+    if settings.mode != "dense" and index.sparse is None:
+        raise ValueError(f"--mode {settings.mode} needs BM25, and {index.path} was built without it (--no-sparse): "
+                         "serve it with --mode dense")
     batcher = MicroBatcher(lambda questions, k, mode, adapter: pipeline.ask_many(questions, k=k, mode=mode, adapter=adapter),
                            max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue)
     metrics = Metrics(index.stats, lambda: batcher.pending)
@@ -289,7 +322,10 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         mode = body.mode or settings.mode
         try:
             check_request(body.question, k, mode)
-            adapter = None if body.adapter is None else check_adapter_folder(_adapter_path(body.adapter, settings.adapter_root))
+            if mode != "dense" and index.sparse is None:
+                raise ValueError(f"mode {mode!r} needs BM25, and this index was built without it (--no-sparse): "
+                                 'ask with "mode": "dense"')
+            adapter = None if body.adapter is None else _adapter_folder(body.adapter, settings.adapter_root)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
         start = time.perf_counter()
@@ -310,9 +346,10 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     def require_token(authorization: Annotated[str | None, Header(description="Bearer <token>")] = None) -> None:
         if settings.token is None:
             return
-        expected = f"Bearer {settings.token}".encode()
-        # Starlette decodes header bytes as latin-1: encoding back gives the bytes the client sent.
-        if authorization is None or not hmac.compare_digest(authorization.encode("latin-1"), expected):
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        # Starlette decodes header bytes as latin-1: encoding back gives the bytes the client sent. The scheme's
+        # case does not matter (RFC 9110).
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode("latin-1"), settings.token.encode()):
             raise HTTPException(401, "writes need the header Authorization: Bearer <token> with this server's token",
                                 headers={"WWW-Authenticate": "Bearer"})
 
@@ -381,11 +418,12 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     # -- operations --------------------------------------------------------------------------
     operations = APIRouter(tags=["operations"])
 
-    @operations.get("/health")
+    @operations.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict[str, Any]:
-        """Liveness, the generation being served, the edit scope decider (null: edits are not used in answers)
-        and how questions are batched."""
-        return {"status": "ok", "generation": index.generation, "reader": getattr(pipeline.reader, "name", "?"),
+        """Liveness, the generation being served, the k and mode a question gets when it does not say, the edit scope
+        decider (null: edits are not used in answers) and how questions are batched."""
+        return {"status": "ok", "generation": index.generation, "k": settings.k, "mode": settings.mode,
+                "reader": getattr(pipeline.reader, "name", "?"),
                 "scope": getattr(pipeline.scope, "name", None), "max_batch": settings.max_batch,
                 "max_wait_ms": settings.max_wait_ms, "queued": batcher.pending}
 
@@ -439,7 +477,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        message = str(exc.detail)
+        # FastAPI answers a body its JSON parser gave up on (not a syntax error) with a bare "error parsing the body".
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            message = "the request body is not JSON this server reads: arrays or objects nested too deeply"
+        elif exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            message = f"the request body is not JSON this server reads: {str(exc.__cause__).split(';')[0]}"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -452,7 +496,7 @@ def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "string_pattern_mismatch" and error["loc"][-1] == "id":
-        message = "a document id must not contain '#' or start or end with white space"
+        message = "a document id must not contain '#' or control characters, or start or end with white space"
     elif error["type"] == "string_pattern_mismatch" and error["loc"][-1] == "text":
         message = "the text must not be blank"
     return f"{where}: {message}"

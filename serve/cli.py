@@ -12,7 +12,9 @@ from typing import Sequence
 
 from rag.command_line import run_command
 from rag.options import add_pipeline_arguments, pipeline_from_args
+from rag.pipeline import MAX_K
 
+MAX_WAIT_MS = 10_000  # a batch that waits longer for company than this only delays its first question
 TOKEN_ENV = "RAG_SERVE_TOKEN"
 
 
@@ -40,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"require 'Authorization: Bearer TOKEN' for writes (default: ${TOKEN_ENV}; none: writes are open)")
     run.add_argument("--max-batch", type=int, default=16, help="most questions answered together (default 16)")
     run.add_argument("--max-wait-ms", type=float, default=5.0,
-                     help="how long a question waits for others to batch with (default 5)")
+                     help=f"how long a question waits for others to batch with, up to {MAX_WAIT_MS:,} (default 5)")
     run.add_argument("--no-batching", action="store_true", help="answer questions one at a time (same as --max-batch 1)")
     run.add_argument("--max-queue", type=int, default=1024, help="questions waiting beyond this get 503 (default 1024)")
     run.add_argument("--max-question-chars", type=int, default=2000, help="longest question taken (default 2000)")
@@ -84,8 +86,10 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("max_batch", "max_queue", "max_question_chars", "max_documents", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.max_wait_ms < 0:
-        raise ValueError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms}")
+    if not 0 <= args.max_wait_ms <= MAX_WAIT_MS:  # NaN fails this too; inf would keep a lone question waiting for ever
+        raise ValueError(f"--max-wait-ms must be from 0 to {MAX_WAIT_MS:,}, got {args.max_wait_ms}")
+    if args.k is not None and args.k > MAX_K:
+        raise ValueError(f"--k must be at most {MAX_K}, the most a request may ask for, got {args.k}")
     if args.adapters is not None and not args.adapters.is_dir():
         raise ValueError(f"--adapters {args.adapters}: no such folder")
     token = args.token or os.environ.get(TOKEN_ENV) or None

@@ -164,12 +164,17 @@ def test_an_adapter_with_its_own_query_encoder_retrieves_with_it(served: tuple[T
         pipeline.load_query_encoder(adapters["lora-q16"] / "query_encoder", "cpu")
 
 
-@pytest.mark.parametrize("adapter, message", [("nowhere", "no such folder"), (".", "not a peft adapter folder"),
-                                              ("/etc", "inside the server's adapter folder"), ("../x", "inside the server's adapter folder")])
-def test_ask_with_a_bad_adapter_is_a_422_and_the_server_carries_on(adapter: str, message: str, served: tuple[TestClient, Pipeline]) -> None:
+@pytest.mark.parametrize("adapter, message", [("nowhere", "adapter 'nowhere': no such folder"), (".", "not a peft adapter folder"),
+                                              ("/etc", "inside the server's adapter folder"), ("../x", "inside the server's adapter folder"),
+                                              ("x" * 300, "1 to 255 characters"), ("a\x00b", "without control characters"),
+                                              ("\u00e9" * 200, "not a usable folder name")])
+def test_ask_with_a_bad_adapter_is_a_422_and_the_server_carries_on(adapter: str, message: str, served: tuple[TestClient, Pipeline],
+                                                                   adapters: dict[str, Path]) -> None:
     client, _ = served
     response = client.post("/ask", json={"question": "what is topic1?", "adapter": adapter})
     assert response.status_code == 422 and message in response.json()["error"]
+    root = next(iter(adapters.values())).parent
+    assert str(root) not in response.json()["error"]  # names the adapter as asked, not the server's folders
     assert client.post("/ask", json={"question": "what is topic1?"}).status_code == 200
 
 

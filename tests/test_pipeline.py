@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from conftest import make_documents
 from indexer.index import Index, build_index
@@ -16,6 +17,7 @@ from indexer.encoder import TextEncoder
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
+from serve.app import ServeSettings, create_app
 from serve.cli import main as serve_main
 from trainer.cli import main as eval_main
 from trainer.qa_data import QARecord, read_qa, sample
@@ -191,3 +193,32 @@ def test_rag_serve_ask(index_dir: Path, tiny_reader_path: str, capsys: pytest.Ca
     assert serve_main([*argv, "  "]) == 2
     assert "empty question" in capsys.readouterr().err
     assert serve_main(["ask", "--index", "/nonexistent", "--reader", tiny_reader_path, "q?"]) == 2
+
+
+
+def test_an_index_without_bm25_answers_dense_unless_asked_otherwise(tmp_path: Path, tiny_encoder: TextEncoder, tiny_reader_path: str,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    build_index(tmp_path / "idx", make_documents(6), tiny_encoder, sparse=False)
+    argv = ["ask", "--index", str(tmp_path / "idx"), "--reader", tiny_reader_path, "--k", "2", "--device", "cpu", "--json"]
+    assert serve_main([*argv, "what is topic2?"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["passages"]) == 2
+    assert serve_main([*argv, "--mode", "hybrid", "what is topic2?"]) == 2
+    assert "--mode hybrid needs BM25" in capsys.readouterr().err
+    # The server: its default must be dense there, and a question asking for BM25 is the client's mistake.
+    pipeline = Pipeline(Index.open(tmp_path / "idx", tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=2))
+    with pytest.raises(ValueError, match="serve it with --mode dense"):
+        create_app(pipeline, ServeSettings(mode="hybrid"))
+    with TestClient(create_app(pipeline, ServeSettings(mode="dense"))) as client:
+        assert client.post("/ask", json={"question": "what is topic2?", "k": 1}).status_code == 200
+        for mode in ("sparse", "hybrid"):
+            response = client.post("/ask", json={"question": "what is topic2?", "mode": mode})
+            assert response.status_code == 422 and 'ask with "mode": "dense"' in response.json()["error"]
+
+
+@pytest.mark.parametrize("option, message", [(["--k", "101"], "--k must be at most 100"),
+                                             (["--max-wait-ms", "inf"], "--max-wait-ms must be from 0 to 10,000"),
+                                             (["--max-wait-ms", "nan"], "--max-wait-ms must be from 0 to 10,000")])
+def test_rag_serve_run_refuses_settings_no_request_could_use(option: list[str], message: str, index_dir: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    assert serve_main(["run", "--index", str(index_dir), "--port", "0", *option]) == 2
+    assert message in capsys.readouterr().err

@@ -121,7 +121,8 @@ def test_writes_need_the_token_and_reads_do_not(client: TestClient, pipeline: Pi
     doc = {"documents": [{"id": "guarded", "text": "needs a token"}]}
     edit = {"fact": "Guarded facts need a token."}
     kept = add_edit(client, fact="A kept fact stays.")
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": "Bearer"}):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": "Bearer"},
+                    {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"}):
         for method, path, body in (("POST", "/documents", doc), ("POST", "/edits", edit), ("DELETE", "/documents/doc-1", None),
                                    ("DELETE", f"/edits/{kept['id']}", None)):
             response = client.request(method, path, json=body, headers=headers)
@@ -129,6 +130,9 @@ def test_writes_need_the_token_and_reads_do_not(client: TestClient, pipeline: Pi
             assert response.headers["www-authenticate"] == "Bearer"
     assert client.get("/documents/doc-1").status_code == 200
     assert client.get("/documents/guarded").status_code == 404  # nothing was written
+    # The scheme is case-insensitive (RFC 9110), and the token is compared whole.
+    assert client.post("/documents", json=doc, headers={"Authorization": f"bearer  {TOKEN}"}).status_code == 200
+    assert client.delete("/documents/guarded", headers=AUTH).status_code == 200
     assert client.get(f"/edits/{kept['id']}").json()["active"]
     assert edit["fact"] not in [e["fact"] for e in client.get("/edits?all=true").json()["edits"]]
     revoke(client, kept["id"])
@@ -249,6 +253,8 @@ def test_reads_during_writes_see_whole_changes_and_are_not_held_up(client: TestC
 def test_health_stats_metrics_and_api_pages(client: TestClient) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["max_batch"] == 8
+    assert health["k"] == 5 and health["mode"] == "hybrid"  # what a question gets when it does not say
+    assert client.head("/health").status_code == 200
     assert health["scope"] == "similarity"
     stats = client.get("/stats").json()
     assert stats["documents"] >= N_DOCS and stats["generation"] == health["generation"]
@@ -261,6 +267,14 @@ def test_health_stats_metrics_and_api_pages(client: TestClient) -> None:
     assert 'rag_http_requests_total{method="POST",route="/ask",status="200"}' in text
     assert 'rag_http_request_duration_seconds_bucket{le="0.005",method="POST",route="/ask"}' in text
     assert "rag_ask_batch_size_count" in text and "rag_index_bytes" in text
+    # No client can make a new series: a made-up method is "other", and a body refused before routing counts
+    # under the route it was sent to.
+    for n in range(3):
+        client.request(f"X{n}", "/health")
+    client.post("/ask", content=b"question=q", headers={"Content-Type": "text/plain"})
+    text = client.get("/metrics").text
+    assert 'method="X0"' not in text and 'rag_http_requests_total{method="other",route="/health",status="405"} 3.0' in text
+    assert 'rag_http_requests_total{method="POST",route="/ask",status="415"}' in text
     assert f"rag_index_edits {float(stats['edits'])}" in text and f"rag_index_edits_recorded {float(stats['edits_total'])}" in text
     schema = client.get("/openapi.json").json()
     assert {"/ask", "/documents", "/documents/{doc_id}", "/edits", "/edits/{edit_id}", "/health", "/stats",
@@ -312,6 +326,19 @@ BAD_REQUESTS = [
      413, "at most 5"),
     ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "note": "\\udfff"}]}',
                             "headers": {**JSON, **AUTH}}, 422, "unpaired surrogate"),
+    ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "note": {"in": ["\\udfff"]}}]}',
+                            "headers": {**JSON, **AUTH}}, 422, "meta.note.in.0: not valid Unicode: unpaired surrogate"),
+    ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "x": [1, NaN]}]}', "headers": {**JSON, **AUTH}},
+     422, "meta.x.1: nan is not a JSON number"),
+    ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "x": -Infinity}]}', "headers": {**JSON, **AUTH}},
+     422, "meta.x: -inf is not a JSON number"),
+    # A URL path cannot carry a control character: such an id could never be read or deleted.
+    ("post", "/documents", {"json": {"documents": [{"id": "a\nb", "text": "b"}]}, "headers": AUTH}, 422, "control characters"),
+    ("post", "/documents", {"json": {"documents": [{"id": "\x1c", "text": "b"}]}, "headers": AUTH}, 422, "control characters"),
+    ("post", "/ask", {"content": b'{"question": "q?", "k": ' + b"9" * 5000 + b"}", "headers": JSON}, 400,
+     "not JSON this server reads: Exceeds the limit (4300 digits)"),
+    ("post", "/ask", {"content": b'{"question": "q?", "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "headers": JSON},
+     400, "nested too deeply"),
     ("post", "/edits", {"json": {}, "headers": AUTH}, 422, "body.fact: Field required"),
     ("post", "/edits", {"json": {"fact": ""}, "headers": AUTH}, 422, "body.fact: must not be blank"),
     ("post", "/edits", {"json": {"fact": " \n"}, "headers": AUTH}, 422, "body.fact: must not be blank"),

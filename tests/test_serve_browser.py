@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 import uvicorn
 from selenium import webdriver
@@ -178,6 +179,33 @@ def test_the_page_adds_shows_and_revokes_an_edit(browser: WebDriver, server_url:
     wait_for_text(browser, f"edit-{edit_id}", "revoked")
     assert not browser.find_elements(By.CSS_SELECTOR, f"#edit-{edit_id} button")
     browser.save_screenshot(str(tmp_path / "edits.png"))  # for a person looking into a failure
+
+
+def test_the_page_keeps_metadata_and_leaves_k_and_mode_to_the_server(browser: WebDriver, server_url: str) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    doc = {"id": "meta-doc", "title": "Meta", "text": "wombats dig burrows", "source": "field notes", "page": 7}
+    assert httpx.post(server_url + "documents", json={"documents": [doc]}, headers=auth).status_code == 200
+    browser.get(server_url)
+    wait_for_text(browser, "stat-documents", str(N_DOCS + 1))
+    fill(browser, "token", TOKEN)
+    fill(browser, "doc-id", "meta-doc")
+    browser.find_element(By.ID, "doc-load").click()
+    wait_for_text(browser, "message", "loaded meta-doc")
+    fill(browser, "doc-text", "wombats dig long burrows")
+    browser.find_element(By.ID, "doc-save").click()
+    wait_for_text(browser, "message", "meta-doc updated")
+    saved = httpx.get(server_url + "documents/meta-doc").json()
+    assert saved["text"] == "wombats dig long burrows" and saved["meta"] == {"source": "field notes", "page": 7}
+
+    # An empty passages box and the default retrieval leave k and mode to the server (--k 5, --mode hybrid).
+    WebDriverWait(browser, WAIT).until(lambda b: b.find_element(By.ID, "k").get_attribute("placeholder") == "default 5")
+    assert Select(browser.find_element(By.ID, "mode")).first_selected_option.text == "default (hybrid)"
+    browser.execute_script('document.getElementById("timings").textContent = ""')
+    fill(browser, "question", "wombats")
+    browser.find_element(By.ID, "ask-button").click()
+    WebDriverWait(browser, WAIT).until(lambda b: text_of(b, "timings") != "")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#sources li")) == 5
+    assert httpx.delete(server_url + "documents/meta-doc", headers=auth).status_code == 200
 
 
 def test_the_api_page_works_offline(browser: WebDriver, server_url: str) -> None:

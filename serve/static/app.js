@@ -75,7 +75,11 @@ async function ask(event) {
   button.disabled = true;
   say("thinking...", true);
   try {
-    const data = await call("POST", "/ask", { question: $("question").value, k: Number($("k").value), mode: $("mode").value });
+    // An empty box or "server default" leaves k or mode out: the server's --k and --mode answer.
+    const body = { question: $("question").value };
+    if ($("k").value !== "") body.k = Number($("k").value);
+    if ($("mode").value) body.mode = $("mode").value;
+    const data = await call("POST", "/ask", body);
     showAnswer(data);
     say("", true);
   } catch (e) {
@@ -86,6 +90,9 @@ async function ask(event) {
   }
 }
 
+// The metadata of the document last loaded, kept when it is saved again: an upsert replaces all of it.
+let loaded = { id: null, meta: {} };
+
 async function loadDocument(docId) {
   const id = docId || $("doc-id").value.trim();
   if (!id) { say("type a document id to load", false); return; }
@@ -94,6 +101,7 @@ async function loadDocument(docId) {
     $("doc-id").value = doc.id;
     $("doc-title").value = doc.title;
     $("doc-text").value = doc.text;
+    loaded = { id: doc.id, meta: doc.meta };
     say(`loaded ${doc.id} (version ${doc.version}, ${doc.passage_ids.length} passages)`, true);
   } catch (e) {
     say(e.message, false);
@@ -103,6 +111,7 @@ async function loadDocument(docId) {
 async function saveDocument(event) {
   event.preventDefault();
   const doc = { id: $("doc-id").value.trim(), title: $("doc-title").value, text: $("doc-text").value };
+  if (doc.id === loaded.id) Object.assign(doc, loaded.meta, { id: doc.id, title: doc.title, text: doc.text });
   try {
     const report = await call("POST", "/documents", { documents: [doc] }, true);
     const what = report.documents_added ? "added" : report.documents_updated ? "updated" : "unchanged";
@@ -197,6 +206,16 @@ async function revokeEdit(id) {
   }
 }
 
+async function showDefaults() {
+  try {
+    const health = await call("GET", "/health");
+    $("k").placeholder = `default ${health.k}`;
+    $("mode-default").textContent = `default (${health.mode})`;
+  } catch (e) {
+    say(e.message, false);
+  }
+}
+
 async function refreshStats() {
   try {
     const stats = await call("GET", "/stats");
@@ -229,6 +248,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("edit-form").addEventListener("submit", addEdit);
   $("edits-refresh").addEventListener("click", refreshEdits);
   $("edits-all").addEventListener("change", refreshEdits);
+  showDefaults();
   refreshStats();
   refreshEdits();
 });
