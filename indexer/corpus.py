@@ -128,6 +128,11 @@ def _to_document(record: dict[str, Any] | _BadRecord, fields: FieldMap) -> Docum
     if not isinstance(record, dict):
         raise _BadRecord(f"record is not a JSON object (got {type(record).__name__})")
     raw_id, title, text = record.get(fields.id), record.get(fields.title), record.get(fields.text)
+    # Numbers name documents in many corpora (DPR tsv); a list or an object stringified would be an id nobody can type.
+    if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))):
+        raise _BadRecord(f"id field {fields.id!r} is a {type(raw_id).__name__}, not a string or an integer")
+    if title is not None and not isinstance(title, str):
+        raise _BadRecord(f"title field {fields.title!r} is a {type(title).__name__}, not a string")
     doc_id = "" if raw_id is None else str(raw_id).strip()
     if not doc_id:
         raise _BadRecord(f"missing id (field {fields.id!r}; map another field with --fields id=NAME)")
@@ -142,6 +147,10 @@ def _to_document(record: dict[str, Any] | _BadRecord, fields: FieldMap) -> Docum
         json.dumps(meta)
     except (TypeError, ValueError) as e:
         raise _BadRecord(f"extra fields are not JSON-serialisable ({e})") from None
+    try:  # JSON may spell a lone surrogate (\ud800); neither SQLite nor a tokenizer takes one
+        json.dumps([doc_id, title, text, meta], ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _BadRecord(f"not valid Unicode: an unpaired surrogate {e.object[e.start]!a}; fix or drop the record") from None
     return Document(id=doc_id, title="" if title is None else str(title), text=text.strip(), meta=meta)
 
 

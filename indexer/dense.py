@@ -102,6 +102,10 @@ class DenseIndex:
         _fsync_dir(path.parent)
 
 
+# Passages an index kind trains on before it can hold any: an ivfpq code book needs at least 2^1 points.
+MIN_TRAINING_PASSAGES = {"flat": 0, "hnsw": 0, "ivf": 1, "ivfpq": 2}
+
+
 def _trained_ivf(dim: int, kind: str, vectors: np.ndarray) -> faiss.Index:
     """nlist ~ 4 sqrt(n), bounded so that every list has 39+ training points, as FAISS advises."""
     n = len(vectors)

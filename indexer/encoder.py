@@ -55,9 +55,16 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def resolve_device(device: str | None) -> str:
-    """The torch device to use: None or "auto" picks CUDA when present; any other name is taken as given."""
+    """The torch device to use: None or "auto" picks CUDA when present; any other name must be one torch knows and,
+    for CUDA, this machine has (else ValueError: torch would fail later, deep inside a model load)."""
     if device is None or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: not a device torch knows; use cpu, cuda, cuda:N or auto") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu or auto")
     return device
 
 

@@ -28,7 +28,7 @@ import tantivy
 from tqdm.auto import tqdm
 
 from indexer.chunking import chunk_document
-from indexer.dense import UPDATABLE, DenseIndex
+from indexer.dense import MIN_TRAINING_PASSAGES, UPDATABLE, DenseIndex
 from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.encoder import Encoder, TextEncoder, encoder_input, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
@@ -91,6 +91,7 @@ class Index:
         self.sparse = SparseIndex(path / SPARSE_DIR, readonly=readonly) if manifest.sparse else None
         self._thread_lock = threading.Lock()
         self._snapshot = Snapshot(0, None, None)
+        self._data_version = -1  # SQLite's count of other connections' commits when the snapshot last followed them
         self._dense_saved_gen = 0
         self._memory: EditMemory | None = None
         self._memory_lock = threading.Lock()  # not _thread_lock: a long write must not hold up the first edit search
@@ -133,6 +134,8 @@ class Index:
         a read-only opener serves the newest generation that every part has reached."""
         path = Path(path)
         manifest = Manifest.read(path)
+        if not (path / STORE_FILE).is_file():  # a writer would otherwise start an empty store and serve nothing
+            raise IndexFolderError(f"{path}: its {STORE_FILE} is missing, so the folder is damaged; rebuild the index with `rag-index build`")
         if encoder is not None:
             manifest.check_encoder(encoder.name, encoder.dim, getattr(encoder, "dtype", None))
         index = cls(path, manifest, encoder, readonly, device)
@@ -149,10 +152,12 @@ class Index:
         searcher = self.sparse.searcher() if self.sparse else None
         if target is None:
             target = self.sparse.generation(searcher) if self.sparse else self.store.generation
-        dense, saved = None, 0
+        dense = None
+        # Read before the file: a writer may save a newer file in between, and replaying changes the file already
+        # has is harmless, while skipping ones it lacks would hide them from this reader for as long as it is open.
+        saved = int(self.store.get_meta("dense_generation", "0"))
         if (self.path / DENSE_FILE).is_file():
             dense = DenseIndex.load(self.path / DENSE_FILE, self.manifest.dense, self.device)
-            saved = int(self.store.get_meta("dense_generation", "0"))
         self._dense_saved_gen = saved
         dense = self._catch_up_dense(dense, since=min(saved, target), to=target)
         sparse_gen = self.sparse.generation(searcher) if self.sparse else target
@@ -183,7 +188,28 @@ class Index:
 
     @property
     def generation(self) -> int:
-        return self._snapshot.generation
+        """The generation searches read now."""
+        return self._current_snapshot().generation
+
+    def _current_snapshot(self) -> Snapshot:
+        """The snapshot to read. A writer (e.g. the server) first follows what other processes committed since, such as a
+        `rag-index upsert`, unless a write of its own is under way; a read-only opener keeps the generation it opened."""
+        if self.readonly:
+            return self._snapshot
+        version = self.store.data_version()  # moves with other connections' commits only
+        if version != self._data_version and self._thread_lock.acquire(blocking=False):
+            try:
+                searcher = self.sparse.searcher() if self.sparse else None
+                target = self.sparse.generation(searcher) if self.sparse else self.store.generation
+                snap = self._snapshot
+                if target > snap.generation:
+                    dense = snap.dense.clone() if snap.dense is not None else None  # searches in flight keep the old one
+                    self._snapshot = Snapshot(target, self._catch_up_dense(dense, since=snap.generation, to=target), searcher)
+                if target >= self.store.generation:  # else the other writer's BM25 part is still catching up: look again
+                    self._data_version = version
+            finally:
+                self._thread_lock.release()
+        return self._snapshot
 
     def close(self) -> None:
         self.store.close()
@@ -244,6 +270,7 @@ class Index:
                 self._write_batch(batch, gen, report)
                 bar.update(len(batch))
                 if report.documents_added or report.documents_updated:
+                    self._check_trainable(gen)
                     self.store.commit(gen)
                 else:
                     self.store.rollback()
@@ -258,6 +285,14 @@ class Index:
         report.generation = gen
         report.index_seconds = time.perf_counter() - start - report.encode_seconds
         return report
+
+    def _check_trainable(self, gen: int) -> None:
+        """ValueError, before the change commits, when the dense index would have to train on too few passages: the
+        store would commit a change no writer could then publish, and every later open for writing would fail."""
+        needed = MIN_TRAINING_PASSAGES[self.manifest.dense]
+        if self._snapshot.dense is None and 0 < (n := self.store.counts(gen)["passages"]) < needed:
+            raise ValueError(f"a {self.manifest.dense} index trains on its first passages and needs at least {needed}; "
+                             f"this change would leave it with {n}: add more documents at once, or build with --dense flat")
 
     def _write_batch(self, docs: list[Document], gen: int, report: ChangeReport) -> None:
         live = self.store.live_documents([d.id for d in docs])
@@ -391,7 +426,7 @@ class Index:
             raise ValueError("empty query: ask something")
         if mode != "dense" and self.sparse is None:
             raise IndexFolderError("this index has no sparse (BM25) part (built with --no-sparse): use --mode dense")
-        snap = self._snapshot
+        snap = self._current_snapshot()
         depth = k if mode != "hybrid" else max(k, HYBRID_DEPTH)
         dense_lists = sparse_lists = None
         if mode != "sparse":
@@ -399,7 +434,8 @@ class Index:
             if snap.dense is None:
                 dense_lists = [[] for _ in queries]
             else:
-                scores, ids = snap.dense.search(vectors, depth)
+                # Never deeper than the index: FAISS sets aside room for every one of the k results asked for.
+                scores, ids = snap.dense.search(vectors, min(depth, max(snap.dense.ntotal, 1)))
                 dense_lists = [[(int(i), float(s)) for i, s in zip(ir, sr) if i >= 0] for ir, sr in zip(ids, scores)]
         if mode != "dense":
             sparse_lists = [self.sparse.search(snap.sparse, q, depth) for q in queries]
@@ -416,11 +452,11 @@ class Index:
 
     def document(self, doc_id: str) -> StoredDocument | None:
         """A document as the current snapshot has it, or None."""
-        return self.store.document(doc_id, self._snapshot.generation)
+        return self.store.document(doc_id, self._current_snapshot().generation)
 
     def stats(self) -> dict:
         """Counts, encoder and size of this index, at the current snapshot."""
-        gen = self._snapshot.generation
+        gen = self._current_snapshot().generation
         return {**self.store.counts(gen), **self.memory.stats(), "dim": self.manifest.dim, "encoder": self.manifest.encoder,
                 "encoder_dtype": self.manifest.encoder_dtype, "dense": self.manifest.dense, "sparse": self.manifest.sparse,
                 "generation": gen, "bytes": _folder_bytes(self.path)}

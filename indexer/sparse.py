@@ -88,7 +88,8 @@ class SparseIndex:
         words = _WORD.findall(query.lower())
         if searcher is None or not words or k <= 0:
             return []
-        hits = searcher.search(self.index.parse_query(" ".join(words), _FIELDS), k).hits
+        # Never deeper than the index: tantivy sets aside room for every one of the k results asked for.
+        hits = searcher.search(self.index.parse_query(" ".join(words), _FIELDS), min(k, max(searcher.num_docs, 1))).hits
         # One call for all rows (a fast field), rather than one stored-document read per hit.
         rows = searcher.fast_field_values("row", [address for _, address in hits])
         return [(row, score) for row, (score, _) in zip(rows, hits)]

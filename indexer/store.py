@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from indexer.manifest import IndexFolderError
 from indexer.records import Document, Passage
 
 SCHEMA = """
@@ -113,16 +114,20 @@ class PassageStore:
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
         uri = f"file:{self.path}?mode={'ro' if readonly else 'rwc'}"
-        # check_same_thread=False: the server shares one store between its worker threads.
-        self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        # Reads go through a memory map instead of a read() call and a copy per page: a search
-        # fetches a few rows from random pages.
-        self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-        if not readonly:
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = FULL")  # an acknowledged commit survives power loss
-            self.db.executescript(SCHEMA)
+        try:
+            # check_same_thread=False: the server shares one store between its worker threads.
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            # Reads go through a memory map instead of a read() call and a copy per page: a search
+            # fetches a few rows from random pages.
+            self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = FULL")  # an acknowledged commit survives power loss
+                self.db.executescript(SCHEMA)
+            self.db.execute("SELECT value FROM meta LIMIT 1")  # a damaged or foreign file fails here, not mid-search
+        except sqlite3.DatabaseError as exc:
+            raise IndexFolderError(f"{self.path}: not a readable index store ({exc}); rebuild the index with `rag-index build`") from exc
 
     def close(self) -> None:
         self.db.close()
@@ -134,6 +139,10 @@ class PassageStore:
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def data_version(self) -> int:
+        """SQLite's data_version: it changes when another connection commits, never for this one's own commits."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
 
     @property
     def generation(self) -> int:

@@ -296,6 +296,39 @@ def test_commands_on_a_folder_that_is_not_an_index(tmp_path: Path, corpus: Path,
     assert code == 2 and "no such index folder" in err and not (tmp_path / "missing").exists()
 
 
+@pytest.mark.parametrize("command", ["search", "stats", "upsert", "delete"])
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_commands_on_an_index_whose_store_is_damaged(built: Path, corpus: Path, capsys: pytest.CaptureFixture,
+                                                     command: str, damage: str) -> None:
+    store = built / "passages.sqlite"
+    for leftover in built.glob("passages.sqlite*"):
+        leftover.unlink()
+    if damage == "garbage":
+        store.write_bytes(b"not a database " * 100)
+    extra = {"search": ["topic1"], "stats": [], "upsert": [str(corpus), "--quiet"], "delete": ["--doc-ids", "doc-1"]}[command]
+    code, stdout, err = run(capsys, command, "--index", built, *extra)
+    assert code == 2 and stdout == "" and "Traceback" not in err
+    assert ("passages.sqlite is missing" if damage == "missing" else "not a readable index store") in err
+    assert "rebuild the index" in err
+    assert store.is_file() == (damage == "garbage")  # a writer did not start an empty store in its place
+
+
+@pytest.mark.parametrize("device, message", [("cuda", "no CUDA GPU"), ("gpu0", "not a device torch knows")])
+def test_a_device_this_machine_lacks_is_refused(tmp_path: Path, corpus: Path, tiny_encoder_path: str,
+                                               capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                                               device: str, message: str) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run(capsys, "build", "--out", tmp_path / "idx", "--corpus", corpus, "--encoder", tiny_encoder_path,
+                       "--device", device, "--quiet")
+    assert code == 2 and message in err
+    assert_no_index(tmp_path)
+
+
+def test_out_under_a_file_is_a_message(tmp_path: Path, corpus: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run(capsys, "build", "--out", corpus / "idx", "--corpus", corpus, "--encoder", tiny_encoder_path, "--quiet")
+    assert code == 2 and "rag-index: error:" in err and "Not a directory" in err
+
+
 def test_edit_commands_add_list_revoke_and_warn_of_an_unnamed_subject(built: Path, capsys: pytest.CaptureFixture) -> None:
     code, stdout, err = run(capsys, "edit", "add", "--index", built, "--fact", "The Eiffel Tower is in Rome.",
                             "--question", "Where is the Eiffel Tower?", "--answer", "Rome", "--subject", "Eiffel Tower")

@@ -94,6 +94,11 @@ def test_field_map_parse() -> None:
         ('{"id": "x", "title": "t"}', "missing or empty text"),
         ('{"id": "a#1", "text": "t"}', "id 'a#1' contains '#'.*passage ids"),
         ('{"id": "1", "text": "again"}', r"duplicate id '1' \(first seen at line 1\)"),
+        ('{"id": ["x"], "text": "t"}', "id field 'id' is a list, not a string or an integer"),
+        ('{"id": true, "text": "t"}', "id field 'id' is a bool"),
+        ('{"id": "x", "title": ["a", "b"], "text": "t"}', "title field 'title' is a list, not a string"),
+        ('{"id": "x", "text": "lone \\ud800 half"}', r"not valid Unicode: an unpaired surrogate '\\ud800'"),
+        ('{"id": "x", "text": "t", "note": {"deep": "\\udfff"}}', "not valid Unicode"),
     ],
 )
 def test_bad_record_names_file_and_line(tmp_path: Path, bad_line: str, problem: str) -> None:

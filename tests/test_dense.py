@@ -216,3 +216,17 @@ def test_trained_index_upsert_and_delete_work(tmp_path: Path, tiny_encoder: Text
     with Index.open(tmp_path / "idx", tiny_encoder) as index:  # and it persists
         assert index._snapshot.dense.ntotal == 59
         assert index.document("doc-5") is None and index.document("doc-3").text == changed.text
+
+
+def test_an_ivfpq_index_refuses_a_change_too_small_to_train_on_and_stays_writable(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    with pytest.raises(ValueError, match="needs at least 2; this change would leave it with 1"):
+        build_index(tmp_path / "one", make_documents(1), tiny_encoder, dense="ivfpq")
+    assert not (tmp_path / "one").exists()
+    build_index(tmp_path / "idx", [], tiny_encoder, dense="ivfpq")  # e.g. every record skipped as bad
+    with Index.open(tmp_path / "idx", tiny_encoder) as index:
+        with pytest.raises(ValueError, match="--dense flat"):
+            index.upsert(make_documents(1))
+        assert index.generation == 0 and index.document("doc-0") is None
+    with Index.open(tmp_path / "idx", tiny_encoder) as index:  # nothing was committed that cannot be published
+        index.upsert(make_documents(2))
+        assert index.search(exact_query(make_documents(2)[1]), k=2, mode="dense")[0].doc_id in ("doc-0", "doc-1")

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 import indexer.index as index_module
 from conftest import make_documents
+from indexer.dense import DenseIndex
 from indexer.encoder import TextEncoder
 from indexer.encoder import encoder_input
 from indexer.index import Index, build_index
@@ -120,6 +121,13 @@ def test_bad_search_arguments_are_refused(index: Index) -> None:
     with pytest.raises(ValueError, match="empty query"):
         index.search("   ")
     assert index.search("?!", mode="sparse") == []
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_a_k_beyond_the_index_returns_every_passage_without_asking_for_memory(index: Index, mode: str) -> None:
+    # Unbounded, FAISS and tantivy set aside room for k results: tens of GB here, a crash of the whole process.
+    hits = index.search("topic1 alpha", k=4_000_000_000, mode=mode)
+    assert 0 < len(hits) <= N_DOCS and hits == index.search("topic1 alpha", k=N_DOCS, mode=mode)
 
 
 # -- upsert ----------------------------------------------------------------------------------------
@@ -311,6 +319,29 @@ def test_reopen_gives_the_same_results(built: Path, tiny_encoder: TextEncoder) -
         assert results(index, QUERIES + ["emu", "ibis"]) == before
 
 
+def test_a_reader_opening_while_a_writer_saves_the_dense_file_sees_every_change(built: Path, tiny_encoder: TextEncoder,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "DENSE_CHECKPOINT_FRACTION", 1e9)  # dense.faiss falls behind the store
+    replaced = Document("doc-3", "Title 3", "a new text about zebras")
+    with Index.open(built, tiny_encoder) as writer:
+        writer.upsert([replaced])
+        writer.delete(["doc-5"])
+        monkeypatch.setattr(index_module, "DENSE_CHECKPOINT_FRACTION", 0.0)  # the next change saves dense.faiss
+        load = DenseIndex.load
+
+        def load_then_write(*args, **kwargs) -> DenseIndex:
+            """The reader has the lagging file; the writer saves a newer one before the reader reads on."""
+            loaded = load(*args, **kwargs)
+            monkeypatch.setattr(DenseIndex, "load", load)
+            writer.upsert([Document("late", "", "written while the reader was opening")])
+            return loaded
+
+        monkeypatch.setattr(DenseIndex, "load", load_then_write)
+        with Index.open(built, tiny_encoder, readonly=True) as reader:
+            assert reader.search(exact_query(replaced), k=1, mode="dense")[0].text == replaced.text
+            assert "doc-5" not in doc_ids(reader.search("topic5", k=N_DOCS, mode="dense"))
+
+
 @pytest.fixture(scope="module")
 def wider_encoder(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_path: str) -> TextEncoder:
     folder = tmp_path_factory.mktemp("wider-encoder")
@@ -471,6 +502,24 @@ def test_a_readonly_opener_keeps_its_generation(built: Path, tiny_encoder: TextE
         assert [h.id for h in fresh.search("capybara", mode="sparse")] == ["doc-1#0"]
         assert fresh.search(exact_query(Document("fresh", "F", "axolotl")), k=1, mode="dense")[0].id == "fresh#0"
         assert "doc-2" not in doc_ids(fresh.search(exact_query(docs[2]), k=50, mode="dense"))
+
+
+def test_a_writer_follows_what_another_process_committed(built: Path, tiny_encoder: TextEncoder) -> None:
+    """The server holds a writable index; `rag-index upsert` changes it from another process (here another connection)."""
+    docs = make_documents(N_DOCS)
+    added = Document("fresh", "F", "axolotl")
+    with Index.open(built, tiny_encoder) as served, Index.open(built, tiny_encoder) as other:
+        assert served.search("capybara", mode="sparse") == []
+        other.upsert([Document("doc-1", "New", "capybara replaces the old text"), added])
+        other.delete(["doc-2"])
+        assert served.generation == other.generation
+        assert [h.id for h in served.search("capybara", mode="sparse")] == ["doc-1#0"]
+        assert served.search(exact_query(added), k=1, mode="dense")[0].id == "fresh#0"
+        assert "doc-2" not in doc_ids(served.search(exact_query(docs[2]), k=50, mode="hybrid"))
+        assert served.document("doc-2") is None and served.stats()["documents"] == N_DOCS
+        served.upsert([Document("own", "O", "quokka")])  # its own next write builds on both
+        assert {"own", "fresh", "doc-1"} <= doc_ids(served.search("quokka axolotl capybara", k=5, mode="sparse"))
+        assert served.search(exact_query(added), k=1, mode="dense")[0].id == "fresh#0"
 
 
 def file_digest(path: Path) -> str:
