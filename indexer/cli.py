@@ -18,6 +18,10 @@ from indexer.records import Document
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bar too
     try:
         return args.run(args)
     except (CorpusError, IndexFolderError, ValueError, LookupError, RuntimeError, OSError) as exc:  # OSError: e.g. --out under a file
@@ -163,6 +167,9 @@ def _build(args: argparse.Namespace) -> int:
                          sparse=not args.no_sparse, chunk_words=args.chunk_words, chunk_overlap=args.chunk_overlap,
                          chunk_tokens=args.chunk_tokens, device=args.device)
     _report({"index": str(args.out), **report.to_json()}, skipped)
+    if not report.documents_added:
+        print(f"rag-index: warning: {args.out} holds no documents: no record could be read; `rag-index upsert` can add some",
+              file=sys.stderr)
     return 0
 
 

@@ -183,9 +183,14 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | _BadRecor
             if not line.strip():
                 continue
             try:
-                yield n, json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as e:
-                yield n, _BadRecord(f"invalid JSON ({e.msg})")
+                record = _BadRecord(f"invalid JSON ({e.msg})")
+            except RecursionError:
+                record = _BadRecord("invalid JSON (arrays or objects nested too deeply)")
+            except ValueError as e:  # e.g. an integer of more than 4,300 digits
+                record = _BadRecord(f"invalid JSON ({str(e).split(';')[0]})")
+            yield n, record
 
 
 def _tsv_records(path: Path, fields: FieldMap) -> Iterator[tuple[int, dict[str, Any] | _BadRecord]]:

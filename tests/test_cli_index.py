@@ -219,6 +219,16 @@ def test_on_error_skip_skips_and_reports(tmp_path: Path, tiny_encoder_path: str,
     assert json.loads(stdout)["documents"] == 3
 
 
+def test_a_build_that_reads_no_document_warns(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": " "}\n')
+    code, stdout, err = run(capsys, "build", "--out", tmp_path / "idx", "--corpus", bad, "--encoder", tiny_encoder_path,
+                            "--on-error", "skip", "--quiet")
+    assert code == 0 and json.loads(stdout)["skipped"] == 1
+    assert "warning:" in err and "holds no documents" in err
+    assert "Loading weights" not in err  # --quiet: no progress bar at all
+
+
 def test_empty_text_stops_the_build(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"id": "a", "text": "fine"}) + "\n" + json.dumps({"id": "b", "title": "B", "text": "  "}) + "\n")

@@ -94,6 +94,8 @@ def test_field_map_parse() -> None:
         ('{"id": "x", "title": "t"}', "missing or empty text"),
         ('{"id": "a#1", "text": "t"}', "id 'a#1' contains '#'.*passage ids"),
         ('{"id": "1", "text": "again"}', r"duplicate id '1' \(first seen at line 1\)"),
+        ('{"id": "x", "text": "t", "deep": ' + "[" * 100_000 + "]" * 100_000 + "}", r"invalid JSON \(arrays or objects nested too deeply\)"),
+        ('{"id": "x", "text": "t", "n": ' + "9" * 5000 + "}", r"invalid JSON \(Exceeds the limit \(4300 digits\)"),
         ('{"id": ["x"], "text": "t"}', "id field 'id' is a list, not a string or an integer"),
         ('{"id": true, "text": "t"}', "id field 'id' is a bool"),
         ('{"id": "x", "title": ["a", "b"], "text": "t"}', "title field 'title' is a list, not a string"),
