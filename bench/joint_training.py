@@ -156,9 +156,10 @@ def check_resumable(folder: Path, args: argparse.Namespace) -> None:
     changed = [f"--{name.replace('_', '-')} {saved.get(name)} there, {getattr(args, name)} here"
                for name in ("top_k", "candidates", "candidates_from", "reader_first", "held_out_share", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
                if saved.get(name) != getattr(args, name)]
-    adapter = str(Path(args.adapter)) if args.adapter else None  # as rag-train joint saves it
-    if saved.get("adapter") != adapter:
-        changed.append(f"--adapter {saved.get('adapter')} there, {adapter} here")
+    # rag-train joint saves the adapter's path absolute (older runs: as given, relative to the repository, where the bench runs).
+    adapter, saved_adapter = (str(Path(path).resolve()) if path else None for path in (args.adapter, saved.get("adapter")))
+    if saved_adapter != adapter:
+        changed.append(f"--adapter {saved.get('adapter')} there, {args.adapter} here")
     # A query-side run is saved as refresh "none", as is a both-sides run that never refreshes.
     sides = ("--query-side-only" if saved.get("query_side_only") else f"--refresh {saved.get('refresh', 'none')}",
              f"--refresh {args.refresh}" if args.refresh else "--query-side-only")

@@ -36,9 +36,12 @@ def adapter_kind(adapter: str | Path) -> str:
 
     folder = check_adapter_folder(adapter)
     try:
-        return PeftConfig.from_pretrained(str(folder)).peft_type.value
+        kind = PeftConfig.from_pretrained(str(folder)).peft_type
     except (ValueError, TypeError, OSError) as exc:
         raise ValueError(f"adapter {folder}: unreadable adapter_config.json ({exc})") from exc
+    if kind is None:
+        raise ValueError(f"adapter {folder}: adapter_config.json names no peft_type; a peft adapter folder (save_pretrained) has one")
+    return kind.value
 
 
 def load_merged(model: torch.nn.Module, adapter: str | Path) -> torch.nn.Module:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from indexer.manifest import IndexFolderError
@@ -35,14 +36,36 @@ def typed_command(module: str) -> list[str]:
     return argv
 
 
-def check_counts(settings: Any, at_least_one: Sequence[str] = (), at_least_zero: Sequence[str] = ()) -> None:
-    """Raise ValueError naming the option (`--batch-size`) when an integer setting of `settings` is below its bound."""
+def check_counts(settings: Any, at_least_one: Sequence[str] = (), at_least_zero: Sequence[str] = (),
+                 positive: Sequence[str] = ()) -> None:
+    """Raise ValueError naming the option (`--batch-size`) when a setting of `settings` is below its bound: an integer
+    below 1 (`at_least_one`) or below 0 (`at_least_zero`), or a number that is not above 0 (`positive`: learning rates,
+    temperatures)."""
     for bound, names in ((1, at_least_one), (0, at_least_zero)):
         for name in names:
             value = getattr(settings, name)
             if value < bound:
                 wanted = "at least 1" if bound == 1 else "0 or more"
                 raise ValueError(f"--{name.replace('_', '-')} must be {wanted}, got {value}")
+    for name in positive:
+        value = getattr(settings, name)
+        if not value > 0:  # also refuses NaN
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def check_warmup(warmup: float) -> None:
+    """Raise ValueError unless --warmup (add_optimizer_options) is a share of the steps, from 0 to below 1."""
+    if not 0 <= warmup < 1:
+        raise ValueError(f"--warmup is a share of the steps, from 0 to below 1; got {warmup}")
+
+
+def check_new_folder(out: Path, hint: str = "choose a new folder") -> None:
+    """Raise ValueError unless --out `out` can take a new run: a folder that does not exist yet, or an empty one.
+    `hint` says what to do instead when it holds something."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: choose a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty: {hint}")
 
 
 def add_optimizer_options(parser: argparse.ArgumentParser, defaults: Any, batch_unit: str) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from indexer.encoder import resolve_device
 from indexer.index import MODES
+from rag.adapters import adapter_kind, query_encoder_folder
 from rag.editing import SCOPE_KINDS
 from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.pipeline import TWO_HOP_KINDS, Pipeline
@@ -22,7 +23,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
                         help=f"a span reader folder, a causal LM name or folder such as {GENERATIVE_READER}, or the folder of an "
                              "encoder-decoder model (T5, BART), read Fusion-in-Decoder style "
                              "(default: the shipped span reader rag/readers/span-minilm)")
-    parser.add_argument("--adapter", type=Path, default=None, help="a peft adapter folder to load over the reader")
+    parser.add_argument("--adapter", type=Path, default=None,
+                        help="a peft adapter folder to load over the reader; its query_encoder/ subfolder, when it has one, embeds "
+                             "the questions (unless --query-encoder)")
     parser.add_argument("--query-encoder", type=Path, default=None,
                         help="embed questions with this encoder folder (e.g. export/encoder of `rag-train joint --query-side-only`) "
                              "against the index's own passage vectors")
@@ -46,13 +49,16 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
     """
     if args.k is not None and args.k < 0:
         raise ValueError(f"--k must be 0 or more, got {args.k}")
-    if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
-        raise ValueError(f"--adapter {args.adapter}: not a peft adapter folder (no adapter_config.json)")
+    if args.adapter is not None:
+        adapter_kind(args.adapter)  # refuses, with a message, a folder peft could not load
     # The index opens first: a wrong folder fails at once, not after the reader has loaded.
     pipeline = Pipeline.load(args.index, reader=args.reader, adapter=args.adapter, device=args.device, constrain_to_passages=args.constrain,
                              scope=args.scope, two_hop=args.two_hop, writable=writable)
-    if args.query_encoder is not None:
-        pipeline.retriever = pipeline.load_query_encoder(args.query_encoder, resolve_device(args.device))
+    # An adapter trained with its own query encoder (rag-train fewshot --train-query-encoder) retrieves with it, as the
+    # server and rag-eval fewshot have it do, unless --query-encoder says otherwise.
+    query_encoder = args.query_encoder or (query_encoder_folder(args.adapter) if args.adapter is not None else None)
+    if query_encoder is not None:
+        pipeline.retriever = pipeline.load_query_encoder(query_encoder, resolve_device(args.device))
     if args.k is None:
         args.k = pipeline.reader.default_k
     has_bm25 = pipeline.index is None or pipeline.index.sparse is not None

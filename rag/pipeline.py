@@ -209,10 +209,12 @@ class Pipeline:
         return self.ask_many([question], k=k, mode=mode, adapter=adapter)[0]
 
     def ask_many(self, questions: Sequence[str], k: int | None = None, mode: str = "hybrid",
-                 adapter: str | Path | None = None) -> list[Answer]:
+                 adapter: str | Path | None = None, depth: int | None = None) -> list[Answer]:
         """Answer a batch of questions with one retrieval call and batched reading (k None: the reader's default).
         `adapter`: a peft adapter folder the generative reader answers with (loaded once, then kept beside the others);
-        when it was trained with a query encoder, that encoder retrieves for it.
+        when it was trained with a query encoder, that encoder retrieves for it. `depth`: passages retrieved per
+        question (None: k), of which the reader reads the top k; an answer lists them all (`rag-eval qa` measures
+        recall@20 on them in the same search).
 
         A question in an edit's scope gets the answer the edit states, or else is read from the edit's fact
         alone; the others are answered exactly as without edits. (Reading a stated answer back out of its
@@ -222,8 +224,11 @@ class Pipeline:
         generative reader from the edit's fact followed by the passages retrieved for the question with the edit's
         answer appended (about the new answer, where the second hop is)."""
         k = self.reader.default_k if k is None else k
+        depth = k if depth is None else depth
         for q in questions:
             check_request(q, k, mode)
+        if not k <= depth <= MAX_K:
+            raise ValueError(f"depth must be from k ({k}) to {MAX_K}, got {depth}")
         t0 = time.perf_counter()
         matches: list[EditMatch | None] = [None for _ in questions]
         vectors = None
@@ -240,19 +245,19 @@ class Pipeline:
         resolved = [i for i in beyond if rewritten[i]]
         unresolved = [i for i in beyond if not rewritten[i]]
         t1 = time.perf_counter()
-        retriever = self.retriever_for(adapter) if k else None
+        retriever = self.retriever_for(adapter) if depth else None
         reuse = vectors if retriever is None and mode != "sparse" else None
         # Each question is retrieved for once: as asked, or, unresolved, with the edit's answer appended.
         rest = [i for i in range(len(questions)) if i not in beyond]
         passages: list[list[SearchHit]] = [[] for _ in questions]
-        found = self.retrieve([questions[i] for i in rest], k, mode, query_vectors=None if reuse is None else reuse[rest], retriever=retriever)
+        found = self.retrieve([questions[i] for i in rest], depth, mode, query_vectors=None if reuse is None else reuse[rest], retriever=retriever)
         for i, hits in zip(rest, found):
             passages[i] = hits
-        again = ((resolved, [asked[i] for i in resolved], k),
+        again = ((resolved, [asked[i] for i in resolved], depth),
                  (unresolved, [f"{questions[i]} {edits[i].answer or ''}".strip() for i in unresolved], min(k, BEYOND_K)))
-        for group, queries, depth in again:
+        for group, queries, group_depth in again:
             if group:
-                for i, hits in zip(group, self.retrieve(queries, depth, mode, retriever=retriever)):
+                for i, hits in zip(group, self.retrieve(queries, group_depth, mode, retriever=retriever)):
                     passages[i] = hits
         t2 = time.perf_counter()
         stated = {i for i, e in enumerate(edits) if e is not None and e.answer and i not in beyond}
@@ -260,7 +265,7 @@ class Pipeline:
         plain = [i for i, e in enumerate(edits) if e is None] + resolved
         edited = [i for i, e in enumerate(edits) if e is not None and not e.answer and i not in beyond]
         with self._adapted(adapter):
-            for group, contexts in ((plain, [passages[i] for i in plain]), (edited, [[EditPassage.of(edits[i])] for i in edited])):
+            for group, contexts in ((plain, [passages[i][:k] for i in plain]), (edited, [[EditPassage.of(edits[i])] for i in edited])):
                 if group:
                     for i, text in zip(group, self.reader.generate([asked[i] for i in group], contexts)):
                         texts[i] = text

@@ -42,7 +42,10 @@ def pick_device(device: str | None) -> torch.device:
 def load_pretrained(path: str, model_class: Any, device: torch.device, dtype: torch.dtype | None,
                     **settings: Any) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """A reader's tokenizer and model (`model_class`: an Auto class) from a folder, read offline, or a hub name; dtype
-    None is bf16 on a GPU and float32 elsewhere. OSError (or ValueError) when either cannot load."""
+    None is bf16 on a GPU and float32 elsewhere. OSError (or ValueError) when either cannot load; ValueError for the folder of
+    a peft adapter alone, which holds no model."""
+    if os.path.isfile(os.path.join(path, "adapter_config.json")) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"reader {path}: this is a peft adapter folder: pass it as --adapter over its base reader")
     local = os.path.isdir(path) or None
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     return (AutoTokenizer.from_pretrained(path, local_files_only=local),

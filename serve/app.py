@@ -418,14 +418,16 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     # -- operations --------------------------------------------------------------------------
     operations = APIRouter(tags=["operations"])
 
-    @operations.api_route("/health", methods=["GET", "HEAD"])
-    async def health() -> dict[str, Any]:
+    @operations.get("/health")
+    def health() -> dict[str, Any]:  # not async: reading the generation may first follow another process's commit
         """Liveness, the generation being served, the k and mode a question gets when it does not say, the edit scope
         decider (null: edits are not used in answers) and how questions are batched."""
         return {"status": "ok", "generation": index.generation, "k": settings.k, "mode": settings.mode,
                 "reader": getattr(pipeline.reader, "name", "?"),
                 "scope": getattr(pipeline.scope, "name", None), "max_batch": settings.max_batch,
                 "max_wait_ms": settings.max_wait_ms, "queued": batcher.pending}
+
+    operations.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # for probes that only HEAD
 
     @operations.get("/stats")
     def stats() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 plain, bad folders get clear errors, and `/ask` takes an `adapter` per request."""
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -162,6 +163,33 @@ def test_an_adapter_with_its_own_query_encoder_retrieves_with_it(served: tuple[T
     # The same check for a query encoder given on its own (--query-encoder).
     with pytest.raises(ValueError, match="is 16-d, the index 32-d"):
         pipeline.load_query_encoder(adapters["lora-q16"] / "query_encoder", "cpu")
+
+
+def test_rag_serve_ask_retrieves_with_the_adapters_query_encoder(served: tuple[TestClient, Pipeline], adapters: dict[str, Path],
+                                                                 tiny_reader_path: str, tiny_encoder_path: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """`rag-serve ask --adapter DIR` embeds the questions with DIR/query_encoder as the server does for that adapter, unless
+    --query-encoder names another; a broken adapter_config.json is a message, not a traceback."""
+    from serve.cli import main as serve_main
+
+    _, pipeline = served
+    argv = ["ask", "--index", str(pipeline.index.path), "--reader", tiny_reader_path, "--k", "3", "--mode", "dense", "--scope", "none",
+            "--device", "cpu", "--json"]
+
+    def passages(*options: str) -> list[str]:
+        assert serve_main([*argv, *options, QUESTIONS[0]]) == 0
+        return [p["id"] for p in json.loads(capsys.readouterr().out)["passages"]]
+
+    served_ids = [h.id for h in pipeline.ask(QUESTIONS[0], k=3, mode="dense", adapter=adapters["lora-q"]).passages]
+    assert passages("--adapter", str(adapters["lora-q"])) == served_ids
+    assert passages() != served_ids  # the test can tell the encoders apart
+    assert passages("--adapter", str(adapters["lora-q"]), "--query-encoder", tiny_encoder_path) == passages()  # the index's own
+    assert serve_main([*argv, "--adapter", str(adapters["lora-q16"]), QUESTIONS[0]]) == 2
+    assert "is 16-d, the index 32-d" in capsys.readouterr().err
+    (tmp_path / "untyped").mkdir()
+    (tmp_path / "untyped" / "adapter_config.json").write_text("{}")
+    assert serve_main([*argv, "--adapter", str(tmp_path / "untyped"), QUESTIONS[0]]) == 2
+    assert "adapter_config.json names no peft_type" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("adapter, message", [("nowhere", "adapter 'nowhere': no such folder"), (".", "not a peft adapter folder"),

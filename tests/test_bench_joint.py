@@ -34,6 +34,11 @@ def test_same_settings_resume(tmp_path: Path, refresh: str | None) -> None:
     check_resumable(saved_run(tmp_path, refresh, "runs/reader"), asked(refresh, "runs/reader"))
 
 
+def test_an_adapter_saved_absolute_matches_the_same_one_given_relative(tmp_path: Path) -> None:
+    """rag-train joint saves paths absolute; the bench is given them relative to the repository, where it runs."""
+    check_resumable(saved_run(tmp_path, None, str(Path("runs/reader").resolve())), asked(None, "runs/reader"))
+
+
 @pytest.mark.parametrize("saved, wanted, message", [
     (None, "rerank:64", "--query-side-only there, --refresh rerank:64 here"),
     (None, "none", "--query-side-only there, --refresh none here"),

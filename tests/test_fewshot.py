@@ -182,6 +182,31 @@ def test_eval_zero_shot_and_in_context(toy_task: Path, tiny_reader_path: str, ca
     assert icl["n"] == 2 and icl["shots_in_prompt"] == 4 and icl["tokens_per_example"] > zero["tokens_per_example"]
     assert rag_eval(["fewshot", "--task", str(toy_task), "--adapter", "nowhere"]) == 2
     assert "no such folder" in capsys.readouterr().err
+    assert rag_eval(["fewshot", "--task", str(toy_task), "--reader", tiny_reader_path, "--icl", "100000"]) == 2
+    assert "--icl 100000: task toy has only 8 training examples" in capsys.readouterr().err
+
+
+def test_eval_refuses_an_adapter_config_without_a_peft_type(toy_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "untyped").mkdir()
+    (tmp_path / "untyped" / "adapter_config.json").write_text("{}")
+    assert rag_eval(["fewshot", "--task", str(toy_task), "--adapter", str(tmp_path / "untyped")]) == 2
+    assert "adapter_config.json names no peft_type" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "0"], "--lr must be positive, got 0.0"),
+    (["--warmup", "5"], "--warmup is a share of the steps, from 0 to below 1; got 5.0"),
+    (["--query-lr", "-1"], "--query-lr must be positive"),
+    (["--out", "FILE"], "is a file, not a folder"),
+])
+def test_training_refuses_settings_that_cannot_work(argv: list[str], message: str, toy_task: Path, tiny_reader_path: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "FILE").write_text("mine")
+    argv = [str(tmp_path / a) if a == "FILE" else a for a in argv]
+    assert main_train(["fewshot", "--task", str(toy_task), "--shots", "4", "--out", str(tmp_path / "out"), "--reader", tiny_reader_path,
+                       *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and (tmp_path / "FILE").read_text() == "mine"
 
 
 def test_qa_with_retrieval_trains_and_reports_em_f1(tmp_path: Path, tiny_encoder: TextEncoder, tiny_reader_path: str,

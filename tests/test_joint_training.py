@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -281,8 +282,12 @@ def test_a_trained_reader_adapter_trains_on(topic_index: Path, qa_file: Path, ti
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter_config.json").write_text("{not json")
+    untyped = tmp_path / "untyped"
+    untyped.mkdir()
+    (untyped / "adapter_config.json").write_text("{}")
     for changes, message in [(dict(adapter=tmp_path / "none"), "no such folder"), (dict(adapter=topic_index), "not a peft adapter"),
-                             (dict(adapter=ia3), "is a IA3 adapter"), (dict(adapter=broken), "unreadable adapter_config.json"), (dict(adapter=adapter, method="full"), "drop --method full")]:
+                             (dict(adapter=ia3), "is a IA3 adapter"), (dict(adapter=broken), "unreadable adapter_config.json"),
+                             (dict(adapter=untyped), "adapter_config.json names no peft_type"), (dict(adapter=adapter, method="full"), "drop --method full")]:
         with pytest.raises(ValueError, match=message):
             config(topic_index, qa_file, tiny_reader_path, tmp_path / "bad", **changes).check()
     # A LoRA trained over another base model (here narrower) is refused when the reader loads, not mid-training.
@@ -413,6 +418,67 @@ def test_cli_run_exports_an_encoder_and_a_reader_that_load(topic_index: Path, qa
     assert main_train(["joint", "--index", str(topic_index), "--train", str(qa_file), "--reader", tiny_reader_path, "--out", str(run)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main_train(["joint", "--resume", str(run)]) == 0
+
+
+def test_resume_continues_in_the_folder_named_from_any_working_directory(topic_index: Path, qa_file: Path, tiny_reader_path: str,
+                                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """A run started with relative paths, stopped, copied elsewhere and resumed from another working directory goes on in
+    the copy (the original stays as it was stopped); options given beside --resume that differ from the run's are refused,
+    naming each, while the same values are accepted."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    relative = lambda path: Path(os.path.relpath(path, work))
+    started = config(relative(topic_index), relative(qa_file), tiny_reader_path, Path("run"), steps=3, save_every=1)
+    assert train_joint(started, progress=False, stop_after=2) == {"stopped_at": 2}
+    saved = json.loads((work / "run" / "config.json").read_text())
+    assert saved["index"] == str(topic_index.resolve()) and saved["train"] == [str(qa_file.resolve())]
+    assert saved["out"] == str((work / "run").resolve())
+    original = {p.name: p.read_bytes() for p in (work / "run").iterdir() if p.is_file()}
+    copy = tmp_path / "moved" / "run"
+    shutil.copytree(work / "run", copy)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main_train(["joint", "--resume", str(copy), "--steps", "5", "--loss", "pdist", "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert "--steps 5 (the run's: 3)" in err and "--loss pdist (the run's: emdr2)" in err and "--out" in err
+    assert not (tmp_path / "other").exists()
+    assert main_train(["joint", "--resume", str(copy), "--steps", "3", "--index", str(topic_index)]) == 0  # as saved: fine
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    assert (copy / "export" / "reader").is_dir() and json.loads((copy / "config.json").read_text())["out"] == str(copy.resolve())
+    assert {p.name: p.read_bytes() for p in (work / "run").iterdir() if p.is_file()} == original
+    assert not (work / "run" / "export").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--index", "/nonexistent"], "/nonexistent"),
+    (["--top-k", "25"], "the index has only 20 passages"),
+    (["--held-out-share", "0.01"], "holds out no question"),
+    (["--train", ","], "--train needs at least one QA file"),
+])
+def test_a_failed_start_leaves_out_as_it_was(argv: list[str], message: str, topic_index: Path, qa_file: Path, tiny_reader_path: str,
+                                             tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Nothing is written into --out before the index, the records and the trainer have loaded: the command can be run
+    again once fixed, into a new folder or an empty one that was there before."""
+    base = {"--index": str(topic_index), "--train": str(qa_file), "--reader": tiny_reader_path, "--top-k": "3", "--steps": "1",
+            "--batch-size": "1", "--dev-size": "4", "--dev-eval": "0", "--device": "cpu", "--threads": "1"}
+    base.update(dict(zip(argv[::2], argv[1::2])))
+    argv = [x for kv in base.items() for x in kv]
+    assert main_train(["joint", *argv, "--out", str(tmp_path / "new")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    assert main_train(["joint", *argv, "--out", str(tmp_path / "empty")]) == 2
+    assert not any((tmp_path / "empty").iterdir())
+
+
+def test_out_must_be_a_folder(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "file").write_text("mine")
+    assert main_train(["joint", "--index", str(topic_index), "--train", str(qa_file), "--reader", tiny_reader_path,
+                       "--out", str(tmp_path / "file")]) == 2
+    assert "--out " + str(tmp_path / "file") + " is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from rag.retriever import DualEncoder
 from serve.app import ServeSettings, create_app
 from serve.cli import main as serve_main
 from trainer.cli import main as eval_main
+from trainer.evaluate import evaluate_qa
 from trainer.qa_data import QARecord, read_qa, sample
 from trainer.qa_metrics import contains_answer, exact_match, f1_score, normalize_answer
 
@@ -158,6 +159,38 @@ def test_rag_eval_qa_prints_metrics(index_dir: Path, qa_file: Path, tiny_reader_
     assert all(1 <= len(r["passages"]) <= 2 for r in rows)  # BM25 returns only passages sharing a word
 
 
+def test_rag_eval_qa_answers_as_the_pipeline_reads_without_edits(pipeline: Pipeline, qa_file: Path) -> None:
+    """On an index without edits each prediction, passage list and gold rank is what retrieving 20 deep and reading the top
+    k gives, one question at a time: routing answers through the pipeline changed no figure."""
+    records = read_qa(qa_file)
+    _, rows = evaluate_qa(pipeline, records, k=2, mode="hybrid", progress=False)
+    for record, row in zip(records, rows):
+        found = pipeline.retrieve([record.question], 20, "hybrid")[0]
+        assert row["prediction"] == pipeline.reader.generate([record.question], [found[:2]])[0]
+        assert row["passages"] == [h.id for h in found[:2]] and row["edit"] is None
+        assert row["first_gold_rank"] == next((i for i, h in enumerate(found) if h.doc_id in record.gold_ids), None)
+
+
+def test_rag_eval_qa_applies_the_edits_as_ask_does(tmp_path: Path, tiny_encoder: TextEncoder, qa_file: Path, tiny_reader_path: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """An edit in the index answers the questions in its scope in `rag-eval qa` as in `rag-serve ask`; --scope none ignores it,
+    and the other questions are answered alike either way."""
+    build_index(tmp_path / "idx", make_documents(12), tiny_encoder)
+    index = Index.open(tmp_path / "idx", tiny_encoder)
+    edit = index.memory.add("Topic three is now called zeta.", question="what is topic3?", answer="zeta", subject="topic3")
+    index.close()
+    rows = {}
+    for scope in ("similarity", "none"):
+        assert eval_main(["qa", "--index", str(tmp_path / "idx"), "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "2",
+                          "--scope", scope, "--device", "cpu", "--predictions", str(tmp_path / f"{scope}.jsonl")]) == 0
+        capsys.readouterr()
+        rows[scope] = [json.loads(line) for line in (tmp_path / f"{scope}.jsonl").read_text().splitlines()]
+    edited, plain = rows["similarity"], rows["none"]
+    assert (edited[3]["prediction"], edited[3]["edit"], edited[3]["em"]) == ("zeta", edit.id, 0.0)
+    assert plain[3]["prediction"] != "zeta" and plain[3]["edit"] is None
+    assert [r["prediction"] for i, r in enumerate(edited) if i != 3] == [r["prediction"] for i, r in enumerate(plain) if i != 3]
+
+
 def test_rag_eval_closed_book_has_no_recall(qa_file: Path, tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:
     code = eval_main(["qa", "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "0", "--limit", "3", "--device", "cpu"])
     summary = json.loads(capsys.readouterr().out)
@@ -172,7 +205,8 @@ def test_rag_eval_closed_book_has_no_recall(qa_file: Path, tiny_reader_path: str
     (["--qa", "missing.jsonl", "--k", "0"], "QA file not found"),
     (["--qa", "QA", "--k", "3"], "--index is required"),
     (["--qa", "QA", "--k", "0", "--limit", "0"], "--limit must be at least 1"),
-    (["--qa", "QA", "--k", "0", "--adapter", "nowhere"], "not a peft adapter folder"),
+    (["--qa", "QA", "--k", "0", "--adapter", "nowhere"], "adapter nowhere: no such folder"),
+    (["--qa", "QA", "--k", "0", "--predictions", "/nonexistent/dir/p.jsonl"], "no folder /nonexistent/dir"),
 ])
 def test_rag_eval_bad_input(argv: list[str], message: str, qa_file: Path, tiny_reader_path: str,
                             capsys: pytest.CaptureFixture) -> None:

@@ -87,16 +87,43 @@ def test_lora_cli_writes_an_adapter_that_loads(topic_index: Path, tiny_reader_pa
 
 @pytest.mark.parametrize("argv, message", [
     (["--train", "missing.jsonl"], "training file not found"),
+    (["--train", ","], "--train needs at least one QA file"),
+    (["--train", "squad-open-dev.jsonl.gz"], "evaluation-only data (shared/data/SOURCES.md): train on squad-open-train or nq-open-train"),
+    (["--dev-size", "20"], "--dev-size 20 holds out all 20 questions"),  # the file has 20: nothing left to train on
+    (["--reader", "ADAPTER"], "this is a peft adapter folder: pass it as --adapter over its base reader"),
     (["--steps", "0"], "--steps must be at least 1"),
+    (["--dev-size", "-50"], "--dev-size must be 0 or more"),
+    (["--dev-eval", "-3"], "--dev-eval must be 0 or more"),
+    (["--max-passage-tokens", "0"], "--max-passage-tokens must be at least 1"),
+    (["--lora-rank", "0"], "--lora-rank must be at least 1"),
+    (["--lr", "-1"], "--lr must be positive"),
 ])
 def test_bad_training_input(argv: list[str], message: str, topic_index: Path, tmp_path: Path, tiny_reader_path: str,
                             capsys: pytest.CaptureFixture) -> None:
-    base = {"--train": str(write_topic_qa(tmp_path / "qa.jsonl.gz")), "--index": str(topic_index), "--out": str(tmp_path / "o"),
-            "--reader": tiny_reader_path, "--steps": "1"}
+    """Refused with a message and exit status 2, and --out is left as it was: the same command runs again once fixed."""
+    qa = write_topic_qa(tmp_path / "qa.jsonl.gz")
+    (tmp_path / "squad-open-dev.jsonl.gz").write_bytes(qa.read_bytes())  # named as the evaluation-only file
+    (tmp_path / "ADAPTER").mkdir()
+    (tmp_path / "ADAPTER" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    base = {"--train": str(qa), "--index": str(topic_index), "--out": str(tmp_path / "o"), "--reader": tiny_reader_path, "--steps": "1",
+            "--dev-size": "4"}
     base.update(dict(zip(argv[::2], argv[1::2])))
+    for option in ("--train", "--reader"):
+        if (tmp_path / base[option]).exists():
+            base[option] = str(tmp_path / base[option])
     assert main_train(["reader", *[x for kv in base.items() for x in kv]]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_evaluation_only_refusal_advises_by_the_kind_of_file() -> None:
+    from trainer.scope_data import check_not_evaluation_only
+
+    with pytest.raises(ValueError, match="train on counterfact-train") as edits:
+        check_not_evaluation_only("counterfact-test.jsonl.gz")
+    with pytest.raises(ValueError, match="train on squad-open-train or nq-open-train") as questions:
+        check_not_evaluation_only("nq-open-test.jsonl.gz")
+    assert "squad" not in str(edits.value) and "counterfact" not in str(questions.value)
 
 
 def test_refuses_a_non_empty_out_folder(topic_index: Path, tmp_path: Path, tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:
@@ -106,3 +133,6 @@ def test_refuses_a_non_empty_out_folder(topic_index: Path, tmp_path: Path, tiny_
     assert main_train(["reader", "--train", str(write_topic_qa(tmp_path / "qa.jsonl.gz")), "--index", str(topic_index),
                        "--out", str(out), "--reader", tiny_reader_path]) == 2
     assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+    assert main_train(["reader", "--train", str(write_topic_qa(tmp_path / "qa.jsonl.gz")), "--index", str(topic_index),
+                       "--out", str(out / "keep.txt"), "--reader", tiny_reader_path]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"

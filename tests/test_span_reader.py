@@ -167,6 +167,11 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
     header = make_span_data(SpanDataConfig(train=[train_file], index=index_dir, questions=100, dev_size=4, mode="sparse",
                                            command=["test"]), Index.open(index_dir, readonly=True), data_file, progress=False)
     assert header["examples"] == 8 and header["dev_questions"] == {"tiny-train": 4}
+    made = data_file.read_bytes()
+    with pytest.raises(ValueError, match="exists: choose a new file name"):  # the data a reader was trained on stays
+        make_span_data(SpanDataConfig(train=[train_file], index=index_dir, questions=3, mode="dense"), Index.open(index_dir, readonly=True),
+                       data_file, progress=False)
+    assert data_file.read_bytes() == made
     data = read_span_data(data_file)
     assert len(data.examples) == 8 and all(1 <= len(q.passages) <= 10 for q in data.dev["tiny-train"])
     dev_ids = {q.record.id for q in data.dev["tiny-train"]}
@@ -200,6 +205,13 @@ def test_command_lines_report_mistakes(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "d.jsonl.gz").write_bytes(b"")
     assert span_training.main(["--data", str(tmp_path / "d.jsonl.gz"), "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+    assert span_training.main(["--data", str(tmp_path / "d.jsonl.gz"), "--out", str(tmp_path / "d.jsonl.gz")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert span_training.main(["--data", str(tmp_path / "d.jsonl.gz"), "--out", str(tmp_path / "o"), "--warmup", "1"]) == 2
+    assert "--warmup is a share of the steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse's own check: exit status 2, the choices named
+        span_data.main(["--train", "x", "--index", "i", "--out", "o", "--mode", "bm25"])
+    assert refused.value.code == 2 and "argument --mode: invalid choice: 'bm25'" in capsys.readouterr().err
     from trainer.cli import main_train  # the same commands under rag-train
 
     assert main_train(["span-reader", "--data", str(tmp_path / "missing.jsonl.gz"), "--out", str(tmp_path / "o")]) == 2
@@ -220,6 +232,14 @@ def test_pipeline_loads_a_span_reader_folder(reader: SpanReader, tiny_encoder: T
     assert pipeline.ask("closed book?", k=0).text == ""  # no passage, no span
     with pytest.raises(ValueError, match="span reader"):
         Pipeline.load(tmp_path / "idx", reader=str(tmp_path / "reader"), constrain_to_passages=True)
+
+
+def test_span_data_modes_are_the_index_modes() -> None:
+    """trainer.span_data writes them out (it must not import FAISS): they must stay the index's."""
+    from indexer.index import MODES
+    from trainer.span_data import SEARCH_MODES
+
+    assert SEARCH_MODES == MODES
 
 
 def test_training_imports_no_index_code() -> None:

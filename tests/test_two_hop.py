@@ -143,3 +143,13 @@ def test_names_subject_ignores_case_accents_and_plural_or_possessive_endings(que
 def test_an_edit_subject_that_neither_fact_nor_question_names_is_flagged(fact: str, question: str | None, subject: str | None,
                                                                         warned: bool) -> None:
     assert (unnamed_subject(fact, question, subject) is not None) is warned
+
+
+def test_training_needs_an_out_file_so_the_shipped_detector_is_never_overwritten_by_default(capsys: pytest.CaptureFixture) -> None:
+    from trainer.two_hop_training import build_parser
+
+    # Parsing only (`rag-train two-hop` takes this parser): were --out optional again, running the command here would
+    # train and overwrite the shipped file.
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["--steps", "1"])
+    assert refused.value.code == 2 and "the following arguments are required: --out" in capsys.readouterr().err

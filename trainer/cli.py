@@ -69,6 +69,16 @@ def _count_or_all(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a whole number or all, got {text!r}") from None
 
 
+def _check_predictions(path: Path | None) -> None:
+    """Raise ValueError when --predictions could not be written, before the evaluation rather than after it."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"--predictions {path} is a folder: give a file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"--predictions {path}: no folder {path.parent}; create it first or choose another file")
+
+
 def _qa(args: argparse.Namespace) -> int:
     from trainer.evaluate import evaluate_qa
     from trainer.qa_data import read_qa, sample
@@ -79,6 +89,7 @@ def _qa(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _check_predictions(args.predictions)
     records = read_qa(args.qa)
     if args.with_gold_ids:
         records = [r for r in records if r.gold_ids]
@@ -111,6 +122,7 @@ def _edits(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     if args.scope == "none":
         raise ValueError("--scope none ignores the edits it would evaluate: choose auto, classifier or similarity")
+    _check_predictions(args.predictions)
     fold = parse_fold(args.fold) if args.fold else None
     cases = read_cases(args.edits, args.format, on_error=args.on_error)
     chosen = sample([c for c in cases if fold is None or in_fold(c, fold)], args.limit, args.seed)
@@ -195,7 +207,8 @@ def _train_reader(args: argparse.Namespace) -> int:
     from rag.models import GENERATIVE_READER
     from trainer.reader_training import ReaderTrainingConfig, train_reader
 
-    check_counts(args, at_least_one=("k", "steps", "batch_size", "grad_accum"))
+    check_counts(args, at_least_one=("k", "steps", "batch_size", "grad_accum", "lora_rank", "max_passage_tokens"),
+                 at_least_zero=("dev_size", "dev_eval"), positive=("lr",))
     config = ReaderTrainingConfig(
         train=[Path(p) for p in args.train.split(",") if p], index=args.index, out=args.out, reader=args.reader or GENERATIVE_READER,
         method=args.method, k=args.k, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,

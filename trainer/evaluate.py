@@ -26,21 +26,22 @@ def evaluate_qa(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics over `records` and one prediction row per question.
 
-    Retrieval goes to depth max(20, k) once per question, so recall@20 costs no extra search; the
-    reader sees the top k. Latency is retrieval plus reading, per question (batch time / batch size).
-    recall@n counts a question found when a top-n passage belongs to a gold document (`gold_ids`).
+    Questions are answered as `rag-serve ask` answers them (`Pipeline.ask_many`: the edits in the index's memory
+    apply, as the pipeline's scope decider and two-hop detector say). Retrieval goes to depth max(20, k) once per
+    question, so recall@20 costs no extra search; the reader sees the top k. Latency is the whole answer, per
+    question (batch time / batch size). recall@n counts a question found when a top-n passage belongs to a gold
+    document (`gold_ids`).
     """
     depth = max(max(RECALL_CUTOFFS), k) if k else 0
     rows: list[dict[str, Any]] = []
     latencies: list[float] = []
     bar = tqdm(total=len(records), desc="eval", unit="question", disable=not progress)
     for batch in batches(records, batch_size):
-        questions = [r.question for r in batch]
         t0 = time.perf_counter()
-        hits = pipeline.retrieve(questions, depth, mode) if depth else [[] for _ in batch]
-        answers = pipeline.reader.generate(questions, [h[:k] for h in hits])
+        answers = pipeline.ask_many([r.question for r in batch], k=k, mode=mode, depth=depth)
         latencies += [(time.perf_counter() - t0) * 1e3 / len(batch)] * len(batch)
-        for record, answer, found in zip(batch, answers, hits):
+        for record, answered in zip(batch, answers):
+            answer, found = answered.text, answered.passages
             gold = set(record.gold_ids)
             first_gold = next((i for i, h in enumerate(found) if h.doc_id in gold), None) if gold else None
             rows.append({
@@ -54,6 +55,7 @@ def evaluate_qa(
                 "has_gold_ids": bool(gold),
                 "answer_in_top5": any(contains_answer(h.text, record.answers) for h in found[:5]),
                 "passages": [h.id for h in found[:k]],
+                "edit": answered.edit.id if answered.edit else None,
             })
         bar.update(len(batch))
     bar.close()

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rag.adapters import check_adapter_folder, query_encoder_folder, virtual_tokens
+from rag.adapters import adapter_kind, query_encoder_folder, virtual_tokens
 from rag.command_line import check_counts, run_command
 from rag.models import GENERATIVE_READER
 from rag.rank_classification import rank_classify
@@ -64,8 +64,8 @@ def load_reader(config: FewShotEvalConfig) -> tuple[DecoderReader, dict[str, Any
     record = read_record(config.adapter)
     if (config.adapter / "config.json").is_file() and not (config.adapter / "adapter_config.json").is_file():
         return DecoderReader(str(config.adapter), device=config.device), record
-    folder = check_adapter_folder(config.adapter)
-    return DecoderReader(config.reader or record.get("reader", GENERATIVE_READER), adapter=folder, device=config.device), record
+    adapter_kind(config.adapter)  # a folder whose adapter_config.json peft cannot read is refused with a message
+    return DecoderReader(config.reader or record.get("reader", GENERATIVE_READER), adapter=config.adapter, device=config.device), record
 
 
 def evaluate_fewshot(config: FewShotEvalConfig) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def evaluate_fewshot(config: FewShotEvalConfig) -> dict[str, Any]:
     reader, record = load_reader(config)
     retrieval = record.get("retrieval", task.retrieval) if config.retrieval is None else config.retrieval
     index = open_index(task, retrieval, config.index or (Path(record["index"]) if record.get("index") else None))
-    shots = task.shots(config.icl, config.seed) if config.icl else []
+    shots = task.shots(config.icl, config.seed, "--icl") if config.icl else []
     own_encoder = query_encoder_folder(config.adapter) if retrieval and config.adapter is not None else None
     query_encoder = DualEncoder(str(own_encoder)) if own_encoder is not None else None
     if index is not None and query_encoder is None:

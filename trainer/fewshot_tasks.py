@@ -114,11 +114,12 @@ class FewShotTask:
             raise ValueError(f"task {self.name}: split {split!r} is empty")
         return examples
 
-    def shots(self, n: int, seed: int) -> list[Example]:
-        """A seeded sample of `n` training examples: the few shots a run trains on (or puts in the prompt)."""
+    def shots(self, n: int, seed: int, option: str = "--shots") -> list[Example]:
+        """A seeded sample of `n` training examples: the few shots a run trains on (or puts in the prompt). `option`:
+        the command-line option that asked for `n`, which an error names."""
         pool = self.load("train")
         if n > len(pool):
-            raise ValueError(f"--shots {n}: task {self.name} has only {len(pool)} training examples")
+            raise ValueError(f"{option} {n}: task {self.name} has only {len(pool)} training examples")
         return random.Random(seed).sample(pool, n)
 
 

@@ -32,7 +32,8 @@ from transformers import get_linear_schedule_with_warmup
 from indexer.encoder import encoder_input
 from indexer.index import Index
 from rag.adapters import QUERY_ENCODER
-from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
+from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
+                              typed_command)
 from rag.models import GENERATIVE_READER, resolve_reader_path
 from rag.rank_classification import choice_scores
 from rag.reader import DecoderReader
@@ -82,7 +83,10 @@ class FewShotConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown --method {self.method!r}: choose {', '.join(METHODS)}")
-        check_counts(self, at_least_one=("shots", "steps", "batch_size", "k", "lora_rank", "virtual_tokens"), at_least_zero=("threads",))
+        # lr None is the method's default (DEFAULT_LR); any other must be a learning rate.
+        check_counts(self, at_least_one=("shots", "steps", "batch_size", "k", "lora_rank", "virtual_tokens"), at_least_zero=("threads",),
+                     positive=("query_lr", "tau", "temperature") + (("lr",) if self.lr is not None else ()))
+        check_warmup(self.warmup)
 
 
 def add_method(reader: DecoderReader, config: FewShotConfig, task: FewShotTask) -> list[torch.nn.Parameter]:
@@ -147,8 +151,7 @@ class QuerySide:
 
 def train_fewshot(config: FewShotConfig) -> dict:
     """Train on `config.shots` seeded training examples of the task and save the adapter; returns the run's record."""
-    if config.out.exists() and any(config.out.iterdir()):
-        raise ValueError(f"--out {config.out} is not empty: choose a new folder")
+    check_new_folder(config.out)
     task = load_task(config.task)
     retrieval = task.retrieval if config.retrieval is None else config.retrieval
     if config.train_query_encoder and not (retrieval and task.is_qa):
@@ -161,7 +164,7 @@ def train_fewshot(config: FewShotConfig) -> dict:
     torch.manual_seed(config.seed)
     reader = DecoderReader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
     params = add_method(reader, config, task)
-    lr = config.lr or DEFAULT_LR[config.method]
+    lr = DEFAULT_LR[config.method] if config.lr is None else config.lr
     groups = [{"params": params, "lr": lr}]
     query_side = QuerySide.start(index, passages) if config.train_query_encoder and index is not None else None
     if query_side is not None:

@@ -56,7 +56,8 @@ from indexer.index import HYBRID_DEPTH, Index
 from indexer.records import SearchHit
 from indexer.sparse import SparseIndex
 from rag.adapters import adapter_kind
-from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
+from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
+                              typed_command)
 from rag.fid_reader import FiDReader, is_fid_reader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
@@ -67,7 +68,7 @@ from trainer.evaluate import evaluate_qa
 from trainer.joint_losses import adist_loss, emdr2_loss, loop_loss, pdist_loss, rag_marginal_loss
 from trainer.qa_data import QARecord, read_qa, sample, split_by_article
 from trainer.reader_data import ReaderExample
-from trainer.reader_training import answer_nll, load_train_dev, trainable_parameters
+from trainer.reader_training import answer_nll, check_training_files, load_train_dev, trainable_parameters
 from trainer.scope_data import check_not_evaluation_only
 from trainer.span_training import machine
 
@@ -145,7 +146,8 @@ class JointTrainingConfig:
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
         check_counts(self, at_least_one=("top_k", "steps", "batch_size", "grad_accum", "lora_rank", "max_passage_tokens"),
-                     at_least_zero=("candidates", "reader_first", "dev_size", "dev_eval", "eval_every", "save_every", "threads"))
+                     at_least_zero=("candidates", "reader_first", "dev_size", "dev_eval", "eval_every", "save_every", "threads"),
+                     positive=("tau", "temperature", "lr", "retriever_lr"))
         if self.candidates_from not in CANDIDATE_SOURCES:
             raise ValueError(f"--candidates-from {self.candidates_from!r}: choose {' or '.join(CANDIDATE_SOURCES)}")
         if self.loss not in LOSSES:
@@ -179,17 +181,10 @@ class JointTrainingConfig:
                              "it ranks those; drop --candidates or choose emdr2 or pdist")
         if refresh.kind == "rerank" and refresh.n < self.retrieved:
             raise ValueError(f"--refresh rerank:{refresh.n} must over-retrieve at least --top-k and --candidates ({self.retrieved}) passages")
-        for name in ("tau", "temperature", "lr", "retriever_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"--warmup is a share of the steps, from 0 to below 1; got {self.warmup}")
+        check_warmup(self.warmup)
         if not 0 <= self.held_out_share < 1:
             raise ValueError(f"--held-out-share is a share of the training files' articles, from 0 to below 1; got {self.held_out_share}")
-        for path in self.train:
-            if not Path(path).is_file():
-                raise ValueError(f"training file not found: {path}")
-            check_not_evaluation_only(path)
+        check_training_files(self.train)
         if self.dev is not None:
             if not Path(self.dev).is_file():
                 raise ValueError(f"--dev file not found: {self.dev}")
@@ -201,7 +196,12 @@ class JointTrainingConfig:
         return max(self.top_k, self.candidates)
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        """The settings as JSON with every path absolute (the reader's too when it names a folder): `--resume` reads
+        them back from any working directory."""
+        absolute = replace(self, index=Path(self.index).resolve(), train=[Path(p).resolve() for p in self.train], out=Path(self.out).resolve(),
+                           dev=Path(self.dev).resolve() if self.dev else None, adapter=Path(self.adapter).resolve() if self.adapter else None,
+                           reader=str(Path(self.reader).resolve()) if Path(self.reader).exists() else self.reader)
+        return json.loads(json.dumps(asdict(absolute), default=str))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JointTrainingConfig:
@@ -688,19 +688,20 @@ def train_joint(config: JointTrainingConfig, resume: bool = False, progress: boo
 def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after: int | None) -> dict[str, Any]:
     rank, ranks = world()
     out = config.out
-    if not resume and out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out} is not empty: choose a new folder, or --resume {out}")
+    if not resume:
+        check_new_folder(out, f"choose a new folder, or --resume {out}")
     barrier()  # every rank has looked before rank 0 writes
     if config.threads:
         torch.set_num_threads(config.threads)
     state = torch.load(out / CHECKPOINT, weights_only=False) if resume else None
     torch.manual_seed(config.seed)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
     index = Index.open(config.index, readonly=True)
     train, dev = run_records(config, ranks, index)
     trainer = JointTrainer(config, index, generation=state["generation"] if state else 0)
+    if rank == 0:
+        # Only now: a start that failed above leaves --out as it was, so the same command can run again.
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
     step, cursor = 0, 0
     if state:
         trainer.load_checkpoint(state)
@@ -830,18 +831,46 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _train_files(text: str) -> list[Path]:
+    """The files of a comma-separated --train."""
+    return [Path(p) for p in text.split(",") if p]
+
+
+def _resumed_config(args: argparse.Namespace) -> JointTrainingConfig:
+    """The saved settings of the run in folder `args.resume`, continuing in that folder wherever it is now (a copied
+    or moved run folder goes on there, not where it started). ValueError naming each option given beside --resume
+    that differs from the run's setting: the run continues as it was started, so a new setting would be ignored."""
+    folder = args.resume
+    for name in (CHECKPOINT, "config.json"):
+        if not (folder / name).is_file():
+            raise ValueError(f"--resume {folder}: no {name} there; give the folder of a run that `rag-train joint --out` checkpointed")
+    try:
+        saved = replace(JointTrainingConfig.from_json(json.loads((folder / "config.json").read_text())), out=folder)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--resume {folder}: unreadable config.json ({exc})") from exc
+    # What the command line says, as far as argparse can tell: the options whose value is not the parser's default.
+    defaults = build_parser()
+    given = {f.name: getattr(args, f.name) for f in fields(JointTrainingConfig)
+             if hasattr(args, f.name) and getattr(args, f.name) != defaults.get_default(f.name)}
+    if "train" in given:
+        given["train"] = _train_files(args.train)
+    asked, kept = replace(saved, **given).to_json(), saved.to_json()
+    differing = [f"--{name.replace('_', '-')} {asked[name]} (the run's: {kept[name]})" for name in given if asked[name] != kept[name]]
+    if differing:
+        raise ValueError(f"--resume {folder} continues the run with its saved settings, and these options differ from them: "
+                         f"{'; '.join(differing)}. Drop them, or start a new run with --out")
+    return saved
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        if not (args.resume / CHECKPOINT).is_file():
-            raise ValueError(f"--resume {args.resume}: no {CHECKPOINT} there")
-        config = JointTrainingConfig.from_json(json.loads((args.resume / "config.json").read_text()))
-        record = train_joint(config, resume=True)
+        record = train_joint(_resumed_config(args), resume=True)
     else:
         for option in ("index", "train", "out"):
             if getattr(args, option) is None:
                 raise ValueError(f"--{option} is required (unless --resume RUN_DIR)")
         config = JointTrainingConfig(
-            index=args.index, train=[Path(p) for p in args.train.split(",") if p], out=args.out, loss=args.loss, dev=args.dev,
+            index=args.index, train=_train_files(args.train), out=args.out, loss=args.loss, dev=args.dev,
             reader=args.reader, adapter=args.adapter, method=args.method, lora_rank=args.lora_rank, top_k=args.top_k, refresh=args.refresh,
             candidates=args.candidates, candidates_from=args.candidates_from, reader_first=args.reader_first,
             query_side_only=args.query_side_only, tau=args.tau, temperature=args.temperature, steps=args.steps,

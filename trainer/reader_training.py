@@ -16,18 +16,21 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.index import Index
+from rag.command_line import check_new_folder
 from rag.fid_reader import FiDReader, GenerativeReader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
 from trainer.evaluate import evaluate_qa
 from trainer.qa_data import QARecord, read_qa, split_train_dev
 from trainer.reader_data import ReaderExample, build_examples
+from trainer.scope_data import check_not_evaluation_only
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -55,15 +58,28 @@ class ReaderTrainingConfig:
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
+def check_training_files(files: Sequence[Path]) -> None:
+    """Raise ValueError unless `files` names at least one QA training file, each there and none marked evaluation only."""
+    if not files:
+        raise ValueError("--train needs at least one QA file (comma-separated)")
+    for path in files:
+        if not Path(path).is_file():
+            raise ValueError(f"training file not found: {path}")
+        check_not_evaluation_only(path)
+
+
 def load_train_dev(files: list[Path], needed: int, dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
     """Train and dev records mixed from all files (dev: `dev_size` held out, shared among the files); only
-    as many train records, shuffled, as the run can use."""
+    as many train records, shuffled, as the run can use. ValueError when the hold-out leaves nothing to train on."""
     train: list[QARecord] = []
     dev: list[QARecord] = []
     for path in files:
         part_train, part_dev = split_train_dev(read_qa(path), dev_size // len(files), seed)
         train += part_train
         dev += part_dev
+    if not train:
+        raise ValueError(f"--dev-size {dev_size} holds out all {len(dev)} questions of the training files: none is left "
+                         "to train on; lower --dev-size or add training questions")
     random.Random(seed).shuffle(train)
     return train[:needed], dev
 
@@ -93,11 +109,8 @@ def trainable_parameters(reader: GenerativeReader, method: str, lora_rank: int, 
 
 def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     """Train, save to `config.out`, evaluate on the held-out dev questions; returns the run's record."""
-    if config.out.exists() and any(config.out.iterdir()):
-        raise ValueError(f"--out {config.out} is not empty: choose a new folder")
-    for path in config.train:
-        if not path.is_file():
-            raise ValueError(f"training file not found: {path}")
+    check_new_folder(config.out)
+    check_training_files(config.train)
     torch.manual_seed(config.seed)
     started = time.time()
     index = Index.open(config.index, readonly=True)

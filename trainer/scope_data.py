@@ -67,8 +67,11 @@ def check_not_evaluation_only(path: str | Path, fold: tuple[int, int] | None = N
     file where a goal is measured (zsre-1k) used whole rather than one fold of it (`fold`: I of N, N >= 2)."""
     name = Path(path).name.lower()
     if name.startswith(EVALUATION_ONLY):
-        raise ValueError(f"{path} is evaluation-only data (shared/data/SOURCES.md): train on counterfact-train "
-                         "(and nq-open-train), choose thresholds on counterfact-val (and nq-open-dev)")
+        # The advice fits the kind of file refused: edit cases or questions.
+        advice = ("train on counterfact-train (and nq-open-train), choose thresholds on counterfact-val (and nq-open-dev)"
+                  if name.startswith("counterfact") else
+                  "train on squad-open-train or nq-open-train, and choose settings on questions held out of them or on nq-open-dev")
+        raise ValueError(f"{path} is evaluation-only data (shared/data/SOURCES.md): {advice}")
     if name.startswith(MEASURED_BY_FOLD) and (fold is None or fold[1] < 2):
         raise ValueError(f"{path} is where the zsRE figures are measured: train on one fold of it (e.g. 0/2) and "
                          "measure on the others (rag-eval edits --fold 1/2)")

@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
-from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
+from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
+                              typed_command)
 from rag.scope_classifier import ScopeClassifier
 from trainer.edit_cases import in_fold, parse_fold, read_cases
 from trainer.qa_data import read_qa, sample
@@ -88,14 +89,12 @@ class ScopeTrainingConfig:
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
-        check_counts(self, at_least_one=("steps", "batch_size", "also_train_repeat"), at_least_zero=("val_every", "val_quick", "threads"))
+        check_counts(self, at_least_one=("steps", "batch_size", "also_train_repeat"), at_least_zero=("val_every", "val_quick", "threads"),
+                     positive=("lr",))
         for name in ("cases", "val_cases"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"--warmup is a share of the steps, from 0 to below 1; got {self.warmup}")
+        check_warmup(self.warmup)
         self.data_config().check()
         for option, path in (("--train", self.train), ("--val", self.val), ("--nq-train", self.nq_train), ("--nq-val", self.nq_val)):
             if path is None:
@@ -110,8 +109,7 @@ class ScopeTrainingConfig:
             check_not_evaluation_only(self.also_train, fold)
         if Path(self.train).resolve() == Path(self.val).resolve():
             raise ValueError("--train and --val are the same file: validation must be held out")
-        if self.out.exists() and any(self.out.iterdir()):
-            raise ValueError(f"--out {self.out} is not empty: choose a new folder")
+        check_new_folder(self.out)
 
 
 # -- metrics ---------------------------------------------------------------------------------------

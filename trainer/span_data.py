@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # the index is only needed to make the data; training imports
 
 FORMAT = "span-data"
 FORMAT_VERSION = 1
+# indexer.index.MODES, written out: importing indexer.index loads FAISS, which span-reader training must not need.
+SEARCH_MODES = ("dense", "sparse", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -217,8 +219,11 @@ def build_span_examples(index: Index, records: Sequence[QARecord], negatives: in
 
 
 def make_span_data(config: SpanDataConfig, index: Index, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Write the data file `out` (atomically: a partial file never appears) and return its header."""
+    """Write the data file `out` (atomically: a partial file never appears) and return its header. An existing `out` is
+    refused, not replaced: it may be the data a trained reader came from."""
     config.check()
+    if out.exists():
+        raise ValueError(f"--out {out} exists: choose a new file name, or delete it first to make it again")
     per_file, dev = holdout_split(config.train, config.dev_size, config.seed)
     records = mix_records(per_file, config.skip + config.questions, config.seed)[config.skip :]
     examples = build_span_examples(index, records, config.negatives, config.depth, config.mode, config.seed, progress)
@@ -288,7 +293,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--negatives", type=int, default=d.negatives, help="negative passages per question")
     add("--depth", type=int, default=d.depth, help="retrieved passages per question (negatives' pool; dev passages)")
     add("--dev-size", type=int, default=d.dev_size, help="questions held out of the training files")
-    add("--mode", default=d.mode, help="retrieval mode: dense, sparse or hybrid")
+    add("--mode", choices=SEARCH_MODES, default=d.mode, help="retrieval mode")
     add("--seed", type=int, default=d.seed, help="seed of the split and the sampling")
     parser.set_defaults(run=_run)
     return parser

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from indexer.encoder import DEFAULT_ENCODER
-from rag.command_line import add_optimizer_options, add_run_options, check_counts, run_command, typed_command
+from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
+                              typed_command)
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
 from trainer.qa_metrics import exact_match, f1_score
 from trainer.span_data import DevQuestion, SpanExample, read_span_data
@@ -67,15 +68,13 @@ class SpanTrainingConfig:
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
-        check_counts(self, at_least_one=("steps", "batch_size"), at_least_zero=("dev_every", "dev_quick", "threads"))
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+        check_counts(self, at_least_one=("steps", "batch_size"), at_least_zero=("dev_every", "dev_quick", "threads"), positive=("lr",))
+        check_warmup(self.warmup)
         if not Path(self.data).is_file():
             raise ValueError(f"span data file not found: {self.data} (python -m trainer.span_data makes one)")
         if self.init is not None and not is_span_reader(self.init):
             raise ValueError(f"--init {self.init} is not a span reader folder")
-        if self.out.exists() and any(self.out.iterdir()):
-            raise ValueError(f"--out {self.out} is not empty: choose a new folder")
+        check_new_folder(self.out)
 
 
 # -- loss ------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ record gives the share of other-relation questions it lets through too.
 Caveat: the evaluation probes (data/editing/counterfact-test-portability.jsonl.gz) are made by the same
 templates, on other subjects; free-form two-hop questions are not measured.
 
-Run: `python -m trainer.two_hop_training` or `rag-train two-hop` (writes rag/classifiers/two-hop-minilm.json unless --out)
+Run: `rag-train two-hop --out FILE` (or `python -m trainer.two_hop_training --out FILE`); `--out
+rag/classifiers/two-hop-minilm.json` replaces the shipped detector.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ import torch
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.command_line import check_counts, run_command, typed_command
 from rag.scope_classifier import SHIPPED as SHIPPED_SCOPE, ScopeClassifier
-from rag.two_hop import SHIPPED, TwoHopDetector
+from rag.two_hop import TwoHopDetector
 from trainer.edit_cases import EditCase, read_cases
 from trainer.edit_portability import FIRST_HOP, SECOND_HOP, first_hop_phrase
 from trainer.qa_data import read_qa
@@ -195,7 +196,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The arguments of `python -m trainer.two_hop_training` (and of `rag-train two-hop`, which takes them as a parent)."""
     parser = argparse.ArgumentParser(prog="python -m trainer.two_hop_training", description=__doc__, add_help=add_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=SHIPPED, help="detector file to write (default: the shipped one)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="detector file to write; rag/classifiers/two-hop-minilm.json replaces the shipped one")
     parser.add_argument("--train", type=Path, default=DATA / "editing/counterfact-train.jsonl.gz")
     parser.add_argument("--val", type=Path, default=DATA / "editing/counterfact-val.jsonl.gz")
     parser.add_argument("--nq-train", type=Path, default=DATA / "qa/nq-open-train.jsonl.gz")
