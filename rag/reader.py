@@ -7,6 +7,7 @@ batched forward pass; the trainer's losses are built on it (and on `answer_logpr
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
@@ -138,6 +139,8 @@ class DecoderReader(AnswerScorer):
         self.adapters = AdapterBank(self.model)
         self.max_new_tokens = max_new_tokens
         self.max_passage_tokens = max_passage_tokens
+        # Positions the model was trained on: a prompt and its answer beyond them would be read as noise.
+        self.context_tokens: int = getattr(self.model.config, "max_position_embeddings", None) or sys.maxsize
         self.constrain_to_passages = constrain_to_passages
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.end_ids = self._end_token_ids()
@@ -160,10 +163,28 @@ class DecoderReader(AnswerScorer):
         """Token ids of the chat prompt for `question` over `passages` (none: closed book), ending where the answer
         starts. `shots`: (question, answer) pairs shown first as earlier turns (in-context learning)."""
         earlier = [(f"Question: {q.strip()}", a) for q, a in shots]
-        if passages:
-            context = "\n\n".join(f"[{i}] {p.title}\n{self._truncate(p.text)}" for i, p in enumerate(passages, 1))
+        if not passages:
+            return self.chat_ids(CLOSED_BOOK_PROMPT, f"Question: {question.strip()}", earlier)
+
+        texts = [self._truncate(p.text) for p in passages]
+
+        def prompt(n: int) -> list[int]:
+            context = "\n\n".join(f"[{i}] {p.title}\n{text}" for i, (p, text) in enumerate(zip(passages[:n], texts), 1))
             return self.chat_ids(SYSTEM_PROMPT, f"Passages:\n{context}\n\nQuestion: {question.strip()}", earlier)
-        return self.chat_ids(CLOSED_BOOK_PROMPT, f"Question: {question.strip()}", earlier)
+
+        room = self.context_tokens - self.max_new_tokens
+        if len(ids := prompt(len(passages))) <= room:
+            return ids
+        # Many passages (k goes up to 100): only the best that fit the model's context with room for the answer, the
+        # largest such count by bisection. The first passage stays, whatever its length.
+        fitting, too_many = 1, len(passages)
+        while too_many - fitting > 1:
+            middle = (fitting + too_many) // 2
+            if len(prompt(middle)) <= room:
+                fitting = middle
+            else:
+                too_many = middle
+        return prompt(fitting)
 
     def chat_ids(self, system: str, user: str, shots: Sequence[tuple[str, str]] = ()) -> list[int]:
         """Token ids of a chat: the system message, `shots` as earlier (user, assistant) turns, then `user`;

@@ -1,6 +1,8 @@
 """DecoderReader on a tiny random Llama: batched scoring and generation agree with one-at-a-time computation."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -77,6 +79,19 @@ def test_long_passages_are_truncated(tiny_reader_path: str) -> None:
     short = DecoderReader(tiny_reader_path, device="cpu", max_passage_tokens=16)
     long_passage = Passage("l#0", "l", "Long", "word " * 500)
     assert len(short.prompt_ids("q?", [long_passage])) < 120
+
+
+def test_a_prompt_keeps_the_best_passages_that_fit_the_models_context(tiny_reader_path: str) -> None:
+    reader = DecoderReader(tiny_reader_path, device="cpu", max_passage_tokens=150)  # the tiny model has 2,048 positions
+    passages = [Passage(f"p{n}#0", f"p{n}", f"Topic {n}", f"fact{n} " * 200) for n in range(40)]  # about 6,000 tokens
+    ids = reader.prompt_ids("q?", passages)
+    kept = reader.tokenizer.decode(ids).count("Topic ")
+    assert 5 < kept < 20 and all(f"Topic {n}\n" in reader.tokenizer.decode(ids) for n in range(kept))  # the best ones
+    assert reader.generate(["q?"], [passages]) == reader.generate(["q?"], [passages[:kept]])
+    room = reader.context_tokens - reader.max_new_tokens
+    reader.context_tokens = sys.maxsize  # uncapped: what one more passage would have taken
+    assert ids == reader.prompt_ids("q?", passages[:kept])
+    assert len(ids) <= room < len(reader.prompt_ids("q?", passages[: kept + 1]))
 
 
 def test_end_tokens_all_end_a_line_or_a_turn(reader: DecoderReader) -> None:
