@@ -16,7 +16,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from rag.adapters import AdapterBank, load_merged
+from rag.adapters import AdapterBank, load_merged, virtual_tokens
 from rag.models import GENERATIVE_READER, resolve_reader_path
 
 SYSTEM_PROMPT = (
@@ -228,6 +228,21 @@ class DecoderReader(AnswerScorer):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
+    def _model_inputs(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        """The model to run on left-padded `ids` and its inputs. Under a prompt-tuning adapter: its base model, given
+        embeddings with the virtual tokens right after each row's padding. (peft puts them before the padding, which
+        moves a padded row's positions with the batch, and its cached generation drifts from the model's own answer.)"""
+        n = virtual_tokens(self.model)
+        if not n:
+            return self.model, {"input_ids": ids, "attention_mask": mask}
+        base = self.model.get_base_model()
+        virtual = self.model.get_prompt(batch_size=len(ids))  # (rows, n, hidden), differentiable when training
+        words = base.get_input_embeddings()(ids)
+        pads = (mask == 0).sum(-1).tolist()
+        embeds = torch.stack([torch.cat([w[:p], v.to(w.dtype), w[p:]]) for w, v, p in zip(words, virtual, pads)])
+        full_mask = torch.stack([torch.cat([m[:p], m.new_ones(n), m[p:]]) for m, p in zip(mask, pads)])
+        return base, {"inputs_embeds": embeds, "attention_mask": full_mask}
+
     @torch.inference_mode()
     def generate(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[str]:
         """Greedy short answers, one per question, each from its own list of passages (empty list: closed book).
@@ -245,11 +260,13 @@ class DecoderReader(AnswerScorer):
         if not prompts:
             return []
         ids, mask, _ = self.left_pad(prompts)
+        model, inputs = self._model_inputs(ids, mask)
+        # Given embeddings rather than ids, generate returns (and shows the constraint) the new tokens only.
+        prompt_width = ids.shape[1] if "input_ids" in inputs else 0
         constrain = self.constrain_to_passages and passages is not None
-        constraint = LogitsProcessorList([SpanConstraint(self, passages, ids.shape[1])]) if constrain else None
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+        constraint = LogitsProcessorList([SpanConstraint(self, passages, prompt_width)]) if constrain else None
+        out = model.generate(
+            **inputs,
             do_sample=False,
             max_new_tokens=self.max_new_tokens,
             eos_token_id=self.end_ids,
@@ -257,7 +274,7 @@ class DecoderReader(AnswerScorer):
             logits_processor=constraint,
         )
         answers = []
-        for row in out[:, ids.shape[1] :].tolist():
+        for row in out[:, prompt_width:].tolist():
             text = self.tokenizer.decode(row, skip_special_tokens=True)
             answers.append(text.split("\n", 1)[0].strip())
         return answers
@@ -269,9 +286,11 @@ class DecoderReader(AnswerScorer):
         logits are computed, which keeps memory at (rows x answer length x vocabulary).
         """
         rows = [list(p) + list(a) for p, a in zip(prompts, answers)]
-        ids, mask, positions = self.left_pad(rows)
+        ids, mask, _ = self.left_pad(rows)
         longest = max(len(a) for a in answers)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1).logits
+        model, inputs = self._model_inputs(ids, mask)
+        positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        logits = model(**inputs, position_ids=positions, logits_to_keep=longest + 1).logits
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1
         targets = ids[:, -longest:]
         picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

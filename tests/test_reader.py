@@ -121,3 +121,49 @@ def test_constrained_answers_are_passage_spans(tiny_reader_path: str) -> None:
     free = DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=6).generate(questions, contexts)
     assert answers[2] == free[2]  # no passages: nothing to constrain to
     assert answers[:2] != free[:2]  # a random model's free answers are not passage spans
+
+
+def test_a_prompt_tuning_adapter_answers_as_its_model_does_in_any_batch(tiny_reader_path: str, tmp_path) -> None:
+    """Its virtual tokens go after each row's padding: answers and scores do not move with the batch, and generating
+    with the cache gives the model's own greedy answer."""
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    # A model with large random weights and a large random prompt, so that a shifted position changes the answer.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reader_path)
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=0.5,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "sharp")
+    tokenizer.save_pretrained(tmp_path / "sharp")
+    torch.manual_seed(4)
+    tuned = get_peft_model(LlamaForCausalLM.from_pretrained(tmp_path / "sharp"), PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for weight in tuned.prompt_encoder.parameters():
+            weight.normal_(0, 1.0)
+    tuned.save_pretrained(tmp_path / "prompt")
+
+    reader = DecoderReader(str(tmp_path / "sharp"), device="cpu", max_new_tokens=5)
+    questions = ["topic1?", "a much longer question about topic5 and more"]
+    prompts = [reader.prompt_ids(q, []) for q in questions]
+    answer = [reader.answer_ids("topic one")] * 2
+
+    def greedy(prompt: list[int]) -> str:
+        """The adapted model's answer by recomputing every step through peft, one unpadded row, no cache."""
+        sequence, new = list(prompt), []
+        for _ in range(reader.max_new_tokens):
+            token = int(reader.model(input_ids=torch.tensor([sequence])).logits[0, -1].argmax())
+            if token in reader.end_ids:
+                break
+            new.append(token)
+            sequence.append(token)
+        return reader.tokenizer.decode(new, skip_special_tokens=True).split("\n")[0].strip()
+
+    with torch.inference_mode(), reader.adapted(tmp_path / "prompt"):
+        batched = reader.generate(questions, [[], []])
+        assert batched == [reader.generate([q], [[]])[0] for q in questions] == [greedy(p) for p in prompts]
+        scores = reader.answer_logprobs(prompts, answer)[0]
+        alone = torch.cat([reader.answer_logprobs([p], answer[:1])[0] for p in prompts])
+        torch.testing.assert_close(scores, alone)
+    assert reader.generate(questions, [[], []]) != batched  # the adapter changes the answers: the test can tell
