@@ -143,6 +143,7 @@ class DecoderReader(AnswerScorer):
         self.context_tokens: int = getattr(self.model.config, "max_position_embeddings", None) or sys.maxsize
         self.constrain_to_passages = constrain_to_passages
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self._special_texts = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special and len(t.content) > 1]
         self.end_ids = self._end_token_ids()
 
     def _end_token_ids(self) -> list[int]:
@@ -193,6 +194,9 @@ class DecoderReader(AnswerScorer):
         for asked, replied in shots:
             messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": replied}]
         messages.append({"role": "user", "content": user})
+        for message in messages:  # text that spells a special token stays text: it must not end a turn or start one
+            for token in self._special_texts:
+                message["content"] = message["content"].replace(token, token[0] + "\u200b" + token[1:])
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids)
 
