@@ -25,7 +25,7 @@ import numpy as np
 from indexer.edit_memory import Edit, EditMemory, question_key
 from indexer.names import subject_spans
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
-from rag.two_hop import TwoHopDetector, resolve_first_hop
+from rag.two_hop import TwoHopDetector, resolve_first_hop, split_first_hop
 
 SCOPE_CLASSIFIER = str(SHIPPED)
 SCOPE_KINDS = ("auto", "classifier", "similarity", "none")
@@ -38,7 +38,8 @@ SIMILARITY_THRESHOLD = 0.75
 class EditMatch:
     """The edit a question is about, with the decider's score for the pair. `beyond`: the question asks for
     something that follows from the edit's answer (a second hop), not for the answer itself; `resolved`: then
-    the question with its first hop replaced by the edit's answer, None where it cannot be rewritten."""
+    the question with its first hop replaced by the edit's answer, None where it cannot be rewritten (it has no
+    first hop phrase, or the edit states only a fact)."""
 
     edit: Edit
     score: float
@@ -145,34 +146,41 @@ def about_subject(question: str, edit: Edit) -> bool:
 
 
 def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,
-                candidates: int = CANDIDATES, two_hop: TwoHopDetector | None = None) -> list[EditMatch | None]:
+                candidates: int = CANDIDATES, two_hop: TwoHopDetector | None = None,
+                exclude: Sequence[Edit | None] | None = None) -> list[EditMatch | None]:
     """For each question, the in-scope edit with the best score, or None. A question that is an edit's own
     question (up to case, spacing and end punctuation) is always in its scope; otherwise an edit that states
     its subject is in scope only of questions that name it (`about_subject`). With `two_hop`, a two-hop
     question is matched to the best edit that either is in its scope or has its subject named in it with a
     score of at least the detector's `relation_threshold` (the first hop is the edit's relation); `beyond`
-    unless the edit claims it in scope and no first hop can be resolved in it (`resolve_first_hop`)."""
+    unless the edit claims it in scope and the question's wording has no first hop through the edit's subject
+    (`split_first_hop`), and `resolved` when the edit also states the answer to put in its place. `exclude`:
+    for each question, an edit it is never matched to (None: none)."""
     found = memory.search(query_vectors, candidates)
     chained = two_hop.is_two_hop(query_vectors) if two_hop is not None and len(questions) else np.zeros(len(questions), bool)
+    left_out = [e.id if e is not None else None for e in exclude] if exclude is not None else [None] * len(questions)
     matches: list[EditMatch | None] = []
-    for question, pairs, scores, chain in zip(questions, found, scope.scores(questions, found), chained):
+    for question, pairs, scores, chain, skip in zip(questions, found, scope.scores(questions, found), chained, left_out):
         # An edit's own question is in its scope by definition, whatever a learned decider says of it.
         key = question_key(question)
-        own = [i for i, (e, _) in enumerate(pairs) if e.question is not None and question_key(e.question) == key]
+        own = [i for i, (e, _) in enumerate(pairs) if e.id != skip and e.question is not None and question_key(e.question) == key]
         if own:
             matches.append(EditMatch(pairs[own[0]][0], scores[own[0]]))
             continue
         # The two-hop path needs a stated subject: about_subject has then checked that the question names it.
-        usable = [i for i, (e, _) in enumerate(pairs) if about_subject(question, e)
+        usable = [i for i, (e, _) in enumerate(pairs) if e.id != skip and about_subject(question, e)
                   and (scores[i] >= scope.limit(e) or (chain and e.subject and scores[i] >= two_hop.relation_threshold))]
         best = max(usable, key=scores.__getitem__, default=None)
         if best is None:
             matches.append(None)
             continue
         edit = pairs[best][0]
-        resolved = resolve_first_hop(question, edit.subject, edit.answer) if chain else None
-        # A question in the edit's scope that has no first hop to resolve was taken for two-hop wrongly (some
-        # CounterFact paraphrases open with an unrelated sentence): it asks for the edit's answer.
-        beyond = bool(chain) and (scores[best] < scope.limit(edit) or resolved is not None)
-        matches.append(EditMatch(edit, scores[best], beyond=beyond, resolved=resolved if beyond else None))
+        # Whether there is a first hop is a matter of the question's wording, not of what the edit states: a
+        # fact-only edit's two-hop question is still beyond it (read with its fact), only not rewritten.
+        first_hop = bool(chain) and split_first_hop(question, edit.subject) is not None
+        # A question in the edit's scope that has no first hop was taken for two-hop wrongly (some CounterFact
+        # paraphrases open with an unrelated sentence): it asks for the edit's answer.
+        beyond = bool(chain) and (scores[best] < scope.limit(edit) or first_hop)
+        resolved = resolve_first_hop(question, edit.subject, edit.answer) if first_hop and edit.answer else None
+        matches.append(EditMatch(edit, scores[best], beyond=beyond, resolved=resolved))
     return matches

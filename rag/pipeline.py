@@ -37,7 +37,9 @@ class Answer:
     question is in an edit's scope (the edit then takes precedence over the passages), and where the
     time went (milliseconds). `beyond`: the question asks beyond the edit (a second hop from the edit's answer),
     so the answer follows from the edit but is not the one it states. `asked_as`: the question the reader was
-    asked instead, when the edit's answer could take the place of its first hop ("What is the capital of Iraq?")."""
+    asked instead, when the edit's answer could take the place of its first hop ("What is the capital of Iraq?");
+    it is answered as any question is (from another edit in its scope, if one is), and `edit` stays the one whose
+    answer took that place."""
 
     question: str
     text: str
@@ -214,15 +216,19 @@ class Pipeline:
         `adapter`: a peft adapter folder the generative reader answers with (loaded once, then kept beside the others);
         when it was trained with a query encoder, that encoder retrieves for it. `depth`: passages retrieved per
         question (None: k), of which the reader reads the top k; an answer lists them all (`rag-eval qa` measures
-        recall@20 on them in the same search).
+        recall@20 on them in the same search), except one read beyond an edit without a rewrite (below), which
+        lists the min(k, BEYOND_K) passages it was read from.
 
         A question in an edit's scope gets the answer the edit states, or else is read from the edit's fact
         alone; the others are answered exactly as without edits. (Reading a stated answer back out of its
         fact could only lose it: the span reader cut "World War I" to "World War" on some zsRE edits.) A two-hop
         question that asks beyond an edit is asked again with the edit's answer in place of its first hop ("What
-        is the capital of Iraq?") and answered as without edits; one that cannot be rewritten so is read by the
-        generative reader from the edit's fact followed by the passages retrieved for the question with the edit's
-        answer appended (about the new answer, where the second hop is)."""
+        is the capital of Iraq?") and answered as any question is: from another edit in the rewritten question's
+        scope (one that changed the capital of Iraq), else as without edits; the answer's `edit` stays the one
+        that resolved its first hop. One that cannot be rewritten so (no first hop phrase, or an edit that states
+        only a fact) is read by the generative reader from the edit's fact followed by the passages retrieved for
+        the question with the edit's answer, if it states one, appended (about the new answer, where the second
+        hop is)."""
         k = self.reader.default_k if k is None else k
         depth = k if depth is None else depth
         for q in questions:
@@ -244,28 +250,37 @@ class Pipeline:
         asked = [r or q for r, q in zip(rewritten, questions)]
         resolved = [i for i in beyond if rewritten[i]]
         unresolved = [i for i in beyond if not rewritten[i]]
+        # The edit each question is answered from: its own unless it asks beyond it; a rewritten question is
+        # matched once more, without two-hop detection (so never rewritten again) and never to the edit that
+        # rewrote it (whose answer it now names), so that an edit of the second hop applies too.
+        answering = [None if i in beyond else e for i, e in enumerate(edits)]
+        resolved_vectors = None
+        if resolved:
+            resolved_vectors = self.index.encoder([asked[i] for i in resolved])
+            again = match_edits(self.index.memory, self.scope, [asked[i] for i in resolved], resolved_vectors,
+                                exclude=[edits[i] for i in resolved])
+            for i, m in zip(resolved, again):
+                answering[i] = m.edit if m is not None else None
         t1 = time.perf_counter()
         retriever = self.retriever_for(adapter) if depth else None
-        reuse = vectors if retriever is None and mode != "sparse" else None
+        reuse = retriever is None and mode != "sparse"
         # Each question is retrieved for once: as asked, or, unresolved, with the edit's answer appended.
         rest = [i for i in range(len(questions)) if i not in beyond]
         passages: list[list[SearchHit]] = [[] for _ in questions]
-        found = self.retrieve([questions[i] for i in rest], depth, mode, query_vectors=None if reuse is None else reuse[rest], retriever=retriever)
-        for i, hits in zip(rest, found):
-            passages[i] = hits
-        again = ((resolved, [asked[i] for i in resolved], depth),
-                 (unresolved, [f"{questions[i]} {edits[i].answer or ''}".strip() for i in unresolved], min(k, BEYOND_K)))
-        for group, queries, group_depth in again:
+        searches = ((rest, [questions[i] for i in rest], depth, vectors[rest] if reuse and vectors is not None else None),
+                    (resolved, [asked[i] for i in resolved], depth, resolved_vectors if reuse else None),
+                    (unresolved, [f"{questions[i]} {edits[i].answer or ''}".strip() for i in unresolved], min(k, BEYOND_K), None))
+        for group, queries, group_depth, group_vectors in searches:
             if group:
-                for i, hits in zip(group, self.retrieve(queries, group_depth, mode, retriever=retriever)):
+                for i, hits in zip(group, self.retrieve(queries, group_depth, mode, query_vectors=group_vectors, retriever=retriever)):
                     passages[i] = hits
         t2 = time.perf_counter()
-        stated = {i for i, e in enumerate(edits) if e is not None and e.answer and i not in beyond}
-        texts = [edits[i].answer if i in stated else "" for i in range(len(questions))]
-        plain = [i for i, e in enumerate(edits) if e is None] + resolved
-        edited = [i for i, e in enumerate(edits) if e is not None and not e.answer and i not in beyond]
+        stated = {i for i, e in enumerate(answering) if e is not None and e.answer}
+        texts = [answering[i].answer if i in stated else "" for i in range(len(questions))]
+        plain = [i for i, e in enumerate(answering) if e is None and i not in unresolved]
+        edited = [i for i, e in enumerate(answering) if e is not None and not e.answer]
         with self._adapted(adapter):
-            for group, contexts in ((plain, [passages[i][:k] for i in plain]), (edited, [[EditPassage.of(edits[i])] for i in edited])):
+            for group, contexts in ((plain, [passages[i][:k] for i in plain]), (edited, [[EditPassage.of(answering[i])] for i in edited])):
                 if group:
                     for i, text in zip(group, self.reader.generate([asked[i] for i in group], contexts)):
                         texts[i] = text

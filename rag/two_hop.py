@@ -87,18 +87,17 @@ class TwoHopDetector:
 IDENTITY_HOP = re.compile(r"\b(?:name|names|title)\s+of\s*$", flags=re.IGNORECASE)
 
 
-def resolve_first_hop(question: str, subject: str | None, answer: str | None) -> str | None:
-    """`question` with its first hop replaced by `answer`: "What is the capital of the country Kim Myhr is a
-    citizen of?" with Kim Myhr's edited citizenship Iraq gives "What is the capital of Iraq?".
+def split_first_hop(question: str, subject: str | None) -> tuple[str, str] | None:
+    """`question` around its first hop through `subject`: the text before and after the noun phrase that asks
+    for it ("What is the capital of " and "?" in "What is the capital of the country Kim Myhr is a citizen of?"),
+    or None where it has none. Whether a question has a first hop is a matter of its wording alone.
 
     The first hop is taken to be the noun phrase that opens with the last "the" before the subject in its
     sentence (not one that is part of the subject's own name, as in "the Eiffel Tower") and runs to the end
     of the subject's clause (",", ";", "?" or the end). Where the subject occurs more than once, the last
-    occurrence that has such a phrase is used. None when there is no subject or answer, no such phrase,
-    nothing of the sentence would be left before it, or what is left only names the phrase ("What is the name
-    of the state in which X is located?" asks for the first hop itself)."""
-    if not answer:
-        return None
+    occurrence that has such a phrase is used. None when there is no subject, no such phrase, nothing of the
+    sentence would be left before it, or what is left only names the phrase ("What is the name of the state in
+    which X is located?" asks for the first hop itself)."""
     question = unicodedata.normalize("NFC", question)  # the positions subject_spans gives
     for at, after in reversed(subject_spans(question, subject)):
         sentence = max(question.rfind(mark, 0, at) for mark in ".!?") + 1
@@ -110,8 +109,16 @@ def resolve_first_hop(question: str, subject: str | None, answer: str | None) ->
             continue
         stop = re.search(r"[,;?]", question[after:])
         end = after + stop.start() if stop else len(question)
-        return f"{question[: opens[-1]]}{answer}{question[end:]}"
+        return question[: opens[-1]], question[end:]
     return None
+
+
+def resolve_first_hop(question: str, subject: str | None, answer: str) -> str | None:
+    """`question` with its first hop replaced by `answer`: "What is the capital of the country Kim Myhr is a
+    citizen of?" with Kim Myhr's edited citizenship Iraq gives "What is the capital of Iraq?". None where the
+    question has no first hop (`split_first_hop`)."""
+    around = split_first_hop(question, subject)
+    return None if around is None else f"{around[0]}{answer}{around[1]}"
 
 
 def load_two_hop(encoder: str, path: str | Path = SHIPPED) -> TwoHopDetector | None:

@@ -243,3 +243,51 @@ def test_two_hop_reading_survives_a_generative_reader_that_does_not_load(pipelin
     hits = pipeline.retrieve([f"{odd} zeta"], 3, "sparse")[0]
     assert first[0].text == pipeline.reader.generate([odd], [[EditPassage.of(edit), *hits]])[0]  # the span reader read it
     assert pipeline.edit_reader is pipeline.reader  # not tried again on the next request
+
+
+def test_a_fact_only_edit_is_read_beyond_by_a_two_hop_question_with_a_first_hop(pipeline: Pipeline, tiny_reader_path: str) -> None:
+    """No stated answer to put in the first hop's place: the question is still beyond the edit, read with its fact."""
+    reader = DecoderReader(tiny_reader_path, device="cpu")
+    pipeline.edit_reader = reader
+    pipeline.scope = SimilarityScope(-1.0)  # the edit claims every question: only the wording tells a first hop apart
+    pipeline.two_hop = TwoHopDetector(np.zeros(pipeline.index.manifest.dim), 10.0, 0.5, 0.0, "tiny")
+    edit = pipeline.index.memory.add("Topic4 is in zeta.", subject="topic4")
+    question = "what is the capital of the place where topic4 is?"
+    got = pipeline.ask(question, k=3, mode="sparse")
+    hits = pipeline.retrieve([question], 3, "sparse")[0]
+    assert got.edit == edit and got.beyond and got.asked_as is None and [p.id for p in got.passages] == [h.id for h in hits]
+    assert got.text == reader.generate([question], [[EditPassage.of(edit), *hits]])[0]
+    # No first hop in its wording: taken for two-hop wrongly, it asks for the edit's fact, read from it alone.
+    odd = "topic4 lies in a land whose capital is what?"
+    got = pipeline.ask(odd, k=3, mode="sparse")
+    assert got.edit == edit and not got.beyond and got.text == pipeline.reader.generate([odd], [[EditPassage.of(edit)]])[0]
+
+
+def test_a_rewritten_two_hop_question_takes_an_edit_of_its_second_hop(pipeline: Pipeline) -> None:
+    """"the capital of the place where topic4 is" after topic4 -> zeta and zeta's capital -> omega is omega."""
+    pipeline.two_hop = TwoHopDetector(np.zeros(pipeline.index.manifest.dim), 10.0, 0.5, 0.0, "tiny")  # every question
+    first = pipeline.index.memory.add("Topic4 is in zeta.", question="where is topic4?", answer="zeta", subject="topic4")
+    second = pipeline.index.memory.add("The capital of zeta is omega.", question="what is the capital of zeta?", answer="omega",
+                                       subject="zeta")
+    question, rewritten = "what is the capital of the place where topic4 is?", "what is the capital of zeta?"
+    batch = [question, rewritten, "what is topic7?"]
+    got = pipeline.ask_many(batch, k=3, mode="sparse")
+    assert got[0].text == "omega" and got[0].edit == first and got[0].asked_as == rewritten and got[0].beyond
+    assert [p.id for p in got[0].passages] == [p.id for p in got[1].passages]  # retrieved as the rewritten question is
+    one_at_a_time = [pipeline.ask(q, k=3, mode="sparse") for q in batch]
+    assert [a.to_json() | {"timings": None} for a in got] == [a.to_json() | {"timings": None} for a in one_at_a_time]
+    fact_only = pipeline.index.memory.add("The capital of zeta is omega.", question=rewritten, supersedes=second.id)
+    read = pipeline.ask(question, k=3, mode="sparse")
+    assert read.text == pipeline.reader.generate([rewritten], [[EditPassage.of(fact_only)]])[0]  # from its fact alone
+
+
+def test_a_rewritten_question_is_never_answered_by_the_edit_that_rewrote_it(pipeline: Pipeline) -> None:
+    """Still naming the subject after the rewrite, it would otherwise get that edit's first hop back ("zeta")."""
+    pipeline.scope = SimilarityScope(-1.0)  # the edit claims every question that names its subject
+    pipeline.two_hop = TwoHopDetector(np.zeros(pipeline.index.manifest.dim), 10.0, 0.5, 0.0, "tiny")
+    edit = pipeline.index.memory.add("Topic4 is in zeta.", question="where is topic4?", answer="zeta", subject="topic4")
+    question = "where is topic4? what is the capital of the place where topic4 is?"
+    rewritten = "where is topic4? what is the capital of zeta?"
+    got = pipeline.ask(question, k=3, mode="sparse")
+    assert got.edit == edit and got.beyond and got.asked_as == rewritten
+    assert got.text == pipeline.reader.generate([rewritten], [pipeline.retrieve([rewritten], 3, "sparse")[0]])[0]

@@ -11,7 +11,7 @@ import pytest
 
 from indexer.names import unnamed_subject
 from rag.editing import names_subject
-from rag.two_hop import SHIPPED, TwoHopDetector, load_two_hop, resolve_first_hop
+from rag.two_hop import SHIPPED, TwoHopDetector, load_two_hop, resolve_first_hop, split_first_hop
 from trainer.edit_cases import EditCase, Probe
 from trainer.two_hop_training import fit, questions_of, relation_pairs
 
@@ -85,7 +85,7 @@ def test_fit_separates_separable_questions() -> None:
      "It lies on the coast. What is the capital of Iraq?"),
     ("Where does Kim Myhr live?", "Kim Myhr", "Iraq", None),  # no phrase opens before the subject
     ("What is the capital of the country Kim Myhr is a citizen of?", "Ada Lovelace", "Iraq", None),
-    ("What is the capital of the country Kim Myhr is a citizen of?", "Kim Myhr", None, None),
+    ("What is the capital of the country Kim Myhr is a citizen of?", None, "Iraq", None),  # an edit that states no subject
     ("What is the capital of the country Al is a citizen of?", "Al", "Iraq", "What is the capital of Iraq?"),  # not in "capital"
     ("Where is Kim Myhr from? What is the capital of the country Kim Myhr is a citizen of?", "Kim Myhr", "Iraq",
      "Where is Kim Myhr from? What is the capital of Iraq?"),  # the occurrence that has a first hop
@@ -96,8 +96,15 @@ def test_fit_separates_separable_questions() -> None:
      "What language is spoken in Poland?"),
     ("What is the name of the state in which Terricciola is situated?", "Terricciola", "Bergamo", None),  # asks the first hop
 ])
-def test_resolve_first_hop(question: str, subject: str, answer: str | None, expected: str | None) -> None:
+def test_resolve_first_hop(question: str, subject: str | None, answer: str, expected: str | None) -> None:
     assert resolve_first_hop(question, subject, answer) == expected
+
+
+def test_a_first_hop_is_found_in_the_wording_whatever_the_edit_states() -> None:
+    """What surrounds the first hop, which an edit that states only a fact has no answer to fill."""
+    assert split_first_hop("What is the capital of the country Kim Myhr is a citizen of, then?", "Kim Myhr") == (
+        "What is the capital of ", ", then?")
+    assert split_first_hop("What is the name of the state in which Terricciola is situated?", "Terricciola") is None
 
 
 @pytest.mark.parametrize("argv, message", [
