@@ -65,7 +65,7 @@ def check_request(question: str, k: int, mode: str) -> None:
     """Reject what cannot be answered, with a message that says how to fix it."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError("empty question: ask something")
-    if not isinstance(k, int) or not 0 <= k <= MAX_K:
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_K:  # True is an int to Python, not a k
         raise ValueError(f"k must be an integer from 0 (closed book) to {MAX_K}, got {k!r}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")

@@ -75,6 +75,7 @@ def test_closed_book_needs_no_index(tiny_reader_path: str) -> None:
     ("   ", 5, "hybrid", "empty question"),
     ("ok?", -1, "hybrid", "k must be"),
     ("ok?", 1000, "hybrid", "k must be"),
+    ("ok?", True, "hybrid", "k must be an integer"),
     ("ok?", 5, "fuzzy", "unknown mode"),
 ])
 def test_bad_requests_are_rejected(pipeline: Pipeline, question: str, k: int, mode: str, message: str) -> None:
