@@ -60,8 +60,6 @@ def chunk_document(
     else keep the whole document as one passage `{doc.id}#0`."""
     if words < 0 or tokens < 0:
         raise ValueError(f"words and tokens must be >= 0, got words={words}, tokens={tokens}")
-    if overlap and (tokens > 0 or words == 0):  # else it would be ignored without a word
-        raise ValueError(f"an overlap of {overlap} words needs word chunking (--chunk-words above 0, no --chunk-tokens)")
     if tokens > 0:
         if tokenizer is None:
             raise ValueError("token chunking (tokens > 0) needs a tokenizer")

@@ -117,6 +117,8 @@ class Index:
             raise IndexFolderError(f"unknown dense index kind {dense!r}: choose flat, ivf, ivfpq or hnsw")
         if chunk_tokens and not hasattr(encoder, "tokenizer"):
             raise IndexFolderError("token chunking needs an encoder with a tokenizer")
+        if chunk_overlap and (chunk_tokens or not chunk_words):  # else it would be ignored without a word
+            raise IndexFolderError(f"an overlap of {chunk_overlap} words needs word chunking (--chunk-words above 0, no --chunk-tokens)")
         # Chunking settings are checked once here rather than failing on the first document.
         chunk_document(Document("check", "", "check"), words=chunk_words, overlap=chunk_overlap,
                        tokenizer=getattr(encoder, "tokenizer", None), tokens=chunk_tokens)
@@ -158,6 +160,8 @@ class Index:
         saved = int(self.store.get_meta("dense_generation", "0"))
         if (self.path / DENSE_FILE).is_file():
             dense = DenseIndex.load(self.path / DENSE_FILE, self.manifest.dense, self.device)
+        else:
+            saved = 0  # no file (lost, or never written): rebuild from every change, not from the last save
         self._dense_saved_gen = saved
         dense = self._catch_up_dense(dense, since=min(saved, target), to=target)
         sparse_gen = self.sparse.generation(searcher) if self.sparse else target

@@ -16,7 +16,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from rag.adapters import AdapterBank, load_merged, virtual_tokens
+from rag.adapters import AdapterBank, load_merged
 from rag.models import GENERATIVE_READER, resolve_reader_path
 
 SYSTEM_PROMPT = (
@@ -163,9 +163,14 @@ class DecoderReader(AnswerScorer):
     def prompt_ids(self, question: str, passages: Sequence[PassageText], shots: Sequence[tuple[str, str]] = ()) -> list[int]:
         """Token ids of the chat prompt for `question` over `passages` (none: closed book), ending where the answer
         starts. `shots`: (question, answer) pairs shown first as earlier turns (in-context learning)."""
+        return self.fitted_prompt(question, passages, shots)[0]
+
+    def fitted_prompt(self, question: str, passages: Sequence[PassageText],
+                      shots: Sequence[tuple[str, str]] = ()) -> tuple[list[int], int]:
+        """`prompt_ids` and how many of the passages, the first ones, it holds: as many as fit the model's context."""
         earlier = [(f"Question: {q.strip()}", a) for q, a in shots]
         if not passages:
-            return self.chat_ids(CLOSED_BOOK_PROMPT, f"Question: {question.strip()}", earlier)
+            return self.chat_ids(CLOSED_BOOK_PROMPT, f"Question: {question.strip()}", earlier), 0
 
         texts = [self._truncate(p.text) for p in passages]
 
@@ -173,9 +178,9 @@ class DecoderReader(AnswerScorer):
             context = "\n\n".join(f"[{i}] {p.title}\n{text}" for i, (p, text) in enumerate(zip(passages[:n], texts), 1))
             return self.chat_ids(SYSTEM_PROMPT, f"Passages:\n{context}\n\nQuestion: {question.strip()}", earlier)
 
-        room = self.context_tokens - self.max_new_tokens
+        room = self.context_tokens - self.max_new_tokens - self._virtual_width()
         if len(ids := prompt(len(passages))) <= room:
-            return ids
+            return ids, len(passages)
         # Many passages (k goes up to 100): only the best that fit the model's context with room for the answer, the
         # largest such count by bisection. The first passage stays, whatever its length.
         fitting, too_many = 1, len(passages)
@@ -185,7 +190,7 @@ class DecoderReader(AnswerScorer):
                 fitting = middle
             else:
                 too_many = middle
-        return prompt(fitting)
+        return prompt(fitting), fitting
 
     def chat_ids(self, system: str, user: str, shots: Sequence[tuple[str, str]] = ()) -> list[int]:
         """Token ids of a chat: the system message, `shots` as earlier (user, assistant) turns, then `user`;
@@ -236,7 +241,7 @@ class DecoderReader(AnswerScorer):
         """The model to run on left-padded `ids` and its inputs. Under a prompt-tuning adapter: its base model, given
         embeddings with the virtual tokens right after each row's padding. (peft puts them before the padding, which
         moves a padded row's positions with the batch, and its cached generation drifts from the model's own answer.)"""
-        n = virtual_tokens(self.model)
+        n = self._virtual_width()
         if not n:
             return self.model, {"input_ids": ids, "attention_mask": mask}
         base = self.model.get_base_model()
@@ -247,6 +252,12 @@ class DecoderReader(AnswerScorer):
         full_mask = torch.stack([torch.cat([m[:p], m.new_ones(n), m[p:]]) for m, p in zip(mask, pads)])
         return base, {"inputs_embeds": embeds, "attention_mask": full_mask}
 
+    def _virtual_width(self) -> int:
+        """Virtual tokens the active prompt-tuning adapter puts before every prompt (0 without one). Not
+        rag.adapters.virtual_tokens: the bank keeps every prompt-tuning adapter in one model, and one is active."""
+        config = getattr(self.model, "active_peft_config", None)
+        return (config.num_virtual_tokens or 0) if config is not None and config.is_prompt_learning else 0
+
     @torch.inference_mode()
     def generate(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[str]:
         """Greedy short answers, one per question, each from its own list of passages (empty list: closed book).
@@ -255,7 +266,9 @@ class DecoderReader(AnswerScorer):
         """
         if len(questions) != len(passages):
             raise ValueError(f"{len(questions)} questions but {len(passages)} passage lists")
-        return self.complete([self.prompt_ids(q, p) for q, p in zip(questions, passages)], passages)
+        fitted = [self.fitted_prompt(q, p) for q, p in zip(questions, passages)]
+        # The constraint keeps answers within the passages the prompt holds, not those cut to fit the context.
+        return self.complete([ids for ids, _ in fitted], [row[:n] for row, (_, n) in zip(passages, fitted)])
 
     @torch.inference_mode()
     def complete(self, prompts: Sequence[Sequence[int]], passages: Sequence[Sequence[PassageText]] | None = None) -> list[str]:

@@ -65,12 +65,6 @@ def test_word_validation(words: int, overlap: int) -> None:
         chunk_words(make_doc(5), words=words, overlap=overlap)
 
 
-@pytest.mark.parametrize("words, tokens", [(0, 0), (100, 16)])
-def test_an_overlap_that_would_be_ignored_is_refused(tokenizer, words: int, tokens: int) -> None:
-    with pytest.raises(ValueError, match="overlap of 5 words needs word chunking"):
-        chunk_document(make_doc(30), words=words, overlap=5, tokenizer=tokenizer, tokens=tokens)
-
-
 def test_token_chunks_are_substrings_within_the_limit(tokenizer) -> None:
     text = "Zebras  (Equus quagga) are African équines with distinctive black-and-white striped coats. " * 6
     doc = Document(id="z", title="Zebra", text=text)

@@ -219,6 +219,15 @@ def test_on_error_skip_skips_and_reports(tmp_path: Path, tiny_encoder_path: str,
     assert json.loads(stdout)["documents"] == 3
 
 
+@pytest.mark.parametrize("chunking", [["--chunk-words", "0"], ["--chunk-tokens", "16"]])
+def test_an_overlap_that_would_be_ignored_is_refused(tmp_path: Path, corpus: Path, tiny_encoder_path: str,
+                                                     capsys: pytest.CaptureFixture, chunking: list[str]) -> None:
+    code, _, err = run(capsys, "build", "--out", tmp_path / "idx", "--corpus", corpus, "--encoder", tiny_encoder_path,
+                       "--chunk-overlap", "5", *chunking, "--quiet")
+    assert code == 2 and "an overlap of 5 words needs word chunking" in err
+    assert_no_index(tmp_path)
+
+
 def test_a_build_that_reads_no_document_warns(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": " "}\n')

@@ -555,6 +555,19 @@ def test_a_stale_dense_file_is_caught_up_on_open(tmp_path: Path, tiny_encoder: T
             assert index._snapshot.dense.ntotal == index.stats()["passages"] == 60
 
 
+def test_a_lost_dense_file_is_rebuilt_from_the_store(built: Path, tiny_encoder: TextEncoder) -> None:
+    docs = make_documents(N_DOCS)
+    (built / "dense.faiss").unlink()
+    for readonly in (True, False, True):
+        with Index.open(built, tiny_encoder, readonly=readonly) as index:
+            assert index.search(exact_query(docs[4]), k=1, mode="dense")[0].doc_id == "doc-4"
+            assert len(index.search("topic1", k=50, mode="dense")) == N_DOCS
+    with Index.open(built, tiny_encoder) as index:  # a writer saves what it rebuilt: the whole index, not a part
+        index.upsert([Document("late", "Late", "narwhals")])
+    with Index.open(built, tiny_encoder, readonly=True) as index:
+        assert len(index.search("topic1", k=50, mode="dense")) == N_DOCS + 1
+
+
 # -- read-only openers write nothing ---------------------------------------------------------------
 # SQLite's own coordination files: a WAL reader must create or map them to read safely beside a writer.
 SQLITE_WAL_FILES = {"passages.sqlite-wal", "passages.sqlite-shm"}

@@ -88,6 +88,7 @@ def test_a_prompt_keeps_the_best_passages_that_fit_the_models_context(tiny_reade
     kept = reader.tokenizer.decode(ids).count("Topic ")
     assert 5 < kept < 20 and all(f"Topic {n}\n" in reader.tokenizer.decode(ids) for n in range(kept))  # the best ones
     assert reader.generate(["q?"], [passages]) == reader.generate(["q?"], [passages[:kept]])
+    assert reader.fitted_prompt("q?", passages) == (ids, kept)
     room = reader.context_tokens - reader.max_new_tokens
     reader.context_tokens = sys.maxsize  # uncapped: what one more passage would have taken
     assert ids == reader.prompt_ids("q?", passages[:kept])
@@ -143,6 +144,10 @@ def test_a_prompt_tuning_adapter_answers_as_its_model_does_in_any_batch(tiny_rea
         for weight in tuned.prompt_encoder.parameters():
             weight.normal_(0, 1.0)
     tuned.save_pretrained(tmp_path / "prompt")
+    with torch.no_grad():
+        for weight in tuned.prompt_encoder.parameters():
+            weight.normal_(0, 1.0)
+    tuned.save_pretrained(tmp_path / "other")  # a second one: the bank holds both in one model, one active
 
     reader = DecoderReader(str(tmp_path / "sharp"), device="cpu", max_new_tokens=5)
     questions = ["topic1?", "a much longer question about topic5 and more"]
@@ -167,6 +172,11 @@ def test_a_prompt_tuning_adapter_answers_as_its_model_does_in_any_batch(tiny_rea
         alone = torch.cat([reader.answer_logprobs([p], answer[:1])[0] for p in prompts])
         torch.testing.assert_close(scores, alone)
     assert reader.generate(questions, [[], []]) != batched  # the adapter changes the answers: the test can tell
+    with torch.inference_mode(), reader.adapted(tmp_path / "other"):
+        other = reader.generate(questions, [[], []])
+        assert other == [greedy(p) for p in prompts] != batched
+        torch.testing.assert_close(reader.answer_logprobs(prompts, answer)[0],
+                                   torch.cat([reader.answer_logprobs([p], answer[:1])[0] for p in prompts]))
 
 
 def test_text_that_spells_a_special_token_stays_text(reader: DecoderReader) -> None:

@@ -97,6 +97,7 @@ def test_lora_cli_writes_an_adapter_that_loads(topic_index: Path, tiny_reader_pa
     (["--max-passage-tokens", "0"], "--max-passage-tokens must be at least 1"),
     (["--lora-rank", "0"], "--lora-rank must be at least 1"),
     (["--lr", "-1"], "--lr must be positive"),
+    (["--k", "101"], "--k 101: at most 100 passages"),
 ])
 def test_bad_training_input(argv: list[str], message: str, topic_index: Path, tmp_path: Path, tiny_reader_path: str,
                             capsys: pytest.CaptureFixture) -> None:

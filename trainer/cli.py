@@ -205,10 +205,13 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def _train_reader(args: argparse.Namespace) -> int:
     from rag.models import GENERATIVE_READER
+    from rag.pipeline import MAX_K
     from trainer.reader_training import ReaderTrainingConfig, train_reader
 
     check_counts(args, at_least_one=("k", "steps", "batch_size", "grad_accum", "lora_rank", "max_passage_tokens"),
                  at_least_zero=("dev_size", "dev_eval"), positive=("lr",))
+    if args.k > MAX_K:  # the dev evaluation, like any question, reads at most this many
+        raise ValueError(f"--k {args.k}: at most {MAX_K} passages per question")
     config = ReaderTrainingConfig(
         train=[Path(p) for p in args.train.split(",") if p], index=args.index, out=args.out, reader=args.reader or GENERATIVE_READER,
         method=args.method, k=args.k, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,

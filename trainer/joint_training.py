@@ -60,7 +60,7 @@ from rag.command_line import (add_optimizer_options, add_run_options, check_coun
                               typed_command)
 from rag.fid_reader import FiDReader, is_fid_reader, load_generative_reader
 from rag.models import GENERATIVE_READER
-from rag.pipeline import Pipeline
+from rag.pipeline import MAX_K, Pipeline
 from rag.reader import pick_device
 from rag.retriever import DualEncoder
 from trainer.distributed_search import ShardedDenseSearch, barrier, shard_of, start_distributed, world
@@ -160,6 +160,8 @@ class JointTrainingConfig:
         if self.query_side_only and refresh.kind != "none":
             raise ValueError("--query-side-only keeps the passage side frozen (the index's vectors): there is nothing to "
                              "refresh; drop --refresh or --query-side-only")
+        if self.top_k > MAX_K:  # the reader reads them all in one prompt, and rag-eval qa (dev) asks for at most this
+            raise ValueError(f"--top-k {self.top_k}: at most {MAX_K} passages per question")
         if self.candidates and self.candidates < self.top_k:
             raise ValueError(f"--candidates {self.candidates} must be at least --top-k {self.top_k}: the reader reads the first "
                              "--top-k of the candidates")
