@@ -151,9 +151,8 @@ class Index:
 
     def _load(self, target: int | None) -> None:
         """Load the persisted parts and bring the dense index, in memory, to `target` (None: to the sparse one)."""
-        searcher = self.sparse.searcher() if self.sparse else None
-        if target is None:
-            target = self.sparse.generation(searcher) if self.sparse else self.store.generation
+        searcher, reached = self._sparse_reached()
+        target = reached if target is None else target
         dense = None
         # Read before the file: a writer may save a newer file in between, and replaying changes the file already
         # has is harmless, while skipping ones it lacks would hide them from this reader for as long as it is open.
@@ -164,8 +163,15 @@ class Index:
             saved = 0  # no file (lost, or never written): rebuild from every change, not from the last save
         self._dense_saved_gen = saved
         dense = self._catch_up_dense(dense, since=min(saved, target), to=target)
-        sparse_gen = self.sparse.generation(searcher) if self.sparse else target
-        self._snapshot = Snapshot(min(target, sparse_gen), dense, searcher)
+        self._snapshot = Snapshot(min(target, reached), dense, searcher)
+
+    def _sparse_reached(self) -> tuple[tantivy.Searcher | None, int]:
+        """A BM25 searcher of its last commit and the generation that commit reflects; without BM25, none and the
+        store's generation: what every part has reached."""
+        if self.sparse is None:
+            return None, self.store.generation
+        searcher = self.sparse.searcher()
+        return searcher, self.sparse.generation(searcher)
 
     @property
     def encoder(self) -> Encoder:
@@ -203,12 +209,9 @@ class Index:
         version = self.store.data_version()  # moves with other connections' commits only
         if version != self._data_version and self._thread_lock.acquire(blocking=False):
             try:
-                searcher = self.sparse.searcher() if self.sparse else None
-                target = self.sparse.generation(searcher) if self.sparse else self.store.generation
-                snap = self._snapshot
-                if target > snap.generation:
-                    dense = snap.dense.clone() if snap.dense is not None else None  # searches in flight keep the old one
-                    self._snapshot = Snapshot(target, self._catch_up_dense(dense, since=snap.generation, to=target), searcher)
+                searcher, target = self._sparse_reached()
+                if target > self._snapshot.generation:
+                    self._snapshot = Snapshot(target, self._dense_moved(self._snapshot, target), searcher)
                 if target >= self.store.generation:  # else the other writer's BM25 part is still catching up: look again
                     self._data_version = version
             finally:
@@ -369,10 +372,7 @@ class Index:
 
     def _publish_derived(self, gen: int) -> None:
         """Bring dense and sparse from the current snapshot to committed generation `gen`, persist, swap."""
-        base = self._snapshot
-        # Copy-on-write: searches in flight keep the old dense index.
-        dense = base.dense.clone() if base.dense is not None and base.generation != gen else base.dense
-        dense = self._catch_up_dense(dense, since=base.generation, to=gen)
+        dense = self._dense_moved(self._snapshot, gen)
         if dense is not None and self._dense_checkpoint_due(dense):
             dense.save(self.path / DENSE_FILE)
             self.store.set_meta("dense_generation", str(gen))
@@ -396,6 +396,12 @@ class Index:
             return True
         pending = len(self.store.changed_rows(self._dense_saved_gen))
         return pending > DENSE_CHECKPOINT_FRACTION * max(dense.ntotal, 1)
+
+    def _dense_moved(self, base: Snapshot, to: int) -> DenseIndex | None:
+        """`base`'s dense index brought to generation `to`, copied first when that changes it (copy-on-write: searches
+        in flight keep the old one)."""
+        dense = base.dense.clone() if base.dense is not None and base.generation != to else base.dense
+        return self._catch_up_dense(dense, since=base.generation, to=to)
 
     def _catch_up_dense(self, dense: DenseIndex | None, since: int, to: int) -> DenseIndex | None:
         """Return `dense` (known to be at least at generation `since`) moved to generation `to`."""
