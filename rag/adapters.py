@@ -61,9 +61,10 @@ def query_encoder_folder(adapter: str | Path) -> Path | None:
 
 
 def virtual_tokens(model: torch.nn.Module) -> int:
-    """Virtual tokens a prompt-tuning adapter puts before every prompt of `model` (0 for any other model)."""
-    configs = getattr(model, "peft_config", {})
-    return sum(getattr(c, "num_virtual_tokens", 0) or 0 for c in configs.values() if c.is_prompt_learning)
+    """Virtual tokens the active prompt-tuning adapter of `model` puts before every prompt (0 for any other model). A
+    peft model may hold several adapters (an AdapterBank keeps every prompt-tuning one in one model); one is active."""
+    config = getattr(model, "active_peft_config", None)
+    return (config.num_virtual_tokens or 0) if config is not None and config.is_prompt_learning else 0
 
 
 class AdapterBank:

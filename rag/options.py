@@ -9,7 +9,7 @@ from indexer.index import MODES
 from rag.adapters import adapter_kind, query_encoder_folder
 from rag.editing import SCOPE_KINDS
 from rag.models import DEFAULT_READER, GENERATIVE_READER
-from rag.pipeline import TWO_HOP_KINDS, Pipeline
+from rag.pipeline import MAX_K, TWO_HOP_KINDS, Pipeline
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool = True) -> None:
@@ -49,6 +49,8 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
     """
     if args.k is not None and args.k < 0:
         raise ValueError(f"--k must be 0 or more, got {args.k}")
+    if args.k is not None and args.k > MAX_K:
+        raise ValueError(f"--k must be at most {MAX_K}, the most a request may ask for, got {args.k}")
     if args.adapter is not None:
         adapter_kind(args.adapter)  # refuses, with a message, a folder peft could not load
     # The index opens first: a wrong folder fails at once, not after the reader has loaded.

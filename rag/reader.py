@@ -16,7 +16,8 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from rag.adapters import AdapterBank, load_merged
+from indexer.encoder import resolve_device
+from rag.adapters import AdapterBank, load_merged, virtual_tokens
 from rag.models import GENERATIVE_READER, resolve_reader_path
 
 SYSTEM_PROMPT = (
@@ -34,10 +35,8 @@ class PassageText(Protocol):
 
 
 def pick_device(device: str | None) -> torch.device:
-    """`None` or "auto" picks CUDA when there is one; anything else is taken literally."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """`resolve_device` as a torch.device: `None` or "auto" picks CUDA when there is one."""
+    return torch.device(resolve_device(device))
 
 
 def load_pretrained(path: str, model_class: Any, device: torch.device, dtype: torch.dtype | None,
@@ -178,7 +177,7 @@ class DecoderReader(AnswerScorer):
             context = "\n\n".join(f"[{i}] {p.title}\n{text}" for i, (p, text) in enumerate(zip(passages[:n], texts), 1))
             return self.chat_ids(SYSTEM_PROMPT, f"Passages:\n{context}\n\nQuestion: {question.strip()}", earlier)
 
-        room = self.context_tokens - self.max_new_tokens - self._virtual_width()
+        room = self.context_tokens - self.max_new_tokens - virtual_tokens(self.model)
         if len(ids := prompt(len(passages))) <= room:
             return ids, len(passages)
         # Many passages (k goes up to 100): only the best that fit the model's context with room for the answer, the
@@ -241,7 +240,7 @@ class DecoderReader(AnswerScorer):
         """The model to run on left-padded `ids` and its inputs. Under a prompt-tuning adapter: its base model, given
         embeddings with the virtual tokens right after each row's padding. (peft puts them before the padding, which
         moves a padded row's positions with the batch, and its cached generation drifts from the model's own answer.)"""
-        n = self._virtual_width()
+        n = virtual_tokens(self.model)
         if not n:
             return self.model, {"input_ids": ids, "attention_mask": mask}
         base = self.model.get_base_model()
@@ -251,12 +250,6 @@ class DecoderReader(AnswerScorer):
         embeds = torch.stack([torch.cat([w[:p], v.to(w.dtype), w[p:]]) for w, v, p in zip(words, virtual, pads)])
         full_mask = torch.stack([torch.cat([m[:p], m.new_ones(n), m[p:]]) for m, p in zip(mask, pads)])
         return base, {"inputs_embeds": embeds, "attention_mask": full_mask}
-
-    def _virtual_width(self) -> int:
-        """Virtual tokens the active prompt-tuning adapter puts before every prompt (0 without one). Not
-        rag.adapters.virtual_tokens: the bank keeps every prompt-tuning adapter in one model, and one is active."""
-        config = getattr(self.model, "active_peft_config", None)
-        return (config.num_virtual_tokens or 0) if config is not None and config.is_prompt_learning else 0
 
     @torch.inference_mode()
     def generate(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[str]:

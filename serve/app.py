@@ -83,10 +83,11 @@ def _check_meta(meta: dict[str, Any]) -> None:
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         for key, item in items:
             todo.append((f"{where}.{key}", item))
+        # The strings here: the value itself, or an object's keys (its values are checked in their turn).
+        texts = [value] if isinstance(value, str) else list(value) if isinstance(value, dict) else []
         try:
-            for text in [value, *(value if isinstance(value, dict) else ())]:
-                if isinstance(text, str):
-                    _encodable(text)
+            for text in texts:
+                _encodable(text)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
 

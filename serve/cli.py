@@ -12,7 +12,6 @@ from typing import Sequence
 
 from rag.command_line import run_command
 from rag.options import add_pipeline_arguments, pipeline_from_args
-from rag.pipeline import MAX_K
 
 MAX_WAIT_MS = 10_000  # a batch that waits longer for company than this only delays its first question
 TOKEN_ENV = "RAG_SERVE_TOKEN"
@@ -88,8 +87,6 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0 <= args.max_wait_ms <= MAX_WAIT_MS:  # NaN fails this too; inf would keep a lone question waiting for ever
         raise ValueError(f"--max-wait-ms must be from 0 to {MAX_WAIT_MS:,}, got {args.max_wait_ms}")
-    if args.k is not None and args.k > MAX_K:
-        raise ValueError(f"--k must be at most {MAX_K}, the most a request may ask for, got {args.k}")
     if args.adapters is not None and not args.adapters.is_dir():
         raise ValueError(f"--adapters {args.adapters}: no such folder")
     token = args.token or os.environ.get(TOKEN_ENV) or None
