@@ -420,6 +420,13 @@ class Index:
         return dense
 
     # -- reading -------------------------------------------------------------------------------
+    def check_mode(self, mode: str) -> None:
+        """Refuse a search mode this index cannot serve: an unknown one, or BM25's on an index built without it."""
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r}: choose dense, sparse or hybrid")
+        if mode != "dense" and self.sparse is None:
+            raise ValueError(f"mode {mode!r} needs BM25, and this index was built without it (--no-sparse): use mode dense")
+
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[SearchHit]:
         """The k best passages for `query`: dense, sparse (BM25) or hybrid (reciprocal rank fusion)."""
         return self.search_many([query], k=k, mode=mode)[0]
@@ -428,14 +435,11 @@ class Index:
         self, queries: Sequence[str], k: int = 5, mode: str = "hybrid", query_vectors: np.ndarray | None = None
     ) -> list[list[SearchHit]]:
         """Search a batch of queries against one snapshot. `query_vectors` replaces the encoder (e.g. a trained query encoder)."""
-        if mode not in MODES:
-            raise ValueError(f"unknown search mode {mode!r}: choose dense, sparse or hybrid")
+        self.check_mode(mode)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if any(not q.strip() for q in queries):
             raise ValueError("empty query: ask something")
-        if mode != "dense" and self.sparse is None:
-            raise IndexFolderError("this index has no sparse (BM25) part (built with --no-sparse): use --mode dense")
         snap = self._current_snapshot()
         depth = k if mode != "hybrid" else max(k, HYBRID_DEPTH)
         dense_lists = sparse_lists = None

@@ -63,9 +63,8 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
         pipeline.retriever = pipeline.load_query_encoder(query_encoder, resolve_device(args.device))
     if args.k is None:
         args.k = pipeline.reader.default_k
-    has_bm25 = pipeline.index is None or pipeline.index.sparse is not None
     if args.mode is None:
-        args.mode = "hybrid" if has_bm25 else "dense"
-    elif args.mode != "dense" and not has_bm25:
-        raise ValueError(f"--mode {args.mode} needs BM25, and {args.index} was built without it (--no-sparse): use --mode dense")
+        args.mode = "hybrid" if pipeline.index is None or pipeline.index.sparse is not None else "dense"
+    elif pipeline.index is not None:
+        pipeline.index.check_mode(args.mode)
     return pipeline

@@ -269,9 +269,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     index = pipeline.index
     if index is None or index.readonly:
         raise ValueError("the server needs an index opened for writing (Index.open(path))")
-    if settings.mode != "dense" and index.sparse is None:
-        raise ValueError(f"--mode {settings.mode} needs BM25, and {index.path} was built without it (--no-sparse): "
-                         "serve it with --mode dense")
+    index.check_mode(settings.mode)
     batcher = MicroBatcher(lambda questions, k, mode, adapter: pipeline.ask_many(questions, k=k, mode=mode, adapter=adapter),
                            max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue)
     metrics = Metrics(index.stats, lambda: batcher.pending)
@@ -323,9 +321,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         mode = body.mode or settings.mode
         try:
             check_request(body.question, k, mode)
-            if mode != "dense" and index.sparse is None:
-                raise ValueError(f"mode {mode!r} needs BM25, and this index was built without it (--no-sparse): "
-                                 'ask with "mode": "dense"')
+            index.check_mode(mode)
             adapter = None if body.adapter is None else _adapter_folder(body.adapter, settings.adapter_root)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc

@@ -175,7 +175,7 @@ def test_no_sparse_index_searches_dense_only(tmp_path: Path, corpus: Path, tiny_
     for mode in ("sparse", "hybrid"):
         code, stdout, err = run(capsys, "search", "--index", out, "--mode", mode, "topic1")
         assert code == 2 and stdout == ""
-        assert "rag-index: error:" in err and "--mode dense" in err
+        assert "rag-index: error:" in err and "needs BM25" in err and "use mode dense" in err
 
 
 # -- errors: exit 2, a message, nothing half-done --------------------------------------------------
