@@ -94,6 +94,13 @@ def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path,
     assert [hits[0].row for hits in search.search(search.stored_vectors(every), 1)] == every  # whatever order it was encoded in
     assert TrainingIndex(index, tmp_path / "gens", generation=1).size == 20  # a resumed run loads its generation
     search.drop_older(1)
+    # Between checkpoints a refresh drops the generation before it, unless a checkpoint names that one.
+    files = lambda: sorted(p.name for p in (tmp_path / "gens").iterdir())
+    for _ in range(3):
+        search.refresh(DualEncoder(tiny_encoder_path))
+    assert files() == ["dense-1-0of1.faiss", "dense-4-0of1.faiss"]
+    search.drop_older(4)
+    assert files() == ["dense-4-0of1.faiss"]
     with pytest.raises(ValueError, match="retrieval is dense or hybrid"):
         search.search_many(queries, 5, "sparse", vectors)
 
@@ -381,6 +388,28 @@ def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_
     assert speed["refresh_passages_per_second"] > 0
 
 
+def test_a_finished_run_resumed_keeps_its_final_evaluation(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+    run = config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", loss="pdist", steps=2, dev_eval=2)
+    first = train_joint(run, progress=False)
+    again = train_joint(run, resume=True, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(bool(r.get("final")) for r in rows) == 1 and again["dev_after"] == first["dev_after"] and again["steps"] == 2
+
+
+def test_resume_refuses_an_index_that_changed_since(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+    """The run's passages and re-embedded vectors are those of the index it stopped with: after an upsert or a delete
+    a resume would search rows that are gone, so it is refused by name."""
+    index_copy = tmp_path / "idx"
+    shutil.copytree(topic_index, index_copy)
+    run = config(index_copy, qa_file, tiny_reader_path, tmp_path / "run", loss="emdr2", refresh="every:1")
+    assert train_joint(run, progress=False, stop_after=2) == {"stopped_at": 2}
+    with Index.open(index_copy) as index:
+        doc_id = next(index.store.iter_passages(index.generation)).doc_id
+        index.delete([doc_id])
+    with pytest.raises(ValueError, match=r"changed since the run stopped \(generation 1 then, 2 now\)"):
+        train_joint(run, resume=True, progress=False)
+
+
 def test_cli_run_exports_an_encoder_and_a_reader_that_load(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     """`rag-train joint` with dev evaluation and bf16 autocast on the CPU; `rag-index build --encoder export/encoder` and `rag-serve ask --adapter export/reader` take the outputs."""
@@ -457,6 +486,7 @@ def test_resume_continues_in_the_folder_named_from_any_working_directory(topic_i
     (["--index", "/nonexistent"], "/nonexistent"),
     (["--top-k", "25"], "the index has only 20 passages"),
     (["--held-out-share", "0.01"], "holds out no question"),
+    (["--held-out-share", "0.99"], "holds out every training question"),
     (["--train", ","], "--train needs at least one QA file"),
 ])
 def test_a_failed_start_leaves_out_as_it_was(argv: list[str], message: str, topic_index: Path, qa_file: Path, tiny_reader_path: str,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_topic_qa
-from indexer.index import Index
+from conftest import make_documents, write_topic_qa
+from indexer.index import Index, build_index
 from rag.fid_reader import load_generative_reader
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
@@ -115,6 +115,16 @@ def test_bad_training_input(argv: list[str], message: str, topic_index: Path, tm
     assert main_train(["reader", *[x for kv in base.items() for x in kv]]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_trains_on_an_index_without_bm25(tmp_path: Path, tiny_encoder, tiny_reader_path: str) -> None:
+    """Retrieval for the examples and the dev answers is dense there, as questions are answered on such an index."""
+    build_index(tmp_path / "idx", make_documents(20), tiny_encoder, sparse=False)
+    files = [write_topic_qa(tmp_path / "a.jsonl.gz"), write_topic_qa(tmp_path / "b.jsonl.gz")]
+    config = ReaderTrainingConfig(train=files, index=tmp_path / "idx", out=tmp_path / "o", reader=tiny_reader_path, k=2, steps=2,
+                                  batch_size=2, grad_accum=2, dev_size=1, dev_eval=1, device="cpu")
+    record = train_reader(config, progress=False)
+    assert record["dev"]["n"] == 1 and record["examples"] == 8  # a dev question, though --dev-size is under one per file
 
 
 def test_the_evaluation_only_refusal_advises_by_the_kind_of_file() -> None:

@@ -230,6 +230,7 @@ class TrainingIndex:
         self.index = index
         self.folder = folder
         self.generation = generation
+        self.checkpointed = generation  # the generation the latest checkpoint names: its file must stay
         self.rank, self.world_size = world()
         self.size = index.store.counts(index.generation)["passages"]
         if not self.size:
@@ -303,12 +304,15 @@ class TrainingIndex:
         self.folder.mkdir(parents=True, exist_ok=True)
         shard.save(generation_file(self.folder, self.generation + 1, self.rank, self.world_size))
         self.dense, self.generation = ShardedDenseSearch(shard, self.comm_device), self.generation + 1
+        if self.generation - 1 not in (0, self.checkpointed):  # else one full copy per refresh piles up between checkpoints
+            generation_file(self.folder, self.generation - 1, self.rank, self.world_size).unlink(missing_ok=True)
         seconds = time.perf_counter() - start
         return {"generation": self.generation, "passages": len(passages), "seconds": seconds,
                 "passages_per_second": round(len(passages) / seconds, 1)}
 
     def drop_older(self, keep: int) -> None:
         """Delete this rank's generation files before `keep` (a checkpoint names `keep`, so they can no longer be needed)."""
+        self.checkpointed = keep
         for path in self.folder.glob(f"dense-*-{self.rank}of{self.world_size}.faiss"):
             if int(path.stem.split("-")[1]) < keep:
                 path.unlink()
@@ -563,6 +567,7 @@ class JointTrainer:
             dist.all_gather_object(rngs, rng)
         if self.rank == 0:
             state = {"step": step, "cursor": cursor, "generation": self.search_index.generation, "world_size": self.world_size,
+                     "index_generation": self.search_index.index.generation,
                      **self.trainable_state(), "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                      "rng": rngs}
             tmp = self.config.out / (CHECKPOINT + ".tmp")
@@ -630,6 +635,8 @@ def run_records(config: JointTrainingConfig, ranks: int, index: Index) -> tuple[
         if not held_out:
             raise ValueError(f"--held-out-share {config.held_out_share} holds out no question: it needs records with gold_ids whose "
                              "documents are in --index, and enough articles (titles) for the share to round to at least one")
+        if not train:
+            raise ValueError(f"--held-out-share {config.held_out_share} holds out every training question: lower it")
         train = train[:needed]
     else:
         train, held_out = load_train_dev(config.train, needed, 0 if config.dev else config.dev_size, config.seed)
@@ -698,6 +705,10 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
     state = torch.load(out / CHECKPOINT, weights_only=False) if resume else None
     torch.manual_seed(config.seed)
     index = Index.open(config.index, readonly=True)
+    if state and state.get("index_generation", index.generation) != index.generation:
+        # Its passages and the run's re-embedded vectors would no longer agree: not the run it was.
+        raise ValueError(f"{config.index} changed since the run stopped (generation {state['index_generation']} then, "
+                         f"{index.generation} now): a resume needs the index as it was; start a new run instead")
     train, dev = run_records(config, ranks, index)
     trainer = JointTrainer(config, index, generation=state["generation"] if state else 0)
     if rank == 0:
@@ -751,9 +762,12 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
         bar.close()
         if step < config.steps:
             return {"stopped_at": step}
-        final = trainer.evaluate(dev) if dev else {}
-        if dev:
-            _log(log, {"step": step, "dev": final, "final": True})
+        # A finished run resumed keeps its final evaluation rather than logging a second one.
+        final = next((row["dev"] for row in map(json.loads, kept) if row.get("final")), None)
+        if final is None:
+            final = trainer.evaluate(dev) if dev else {}
+            if dev:
+                _log(log, {"step": step, "dev": final, "final": True})
     if rank != 0:
         barrier()  # rank 0 exports
         return {"steps": step, "rank": rank}

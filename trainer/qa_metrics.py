@@ -25,7 +25,7 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
 def _f1(prediction: str, answer: str) -> float:
     pred, gold = normalize_answer(prediction).split(), normalize_answer(answer).split()
     common = sum((collections.Counter(pred) & collections.Counter(gold)).values())
-    if not pred or not gold:
+    if not pred or not gold:  # SQuAD v2.0's rule: both empty ("a" against "The") agree, as their EM says (v1.1 gives 0)
         return float(pred == gold)
     if common == 0:
         return 0.0

@@ -73,8 +73,9 @@ def load_train_dev(files: list[Path], needed: int, dev_size: int, seed: int) -> 
     as many train records, shuffled, as the run can use. ValueError when the hold-out leaves nothing to train on."""
     train: list[QARecord] = []
     dev: list[QARecord] = []
-    for path in files:
-        part_train, part_dev = split_train_dev(read_qa(path), dev_size // len(files), seed)
+    for i, path in enumerate(files):
+        share = dev_size // len(files) + (i < dev_size % len(files))  # all dev_size of them, even fewer than files
+        part_train, part_dev = split_train_dev(read_qa(path), share, seed)
         train += part_train
         dev += part_dev
     if not train:
@@ -116,7 +117,8 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     index = Index.open(config.index, readonly=True)
     train_records, dev_records = load_train_dev(config.train, config.steps * config.batch_size * config.grad_accum,
                                                config.dev_size, config.seed)
-    examples = build_examples(index, train_records, config.k, seed=config.seed, progress=progress)
+    mode = "hybrid" if index.sparse is not None else "dense"  # as questions are answered by default on this index
+    examples = build_examples(index, train_records, config.k, seed=config.seed, mode=mode, progress=progress)
     reader = load_generative_reader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
     params = trainable_parameters(reader, config.method, config.lora_rank)
     reader.model.train()
@@ -128,17 +130,18 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     bar = tqdm(range(config.steps), desc="train reader", unit="step", disable=not progress)
     cursor, running = 0, None
     for step in bar:
+        value = 0.0  # the step's loss: the mean over its micro-batches
         for _ in range(config.grad_accum):
             batch = [examples[(cursor + i) % len(examples)] for i in range(config.batch_size)]
             cursor += config.batch_size
             with autocast:
                 loss = answer_nll(reader, batch) / config.grad_accum
             loss.backward()
+            value += loss.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item() * config.grad_accum
         running = value if running is None else 0.95 * running + 0.05 * value
         bar.set_postfix(loss=f"{running:.3f}")
         log.write(json.dumps({"step": step + 1, "loss": value, "lr": schedule.get_last_lr()[0], "seconds": time.time() - started}) + "\n")
@@ -153,7 +156,7 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
         reader.model = reader.model.merge_and_unload()
     dev_summary = {}
     if config.dev_eval and dev_records:
-        dev_summary, _ = evaluate_qa(Pipeline(index, reader), dev_records[: config.dev_eval], k=config.k, progress=progress)
+        dev_summary, _ = evaluate_qa(Pipeline(index, reader), dev_records[: config.dev_eval], k=config.k, mode=mode, progress=progress)
     record = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "train": [str(p) for p in config.train],
