@@ -14,6 +14,7 @@ import re
 import sqlite3
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from indexer.dense import DenseIndex
+from indexer.records import valid_unicode
 
 MEMORY_DIR = "memory"
 EDITS_FILE = "edits.sqlite"
@@ -48,7 +50,8 @@ class EditNotFound(LookupError):
 
 @dataclass(frozen=True)
 class Edit:
-    """One stated fact. Active unless revoked or replaced by a newer, unrevoked edit (`superseded_by`)."""
+    """One stated fact. Active unless revoked or replaced (`superseded_by`) by a newer, unrevoked edit that names
+    it in `supersedes` or, failing that, asks the same question (`question_key`)."""
 
     id: str
     fact: str
@@ -85,8 +88,9 @@ def edit_row(id: str) -> int:
 
 
 def question_key(question: str) -> str:
-    """A question up to case, spacing and end punctuation: edits with the same key are about the same thing."""
-    return " ".join(question.casefold().split()).rstrip("?.! ")
+    """A question up to Unicode form (NFKC: "e" plus a combining accent is "é", "？" is "?"), case, spacing and end
+    punctuation: edits with the same key are about the same thing. Computed when the log is read, never stored."""
+    return " ".join(unicodedata.normalize("NFKC", question).casefold().split()).rstrip("?.! ")
 
 
 def _when(seconds: float | None) -> str | None:
@@ -98,6 +102,7 @@ def _text(name: str, value: Any, required: bool = False) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"edit {name} must be a non-empty string" + ("" if required else " or left out"))
+    valid_unicode(value, f"edit {name}")
     if len(value) > MAX_TEXT_CHARS:
         raise ValueError(f"edit {name} is {len(value)} characters; the limit is {MAX_TEXT_CHARS}")
     return value.strip()
@@ -174,6 +179,16 @@ class EditMemory:
                 live = replaced_by.get(row) if row in revoked else row
                 if live is not None:
                     replaced_by[supersedes] = live
+        # One question has at most one active edit: an edit the chains leave active (its replacement revoked, say)
+        # is replaced by the next newer unrevoked edit that asks the same question, as if that one named it.
+        newer: dict[str, int] = {}  # question_key -> the oldest unrevoked row seen so far (walking newest first)
+        for row, _fact, question, *_ in reversed(rows):
+            if question is None or row in revoked:
+                continue
+            key = question_key(question)
+            if key in newer and row not in replaced_by:
+                replaced_by[row] = newer[key]
+            newer[key] = row
         edits = {
             row: Edit(edit_id(row), fact, question, answer, subject, _when(created), None if sup is None else edit_id(sup),
                       _when(revoked.get(row)), None if row not in replaced_by else edit_id(replaced_by[row]))
@@ -202,15 +217,22 @@ class EditMemory:
             return [e for e in state.edits.values() if include_inactive or e.active]
 
     def history(self, id: str) -> list[Edit]:
-        """Every edit about the same thing as `id`, oldest first: what it replaced, what replaced it, revoked ones too."""
+        """Every edit about the same thing as `id`, oldest first: what it replaced, what replaced it, revoked ones
+        too; linked by `supersedes` or `superseded_by` (a newer edit that asks the same question), step by step."""
         edits = {e.id: e for e in self.list(include_inactive=True)}
-        root = self.get(id)
-        while root.supersedes is not None:
-            root = edits[root.supersedes]
-        family = {root.id}
-        for edit in edits.values():  # oldest first: a replacement comes after what it replaces
-            if edit.supersedes in family:
-                family.add(edit.id)
+        links: dict[str, set[str]] = {i: set() for i in edits}
+        for edit in edits.values():
+            for other in (edit.supersedes, edit.superseded_by):
+                if other is not None:
+                    links[edit.id].add(other)
+                    links[other].add(edit.id)
+        family: set[str] = set()
+        todo = [self.get(id).id]
+        while todo:
+            current = todo.pop()
+            if current not in family:
+                family.add(current)
+                todo.extend(links[current])
         return [e for e in edits.values() if e.id in family]
 
     def __len__(self) -> int:
@@ -239,8 +261,8 @@ class EditMemory:
 
     def add(self, fact: str, question: str | None = None, answer: str | None = None, subject: str | None = None,
             supersedes: str | None = None) -> Edit:
-        """Record a fact; it is searchable when this returns. It replaces `supersedes`, or else the active
-        edit that asks the same question, if any."""
+        """Record a fact; it is searchable when this returns. It replaces `supersedes` (the log's link), and the
+        active edit that asks the same question, if any: one question has one active edit."""
         fact = _text("fact", fact, required=True)
         question, answer, subject = _text("question", question), _text("answer", answer), _text("subject", subject)
         if answer is not None and question is None:
@@ -300,13 +322,15 @@ class EditMemory:
 
 
 def _add_edit(state: _State, row: int, edit: Edit, vector: np.ndarray, replaced: int | None, dim: int) -> None:
-    """Bring `state` up to date with one new edit without re-reading the log."""
+    """Bring `state` up to date with one new edit without re-reading the log: it replaces `replaced` and the active
+    edit that asks its question, if that is another one (as `EditMemory._read` finds when it reads the log)."""
     state.edits[row] = edit
     if state.dense is None:
         state.dense = DenseIndex.create(dim, "flat")
-    if replaced is not None:
-        old = state.edits[replaced] = replace(state.edits[replaced], superseded_by=edit.id)
-        state.dense.remove(np.array([replaced], dtype=np.int64))
+    owner = None if edit.question is None else state.by_question.get(question_key(edit.question))
+    for old_row in {replaced, owner} - {None}:
+        old = state.edits[old_row] = replace(state.edits[old_row], superseded_by=edit.id)
+        state.dense.remove(np.array([old_row], dtype=np.int64))
         if old.question is not None:
             state.by_question.pop(question_key(old.question), None)
     state.dense.add(np.array([row], dtype=np.int64), vector.reshape(1, -1))

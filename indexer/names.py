@@ -26,14 +26,16 @@ def fold(text: str) -> str:
 
 @functools.lru_cache(maxsize=65536)
 def subject_pattern(subject: str) -> re.Pattern[str] | None:
-    """The pattern of `subject` named in folded text: whole words, any case, with a possessive ending ("Berge's",
-    "Berges'"), and a plural one ("Houston toads") when its last word is a common noun (lowercase): "Williams"
-    must not name "William". None for an empty subject."""
-    subject = fold(subject.strip())
-    if not subject:
+    """The pattern of `subject` named in folded text: whole words, any case, any run of whitespace between words (two
+    spaces, a no-break space, a line break), with a possessive ending ("Berge's", "Berges'"), and a plural one
+    ("Houston toads") when its last word is a common noun (lowercase): "Williams" must not name "William". None for
+    an empty subject."""
+    words = fold(subject).split()
+    if not words:
         return None
-    ending = r"(?:'s|s'|es|s|')?" if subject.split()[-1].islower() else r"(?:'s|')?"
-    return re.compile(rf"(?<!\w){re.escape(subject)}{ending}(?!\w)", flags=re.IGNORECASE)
+    ending = r"(?:'s|s'|es|s|')?" if words[-1].islower() else r"(?:'s|')?"
+    name = r"\s+".join(map(re.escape, words))
+    return re.compile(rf"(?<!\w){name}{ending}(?!\w)", flags=re.IGNORECASE)
 
 
 def subject_spans(question: str, subject: str | None) -> list[tuple[int, int]]:

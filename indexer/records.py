@@ -5,6 +5,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def valid_unicode(text: str, what: str) -> str:
+    """`text`, else a ValueError naming `what`: an unpaired surrogate (JSON's \\ud800, or bytes the command line
+    could not decode as UTF-8) is text no tokenizer or database takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid Unicode: unpaired surrogate {text[exc.start]!a} at character {exc.start} "
+                         "(bytes that are not UTF-8?)") from None
+    return text
+
+
 @dataclass(frozen=True)
 class Document:
     """One corpus record before chunking. `meta` keeps every field that is not id/title/text."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from indexer.edit_memory import Edit
 from indexer.index import MODES, Index
-from indexer.records import SearchHit
+from indexer.records import SearchHit, valid_unicode
 from rag.adapters import query_encoder_folder
 from rag.editing import ClassifierScope, EditMatch, EditPassage, Scope, load_scope, match_edits
 from rag.fid_reader import FiDReader, is_fid_reader
@@ -65,6 +65,7 @@ def check_request(question: str, k: int, mode: str) -> None:
     """Reject what cannot be answered, with a message that says how to fix it."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError("empty question: ask something")
+    valid_unicode(question, "the question")
     if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_K:  # True is an int to Python, not a k
         raise ValueError(f"k must be an integer from 0 (closed book) to {MAX_K}, got {k!r}")
     if mode not in MODES:

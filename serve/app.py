@@ -34,7 +34,7 @@ from indexer.edit_memory import MAX_TEXT_CHARS, Edit, EditNotFound
 from indexer.index import ChangeReport
 from indexer.manifest import IndexFolderError
 from indexer.names import unnamed_subject
-from indexer.records import Document
+from indexer.records import Document, valid_unicode
 from rag.adapters import check_adapter_folder
 from rag.pipeline import MAX_K, Pipeline, check_request
 from serve.batching import MicroBatcher, Overloaded
@@ -63,15 +63,6 @@ class ServeSettings:
 
 # -- request and response bodies -------------------------------------------------------------------
 
-def _encodable(value: str) -> str:
-    # JSON may spell an unpaired surrogate (\ud800); no tokenizer or database can take one.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"not valid Unicode: unpaired surrogate {value[exc.start]!a} at character {exc.start}") from None
-    return value
-
-
 def _check_meta(meta: dict[str, Any]) -> None:
     """ValueError naming the field of a document's metadata that cannot be stored as JSON: a string or key with an
     unpaired surrogate, or NaN/Infinity (which Python's JSON parser lets through though JSON has no such numbers)."""
@@ -85,14 +76,11 @@ def _check_meta(meta: dict[str, Any]) -> None:
             todo.append((f"{where}.{key}", item))
         # The strings here: the value itself, or an object's keys (its values are checked in their turn).
         texts = [value] if isinstance(value, str) else list(value) if isinstance(value, dict) else []
-        try:
-            for text in texts:
-                _encodable(text)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+        for text in texts:
+            valid_unicode(text, where)
 
 
-Text = Annotated[str, AfterValidator(_encodable)]
+Text = Annotated[str, AfterValidator(lambda text: valid_unicode(text, "the text"))]
 
 
 class AskRequest(BaseModel):
@@ -203,7 +191,7 @@ def _edit_text(value: str) -> str:
 
 
 # Checked in code, not with Field(max_length=, pattern=): a length or pattern check refuses an unpaired
-# surrogate as "unable to parse raw data" before _encodable could say what and where it is.
+# surrogate as "unable to parse raw data" before valid_unicode could say what and where it is.
 EditText = Annotated[Text, AfterValidator(_edit_text), Field(json_schema_extra={"minLength": 1, "maxLength": MAX_TEXT_CHARS})]
 
 

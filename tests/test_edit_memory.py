@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from conftest import make_documents
 from indexer.edit_memory import EDITS_FILE, EditMemory, EditNotFound
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
+from rag.pipeline import check_request
 
 DIM = 16
 
@@ -162,3 +164,57 @@ def test_killed_writer_loses_no_acknowledged_edit(tmp_path: Path) -> None:
     assert set(acked) <= set(every) and all(every[i].revoked_at for i in revoked)
     # The memory goes on from where the writer stopped.
     assert memory.add("after the crash").id == f"e{len(every) + 1}"
+
+
+def test_one_question_has_one_active_edit_the_newest(memory: EditMemory, tmp_path: Path) -> None:
+    q = "Where is the Eiffel Tower?"
+    # A revoked replacement about another question brings back an edit whose question a newer edit has since asked.
+    rome = memory.add("The Eiffel Tower is in Rome.", question=q, answer="Rome")
+    tall = memory.add("The Eiffel Tower is 330 m tall.", question="How tall is the Eiffel Tower?", supersedes=rome.id)
+    berlin = memory.add("The Eiffel Tower is in Berlin.", question=q, answer="Berlin")
+    assert berlin.supersedes is None  # rome was not active: nothing to replace then
+    memory.revoke(tall.id)
+    assert [e.id for e in memory.list()] == [berlin.id] and memory.get(rome.id).superseded_by == berlin.id
+    assert [e.id for e, _ in memory.search(fake_encode([q]), k=5)[0]] == [berlin.id]
+    assert [e.id for e in memory.history(berlin.id)] == [rome.id, tall.id, berlin.id]  # why rome is not active
+    # An edit that supersedes one about another question also replaces the active edit of its own question.
+    colosseum = memory.add("The Colosseum is in Paris.", question="Where is the Colosseum?")
+    madrid = memory.add("The Eiffel Tower is in Madrid.", question=q, answer="Madrid", supersedes=colosseum.id)
+    assert madrid.supersedes == colosseum.id and [e.id for e in memory.list()] == [madrid.id]
+    assert memory.get(berlin.id).superseded_by == madrid.id and memory.get(colosseum.id).superseded_by == madrid.id
+    assert [e.id for e, _ in memory.search(fake_encode([q]), k=5)[0]] == [madrid.id]
+    reader = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)  # the log read afresh agrees
+    assert reader.list(include_inactive=True) == memory.list(include_inactive=True)
+    # Revoking it brings back both edits it replaced.
+    memory.revoke(madrid.id)
+    assert [e.id for e in memory.list()] == [berlin.id, colosseum.id] == [e.id for e in reader.list()]
+
+
+def test_question_keys_ignore_unicode_form(memory: EditMemory, tmp_path: Path) -> None:
+    composed = "Where is Café Procope?"
+    decomposed = unicodedata.normalize("NFD", composed)
+    lyon = memory.add("Café Procope is in Lyon.", question=composed, answer="Lyon")
+    nice = memory.add("Café Procope is in Nice.", question=decomposed, answer="Nice")
+    assert nice.supersedes == lyon.id
+    madrid = memory.add("The Louvre is in Madrid.", question="Where is the Louvre\uff1f", answer="Madrid")  # full-width ?
+    porto = memory.add("The Louvre is in Porto.", question="where is the louvre", answer="Porto")
+    assert porto.supersedes == madrid.id and [e.id for e in memory.list()] == [nice.id, porto.id]
+    # A log written before keys were normalised may hold two unlinked active edits for one question: the newest wins.
+    db = sqlite3.connect(tmp_path / "memory" / EDITS_FILE)
+    vector = fake_encode(["x"])[0].tobytes()
+    with db:
+        db.execute("INSERT INTO edits(fact, question, created_at, vector) VALUES ('Older.', 'Q\u00e9?', 1, ?)", (vector,))
+        db.execute("INSERT INTO edits(fact, question, created_at, vector) VALUES ('Newer.', 'Qe\u0301', 2, ?)", (vector,))
+    db.close()
+    assert [e.id for e in memory.list()] == [nice.id, porto.id, "e6"] and memory.get("e5").superseded_by == "e6"
+
+
+def test_text_that_is_not_utf8_is_refused(memory: EditMemory) -> None:
+    bad = b"caf\xff".decode("utf-8", "surrogateescape")  # what the command line makes of bytes that are not UTF-8
+    for field in ("fact", "question", "answer", "subject"):
+        kwargs = {"fact": "A fact.", "question": "Q?", field: bad}
+        with pytest.raises(ValueError, match=f"edit {field} is not valid Unicode"):
+            memory.add(**kwargs)
+    assert memory.list(include_inactive=True) == []
+    with pytest.raises(ValueError, match="question is not valid Unicode"):
+        check_request(bad, 3, "dense")

@@ -327,7 +327,7 @@ BAD_REQUESTS = [
     ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "note": "\\udfff"}]}',
                             "headers": {**JSON, **AUTH}}, 422, "unpaired surrogate"),
     ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "note": {"in": ["\\udfff"]}}]}',
-                            "headers": {**JSON, **AUTH}}, 422, "meta.note.in.0: not valid Unicode: unpaired surrogate"),
+                            "headers": {**JSON, **AUTH}}, 422, "meta.note.in.0 is not valid Unicode: unpaired surrogate"),
     ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "x": [1, NaN]}]}', "headers": {**JSON, **AUTH}},
      422, "meta.x.1: nan is not a JSON number"),
     ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "x": -Infinity}]}', "headers": {**JSON, **AUTH}},
