@@ -7,6 +7,7 @@ import json
 import os
 import hashlib
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ SHARED_DATA = Path(os.environ.get("RAG_SHARED_DATA", BENCH_DIR.parent.parent / "
 CORPUS_FILES = sorted((SHARED_DATA / "corpus").glob("*.jsonl.gz"))
 QA_DIR = SHARED_DATA / "qa"
 DEFAULT_INDEX = BENCH_DIR.parent / "indexes" / "shared"
+# Packages whose source a result depends on; code_info hashes each one's *.py.
+CODE_PACKAGES = ("indexer", "rag", "trainer", "serve")
 # For telling a contended run: CPU seconds used by this process vs wall seconds (2 cores: at most ~2x).
 _WALL0, _CPU0 = time.perf_counter(), time.process_time()
 
@@ -67,16 +70,24 @@ def machine_info() -> dict[str, Any]:
 
 
 def code_info() -> dict[str, Any]:
-    """The git commit and a hash of indexer/*.py as run (others may be editing the working tree)."""
+    """The git commit, whether the tree differs from it, and a hash of each package's *.py as run (others may be
+    editing the working tree, so the commit alone does not say what ran)."""
     root = BENCH_DIR.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        # Result files are written by the benchmarks themselves: a changed one says nothing about the code that ran.
+        status = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)bench/results"], cwd=root,
+                                capture_output=True, text=True).stdout
     except OSError:
-        head = ""
-    digest = hashlib.sha1()
-    for f in sorted((root / "indexer").glob("*.py")):
-        digest.update(f.name.encode() + b"\0" + f.read_bytes())
-    return {"git_head": head, "indexer_sha1": digest.hexdigest()}
+        head, status = "", ""
+    dirty_paths = [line[3:] for line in status.splitlines() if line.strip()]
+    info: dict[str, Any] = {"git_head": head, "git_dirty": bool(dirty_paths), "git_dirty_paths": dirty_paths}
+    for package in CODE_PACKAGES:
+        digest = hashlib.sha1()
+        for f in sorted((root / package).glob("*.py")):
+            digest.update(f.name.encode() + b"\0" + f.read_bytes())
+        info[f"{package}_sha1"] = digest.hexdigest()
+    return info
 
 
 def percentiles_ms(seconds: list[float]) -> dict[str, float]:
@@ -100,7 +111,7 @@ def check_out(path: Path) -> Path:
 def write_result(path: Path, results: dict[str, Any], info: dict[str, Any]) -> None:
     """Write one JSON result file with the command line, machine info and a timestamp."""
     payload = {
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {**info, "loadavg_at_end": os.getloadavg(), "process_wall_seconds": time.perf_counter() - _WALL0,
                     "process_cpu_seconds": time.process_time() - _CPU0},
@@ -109,6 +120,13 @@ def write_result(path: Path, results: dict[str, Any], info: dict[str, Any]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     log(f"wrote {path}")
+
+
+def run_stamp(info: dict[str, Any]) -> dict[str, Any]:
+    """The bench command, time and machine of one run kept in a result file that later invocations add runs to
+    (a file-level stamp would be overwritten by the last of them)."""
+    return {"bench_command": shlex.join(sys.argv), "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": info}
 
 
 def run_rag_eval(command: list[str], env: dict[str, str], program: str = "rag-eval") -> tuple[dict[str, Any], str, float]:
@@ -120,7 +138,7 @@ def run_rag_eval(command: list[str], env: dict[str, str], program: str = "rag-ev
         log("failed", done.stderr[-2000:])
         raise SystemExit(done.returncode)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    return summary, " ".join([program, *command[1:]]), round(time.time() - started, 1)
+    return summary, shlex.join([program, *command[1:]]), round(time.time() - started, 1)
 
 
 def interleaved_seconds(configs: dict[str, Callable[[list[str]], Any]], texts: Sequence[str], size: int) -> dict[str, list[float]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cases = [c for c in read_cases(args.edits) if c.portability is not None]
     probes = [c.portability.question for c in cases]
-    result: dict = {"command": " ".join(["python", *sys.argv]), "machine": machine_info(), "probes": len(cases), "limit": args.limit}
+    result: dict = {"command": shlex.join(["python", *sys.argv]), "machine": machine_info(), "probes": len(cases), "limit": args.limit}
     with index_copy(args.index) as copy:
         index = Index.open(copy)
         edits = [index.memory.add(c.fact, question=c.question, answer=c.target_new, subject=c.subject) for c in cases]

@@ -5,8 +5,11 @@ For each task: accuracy (EM for nq-open) of the reader zero-shot, with the K tra
 (`rag-train fewshot --method M`, then `rag-eval fewshot --adapter DIR`); inference cost per example (ms and
 tokens processed) and training time. Every run is a subprocess whose exact command is stored in
 `results/fewshot.json`, rewritten after each run (a long benchmark can be read part-way, and a rerun
-skips what is done). The val split is a fixed seeded sample of `--limit` examples (the same for every
-method); the shots are seeded with `--seed`, the same for training and for in-context learning.
+skips what is done). A run is keyed by its task, its way and the settings its figures depend on (seed, shots,
+limit, steps, batch size, prompt length), so invocations with other settings add runs beside it; each run keeps
+the bench command, machine and time of the invocation that made it. The val split is a fixed seeded sample of
+`--limit` examples (the same for every method); the shots are seeded with `--seed`, the same for training and
+for in-context learning.
 In-context prompts are cut to `--max-prompt-tokens` (shots_in_prompt says how many shots fitted).
 """
 from __future__ import annotations
@@ -14,13 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS_DIR, log, machine_info, run_rag_eval
+from bench.common import RESULTS_DIR, log, machine_info, run_rag_eval, run_stamp
 from trainer.fewshot_tasks import load_task
 
 TASKS = ["sst2", "superglue-copa", "superglue-rte", "superglue-cb", "nq-open", "superglue-wic", "superglue-boolq", "trec"]
@@ -43,19 +48,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "fewshot.json")
     args = parser.parse_args()
 
-    result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
-    result.update(machine=machine_info(), settings={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
+    result = upgrade(json.loads(args.out.read_text())) if args.out.is_file() else {"runs": {}}
+    settings = vars(args)
+    info = machine_info()
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
     bin_dir = Path(sys.executable).parent
     work = args.work or Path(tempfile.mkdtemp(prefix="fewshot-bench-"))
     common = ["--limit", str(args.limit), "--threads", str(args.threads)]
 
-    def run(key: str, command: list[str], program: str) -> dict:
+    def run(task: str, way: str, command: list[str], program: str) -> dict:
+        key = run_key(task, way, settings)
         if key in result["runs"]:
             return result["runs"][key]
-        log("run", key, " ".join(command))
+        log("run", key, shlex.join(command))
         summary, typed, seconds = run_rag_eval(command, env, program)
-        result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary}
+        result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary, **run_stamp(info)}
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         log(key, json.dumps(summary))
         return result["runs"][key]
@@ -63,32 +70,63 @@ def main() -> None:
     for task in args.tasks:
         shots = SHOTS.get(task, args.shots)
         evaluate = [str(bin_dir / "rag-eval"), "fewshot", "--task", task, *common]
-        run(f"{task} zero-shot", evaluate, "rag-eval")
-        run(f"{task} icl", [*evaluate, "--icl", str(shots), "--seed", str(args.seed), "--max-prompt-tokens", str(args.max_prompt_tokens)],
+        run(task, "zero-shot", evaluate, "rag-eval")
+        run(task, "icl", [*evaluate, "--icl", str(shots), "--seed", str(args.seed), "--max-prompt-tokens", str(args.max_prompt_tokens)],
             "rag-eval")
         for method in args.methods:
             if method == "lora+query" and not load_task(task).is_qa:
                 continue
-            out = work / f"{task}-{method}-{shots}-{args.seed}"
+            out = work / f"{task}-{method}-{shots}-{args.seed}-{args.steps}-{args.batch_size}"
             train = [str(bin_dir / "rag-train"), "fewshot", "--task", task, "--shots", str(shots), "--seed", str(args.seed),
                      "--method", method.removesuffix("+query"), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                      "--threads", str(args.threads), "--out", str(out)] + (["--train-query-encoder"] if method.endswith("+query") else [])
-            if f"{task} {method}" not in result["runs"] and f"{task} {method} train" in result["runs"] and not out.is_dir():
-                del result["runs"][f"{task} {method} train"]  # its adapter is gone (a temporary folder): train again
-            run(f"{task} {method} train", train, "rag-train")
-            run(f"{task} {method}", [*evaluate, "--adapter", str(out)], "rag-eval")
-    print(table(result))
+            trained = run_key(task, f"{method} train", settings)
+            if run_key(task, method, settings) not in result["runs"] and trained in result["runs"] and not out.is_dir():
+                del result["runs"][trained]  # its adapter is gone (a temporary folder): train again
+            run(task, f"{method} train", train, "rag-train")
+            run(task, method, [*evaluate, "--adapter", str(out)], "rag-eval")
+    print(table(result, settings))
 
 
-def table(result: dict) -> str:
-    """One row per (task, way), grouped by task: the score, cost per example and training time."""
+def depends_on(task: str, way: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings the figures of one run depend on; `way` is "zero-shot", "icl", a method or a method + " train"."""
+    shots = SHOTS.get(task, settings["shots"])
+    training = {"shots": shots, "seed": settings["seed"], "steps": settings["steps"], "batch_size": settings["batch_size"]}
+    if way == "zero-shot":
+        return {"limit": settings["limit"]}
+    if way == "icl":
+        return {"limit": settings["limit"], "shots": shots, "seed": settings["seed"], "max_prompt_tokens": settings["max_prompt_tokens"]}
+    if way.endswith(" train"):
+        return training
+    return {"limit": settings["limit"], **training}
+
+
+def run_key(task: str, way: str, settings: dict[str, Any]) -> str:
+    """A run's key in the result file, e.g. "sst2 lora (limit=40 shots=32 seed=0 steps=24 batch_size=4)"."""
+    return f"{task} {way} ({' '.join(f'{k}={v}' for k, v in depends_on(task, way, settings).items())})"
+
+
+def upgrade(result: dict) -> dict:
+    """A result file written before runs were keyed by their settings: its keys were "{task} {way}", and the
+    settings and machine of its last invocation were recorded once for all runs. Rekey its runs with those
+    settings and keep that record aside."""
+    if "settings" not in result:
+        return result
+    old = result.pop("settings")
+    result["runs"] = {run_key(*key.split(" ", 1), old): run for key, run in result["runs"].items()}
+    result["before_per_run_records"] = {"settings": old, "machine": result.pop("machine", None)}
+    return result
+
+
+def table(result: dict, settings: dict[str, Any]) -> str:
+    """One row per (task, way) run with these settings, grouped by task: the score, cost per example and training time."""
     lines = ["| task | way | n | accuracy / EM | F1 | ms / example | tokens / example | shots in prompt | train s | adapter bytes |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     ways = ["zero-shot", "icl", *METHODS]
-    tasks = list(dict.fromkeys(key.rsplit(" ", 1)[0] for key in result["runs"] if not key.endswith(" train")))
-    for task, way in ((t, w) for t in tasks for w in ways if f"{t} {w}" in result["runs"]):
-        s = result["runs"][f"{task} {way}"]["summary"]
-        trained = result["runs"].get(f"{task} {way} train", {}).get("summary", {})
+    tasks = list(dict.fromkeys(key.split(" ", 1)[0] for key in result["runs"]))
+    for task, way in ((t, w) for t in tasks for w in ways if run_key(t, w, settings) in result["runs"]):
+        s = result["runs"][run_key(task, way, settings)]["summary"]
+        trained = result["runs"].get(run_key(task, f"{way} train", settings), {}).get("summary", {})
         score = s.get("accuracy", s.get("em"))
         f1 = f"{s['f1']:.3f}" if "f1" in s else "-"
         lines.append(f"| {task} | {way} | {s['n']} | {score:.3f} | {f1} | {s['ms_per_example']:.0f} | {s['tokens_per_example']:.0f} | "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -253,7 +254,7 @@ def main() -> None:
                        "--held-out-share", str(args.held_out_share), "--dev-size", "0", "--dev-eval", "0", "--save-every", str(args.save_every), "--threads", str(args.threads), "--device", args.device,
                        *(["--bf16"] if args.bf16 else []),
                        *(["--resume", str(folder)] if (folder / "checkpoint.pt").is_file() else ["--out", str(folder)])]
-            log("train", loss, " ".join(command))
+            log("train", loss, shlex.join(command))
             summary, typed, seconds = run_rag_eval(command, env, program="rag-train")
             training = json.loads((folder / "training.json").read_text())
             run = {"command": typed, "seconds": seconds, "final_losses": training["final_losses"], "speed": training["speed"],

@@ -18,12 +18,13 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_INDEX, RESULTS_DIR, log, machine_info, run_rag_eval
+from bench.common import DEFAULT_INDEX, RESULTS_DIR, log, machine_info, run_rag_eval, run_stamp
 
 EDITS_DIR = Path("/work/shared/data/editing")
 PORTABILITY = Path(__file__).resolve().parent.parent / "data" / "editing" / "counterfact-test-portability.jsonl.gz"
@@ -61,12 +62,12 @@ def main() -> None:
         rows = args.predictions / f"{name}-{variant}.jsonl"
         command = [rag_eval, "edits", "--index", str(args.index), *RUNS[name], "--scope", args.scope, "--two-hop", args.two_hop,
                    "--threads", str(args.threads), "--predictions", str(rows)]
-        log("run", name, " ".join(command))
+        log("run", name, shlex.join(command))
         summary, typed, seconds = run_rag_eval(command, env)
         key = name if variant == "auto" else f"{name} ({variant})"
-        # Per run too: runs kept from an earlier invocation may have used another classifier or threshold.
+        # Per run too: runs kept from an earlier invocation may have used another classifier or threshold, machine or command.
         result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary, "scope_classifier": result["scope_classifier"],
-                               "two_hop_detector": result["two_hop_detector"]}
+                               "two_hop_detector": result["two_hop_detector"], **run_stamp(result["machine"])}
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         log(name, json.dumps(summary))
     print(table(result))

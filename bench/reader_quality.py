@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_INDEX, QA_DIR, RESULTS_DIR, log, machine_info, run_rag_eval
+from bench.common import DEFAULT_INDEX, QA_DIR, RESULTS_DIR, log, machine_info, run_rag_eval, run_stamp
 
 SETS = {"squad-open-dev": (QA_DIR / "squad-open-dev.jsonl.gz", []),
         "nq-open-test-gold": (QA_DIR / "nq-open-test.jsonl.gz", ["--with-gold-ids"])}
@@ -52,9 +53,10 @@ def main() -> None:
             path, extra = SETS[name]
             command = [rag_eval, "qa", "--index", str(args.index), "--qa", str(path), *extra, "--limit", str(args.limit),
                        "--seed", "0", *CONFIGS[config]]
-            log("run", config, name, " ".join(command))
+            log("run", config, name, shlex.join(command))
             summary, typed, seconds = run_rag_eval(command, env)
-            result["runs"][f"{config} {name}"] = {"command": typed, "seconds": seconds, "summary": summary}
+            # Per run too: the file keeps runs of earlier invocations, whose top-level machine this overwrites.
+            result["runs"][f"{config} {name}"] = {"command": typed, "seconds": seconds, "summary": summary, **run_stamp(result["machine"])}
             args.out.write_text(json.dumps(result, indent=2) + "\n")
             log(config, name, json.dumps(summary))
     print(table(result))

@@ -1,0 +1,36 @@
+"""bench/common.py records commands that can be rerun as typed, and which code ran."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import common
+
+SERVE_ARGV = ["bench/serve_load.py", "--clients", "16", "--server-args", "--reader SmolLM2-135M-Instruct"]
+
+
+def test_the_recorded_command_splits_back_into_the_same_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", SERVE_ARGV)
+    out = tmp_path / "result.json"
+    common.write_result(out, {"x": 1}, {})
+    assert shlex.split(json.loads(out.read_text())["command"]) == SERVE_ARGV
+
+
+def test_a_subprocess_command_is_recorded_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
+    program = [sys.executable, "-c", "import json; print(json.dumps({'ok': 1}))"]
+    summary, typed, _ = common.run_rag_eval(program, {}, program="python")
+    assert summary == {"ok": 1}
+    assert shlex.split(typed) == ["python", *program[1:]]
+
+
+def test_code_info_hashes_every_package_and_says_whether_the_tree_is_dirty() -> None:
+    info = common.code_info()
+    assert isinstance(info["git_dirty"], bool)
+    assert info["git_dirty"] == bool(info["git_dirty_paths"])
+    assert not any(path.startswith("bench/results/") for path in info["git_dirty_paths"])
+    for package in ("indexer", "rag", "trainer", "serve"):
+        assert len(info[f"{package}_sha1"]) == 40
