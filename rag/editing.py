@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -145,9 +145,18 @@ def about_subject(question: str, edit: Edit) -> bool:
     return not edit.subject or names_subject(question, edit.subject)
 
 
+AnswerKinds = Callable[..., list[str | None]]  # (questions, vectors=None) -> the kind each asks for, None where unsure
+
+
+def asks_otherwise(kind: str | None, edit_kind: str | None) -> bool:
+    """Whether a question asking for `kind` asks for something else than the edit's question (`edit_kind`): both
+    known, and different. "How tall is the Eiffel Tower?" (a number) is not in the scope of "Where is it?" (a place)."""
+    return kind is not None and edit_kind is not None and kind != edit_kind
+
+
 def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,
                 candidates: int = CANDIDATES, two_hop: TwoHopDetector | None = None,
-                exclude: Sequence[Edit | None] | None = None) -> list[EditMatch | None]:
+                exclude: Sequence[Edit | None] | None = None, answer_kinds: AnswerKinds | None = None) -> list[EditMatch | None]:
     """For each question, the in-scope edit with the best score, or None. A question that is an edit's own
     question (up to case, spacing and end punctuation) is always in its scope; otherwise an edit that states
     its subject is in scope only of questions that name it (`about_subject`). With `two_hop`, a two-hop
@@ -155,21 +164,30 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
     score of at least the detector's `relation_threshold` (the first hop is the edit's relation); `beyond`
     unless the edit claims it in scope and the question's wording has no first hop through the edit's subject
     (`split_first_hop`), and `resolved` when the edit also states the answer to put in its place. `exclude`:
-    for each question, an edit it is never matched to (None: none)."""
+    for each question, an edit it is never matched to (None: none). With `answer_kinds`, a question is out of the
+    scope of an edit whose question asks for another kind of answer (`asks_otherwise`)."""
     found = memory.search(query_vectors, candidates)
     chained = two_hop.is_two_hop(query_vectors) if two_hop is not None and len(questions) else np.zeros(len(questions), bool)
     left_out = [e.id if e is not None else None for e in exclude] if exclude is not None else [None] * len(questions)
     matches: list[EditMatch | None] = []
-    for question, pairs, scores, chain, skip in zip(questions, found, scope.scores(questions, found), chained, left_out):
+    # The kind of answer each question and each nearby edit's question asks for (rag/answer_type.py), where known.
+    asked: list[str | None] = [None] * len(questions)
+    stated: dict[str, str | None] = {}
+    if answer_kinds is not None and len(questions):
+        asked = answer_kinds(questions, vectors=query_vectors)
+        edit_questions = sorted({e.question for pairs in found for e, _ in pairs if e.question is not None})
+        stated = dict(zip(edit_questions, answer_kinds(edit_questions))) if edit_questions else {}
+    for question, pairs, scores, chain, skip, kind in zip(questions, found, scope.scores(questions, found), chained, left_out, asked):
         # An edit's own question is in its scope by definition, whatever a learned decider says of it.
         key = question_key(question)
         own = [i for i, (e, _) in enumerate(pairs) if e.id != skip and e.question is not None and question_key(e.question) == key]
         if own:
             matches.append(EditMatch(pairs[own[0]][0], scores[own[0]]))
             continue
+        in_scope = [scores[i] >= scope.limit(e) and not asks_otherwise(kind, stated.get(e.question or "")) for i, (e, _) in enumerate(pairs)]
         # The two-hop path needs a stated subject: about_subject has then checked that the question names it.
         usable = [i for i, (e, _) in enumerate(pairs) if e.id != skip and about_subject(question, e)
-                  and (scores[i] >= scope.limit(e) or (chain and e.subject and scores[i] >= two_hop.relation_threshold))]
+                  and (in_scope[i] or (chain and e.subject and scores[i] >= two_hop.relation_threshold))]
         best = max(usable, key=scores.__getitem__, default=None)
         if best is None:
             matches.append(None)
@@ -180,7 +198,7 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
         first_hop = bool(chain) and split_first_hop(question, edit.subject) is not None
         # A question in the edit's scope that has no first hop was taken for two-hop wrongly (some CounterFact
         # paraphrases open with an unrelated sentence): it asks for the edit's answer.
-        beyond = bool(chain) and (scores[best] < scope.limit(edit) or first_hop)
+        beyond = bool(chain) and (not in_scope[best] or first_hop)
         resolved = resolve_first_hop(question, edit.subject, edit.answer) if first_hop and edit.answer else None
         matches.append(EditMatch(edit, scores[best], beyond=beyond, resolved=resolved))
     return matches

@@ -1,6 +1,7 @@
 """Question in, answer with its sources out: retrieve the top-k passages, then let the reader answer."""
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from contextlib import nullcontext
@@ -14,7 +15,8 @@ from indexer.edit_memory import Edit
 from indexer.index import MODES, Index
 from indexer.records import SearchHit, valid_unicode
 from rag.adapters import query_encoder_folder
-from rag.editing import ClassifierScope, EditMatch, EditPassage, Scope, load_scope, match_edits
+from rag.answer_type import AnswerTypeClassifier, load_answer_types
+from rag.editing import AnswerKinds, ClassifierScope, EditMatch, EditPassage, Scope, load_scope, match_edits
 from rag.fid_reader import FiDReader, is_fid_reader
 from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.reader import DecoderReader, PassageText
@@ -84,15 +86,18 @@ class Pipeline:
     """Retrieval-augmented answering over one index and its edit memory. k=0 answers closed-book,
     without passages (edits still apply when there is an index). `scope` None ignores edits; `two_hop`
     (rag/two_hop.py) finds questions that ask beyond an edit, which `edit_reader` reads (default: the
-    pipeline's reader when it generates, else the default generative reader, loaded on first need)."""
+    pipeline's reader when it generates, else the default generative reader, loaded on first need); `answer_types`
+    (rag/answer_type.py) keeps an edit that states a question to questions asking for the same kind of answer."""
 
     def __init__(self, index: Index | None, reader: Reader, retriever: DualEncoder | None = None, scope: Scope | None = None,
-                 two_hop: TwoHopDetector | None = None, edit_reader: Reader | None = None) -> None:
+                 two_hop: TwoHopDetector | None = None, edit_reader: Reader | None = None,
+                 answer_types: AnswerTypeClassifier | None = None) -> None:
         self.index = index
         self.reader = reader
         self.retriever = retriever
         self.scope = scope
         self.two_hop = two_hop
+        self.answer_types = answer_types
         self.edit_reader = edit_reader
         # resolved adapter folder -> its query encoder, None (it has none) or why it cannot serve
         self._adapter_retrievers: dict[str, DualEncoder | str | None] = {}
@@ -112,7 +117,8 @@ class Pipeline:
         """Open an index (read-only unless `writable`) and load the reader (a span reader folder, default the shipped
         one, a causal LM, or a folder of an encoder-decoder model for the FiD reader), the edit scope decider
         (`rag.editing.load_scope`) and, with the classifier decider and `two_hop` "auto", the shipped two-hop detector
-        when it reads the index's encoder ("none": no two-hop reading)."""
+        when it reads the index's encoder ("none": no two-hop reading); with any decider, the shipped answer-type
+        classifier when it reads the index's encoder."""
         if two_hop not in TWO_HOP_KINDS:
             raise ValueError(f"unknown two-hop setting {two_hop!r}: choose one of {', '.join(TWO_HOP_KINDS)}")
         index = Index.open(index_dir, readonly=not writable, device=device or "cpu") if index_dir else None
@@ -130,7 +136,15 @@ class Pipeline:
         decider = load_scope(scope, device=device)
         # The detector's relation threshold is a probability of the scope classifier: no use with a cosine threshold.
         use_two_hop = index is not None and isinstance(decider, ClassifierScope) and two_hop == "auto"
-        return cls(index, loaded, scope=decider, two_hop=load_two_hop(index.manifest.encoder) if use_two_hop else None)
+        answer_types = load_answer_types(index.manifest.encoder) if index is not None and decider is not None else None
+        return cls(index, loaded, scope=decider, two_hop=load_two_hop(index.manifest.encoder) if use_two_hop else None,
+                   answer_types=answer_types)
+
+    def _answer_kinds(self) -> AnswerKinds | None:
+        """The answer-type classifier over the index's encoder, for the edit router; None without one."""
+        if self.answer_types is None or self.index is None:
+            return None
+        return functools.partial(self.answer_types.kinds, encode=self.index.encoder)
 
     def _adapted(self, adapter: str | Path | None) -> ContextManager[None]:
         """The reader with `adapter` active for a block (nullcontext without one); ValueError for a reader that takes none."""
@@ -242,7 +256,7 @@ class Pipeline:
         if self.index is not None and self.scope is not None and len(self.index.memory):
             # The memory holds vectors of the index's encoder; a dense search with no trained query encoder reuses them.
             vectors = self.index.encoder(list(questions))
-            matches = match_edits(self.index.memory, self.scope, questions, vectors, two_hop=self.two_hop)
+            matches = match_edits(self.index.memory, self.scope, questions, vectors, two_hop=self.two_hop, answer_kinds=self._answer_kinds())
         edits = [m.edit if m else None for m in matches]
         beyond = [i for i, m in enumerate(matches) if m is not None and m.beyond]
         # What the reader is asked: a two-hop question with its first hop resolved (only a `beyond` match has
@@ -259,7 +273,7 @@ class Pipeline:
         if resolved:
             resolved_vectors = self.index.encoder([asked[i] for i in resolved])
             again = match_edits(self.index.memory, self.scope, [asked[i] for i in resolved], resolved_vectors,
-                                exclude=[edits[i] for i in resolved])
+                                exclude=[edits[i] for i in resolved], answer_kinds=self._answer_kinds())
             for i, m in zip(resolved, again):
                 answering[i] = m.edit if m is not None else None
         t1 = time.perf_counter()

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from indexer.names import subject_spans
+from rag.json_model import read_json_model
 
 KIND = "two-hop-detector"
 SHIPPED = Path(__file__).resolve().parent / "classifiers" / "two-hop-minilm.json"
@@ -70,15 +71,7 @@ class TwoHopDetector:
     @classmethod
     def load(cls, path: str | Path = SHIPPED) -> TwoHopDetector:
         """Read a file written by `save` (default: the shipped detector); ValueError when it is not one."""
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read two-hop detector {path}: {exc}") from exc
-        if not isinstance(raw, dict) or raw.get("kind") != KIND:
-            raise ValueError(f"{path} is not a two-hop detector file (kind {KIND!r}): train one with `rag-train two-hop`")
-        missing = [k for k in ("weights", "bias", "threshold", "relation_threshold", "encoder") if k not in raw]
-        if missing:
-            raise ValueError(f"two-hop detector {path} lacks {', '.join(missing)}: retrain it with `rag-train two-hop`")
+        raw = read_json_model(path, KIND, "two-hop detector", ("weights", "bias", "threshold", "relation_threshold", "encoder"), "rag-train two-hop")
         return cls(**{k: raw[k] for k in ("weights", "bias", "threshold", "relation_threshold", "encoder", "training") if k in raw})
 
 

@@ -94,6 +94,27 @@ def test_the_subject_check_comes_before_the_best_score(pipeline: Pipeline) -> No
     assert pipeline.ask(question, k=2, mode="sparse").edit == named
 
 
+class WhKinds:
+    """Answer kinds by the question's first word: where -> LOC, when -> NUM, else unsure."""
+
+    def kinds(self, questions: list[str], encode: object, vectors: np.ndarray | None = None) -> list[str | None]:
+        return [{"where": "LOC", "when": "NUM"}.get(q.split()[0].lower()) for q in questions]
+
+
+def test_an_edit_answers_no_question_that_asks_for_another_kind_of_answer(pipeline: Pipeline) -> None:
+    pipeline.scope = SimilarityScope(-1.0)  # a decider that claims every pair the subject check lets through
+    edit = pipeline.index.memory.add("Topic four is now in Rome.", question="Where is topic4?", answer="Rome", subject="topic4")
+    assert pipeline.ask("When was topic4 made?", k=2, mode="sparse").edit == edit  # without the classifier: claimed
+    pipeline.answer_types = WhKinds()  # type: ignore[assignment]
+    assert pipeline.ask("When was topic4 made?", k=2, mode="sparse").edit is None  # a number, not a place
+    assert pipeline.ask("where can topic4 be found", k=2, mode="sparse").edit == edit  # the same kind
+    assert pipeline.ask("Tell me the city of topic4", k=2, mode="sparse").edit == edit  # kind unsure: the decider decides
+    fact_only = pipeline.index.memory.add("Topic five moved to Oslo.", subject="topic5")  # no question: no kind to compare
+    assert pipeline.ask("When was topic5 made?", k=2, mode="sparse").edit == fact_only
+    pipeline.scope = SimilarityScope(2.0)  # a decider that claims nothing: an edit's own question is still its own
+    assert pipeline.ask("where is topic4", k=2, mode="sparse").edit == edit
+
+
 def test_load_scope_kinds(tmp_path: Path) -> None:
     assert load_scope("none") is None
     assert isinstance(load_scope("similarity", classifier_path=tmp_path), SimilarityScope)

@@ -153,7 +153,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from trainer import fewshot_training, joint_training, scope_training, span_data, span_training, two_hop_training
+    from trainer import answer_type_training, fewshot_training, joint_training, scope_training, span_data, span_training, two_hop_training
 
     parser = argparse.ArgumentParser(prog="rag-train", description="Train the system's models.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -172,6 +172,9 @@ def _train_parser() -> argparse.ArgumentParser:
                                     "python -m trainer.scope_training.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands.add_parser("two-hop", parents=[two_hop_training.build_parser(add_help=False)], help="train the two-hop question detector",
                         description=two_hop_training.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands.add_parser("answer-type", parents=[answer_type_training.build_parser(add_help=False)],
+                        help="train the answer-type classifier that keeps an edit to questions asking what it answers",
+                        description=answer_type_training.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands.add_parser("joint", parents=[joint_training.build_parser(add_help=False)], help="joint retriever-reader training",
                         description="Train the retriever from the reader (loss emdr2, pdist, loop or rag) while the reader trains "
                                     "on the retrieved passages; checkpoints resume exactly; exports an encoder and a reader. "

@@ -1,0 +1,114 @@
+"""Locality within a subject: does an edit answer other questions about its subject? With and without the answer-type gate.
+
+An edit that changed where the Eiffel Tower is must not answer "How tall is the Eiffel Tower?". CounterFact's and
+zsRE's neighbour questions are about other subjects, so `rag-eval edits` does not measure this. Here every case's
+edit goes into one scratch memory (as bench/edit_scope.py fills it) and these probes are routed by the shipped
+router (`match_edits`: the scope classifier, the subject check, the two-hop detector):
+- paraphrase: a paraphrase of the case's question, which must reach the case's edit (generality);
+- other_relation: another case's question put to this case's subject ("What is the product made by {}?" after an
+  edit of who founded it), which should not (a few may ask the same relation in other words);
+- wh: questions of fixed wh-forms about the subject (WH_TEMPLATES), most of which ask another relation.
+Each probe kind is reported as the share routed to the case's own edit, without the answer-type classifier
+(rag/answer_type.py) and with it. The answer-type classifier's threshold was set on counterfact-train and zsre-1k
+fold 0/2; use counterfact-val or zsre-1k `--fold 1/2` here.
+
+Run: `python bench/edit_same_subject.py --edits FILE [--fold I/N] [--limit N]`
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import functools
+
+import numpy as np
+import torch
+
+from bench.common import RESULTS_DIR, check_out, log, machine_info, write_result
+from bench.edit_scope import VAL, fill_memory
+from indexer.encoder import DEFAULT_ENCODER, TextEncoder
+from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
+from rag.editing import SCOPE_CLASSIFIER, load_scope, match_edits
+from rag.two_hop import load_two_hop
+from trainer.answer_type_training import other_subject_questions
+from trainer.edit_cases import FORMATS, EditCase, in_fold, parse_fold, read_cases
+
+WH_TEMPLATES = ("When was {} born?", "When was {} founded?", "Who founded {}?", "How many people live in {}?",
+                "How old is {}?", "Where is {}?")
+
+
+def probes_of(cases: Sequence[EditCase], measured: Sequence[int], seed: int) -> list[tuple[int, str, str]]:
+    """(case, question, kind) for the measured cases: their paraphrases, another case's question put to their subject,
+    and the wh-forms (cases with a subject only for the last two)."""
+    rng = random.Random(seed)
+    probes = [(i, p, "paraphrase") for i in measured for p in cases[i].paraphrases]
+    by_question = {cases[i].question: i for i in measured}
+    for question, other in other_subject_questions([cases[i] for i in measured], rng):
+        probes.append((by_question[question], other, "other_relation"))
+    probes += [(i, t.format(cases[i].subject), "wh") for i in measured if cases[i].subject for t in WH_TEMPLATES]
+    return probes
+
+
+def routed_to_own(probes: Sequence[tuple[int, str, str]], routed: Sequence[str | None], own: Sequence[str]) -> dict[str, Any]:
+    """Per probe kind: how many, and the share routed to the case's own edit."""
+    out = {}
+    for kind in ("paraphrase", "other_relation", "wh"):
+        hits = [edit == own[case] for (case, _, k), edit in zip(probes, routed) if k == kind]
+        out[kind] = {"n": len(hits), "routed_to_own_edit": round(float(np.mean(hits)), 4) if hits else None}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edits", type=Path, default=VAL, help="edit cases file (counterfact*, zsre* or canonical jsonl[.gz])")
+    parser.add_argument("--format", choices=FORMATS, default=None, help="file format (default: guessed from its first record)")
+    parser.add_argument("--fold", default=None, metavar="I/N", help="probe only the cases in fold I of N (every edit is still in the memory)")
+    parser.add_argument("--limit", type=int, default=0, help="probe at most this many cases (seeded sample; 0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/edit_same_subject_<edits file>.json)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = args.out or RESULTS_DIR / f"edit_same_subject_{args.edits.name.split('.')[0]}.json"
+    check_out(out)
+    cases = read_cases(args.edits, args.format, on_error="skip")
+    measured = [i for i, c in enumerate(cases) if args.fold is None or in_fold(c, parse_fold(args.fold))]
+    if args.limit:
+        measured = sorted(random.Random(args.seed).sample(measured, min(args.limit, len(measured))))
+    encoder = TextEncoder(DEFAULT_ENCODER)
+    probes = probes_of(cases, measured, args.seed)
+    log(f"{len(cases)} edits in memory, {len(measured)} cases probed, {len(probes)} probes")
+    scope = load_scope("classifier", SCOPE_CLASSIFIER, device="cpu")
+    two_hop = load_two_hop(DEFAULT_ENCODER)
+    answer_types = AnswerTypeClassifier.load(ANSWER_TYPES)
+    questions = [q for _, q, _ in probes]
+    vectors = encoder(questions, progress=True)
+    result: dict[str, Any] = {"edits": str(args.edits), "fold": args.fold, "cases_probed": len(measured), "edits_in_memory": len(cases),
+                              "wh_templates": list(WH_TEMPLATES), "answer_type_threshold": answer_types.threshold}
+    with tempfile.TemporaryDirectory() as scratch:
+        memory, own = fill_memory(Path(scratch), cases, encoder)
+        for name, kinds in (("without_answer_types", None), ("with_answer_types", functools.partial(answer_types.kinds, encode=encoder))):
+            started = time.perf_counter()
+            routed: list[str | None] = []
+            for lo in range(0, len(questions), 256):
+                matches = match_edits(memory, scope, questions[lo : lo + 256], vectors[lo : lo + 256], two_hop=two_hop, answer_kinds=kinds)
+                # A match that asks beyond its edit is not answered with it (it is rewritten or read with the edit in view).
+                routed += [m.edit.id if m is not None and not m.beyond else None for m in matches]
+            result[name] = routed_to_own(probes, routed, own) | {"ms_per_question": round(1000 * (time.perf_counter() - started) / len(questions), 2)}
+            log(name, result[name])
+        memory.close()
+    write_result(out, result, machine_info())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""What kind of answer a question asks for: a person, a place, a number or date, ... (TREC's six coarse classes).
+
+An edit that states a question answers only questions that ask for the same kind of thing. "How tall is the
+Eiffel Tower?" names the subject of "Where is the Eiffel Tower?", and a scope decider, which reads subjects more
+than relations, puts it in that edit's scope; the kinds of answer they ask for (a number, a place) say it is not.
+rag/editing.py drops such a pair from the scope when both questions' kinds are confident and differ.
+
+A softmax regression over vectors of the index's encoder: the whole question's (which the edit router computes
+anyway) and those of its first one and first two words, where English puts the wh-phrase ("How tall", "When
+was"). Trained by trainer/answer_type_training.py on TREC's training questions, with a confidence threshold set
+on paraphrase pairs of the edit training data; shipped as SHIPPED (a JSON file with its weights and how it was made).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from rag.json_model import read_json_model
+
+KIND = "answer-type-classifier"
+SHIPPED = Path(__file__).resolve().parent / "classifiers" / "answer-type-minilm.json"
+HEAD_WORDS = (1, 2)  # the leading words embedded beside the whole question
+MAX_KNOWN = 100_000  # texts whose kinds are kept (edits' questions recur with every question near them)
+
+Encode = Callable[[list[str]], np.ndarray]
+
+
+def question_heads(questions: Sequence[str], words: int) -> list[str]:
+    """Each question's first `words` words (the whole question when it has fewer)."""
+    return [" ".join(q.split()[:words]) or q for q in questions]
+
+
+@dataclass
+class AnswerTypeClassifier:
+    """P(kind | question) = softmax(features . weights + bias); a kind only when its probability is at least `threshold`."""
+
+    labels: list[str]
+    weights: np.ndarray  # ((1 + len(HEAD_WORDS)) * dim, len(labels)) float32
+    bias: np.ndarray  # (len(labels),) float32
+    threshold: float
+    encoder: str  # the encoder whose (normalised) vectors it reads
+    training: dict[str, Any] = field(default_factory=dict)  # how it was made and what it scored
+
+    def __post_init__(self) -> None:
+        self.weights = np.asarray(self.weights, dtype=np.float32)
+        self.bias = np.asarray(self.bias, dtype=np.float32).reshape(-1)
+        if self.weights.ndim != 2 or self.weights.shape[1] != len(self.labels) or self.bias.shape[0] != len(self.labels):
+            raise ValueError(f"answer-type weights of shape {self.weights.shape} and bias {self.bias.shape} do not fit {len(self.labels)} labels")
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"threshold is a probability, from 0 to 1; got {self.threshold}")
+        self._known: dict[str, str | None] = {}
+
+    @staticmethod
+    def features(questions: Sequence[str], encode: Encode, vectors: np.ndarray | None = None) -> np.ndarray:
+        """The classifier's input for each question: its vector (`vectors` when already computed) beside those of its heads."""
+        questions = list(questions)
+        whole = encode(questions) if vectors is None else np.asarray(vectors, dtype=np.float32)
+        heads = encode([h for n in HEAD_WORDS for h in question_heads(questions, n)])
+        return np.concatenate([whole, *np.split(heads, len(HEAD_WORDS))], axis=1).astype(np.float32)
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """P(kind) for each row of `features` (n, features): an (n, labels) float32 array."""
+        if features.ndim != 2 or features.shape[1] != self.weights.shape[0]:
+            raise ValueError(f"the answer-type classifier reads {self.weights.shape[0]} features of {self.encoder}, got shape {features.shape}")
+        logits = features @ self.weights + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def decide(self, probabilities: np.ndarray) -> list[str | None]:
+        """The confident kind of each row, else None."""
+        return [self.labels[int(p.argmax())] if p.max() >= self.threshold else None for p in probabilities]
+
+    def kinds(self, questions: Sequence[str], encode: Encode, vectors: np.ndarray | None = None) -> list[str | None]:
+        """The kind each question asks for, None where the classifier is not confident; texts seen before are not
+        encoded again."""
+        todo = [i for i, q in enumerate(questions) if q not in self._known]
+        if todo:
+            if len(self._known) + len(todo) > MAX_KNOWN:
+                self._known.clear()
+            given = None if vectors is None else np.asarray(vectors)[todo]
+            found = self.decide(self.probabilities(self.features([questions[i] for i in todo], encode, given)))
+            self._known.update(zip((questions[i] for i in todo), found))
+        return [self._known[q] for q in questions]
+
+    def save(self, path: str | Path) -> None:
+        """Write the JSON file `load` reads."""
+        payload = {"kind": KIND, **{k: v for k, v in asdict(self).items() if k not in ("weights", "bias")},
+                   "weights": np.round(self.weights, 7).tolist(), "bias": np.round(self.bias, 7).tolist()}
+        Path(path).write_text(json.dumps(payload) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path = SHIPPED) -> AnswerTypeClassifier:
+        """Read a file written by `save` (default: the shipped classifier); ValueError when it is not one."""
+        raw = read_json_model(path, KIND, "answer-type classifier", ("labels", "weights", "bias", "threshold", "encoder"), "rag-train answer-type")
+        return cls(**{k: raw[k] for k in ("labels", "weights", "bias", "threshold", "encoder", "training") if k in raw})
+
+
+def load_answer_types(encoder: str, path: str | Path = SHIPPED) -> AnswerTypeClassifier | None:
+    """The classifier at `path` when it reads vectors of `encoder` (the index's); None when there is none or it reads another's."""
+    if not Path(path).is_file():
+        return None
+    classifier = AnswerTypeClassifier.load(path)
+    return classifier if classifier.encoder == encoder else None

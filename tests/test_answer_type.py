@@ -1,0 +1,101 @@
+"""The answer-type classifier: its file, its decisions, what it encodes, and `rag-train answer-type` on tiny data."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.encoder import TextEncoder
+from rag.answer_type import AnswerTypeClassifier, load_answer_types, question_heads
+from trainer.cli import main_train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class CountingEncoder:
+    """A fixed 2-d vector per text, counting the texts it was asked to encode."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.seen += texts
+        return np.array([[1.0, 0.0] if t.lower().startswith("where") else [0.0, 1.0] for t in texts], dtype=np.float32)
+
+
+def classifier(threshold: float = 0.9) -> AnswerTypeClassifier:
+    # Features: the whole question's 2-d vector, then its first word's, then its first two words'.
+    weights = np.zeros((6, 2), dtype=np.float32)
+    weights[2, 0], weights[3, 1] = 10.0, 10.0  # the first word decides: "where" -> LOC, anything else -> NUM
+    return AnswerTypeClassifier(["LOC", "NUM"], weights, np.zeros(2), threshold, "enc", {"note": "test"})
+
+
+def test_file_round_trips_and_bad_files_are_clear_errors(tmp_path: Path) -> None:
+    classifier().save(tmp_path / "a.json")
+    loaded = AnswerTypeClassifier.load(tmp_path / "a.json")
+    assert (loaded.labels, loaded.threshold, loaded.encoder, loaded.training) == (["LOC", "NUM"], 0.9, "enc", {"note": "test"})
+    np.testing.assert_allclose(loaded.weights, classifier().weights)
+    (tmp_path / "other.json").write_text(json.dumps({"kind": "two-hop-detector"}))
+    (tmp_path / "partial.json").write_text(json.dumps({"kind": "answer-type-classifier", "labels": ["LOC"]}))
+    for bad in (tmp_path / "other.json", tmp_path / "missing.json", tmp_path / "partial.json"):
+        with pytest.raises(ValueError, match="answer-type classifier"):
+            AnswerTypeClassifier.load(bad)
+    with pytest.raises(ValueError, match="do not fit 3 labels"):
+        AnswerTypeClassifier(["A", "B", "C"], np.zeros((6, 2)), np.zeros(2), 0.5, "enc")
+    assert load_answer_types("enc", tmp_path / "a.json") is not None
+    assert load_answer_types("another-encoder", tmp_path / "a.json") is None  # reads another encoder's vectors
+    assert load_answer_types("enc", tmp_path / "missing.json") is None
+
+
+def test_kinds_are_confident_or_none_and_texts_are_encoded_once() -> None:
+    assert question_heads(["How tall is it?", "Why"], 2) == ["How tall", "Why"]
+    encode = CountingEncoder()
+    found = classifier().kinds(["Where is it?", "How tall is it?"], encode)
+    assert found == ["LOC", "NUM"]
+    assert sorted(encode.seen) == sorted(["Where is it?", "How tall is it?", "Where", "How", "Where is", "How tall"])
+    encode.seen.clear()
+    given = np.array([[0.5, 0.5]], dtype=np.float32)  # the router's own vector of the question: only its heads are encoded
+    assert classifier().kinds(["When was it?"], encode, vectors=given) == ["NUM"] and encode.seen == ["When", "When was"]
+    cached = classifier()
+    cached.kinds(["Where is it?"], encode)
+    encode.seen.clear()
+    assert cached.kinds(["Where is it?", "Where is it?"], encode) == ["LOC", "LOC"] and encode.seen == []
+    assert classifier(threshold=1.0).kinds(["Where is it?"], encode) == [None]  # not confident enough: no kind
+    with pytest.raises(ValueError, match="reads 6 features"):
+        classifier().probabilities(np.zeros((1, 4), dtype=np.float32))
+
+
+def write_gz(path: Path, rows: list[dict]) -> Path:
+    with gzip.open(path, "wt") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+def test_rag_train_answer_type_on_tiny_data(tmp_path: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
+    kinds = {"LOC": "Where is place{}?", "NUM": "How many things are in box{}?", "HUM": "Who founded company{}?"}
+    trec = write_gz(tmp_path / "trec-train.jsonl.gz", [{"question": q.format(i), "label": label} for label, q in kinds.items() for i in range(20)])
+    counterfact = write_gz(tmp_path / "counterfact-train.jsonl.gz", [
+        {"case_id": i, "prompt": f"Item{i} is located in", "target_new": "Rome", "subject": f"Item{i}", "ground_truth": "Paris",
+         "rephrase_prompt": f"Item{i} can be found in", "locality_prompt": "Other is in", "locality_ground_truth": "Oslo"} for i in range(6)])
+    zsre = write_gz(tmp_path / "zsre-tiny.jsonl.gz", [
+        {"subject": f"Thing{i}", "src": f"Where is Thing{i}?" if i % 2 else f"Who made Thing{i}?", "rephrase": f"Where can Thing{i} be found?",
+         "alt": "Rome", "answers": ["Paris"], "loc": "nq question: who is it", "loc_ans": "x"} for i in range(12)])
+    out = tmp_path / "answer-type.json"
+    argv = ["answer-type", "--out", str(out), "--trec", str(trec), "--counterfact", str(counterfact), "--counterfact-cases", "6",
+            "--zsre", str(zsre), "--encoder", tiny_encoder_path, "--threads", "1", "--steps", "20"]
+    assert main_train(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    loaded = AnswerTypeClassifier.load(out)
+    assert loaded.labels == ["HUM", "LOC", "NUM"] and loaded.encoder == tiny_encoder_path and summary["threshold"] == loaded.threshold
+    assert loaded.training["data"]["held_out"] == 6 and 0.0 <= loaded.training["trec_held_out_accuracy"] <= 1.0
+    assert loaded.training["data"]["threshold_pairs"]["pairs"] > 6  # counterfact's and the training fold's paraphrases
+    assert loaded.kinds(["Where is place3?"], TextEncoder(tiny_encoder_path))[0] in (None, "HUM", "LOC", "NUM")
+    # Evaluation-only data, or zsre-1k whole, is refused before anything is written.
+    (tmp_path / "counterfact-test.jsonl.gz").write_bytes(counterfact.read_bytes())
+    for bad, message in ((["--counterfact", str(tmp_path / "counterfact-test.jsonl.gz")], "evaluation-only"),
+                         (["--zsre-fold", "0/1"], "train on one fold"), (["--max-paraphrase-conflicts", "1.5"], "is a share")):
+        assert main_train([*argv[:2], str(tmp_path / "bad.json"), *argv[3:], *bad]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
