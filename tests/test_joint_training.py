@@ -49,7 +49,7 @@ def test_settings_that_cannot_work_are_refused(topic_index: Path, qa_file: Path,
              (dict(refresh="rerank:4", candidates=5), r"--candidates \(5\)"), (dict(candidates=-1), "--candidates"),
              (dict(reader_first=4), "--reader-first 4 leaves none"),
              (dict(reader_first=-1), "--reader-first"), (dict(held_out_share=1.0), "--held-out-share"), (dict(train=[tmp_path / "nq-open-test.jsonl.gz"]), "not found"), (dict(grad_accum=0), "--grad-accum"),
-             (dict(top_k=101), "--top-k 101: at most 100")]
+             (dict(top_k=101), "--top-k 101: at most 100"), (dict(top_k=1), "--top-k 1 without --candidates")]
     for changes, message in cases:
         with pytest.raises(ValueError, match=message):
             config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", **changes).check()

@@ -181,6 +181,9 @@ class JointTrainingConfig:
         if self.candidates > self.top_k and self.loss == "adist":
             raise ValueError("--loss adist takes its target from the cross-attention of the pass that reads the --top-k passages: "
                              "it ranks those; drop --candidates or choose emdr2 or pdist")
+        if self.retrieved == 1:  # a softmax over one passage is 1 whatever the scores: every loss is 0 for the retriever
+            raise ValueError("--top-k 1 without --candidates gives the retriever one passage per question to rank, so it "
+                             "learns nothing: use --candidates 2 or more (or rag-train reader to train the reader alone)")
         if refresh.kind == "rerank" and refresh.n < self.retrieved:
             raise ValueError(f"--refresh rerank:{refresh.n} must over-retrieve at least --top-k and --candidates ({self.retrieved}) passages")
         check_warmup(self.warmup)
