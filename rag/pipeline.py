@@ -40,8 +40,8 @@ class Answer:
     time went (milliseconds). `beyond`: the question asks beyond the edit (a second hop from the edit's answer),
     so the answer follows from the edit but is not the one it states. `asked_as`: the question the reader was
     asked instead, when the edit's answer could take the place of its first hop ("What is the capital of Iraq?");
-    it is answered as any question is (from another edit in its scope, if one is), and `edit` stays the one whose
-    answer took that place."""
+    it is answered as any question is, and `edit` stays the one whose answer took that place; `answered_by` is the
+    edit in the rewritten question's scope that answered it, if one did (another edit changed the capital of Iraq)."""
 
     question: str
     text: str
@@ -50,6 +50,7 @@ class Answer:
     edit: Edit | None = None
     asked_as: str | None = None
     beyond: bool = False
+    answered_by: Edit | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class Answer:
             "edit": self.edit.to_json() if self.edit else None,
             "asked_as": self.asked_as,
             "beyond": self.beyond,
+            "answered_by": self.answered_by.to_json() if self.answered_by else None,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -305,5 +307,5 @@ class Pipeline:
                     texts[i] = text
         t3 = time.perf_counter()
         timings = {"edit_ms": (t1 - t0) * 1e3, "retrieve_ms": (t2 - t1) * 1e3, "read_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
-        return [Answer(q, text, hits, dict(timings), edit, asked_as, i in beyond)
+        return [Answer(q, text, hits, dict(timings), edit, asked_as, i in beyond, answering[i] if asked_as else None)
                 for i, (q, text, hits, edit, asked_as) in enumerate(zip(questions, texts, passages, edits, rewritten))]

@@ -137,6 +137,8 @@ class AskResponse(BaseModel):
                                                    "beyond `edit` and the edit's answer took the place of its first hop")
     beyond: bool = Field(False, description="the question asks beyond `edit` (a second hop from its answer): the "
                                             "answer follows from the edit but is not the one it states")
+    answered_by: EditOut | None = Field(None, description="the edit that answered the question as asked instead "
+                                                          "(`asked_as`), if one did; null otherwise")
     timings: dict[str, float]
     batch_size: int = Field(description="questions answered together in this one's micro-batch")
 
@@ -325,7 +327,8 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         return AskResponse(question=answer.question, answer=answer.text,
                            passages=[PassageOut(**p.to_json()) for p in answer.passages],
                            edit=None if answer.edit is None else EditOut.of(answer.edit), asked_as=answer.asked_as,
-                           beyond=answer.beyond, timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
+                           beyond=answer.beyond, answered_by=None if answer.answered_by is None else EditOut.of(answer.answered_by),
+                           timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
 
     # -- documents ---------------------------------------------------------------------------
     def require_token(authorization: Annotated[str | None, Header(description="Bearer <token>")] = None) -> None:

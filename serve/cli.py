@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer one question with its sources",
                               description="Answer a question from the top-k passages of an index and print the sources.")
     add_pipeline_arguments(ask)
-    ask.add_argument("--json", action="store_true", help="print one JSON object {question, answer, passages, edit, asked_as, beyond, timings}")
+    ask.add_argument("--json", action="store_true", help="print one JSON object {question, answer, passages, edit, asked_as, beyond, answered_by, timings}")
     ask.add_argument("question", help="the question, quoted")
     ask.set_defaults(run=_ask)
 
@@ -65,6 +65,8 @@ def _ask(args: argparse.Namespace) -> int:
     print(answer.text)
     if answer.edit is not None and answer.asked_as is not None:
         print(f"  (asked as {answer.asked_as!r}: the first hop from edit {answer.edit.id}: {answer.edit.fact})")
+        if answer.answered_by is not None:
+            print(f"  (answered from edit {answer.answered_by.id}: {answer.answered_by.fact})")
     elif answer.edit is not None and answer.beyond:
         print(f"  (read with edit {answer.edit.id} in view, from which the question asks a further step: {answer.edit.fact})")
     elif answer.edit is not None:

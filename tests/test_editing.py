@@ -294,6 +294,8 @@ def test_a_rewritten_two_hop_question_takes_an_edit_of_its_second_hop(pipeline: 
     batch = [question, rewritten, "what is topic7?"]
     got = pipeline.ask_many(batch, k=3, mode="sparse")
     assert got[0].text == "omega" and got[0].edit == first and got[0].asked_as == rewritten and got[0].beyond
+    assert got[0].answered_by == second and got[0].to_json()["answered_by"]["id"] == second.id  # who gave "omega"
+    assert got[1].answered_by is None and got[1].edit == second  # asked directly: `edit` says it
     assert [p.id for p in got[0].passages] == [p.id for p in got[1].passages]  # retrieved as the rewritten question is
     one_at_a_time = [pipeline.ask(q, k=3, mode="sparse") for q in batch]
     assert [a.to_json() | {"timings": None} for a in got] == [a.to_json() | {"timings": None} for a in one_at_a_time]
@@ -310,5 +312,5 @@ def test_a_rewritten_question_is_never_answered_by_the_edit_that_rewrote_it(pipe
     question = "where is topic4? what is the capital of the place where topic4 is?"
     rewritten = "where is topic4? what is the capital of zeta?"
     got = pipeline.ask(question, k=3, mode="sparse")
-    assert got.edit == edit and got.beyond and got.asked_as == rewritten
+    assert got.edit == edit and got.beyond and got.asked_as == rewritten and got.answered_by is None  # read from passages
     assert got.text == pipeline.reader.generate([rewritten], [pipeline.retrieve([rewritten], 3, "sparse")[0]])[0]

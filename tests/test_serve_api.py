@@ -69,7 +69,7 @@ def test_ask_answers_with_passages_and_timings(client: TestClient, pipeline: Pip
     body = ask(client, "what is topic3?", k=2, mode="hybrid")
     assert body["passages"][0]["doc_id"] == "doc-3" and len(body["passages"]) == 2
     assert set(body["passages"][0]) == {"id", "doc_id", "title", "text", "score"}
-    assert body["edit"] is None and body["asked_as"] is None and body["beyond"] is False
+    assert body["edit"] is None and body["asked_as"] is None and body["beyond"] is False and body["answered_by"] is None
     assert {"edit_ms", "retrieve_ms", "read_ms", "total_ms", "queue_ms", "server_ms"} <= set(body["timings"])
     assert body["answer"] == pipeline.ask("what is topic3?", k=2, mode="hybrid").text
     assert ask(client, "who?", k=0)["passages"] == []  # closed book

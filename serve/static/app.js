@@ -31,7 +31,8 @@ function showAnswer(data) {
   const edit = $("answer-edit");
   edit.hidden = !data.edit;
   edit.textContent = !data.edit ? "" : data.asked_as
-    ? `asked as "${data.asked_as}", the first hop from edit ${data.edit.id}: ${data.edit.fact}`
+    ? `asked as "${data.asked_as}", the first hop from edit ${data.edit.id}: ${data.edit.fact}` +
+      (data.answered_by ? `; answered from edit ${data.answered_by.id}: ${data.answered_by.fact}` : "")
     : data.beyond
     ? `read with edit ${data.edit.id} in view, from which the question asks a further step: ${data.edit.fact}`
     : `answered from edit ${data.edit.id}: ${data.edit.fact}`;
