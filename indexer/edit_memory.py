@@ -218,14 +218,19 @@ class EditMemory:
 
     def history(self, id: str) -> list[Edit]:
         """Every edit about the same thing as `id`, oldest first: what it replaced, what replaced it, revoked ones
-        too; linked by `supersedes` or `superseded_by` (a newer edit that asks the same question), step by step."""
+        too; linked by `supersedes`, `superseded_by` or asking the same question, step by step."""
         edits = {e.id: e for e in self.list(include_inactive=True)}
         links: dict[str, set[str]] = {i: set() for i in edits}
+        asking: dict[str, str] = {}  # question_key -> the last edit seen asking it
         for edit in edits.values():
-            for other in (edit.supersedes, edit.superseded_by):
+            # An edit that once replaced another by asking its question stays linked to it after a revoke.
+            same_question = None if edit.question is None else asking.get(question_key(edit.question))
+            for other in (edit.supersedes, edit.superseded_by, same_question):
                 if other is not None:
                     links[edit.id].add(other)
                     links[other].add(edit.id)
+            if edit.question is not None:
+                asking[question_key(edit.question)] = edit.id
         family: set[str] = set()
         todo = [self.get(id).id]
         while todo:

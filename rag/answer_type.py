@@ -78,14 +78,16 @@ class AnswerTypeClassifier:
     def kinds(self, questions: Sequence[str], encode: Encode, vectors: np.ndarray | None = None) -> list[str | None]:
         """The kind each question asks for, None where the classifier is not confident; texts seen before are not
         encoded again."""
-        todo = [i for i, q in enumerate(questions) if q not in self._known]
+        known = {q: self._known[q] for q in questions if q in self._known}
+        todo = [i for i, q in enumerate(questions) if q not in known]
         if todo:
-            if len(self._known) + len(todo) > MAX_KNOWN:
-                self._known.clear()
             given = None if vectors is None else np.asarray(vectors)[todo]
             found = self.decide(self.probabilities(self.features([questions[i] for i in todo], encode, given)))
-            self._known.update(zip((questions[i] for i in todo), found))
-        return [self._known[q] for q in questions]
+            known.update(zip((questions[i] for i in todo), found))
+            if len(self._known) + len(todo) > MAX_KNOWN:
+                self._known = {}  # a new dict, not clear(): another thread may be reading the old one
+            self._known.update(known)
+        return [known[q] for q in questions]
 
     def save(self, path: str | Path) -> None:
         """Write the JSON file `load` reads."""

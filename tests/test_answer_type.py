@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from indexer.encoder import TextEncoder
+import rag.answer_type
 from rag.answer_type import AnswerTypeClassifier, load_answer_types, question_heads
 from trainer.cli import main_train
 
@@ -50,7 +51,7 @@ def test_file_round_trips_and_bad_files_are_clear_errors(tmp_path: Path) -> None
     assert load_answer_types("enc", tmp_path / "missing.json") is None
 
 
-def test_kinds_are_confident_or_none_and_texts_are_encoded_once() -> None:
+def test_kinds_are_confident_or_none_and_texts_are_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert question_heads(["How tall is it?", "Why"], 2) == ["How tall", "Why"]
     encode = CountingEncoder()
     found = classifier().kinds(["Where is it?", "How tall is it?"], encode)
@@ -64,6 +65,9 @@ def test_kinds_are_confident_or_none_and_texts_are_encoded_once() -> None:
     encode.seen.clear()
     assert cached.kinds(["Where is it?", "Where is it?"], encode) == ["LOC", "LOC"] and encode.seen == []
     assert classifier(threshold=1.0).kinds(["Where is it?"], encode) == [None]  # not confident enough: no kind
+    monkeypatch.setattr(rag.answer_type, "MAX_KNOWN", 3)  # a full cache starts afresh without losing this call's kinds
+    cached.kinds(["Where is a?", "When is b?"], encode)
+    assert cached.kinds(["Where is a?", "When is c?", "When is d?"], encode) == ["LOC", "NUM", "NUM"]
     with pytest.raises(ValueError, match="reads 6 features"):
         classifier().probabilities(np.zeros((1, 4), dtype=np.float32))
 

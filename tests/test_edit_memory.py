@@ -188,6 +188,8 @@ def test_one_question_has_one_active_edit_the_newest(memory: EditMemory, tmp_pat
     # Revoking it brings back both edits it replaced.
     memory.revoke(madrid.id)
     assert [e.id for e in memory.list()] == [berlin.id, colosseum.id] == [e.id for e in reader.list()]
+    # History still shows madrid beside the edits of its question it once replaced, though no link in the log says so.
+    assert {rome.id, berlin.id, madrid.id} <= {e.id for e in memory.history(berlin.id)}
 
 
 def test_question_keys_ignore_unicode_form(memory: EditMemory, tmp_path: Path) -> None:

@@ -537,3 +537,10 @@ def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: 
     steps = lambda group: {int(checkpoint["optimizer"]["state"][i]["step"]) for i in checkpoint["optimizer"]["param_groups"][group]["params"]}
     assert steps(0) == {4} and steps(1) == {3}
     assert (run / "export" / "reader" / "adapter_config.json").is_file()
+    # Resumed once finished, every rank keeps the final evaluation rank 0 read (one rank evaluating alone would hang).
+    again = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "-m", "trainer.joint_training", "--resume", str(run)],
+                           env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sum(bool(r.get("final")) for r in rows) == 1

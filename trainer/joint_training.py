@@ -765,8 +765,13 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
         bar.close()
         if step < config.steps:
             return {"stopped_at": step}
-        # A finished run resumed keeps its final evaluation rather than logging a second one.
+        # A finished run resumed keeps its final evaluation rather than logging a second one. Only rank 0 read the
+        # metrics, and every rank must choose alike: the evaluation searches the shards together.
         final = next((row["dev"] for row in map(json.loads, kept) if row.get("final")), None)
+        if ranks > 1:
+            shared = [final]
+            dist.broadcast_object_list(shared, src=0)
+            final = shared[0]
         if final is None:
             final = trainer.evaluate(dev) if dev else {}
             if dev:
