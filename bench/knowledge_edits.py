@@ -54,6 +54,7 @@ def main() -> None:
     result["machine"] = machine_info()
     result["scope_classifier"] = classifier_info()
     result["two_hop_detector"] = two_hop_info() if args.two_hop == "auto" else None
+    result["answer_type_classifier"] = answer_type_info()
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
     rag_eval = str(Path(sys.executable).with_name("rag-eval"))
     args.predictions.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,8 @@ def main() -> None:
         key = name if variant == "auto" else f"{name} ({variant})"
         # Per run too: runs kept from an earlier invocation may have used another classifier or threshold, machine or command.
         result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary, "scope_classifier": result["scope_classifier"],
-                               "two_hop_detector": result["two_hop_detector"], **run_stamp(result["machine"])}
+                               "two_hop_detector": result["two_hop_detector"], "answer_type_classifier": result["answer_type_classifier"],
+                               **run_stamp(result["machine"])}
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         log(name, json.dumps(summary))
     print(table(result))
@@ -92,6 +94,13 @@ def two_hop_info() -> dict:
     detector = TwoHopDetector.load(SHIPPED)
     return {"file": str(SHIPPED), "threshold": detector.threshold, "relation_threshold": detector.relation_threshold,
             "sha1": hashlib.sha1(SHIPPED.read_bytes()).hexdigest()}
+
+
+def answer_type_info() -> dict:
+    """Which shipped answer-type classifier the runs used (it keeps edits to questions asking their kind of answer)."""
+    from rag.answer_type import SHIPPED, AnswerTypeClassifier
+
+    return {"file": str(SHIPPED), "threshold": AnswerTypeClassifier.load(SHIPPED).threshold, "sha1": hashlib.sha1(SHIPPED.read_bytes()).hexdigest()}
 
 
 def table(result: dict) -> str:
