@@ -420,6 +420,11 @@ class Index:
         return dense
 
     # -- reading -------------------------------------------------------------------------------
+    @property
+    def default_mode(self) -> str:
+        """The search mode a question gets when it names none: hybrid, or dense on an index built without BM25."""
+        return "hybrid" if self.sparse is not None else "dense"
+
     def check_mode(self, mode: str) -> None:
         """Refuse a search mode this index cannot serve: an unknown one, or BM25's on an index built without it."""
         if mode not in MODES:

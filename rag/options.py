@@ -64,7 +64,7 @@ def pipeline_from_args(args: argparse.Namespace, writable: bool = False) -> Pipe
     if args.k is None:
         args.k = pipeline.reader.default_k
     if args.mode is None:
-        args.mode = "hybrid" if pipeline.index is None or pipeline.index.sparse is not None else "dense"
+        args.mode = "hybrid" if pipeline.index is None else pipeline.index.default_mode
     elif pipeline.index is not None:
         pipeline.index.check_mode(args.mode)
     return pipeline

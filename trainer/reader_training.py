@@ -117,8 +117,7 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     index = Index.open(config.index, readonly=True)
     train_records, dev_records = load_train_dev(config.train, config.steps * config.batch_size * config.grad_accum,
                                                config.dev_size, config.seed)
-    mode = "hybrid" if index.sparse is not None else "dense"  # as questions are answered by default on this index
-    examples = build_examples(index, train_records, config.k, seed=config.seed, mode=mode, progress=progress)
+    examples = build_examples(index, train_records, config.k, seed=config.seed, mode=index.default_mode, progress=progress)
     reader = load_generative_reader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
     params = trainable_parameters(reader, config.method, config.lora_rank)
     reader.model.train()
@@ -156,7 +155,7 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
         reader.model = reader.model.merge_and_unload()
     dev_summary = {}
     if config.dev_eval and dev_records:
-        dev_summary, _ = evaluate_qa(Pipeline(index, reader), dev_records[: config.dev_eval], k=config.k, mode=mode, progress=progress)
+        dev_summary, _ = evaluate_qa(Pipeline(index, reader), dev_records[: config.dev_eval], k=config.k, mode=index.default_mode, progress=progress)
     record = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "train": [str(p) for p in config.train],
