@@ -17,6 +17,7 @@ Run: `python bench/edit_same_subject.py --edits FILE [--fold I/N] [--limit N]`
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import sys
@@ -28,8 +29,6 @@ from typing import Any, Sequence
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import functools
 
 import numpy as np
 import torch

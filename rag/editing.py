@@ -170,14 +170,20 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
     chained = two_hop.is_two_hop(query_vectors) if two_hop is not None and len(questions) else np.zeros(len(questions), bool)
     left_out = [e.id if e is not None else None for e in exclude] if exclude is not None else [None] * len(questions)
     matches: list[EditMatch | None] = []
-    # The kind of answer each question and each nearby edit's question asks for (rag/answer_type.py), where known.
+    all_scores = scope.scores(questions, found)
+    # The kind of answer asked for (rag/answer_type.py), only where it can change a decision: by questions with an edit
+    # that states a question in scope by score, and by those edits' questions. Most questions are about no edit.
     asked: list[str | None] = [None] * len(questions)
     stated: dict[str, str | None] = {}
-    if answer_kinds is not None and len(questions):
-        asked = answer_kinds(questions, vectors=query_vectors)
-        edit_questions = sorted({e.question for pairs in found for e, _ in pairs if e.question is not None})
-        stated = dict(zip(edit_questions, answer_kinds(edit_questions))) if edit_questions else {}
-    for question, pairs, scores, chain, skip, kind in zip(questions, found, scope.scores(questions, found), chained, left_out, asked):
+    if answer_kinds is not None:
+        gated = [i for i, (question, pairs, scores) in enumerate(zip(questions, found, all_scores))
+                 if any(e.question is not None and scores[j] >= scope.limit(e) and about_subject(question, e) for j, (e, _) in enumerate(pairs))]
+        if gated:
+            for i, kind in zip(gated, answer_kinds([questions[i] for i in gated], vectors=query_vectors[gated])):
+                asked[i] = kind
+            edit_questions = sorted({e.question for i in gated for e, _ in found[i] if e.question is not None})
+            stated = dict(zip(edit_questions, answer_kinds(edit_questions)))
+    for question, pairs, scores, chain, skip, kind in zip(questions, found, all_scores, chained, left_out, asked):
         # An edit's own question is in its scope by definition, whatever a learned decider says of it.
         key = question_key(question)
         own = [i for i, (e, _) in enumerate(pairs) if e.id != skip and e.question is not None and question_key(e.question) == key]
