@@ -12,7 +12,13 @@ Each probe kind is reported as the share routed to the case's own edit, without 
 (rag/answer_type.py) and with it. The answer-type classifier's threshold was set on counterfact-train and zsre-1k
 fold 0/2; use counterfact-val or zsre-1k `--fold 1/2` here.
 
-Run: `python bench/edit_same_subject.py --edits FILE [--fold I/N] [--limit N]`
+Also reported (`own_edit_scores`): the share of each kind whose (own edit, probe) pair the scope classifier scores at
+or above each threshold of a grid, and the highest of them keeping `--keep` of the paraphrases: how a subject
+threshold trades generality for locality within the subject. `--classifier` measures another classifier folder (a
+training run's), e.g. one trained on zsre-1k fold 0/4 over fold 2/4 to choose the shipped one's subject threshold
+on cases neither it nor the shipped one measures (fold 1/2).
+
+Run: `python bench/edit_same_subject.py --edits FILE [--fold I/N] [--limit N] [--classifier DIR]`
 """
 from __future__ import annotations
 
@@ -37,11 +43,16 @@ from bench.common import RESULTS_DIR, check_out, log, machine_info, write_result
 from bench.edit_scope import VAL, fill_memory
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
-from rag.editing import SCOPE_CLASSIFIER, load_scope, match_edits
+from rag.editing import SCOPE_CLASSIFIER, ClassifierScope, load_scope, match_edits
+from rag.scope_classifier import ScopeClassifier
 from rag.two_hop import load_two_hop
 from trainer.answer_type_training import other_subject_questions
 from trainer.edit_cases import FORMATS, EditCase, in_fold, parse_fold, read_cases
 
+# Subject thresholds the own-edit scores are read at: fine near 0, where the classifier's scores of held-out
+# paraphrases it doubts lie.
+GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+KINDS = ("paraphrase", "other_relation", "wh")
 WH_TEMPLATES = ("When was {} born?", "When was {} founded?", "Who founded {}?", "How many people live in {}?",
                 "How old is {}?", "Where is {}?")
 
@@ -61,10 +72,21 @@ def probes_of(cases: Sequence[EditCase], measured: Sequence[int], seed: int) -> 
 def routed_to_own(probes: Sequence[tuple[int, str, str]], routed: Sequence[str | None], own: Sequence[str]) -> dict[str, Any]:
     """Per probe kind: how many, and the share routed to the case's own edit."""
     out = {}
-    for kind in ("paraphrase", "other_relation", "wh"):
+    for kind in KINDS:
         hits = [edit == own[case] for (case, _, k), edit in zip(probes, routed) if k == kind]
         out[kind] = {"n": len(hits), "routed_to_own_edit": round(float(np.mean(hits)), 4) if hits else None}
     return out
+
+
+def own_edit_scores(probes: Sequence[tuple[int, str, str]], cases: Sequence[EditCase], classifier: ScopeClassifier,
+                    keep: float) -> dict[str, Any]:
+    """The classifier's score of each probe with its own case's edit, read at each threshold of GRID: the share of
+    each kind at or above it, and the highest threshold keeping at least `keep` of the paraphrases (None if none does)."""
+    scores = classifier.scores([cases[i].fact for i, _, _ in probes], [q for _, q, _ in probes])
+    kinds = np.array([k for _, _, k in probes])
+    at = {f"{t:g}": {k: round(float((scores[kinds == k] >= t).mean()), 4) for k in KINDS if (kinds == k).any()} for t in GRID}
+    kept = [t for t in GRID if at[f"{t:g}"].get("paraphrase", 0.0) >= keep]
+    return {"keep": keep, "highest_threshold_keeping_paraphrases": max(kept) if kept else None, "at": at}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -74,9 +96,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fold", default=None, metavar="I/N", help="probe only the cases in fold I of N (every edit is still in the memory)")
     parser.add_argument("--limit", type=int, default=0, help="probe at most this many cases (seeded sample; 0: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classifier", type=Path, default=Path(SCOPE_CLASSIFIER), help="scope classifier folder (default: the shipped one)")
+    parser.add_argument("--keep", type=float, default=0.98, help="share of paraphrases a subject threshold must keep (own_edit_scores)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/edit_same_subject_<edits file>.json)")
     args = parser.parse_args(argv)
+    if not 0.0 < args.keep <= 1.0:
+        parser.error(f"--keep must be above 0 and at most 1, got {args.keep}")
     torch.set_num_threads(args.threads)
     out = args.out or RESULTS_DIR / f"edit_same_subject_{args.edits.name.split('.')[0]}.json"
     check_out(out)
@@ -87,13 +113,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     encoder = TextEncoder(DEFAULT_ENCODER)
     probes = probes_of(cases, measured, args.seed)
     log(f"{len(cases)} edits in memory, {len(measured)} cases probed, {len(probes)} probes")
-    scope = load_scope("classifier", SCOPE_CLASSIFIER, device="cpu")
+    scope = load_scope("classifier", args.classifier, device="cpu")
+    assert isinstance(scope, ClassifierScope)  # load_scope("classifier") returns one or raises
     two_hop = load_two_hop(DEFAULT_ENCODER)
     answer_types = AnswerTypeClassifier.load(ANSWER_TYPES)
     questions = [q for _, q, _ in probes]
     vectors = encoder(questions, progress=True)
     result: dict[str, Any] = {"edits": str(args.edits), "fold": args.fold, "cases_probed": len(measured), "edits_in_memory": len(cases),
-                              "wh_templates": list(WH_TEMPLATES), "answer_type_threshold": answer_types.threshold}
+                              "wh_templates": list(WH_TEMPLATES), "answer_type_threshold": answer_types.threshold,
+                              "classifier": str(args.classifier), "subject_threshold": scope.subject_threshold,
+                              "question_subject_threshold": scope.question_subject_threshold}
+    result["own_edit_scores"] = own_edit_scores(probes, cases, scope.classifier, args.keep)
+    log("own-edit scores", result["own_edit_scores"]["highest_threshold_keeping_paraphrases"], result["own_edit_scores"]["at"])
     with tempfile.TemporaryDirectory() as scratch:
         memory, own = fill_memory(Path(scratch), cases, encoder)
         for name, kinds in (("without_answer_types", None), ("with_answer_types", functools.partial(answer_types.kinds, encode=encoder))):

@@ -92,18 +92,22 @@ class SimilarityScope:
 
 class ClassifierScope:
     """In scope when the trained cross-encoder's probability for (edit fact, question) reaches its threshold
-    (its `subject_threshold` for an edit that states its subject)."""
+    (its `subject_threshold` for an edit that states its subject, `question_subject_threshold` when that edit's
+    question is a question)."""
 
     name = "classifier"
 
     def __init__(self, classifier: ScopeClassifier) -> None:
         self.classifier = classifier
         self.threshold = float(classifier.threshold)
-        subject = classifier.config.subject_threshold
+        subject, question = classifier.config.subject_threshold, classifier.config.question_subject_threshold
         self.subject_threshold = self.threshold if subject is None else float(subject)
+        self.question_subject_threshold = self.subject_threshold if question is None else float(question)
 
     def limit(self, edit: Edit) -> float:
-        return self.subject_threshold if edit.subject else self.threshold
+        if not edit.subject:
+            return self.threshold
+        return self.question_subject_threshold if asks_question(edit) else self.subject_threshold
 
     def scores(self, questions: Sequence[str], candidates: Sequence[Sequence[tuple[Edit, float]]]) -> list[list[float]]:
         pairs = [(edit.fact, q) for q, found in zip(questions, candidates) for edit, _ in found]
@@ -131,6 +135,11 @@ def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIE
     if not found:
         raise ValueError(f"{classifier_path} is not a scope classifier folder (no {CONFIG_FILE}): train one with `rag-train scope`")
     return ClassifierScope(ScopeClassifier.from_pretrained(classifier_path, device=device))
+
+
+def asks_question(edit: Edit) -> bool:
+    """Whether the edit's question is asked as one ("Which show is X in?"), not as a statement to complete."""
+    return (edit.question or "").rstrip().endswith("?")
 
 
 def names_subject(question: str, subject: str | None) -> bool:

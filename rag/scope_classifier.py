@@ -60,6 +60,9 @@ class ScopeClassifierConfig:
     # The same for an edit that states its subject, which the question names (rag.editing.about_subject): the
     # name check guards locality there, so the classifier's own balanced choice serves. None: `threshold`.
     subject_threshold: float | None = None
+    # The same for such an edit asked as a question ("Which show is X in?", zsRE's form) rather than as a statement to
+    # complete (CounterFact's "X is located in"): other wordings of a question score lower. None: `subject_threshold`.
+    question_subject_threshold: float | None = None
     # The baseline decision: in scope when cos(question, edit key) under `similarity_encoder` is at least this
     # (None until trainer/scope_training.py calibrates it). Kept here so that both decisions ship together.
     similarity_threshold: float | None = None
@@ -77,8 +80,10 @@ class ScopeClassifierConfig:
             raise ValueError(f"max_length must be from 16 to 512 tokens, got {self.max_length}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold is a probability, from 0 to 1; got {self.threshold}")
-        if self.subject_threshold is not None and not 0.0 <= self.subject_threshold <= 1.0:
-            raise ValueError(f"subject_threshold is a probability, from 0 to 1; got {self.subject_threshold}")
+        for name in ("subject_threshold", "question_subject_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a probability, from 0 to 1; got {value}")
         if self.similarity_threshold is not None and not -1.0 <= self.similarity_threshold <= 1.0:
             raise ValueError(f"similarity_threshold is a cosine, from -1 to 1; got {self.similarity_threshold}")
 

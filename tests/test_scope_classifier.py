@@ -12,6 +12,7 @@ import torch
 
 from indexer.edit_memory import Edit
 from indexer.encoder import TextEncoder
+from rag.answer_type import AnswerTypeClassifier
 from rag.editing import ClassifierScope
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
 from trainer.edit_cases import EditCase, Probe, in_fold, read_cases
@@ -74,9 +75,18 @@ def test_save_and_load_round_trip(classifier: ScopeClassifier, tmp_path: Path) -
     # Edits that state their subject get the subject threshold; the others the threshold.
     scope = ClassifierScope(half)
     assert scope.limit(Edit("e1", "f", None, None, "Ada", "t")) == 0.2 and scope.limit(Edit("e2", "f", None, None, None, "t")) == 0.37
-    half.config.subject_threshold = 1.5
-    with pytest.raises(ValueError, match="subject_threshold is a probability"):
-        half.config.check()
+    # ... and those asked as a question the question threshold, once there is one.
+    asked = Edit("e3", "Where was Ada born? Paris.", "Where was Ada born? ", "Paris", "Ada", "t")
+    assert scope.limit(asked) == 0.2
+    half.config.question_subject_threshold = 0.05
+    scope = ClassifierScope(half)
+    assert scope.limit(asked) == 0.05 and scope.limit(Edit("e1", "f", "Ada was born in", None, "Ada", "t")) == 0.2
+    assert scope.limit(Edit("e4", "f", "Where was it born?", None, None, "t")) == 0.37
+    for name in ("subject_threshold", "question_subject_threshold"):
+        setattr(half.config, name, 1.5)
+        with pytest.raises(ValueError, match=f"{name} is a probability"):
+            half.config.check()
+        setattr(half.config, name, 0.2)
     # Saving does not change the model being trained.
     assert next(classifier.encoder.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="not a scope classifier folder"):
@@ -174,6 +184,39 @@ def test_build_pairs(tiny_encoder: TextEncoder) -> None:
     assert np.allclose(encode.similarity(own), 1.0, atol=1e-5)
 
 
+ZSRE_LIKE = (("What was {}'s occupation?", "What was {}'s career?"), ("In what city did {} die?", "Where did {} die?"),
+             ("Which team does {} play for?", "What team is {} associated with?"), ("What is {} named after?", "Who is {} named for?"))
+
+
+def test_cases_without_relation_groups_get_other_wordings_as_negatives() -> None:
+    """zsRE-like cases (every wording too rare to group) get another case's question put to their subject as an
+    other-relation negative, but not a wording that reads like their own (the same relation in other words)."""
+    cases = [EditCase(f"{r}-{n}", q.format(s), "new", subject=s, paraphrases=[p.format(s)])
+             for r, (q, p) in enumerate(ZSRE_LIKE) for n, s in enumerate(("Ann Smith", "Bo Li"))]
+    # Each case's own relation's other wording ("...'s career?" for an occupation edit) must never be drawn.
+    sibling = {c.id: {t.format(c.subject) for t in ZSRE_LIKE[int(c.id[0])]} for c in cases}
+    encode = CachedEncoder(TextEncoder("all-MiniLM-L6-v2", device="cpu"), progress=False)
+    config = ScopeDataConfig(near_depth=2, near_per_question=0, relation_paraphrase=1, other_relation=3, nq_per_case=0)
+    others = [p for p in build_pairs(cases, [], encode, config, progress=False) if p.kind == "other-relation"]
+    facts = {c.fact: c for c in cases}
+    # Up to 3 a case (short wordings with "X" for the subject read alike, so the filter drops a few of another relation too).
+    drawn = {c.id: sum(facts[p.edit_text] is c for p in others) for c in cases}
+    assert all(1 <= n <= 3 for n in drawn.values()) and sum(drawn.values()) > len(cases)
+    for p in others:
+        case = facts[p.edit_text]
+        assert p.label == 0 and case.subject in p.question and p.question not in sibling[case.id]
+    # With the answer-type classifier, only wordings asking for another kind of answer: "Which team does X play for?"
+    # (a group) is no negative for an edit of what X is named after (a person) any more, nor the reverse.
+    answer_types = AnswerTypeClassifier.load()
+
+    def kind(question: str, subject: str) -> int:  # of the wording, the subject put as "X"
+        return int(answer_types.probabilities(answer_types.features([question.replace(subject, "X")], encode)).argmax())
+
+    narrowed = [p for p in build_pairs(cases, [], encode, config, progress=False, answer_types=answer_types) if p.kind == "other-relation"]
+    assert 0 < len(narrowed) < len(others)
+    assert all(kind(p.question, facts[p.edit_text].subject) != kind(facts[p.edit_text].question, facts[p.edit_text].subject) for p in narrowed)
+
+
 def _write_counterfact(path: Path, cases: list[EditCase]) -> Path:
     with gzip.open(path, "wt") as fh:
         for c in cases:
@@ -209,7 +252,7 @@ def test_train_end_to_end(tiny_encoder_path: str, tmp_path: Path, capsys: pytest
                                         "alt": f"thing{i}", "answers": ["x"], "loc": f"nq question: who is person{i}", "loc_ans": "y"}) + "\n"
                             for i in range(20)))
     config = ScopeTrainingConfig(out=out, train=train, val=val, nq_train=None, nq_val=None, encoder=tiny_encoder_path,
-                                 also_train=zsre, also_train_fold="0/2", also_train_repeat=3,
+                                 also_train=zsre, also_train_fold="0/2", also_train_repeat=3, answer_types=None,
                                  steps=6, batch_size=8, lr=1e-3, max_length=32, val_every=3, val_quick=20, threads=1, device="cpu")
     record = train_scope_classifier(config, progress=False)
     # Only fold 0 of the zsRE cases trains (question + paraphrase + neighbour + near-edit pairs each), three times over.
@@ -230,6 +273,9 @@ def test_train_end_to_end(tiny_encoder_path: str, tmp_path: Path, capsys: pytest
     assert main(["--out", str(tmp_path / "new"), "--train", str(train), "--val", str(val), "--no-nq", "--also-train", str(zsre),
                  "--also-train-fold", "2/2"]) == 2
     assert "a fold is I/N" in capsys.readouterr().err
+    # The shipped answer-type classifier reads MiniLM's vectors, not the tiny encoder's: said before anything is made.
+    assert main(["--out", str(tmp_path / "other"), "--train", str(train), "--val", str(val), "--no-nq", "--encoder", tiny_encoder_path]) == 2
+    assert "--no-answer-types" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
 
 @pytest.mark.skipif(not is_scope_classifier(SHIPPED), reason="no shipped scope classifier")

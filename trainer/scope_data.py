@@ -13,7 +13,8 @@ edit's key (what the edit memory embeds and searches by) is its question. For ea
     of question and edit key, i.e. the candidates the memory search would hand to the scope decision;
   - "other-relation": the edit's own subject in a question template of another relation (an edit about
     someone's mother tongue says nothing of where they were born), so that naming the subject is not taken
-    for being in scope. CounterFact's real same-subject cases are nearly all the SAME relation (three edits
+    for being in scope. A case whose template no relation group holds (zsRE's questions) takes another case's
+    question wording unlike its own instead (`_other_questions`). CounterFact's real same-subject cases are nearly all the SAME relation (three edits
     of Wellington's twin city), i.e. conflicting edits in scope of each other's questions, so they cannot
     serve as negatives; the swapped templates can (see `relations` for how templates are grouped);
   - "nq": NQ-open questions, each paired with one of its nearest edits, so that real questions (zsRE's
@@ -43,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from indexer.encoder import Encoder
+from rag.answer_type import AnswerTypeClassifier
 from rag.editing import names_subject
 from trainer.edit_cases import EditCase
 
@@ -60,6 +62,11 @@ MIN_LINKS = 2
 # ... and a group of more templates than this is several relations run together by generic templates
 # ("{}, the": instrument, sport, position): it serves "other-relation" negatives but not positives.
 MAX_RELATION_TEMPLATES = 15
+# Another case's question wording serves a case without a relation group as an "other-relation" negative only when
+# it reads less like the case's own wordings than this (MiniLM cosine, subject as PLACEHOLDER): on zsre-1k fold 0/2
+# a case's question and its paraphrase score under 0.67 one time in ten, two random cases' over 0.69 one in twenty.
+OTHER_TEMPLATE_MAX_COSINE = 0.7
+PLACEHOLDER = "X"
 
 
 def check_not_evaluation_only(path: str | Path, fold: tuple[int, int] | None = None) -> None:
@@ -200,9 +207,48 @@ def nearest(queries: np.ndarray, keys: np.ndarray, k: int, chunk: int = 2048) ->
     return out
 
 
+def _other_questions(cases: Sequence[EditCase], loose: Sequence[int], encode: CachedEncoder, count: int,
+                     rng: random.Random, answer_types: AnswerTypeClassifier | None = None) -> list[tuple[int, str]]:
+    """(case, another case's question put to its subject), up to `count` per case of `loose`, for cases whose relation
+    no template group tells (zsRE: hundreds of question wordings, a few cases each). A wording that reads like the
+    case's own question or its paraphrases (MiniLM cosine of the templates at OTHER_TEMPLATE_MAX_COSINE or more) is
+    skipped: it likely asks the same relation in other words ("What was {}'s career?" for "...'s occupation?").
+    With `answer_types`, only wordings asking for another kind of answer (its most likely TREC type) are used: the
+    same kind is where rewordings of the case's own relation hide ("Which show is {} in?", "In which fictional work
+    is {} a figure?" read unalike), and a classifier taught those as negatives rejects held-out paraphrases."""
+    pool = sorted({t for t in map(template, cases) if t is not None})
+    if not count or not loose or len(pool) < 2:
+        return []
+
+    def kind_of(texts: list[str]) -> np.ndarray:
+        return answer_types.probabilities(answer_types.features(texts, encode)).argmax(axis=1)  # type: ignore[union-attr]
+
+    def wording(case: EditCase, text: str) -> str | None:
+        return text.replace(case.subject, PLACEHOLDER, 1) if case.subject and case.subject in text else None
+
+    owns = {i: [w for w in (wording(cases[i], q) for q in (cases[i].question, *cases[i].paraphrases)) if w is not None] for i in loose}
+    pool_vectors = encode([t.format(PLACEHOLDER) for t in pool])
+    pool_kinds = kind_of([t.format(PLACEHOLDER) for t in pool]) if answer_types is not None else None
+    encode([w for own in owns.values() for w in own])  # at once: one progress bar, and the loop below reads the cache
+    asked = [i for i, own in owns.items() if own]
+    own_kinds = dict(zip(asked, kind_of([owns[i][0] for i in asked]))) if answer_types is not None else {}
+    out = []
+    for i in asked:
+        c, own = cases[i], owns[i]
+        closest = (pool_vectors @ encode(own).T).max(axis=1)
+        unlike = closest < OTHER_TEMPLATE_MAX_COSINE
+        if pool_kinds is not None:
+            unlike &= pool_kinds != own_kinds[i]
+        usable = [t for t, keep in zip(pool, unlike) if keep]
+        out += [(i, t.format(c.subject)) for t in rng.sample(usable, min(count, len(usable)))]
+    return out
+
+
 def build_pairs(cases: Sequence[EditCase], nq_questions: Sequence[str], encode: CachedEncoder,
-                config: ScopeDataConfig = ScopeDataConfig(), progress: bool = True) -> list[ScopePair]:
+                config: ScopeDataConfig = ScopeDataConfig(), progress: bool = True,
+                answer_types: AnswerTypeClassifier | None = None) -> list[ScopePair]:
     """Labelled pairs from edit cases and NQ questions, in a seeded order; `encode` embeds texts (normalised).
+    `answer_types` narrows the other-relation negatives of cases without a relation group (`_other_questions`).
 
     Nearest edits are searched among `cases` only: build train and validation pairs from separate calls.
     """
@@ -240,9 +286,11 @@ def build_pairs(cases: Sequence[EditCase], nq_questions: Sequence[str], encode: 
     by_group: dict[int, list[str]] = defaultdict(list)
     for t, g in sorted(groups.items()):
         by_group[g].append(t)
+    loose = []  # cases whose template no relation group holds
     for i, c in enumerate(cases):
         own = template(c)
         if own not in groups:
+            loose.append(i)
             continue
         same = [t for t in by_group[groups[own]] if t != own] if len(by_group[groups[own]]) <= MAX_RELATION_TEMPLATES else []
         for t in rng.sample(same, min(config.relation_paraphrase, len(same))):
@@ -250,6 +298,8 @@ def build_pairs(cases: Sequence[EditCase], nq_questions: Sequence[str], encode: 
         others = [t for g, ts in sorted(by_group.items()) if g != groups[own] for t in ts]
         for t in rng.sample(others, min(config.other_relation, len(others))):
             pair(i, _short_question(t.format(c.subject), rng), "other-relation")
+    for i, question in _other_questions(cases, loose, encode, config.other_relation, rng, answer_types):
+        pair(i, question, "other-relation")
 
     for question, row in zip(nq, nearest(nq_vectors, key_vectors, config.near_depth) if nq else []):
         for j in near_negatives(None, question, row, 1):

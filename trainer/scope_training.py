@@ -39,6 +39,7 @@ from transformers import get_linear_schedule_with_warmup
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
                               typed_command)
+from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
 from rag.scope_classifier import ScopeClassifier
 from trainer.edit_cases import in_fold, parse_fold, read_cases
 from trainer.qa_data import read_qa, sample
@@ -68,6 +69,8 @@ class ScopeTrainingConfig:
     relation_paraphrase: int = 1
     other_relation: int = 2
     nq_per_case: float = 0.5
+    # Other-relation negatives of cases without a relation group (zsRE) must ask for another kind of answer by it.
+    answer_types: Path | None = ANSWER_TYPES
     steps: int = 1000
     batch_size: int = 32
     lr: float = 5e-5
@@ -107,6 +110,14 @@ class ScopeTrainingConfig:
                 raise ValueError(f"--also-train file not found: {self.also_train}")
             fold = parse_fold(self.also_train_fold) if self.also_train_fold else None
             check_not_evaluation_only(self.also_train, fold)
+        if self.answer_types is not None:
+            if not Path(self.answer_types).is_file():
+                raise ValueError(f"--answer-types file not found: {self.answer_types} (train one with `rag-train answer-type`, "
+                                 "or give --no-answer-types)")
+            reads = AnswerTypeClassifier.load(self.answer_types).encoder
+            if reads != self.encoder:
+                raise ValueError(f"--answer-types {self.answer_types} reads vectors of {reads}, not of --encoder {self.encoder}: "
+                                 "train one for it with `rag-train answer-type --encoder`, or give --no-answer-types")
         if Path(self.train).resolve() == Path(self.val).resolve():
             raise ValueError("--train and --val are the same file: validation must be held out")
         check_new_folder(self.out)
@@ -179,6 +190,7 @@ def _read_pairs(config: ScopeTrainingConfig, encode: CachedEncoder, progress: bo
     also = [] if config.also_train is None else read_cases(config.also_train, on_error="skip")
     if also and config.also_train_fold:
         also = [c for c in also if in_fold(c, parse_fold(config.also_train_fold))]
+    answer_types = None if config.answer_types is None else AnswerTypeClassifier.load(config.answer_types)
     nq_questions: dict[Path, list[str]] = {}  # train and also-train share one NQ file: read it once
     made = []
     for cases, nq_file, seed in ((sample(read_cases(config.train), config.cases, config.seed), config.nq_train, config.seed),
@@ -187,7 +199,8 @@ def _read_pairs(config: ScopeTrainingConfig, encode: CachedEncoder, progress: bo
         if nq_file is not None and cases and nq_file not in nq_questions:
             nq_questions[nq_file] = [r.question for r in read_qa(nq_file)]
         nq = nq_questions[nq_file] if nq_file is not None and cases else []
-        made.append(build_pairs(cases, nq, encode, replace(config.data_config(), seed=seed), progress=progress) if cases else [])
+        made.append(build_pairs(cases, nq, encode, replace(config.data_config(), seed=seed), progress=progress,
+                                answer_types=answer_types) if cases else [])
     return made[0], made[1], made[2]
 
 
@@ -303,7 +316,9 @@ def training_markdown(record: dict[str, Any]) -> str:
         f"{data['val']['pairs']} validation pairs ({data['val']['positives']} in scope) from {cfg['val']} with NQ questions "
         f"from {cfg['nq_val']}. Kinds: train {data['train']['by_kind']}; val {data['val']['by_kind']}. Nearest other edits "
         f"searched {cfg['near_depth']} deep (MiniLM cosine of question and edit key), {cfg['near_per_question']} negative(s) a "
-        f"question. Not trained or tuned on counterfact-test (evaluation only) or on the other folds of "
+        f"question. Other-relation negatives of cases whose wordings no relation group holds (zsRE's): another case's "
+        f"wording unlike theirs{' asking for another kind of answer by ' + Path(cfg['answer_types']).name if cfg.get('answer_types') else ''}. "
+        f"Not trained or tuned on counterfact-test (evaluation only) or on the other folds of "
         f"{Path(cfg['also_train'] or '-').name} (held out: `rag-eval edits --fold`).",
         f"- Steps: {cfg['steps']} x {cfg['batch_size']} pairs ({record['epochs']} epochs), lr {cfg['lr']} (warm-up "
         f"{cfg['warmup']}, linear decay), AdamW (weight decay {cfg['weight_decay']}), BCE with positives weighted "
@@ -360,6 +375,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--relation-paraphrase", type=int, default=d.relation_paraphrase, help="same-relation template positives per case")
     add("--other-relation", type=int, default=d.other_relation, help="other-relation template negatives per case")
     add("--nq-per-case", type=float, default=d.nq_per_case, help="NQ questions per case")
+    add("--answer-types", type=Path, default=d.answer_types,
+        help="answer-type classifier: zsRE-style cases take other-relation negatives only of another kind of answer")
+    add("--no-answer-types", action="store_true", help="other-relation negatives of zsRE-style cases of any kind of answer")
     add_optimizer_options(parser, d, "pairs")
     add("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     add("--max-length", type=int, default=d.max_length, help="tokens per (edit, question) pair")
@@ -378,7 +396,7 @@ def _run(args: argparse.Namespace) -> int:
         also_train_repeat=args.also_train_repeat, encoder=args.encoder, cases=args.cases, val_cases=args.val_cases,
         near_depth=args.near_depth, near_per_question=args.near_per_question,
         relation_paraphrase=args.relation_paraphrase, other_relation=args.other_relation,
-        nq_per_case=args.nq_per_case, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        nq_per_case=args.nq_per_case, answer_types=None if args.no_answer_types else args.answer_types, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         weight_decay=args.weight_decay, max_length=args.max_length, val_every=args.val_every, val_quick=args.val_quick,
         seed=args.seed, bf16=args.bf16, threads=args.threads, device=args.device,
     )
