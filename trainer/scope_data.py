@@ -13,10 +13,11 @@ edit's key (what the edit memory embeds and searches by) is its question. For ea
     of question and edit key, i.e. the candidates the memory search would hand to the scope decision;
   - "other-relation": the edit's own subject in a question template of another relation (an edit about
     someone's mother tongue says nothing of where they were born), so that naming the subject is not taken
-    for being in scope. A case whose template no relation group holds (zsRE's questions) takes another case's
-    question wording unlike its own instead (`_other_questions`). CounterFact's real same-subject cases are nearly all the SAME relation (three edits
+    for being in scope. CounterFact's real same-subject cases are nearly all the SAME relation (three edits
     of Wellington's twin city), i.e. conflicting edits in scope of each other's questions, so they cannot
-    serve as negatives; the swapped templates can (see `relations` for how templates are grouped);
+    serve as negatives; the swapped templates can (see `relations` for how templates are grouped). A case
+    whose template no relation group holds (zsRE's questions) takes another case's question wording unlike
+    its own instead (`_other_questions`);
   - "nq": NQ-open questions, each paired with one of its nearest edits, so that real questions (zsRE's
     locality probes are NQ questions) are seen, not only CounterFact's cloze prompts.
 A near-edit or nq negative is left out when the other edit's subject occurs in the question: that edit may
@@ -226,7 +227,8 @@ def _other_questions(cases: Sequence[EditCase], loose: Sequence[int], encode: Ca
     def wording(case: EditCase, text: str) -> str | None:
         return text.replace(case.subject, PLACEHOLDER, 1) if case.subject and case.subject in text else None
 
-    owns = {i: [w for w in (wording(cases[i], q) for q in (cases[i].question, *cases[i].paraphrases)) if w is not None] for i in loose}
+    owns = {i: [w for w in (wording(cases[i], q) for q in (cases[i].question, *cases[i].paraphrases)) if w is not None]
+            for i in loose}
     pool_vectors = encode([t.format(PLACEHOLDER) for t in pool])
     pool_kinds = kind_of([t.format(PLACEHOLDER) for t in pool]) if answer_types is not None else None
     encode([w for own in owns.values() for w in own])  # at once: one progress bar, and the loop below reads the cache
