@@ -120,7 +120,7 @@ def route(memory: EditMemory, kind: str, classifier: Path, probes: list[tuple[in
     sweep = [outcomes(best, t, probes, own, named) for t in np.round(np.arange(0.0, 1.0001, 0.01), 2)]
     tuned = max(sweep, key=lambda o: (o["generality"] + o["locality"]) / 2)
     return {"decider": scope.name, **at_threshold, "threshold": scope.threshold, "subject_threshold": scope.subject_threshold,
-            "question_subject_threshold": getattr(scope, "question_subject_threshold", scope.subject_threshold),
+            "question_subject_threshold": scope.question_subject_threshold,
             "ms_per_question": round(1000 * seconds / len(probes), 2),
             "best_routing_threshold": tuned,
             "sweep": [{k: o[k] for k in ("threshold", "reliability", "generality", "locality", "locality_clean")} for o in sweep]}

@@ -20,12 +20,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import faiss
 import numpy as np
 import torch
 
 from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, write_result
 from bench.joint_training import question_sets, trained_index
+from indexer.dense import TorchExactSearch
 from indexer.index import Index
 from rag.retriever import DualEncoder
 
@@ -50,9 +50,9 @@ def main() -> None:
     index = Index.open(args.index, readonly=True)
     untrained, trained = DualEncoder(index.manifest.encoder), DualEncoder(str(args.run / "export" / "encoder"))
     searched = trained_index(index, args.run, trained)
-    shard = searched.dense.shard.index  # one process: the whole corpus, as FAISS IndexIDMap2 over a flat index
-    rows = faiss.vector_to_array(shard.id_map)
-    trained_vectors = shard.index.reconstruct_n(0, shard.ntotal)
+    # One process: its shard is the whole re-embedded corpus, with the store rows as ids.
+    exact = TorchExactSearch.from_faiss(searched.dense.shard.index, "cpu")
+    rows, trained_vectors = exact.ids.numpy(), exact.vectors.numpy()
     untrained_vectors = searched.stored_vectors(rows.tolist())
     doc_ids = {p.row: p.doc_id for p in index.store.iter_passages(index.generation)}
     result: dict[str, Any] = {"run": str(args.run), "sets": {}}

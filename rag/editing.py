@@ -61,11 +61,13 @@ class EditPassage:
 
 class Scope(Protocol):
     """Scores (edit, question) pairs; a pair is in scope when its score is at least `threshold`, or
-    `subject_threshold` for an edit that states its subject (which the question then names)."""
+    `subject_threshold` for an edit that states its subject (which the question then names), or
+    `question_subject_threshold` for such an edit whose own question is asked as a question."""
 
     name: str
     threshold: float
     subject_threshold: float
+    question_subject_threshold: float
 
     def limit(self, edit: Edit) -> float:
         """The score `edit` needs for a question to be in its scope."""
@@ -82,6 +84,7 @@ class SimilarityScope:
     def __init__(self, threshold: float = SIMILARITY_THRESHOLD) -> None:
         self.threshold = threshold
         self.subject_threshold = threshold
+        self.question_subject_threshold = threshold
 
     def limit(self, edit: Edit) -> float:
         return self.threshold

@@ -78,6 +78,11 @@ def _zsre(raw: dict[str, Any], n: int) -> EditCase:
     )
 
 
+def subject_as(text: str, subject: str | None, mark: str) -> str | None:
+    """`text` with its first mention of `subject` replaced by `mark`; None when it does not mention it."""
+    return text.replace(subject, mark, 1) if subject and subject in text else None
+
+
 def parse_fold(text: str) -> tuple[int, int]:
     """"I/N" -> (I, N): fold I (counted from 0) of N. Raises ValueError naming what is wrong."""
     head, slash, tail = text.partition("/")

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from trainer.edit_cases import EditCase, Probe, read_cases
+from trainer.edit_cases import EditCase, Probe, read_cases, subject_as
 from trainer.qa_data import jsonl_lines
 
 # The edit prompt's relation (from its wording, with the subject cut out as "{}") -> the new target as a noun
@@ -55,14 +55,10 @@ SECOND_HOP: list[tuple[str, str, str]] = [
 DISPUTED = {("England", "capital"), ("Kingdom of Italy", "capital"), ("Roman Empire", "capital"), ("Israel", "capital")}
 
 
-def _template(prompt: str, subject: str) -> str | None:
-    return prompt.replace(subject, "{}", 1) if subject and subject in prompt else None
-
-
 def first_hop_phrase(prompt: str, subject: str) -> str | None:
     """The edit's new target as a noun phrase about its subject ("the place where X died"), or None when the
     prompt's relation is not one whose object is a place."""
-    template = _template(prompt, subject)
+    template = subject_as(prompt, subject, "{}")
     if template is None:
         return None
     for pattern, phrase in FIRST_HOP:
@@ -75,7 +71,7 @@ def place_facts(records: Iterable[dict]) -> dict[str, dict[str, set[str]]]:
     """subject -> relation (capital, continent) -> the true answers CounterFact's records state for it."""
     facts: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for record in records:
-        template = _template(record["prompt"], record["subject"])
+        template = subject_as(record["prompt"], record["subject"], "{}")
         relation = next((r for pattern, r, _ in SECOND_HOP if template and re.search(pattern, template)), None)
         if relation is not None and (record["subject"], relation) not in DISPUTED:
             facts[record["subject"]][relation].add(record["ground_truth"])

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from indexer.encoder import Encoder
 from rag.answer_type import AnswerTypeClassifier
 from rag.editing import names_subject
-from trainer.edit_cases import EditCase
+from trainer.edit_cases import EditCase, subject_as
 
 LABELS = {"question": 1, "paraphrase": 1, "relation-paraphrase": 1, "neighbor": 0, "near-edit": 0, "other-relation": 0, "nq": 0}
 KINDS = tuple(LABELS)
@@ -146,9 +146,9 @@ class CachedEncoder:
 
 def template(case: EditCase) -> str | None:
     """The case's question with its subject as `{}` ("The mother tongue of {} is"); None without a subject in it."""
-    if not case.subject or case.subject not in case.question or "{" in case.question or "}" in case.question:
+    if "{" in case.question or "}" in case.question:
         return None
-    return case.question.replace(case.subject, "{}", 1)
+    return subject_as(case.question, case.subject, "{}")
 
 
 def relations(cases: Sequence[EditCase]) -> dict[str, int]:
@@ -224,13 +224,11 @@ def _other_questions(cases: Sequence[EditCase], loose: Sequence[int], encode: Ca
     def kind_of(texts: list[str]) -> np.ndarray:
         return answer_types.probabilities(answer_types.features(texts, encode)).argmax(axis=1)  # type: ignore[union-attr]
 
-    def wording(case: EditCase, text: str) -> str | None:
-        return text.replace(case.subject, PLACEHOLDER, 1) if case.subject and case.subject in text else None
-
-    owns = {i: [w for w in (wording(cases[i], q) for q in (cases[i].question, *cases[i].paraphrases)) if w is not None]
-            for i in loose}
-    pool_vectors = encode([t.format(PLACEHOLDER) for t in pool])
-    pool_kinds = kind_of([t.format(PLACEHOLDER) for t in pool]) if answer_types is not None else None
+    owns = {i: [w for w in (subject_as(q, cases[i].subject, PLACEHOLDER) for q in (cases[i].question, *cases[i].paraphrases))
+                if w is not None] for i in loose}
+    pool_texts = [t.format(PLACEHOLDER) for t in pool]
+    pool_vectors = encode(pool_texts)
+    pool_kinds = kind_of(pool_texts) if answer_types is not None else None
     encode([w for own in owns.values() for w in own])  # at once: one progress bar, and the loop below reads the cache
     asked = [i for i, own in owns.items() if own]
     own_kinds = dict(zip(asked, kind_of([owns[i][0] for i in asked]))) if answer_types is not None else {}
