@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts: corpus/QA loading, machine info, result files, stats."""
 from __future__ import annotations
 
+import argparse
 import gzip
 import itertools
 import json
@@ -106,6 +107,18 @@ def check_out(path: Path) -> Path:
     if RESULTS_DIR.resolve() not in path.parents:
         raise SystemExit(f"--out must be under {RESULTS_DIR}, got {path}")
     return path
+
+
+def results_out(parser: argparse.ArgumentParser, args: argparse.Namespace, default: Path | None = None) -> Path:
+    """The checked result path of a bench with --limit: --out (or `default` where --out defaults to None). A run cut
+    to another --limit than the bench's default while --out is left at its default writes beside it
+    (`name_limit20.json`), so a trial run never overwrites the committed figures of the full one."""
+    out = args.out or default
+    if out is None:
+        raise ValueError("results_out needs `default` when --out defaults to None")
+    if args.out == parser.get_default("out") and args.limit != parser.get_default("limit"):
+        out = out.with_name(f"{out.stem}_limit{args.limit}{out.suffix}")
+    return check_out(out)
 
 
 def write_result(path: Path, results: dict[str, Any], info: dict[str, Any]) -> None:

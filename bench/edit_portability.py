@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_INDEX, RESULTS_DIR, log, machine_info
+from bench.common import DEFAULT_INDEX, RESULTS_DIR, log, machine_info, results_out
 from bench.knowledge_edits import PORTABILITY
 
 READERS = ("span", "generative")
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "edit_portability.json")
     args = parser.parse_args()
+    out = results_out(parser, args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
@@ -103,7 +104,7 @@ def main() -> None:
                                     for c, a in list(zip(chosen, answers))[:5]]}
                 result["reading"][f"{reader}: {variant}"] = row
                 log(reader, variant, row["portability"])
-                args.out.write_text(json.dumps(result, indent=2) + "\n")  # after each piece: a long run can be read part-way
+                out.write_text(json.dumps(result, indent=2) + "\n")  # after each piece: a long run can be read part-way
 
 
 if __name__ == "__main__":

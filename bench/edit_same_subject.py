@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import torch
 
-from bench.common import RESULTS_DIR, check_out, log, machine_info, write_result
+from bench.common import RESULTS_DIR, log, machine_info, results_out, write_result
 from bench.edit_scope import VAL, fill_memory
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
@@ -104,8 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not 0.0 < args.keep <= 1.0:
         parser.error(f"--keep must be above 0 and at most 1, got {args.keep}")
     torch.set_num_threads(args.threads)
-    out = args.out or RESULTS_DIR / f"edit_same_subject_{args.edits.name.split('.')[0]}.json"
-    check_out(out)
+    out = results_out(parser, args, RESULTS_DIR / f"edit_same_subject_{args.edits.name.split('.')[0]}.json")
     cases = read_cases(args.edits, args.format, on_error="skip")
     measured = [i for i, c in enumerate(cases) if args.fold is None or in_fold(c, parse_fold(args.fold))]
     if args.limit:

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CORPUS_FILES, check_out, default_out, documents, log, machine_info, write_result
+from bench.common import CORPUS_FILES, default_out, documents, log, machine_info, results_out, write_result
 from indexer.chunking import chunk_document
 from indexer.encoder import DEFAULT_ENCODER, DTYPES, TextEncoder, encoder_input, resolve_device
 
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--out", type=Path, default=default_out(__file__))
     args = ap.parse_args()
-    out = check_out(args.out)
+    out = results_out(ap, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from bench.common import DEFAULT_INDEX, QA_DIR, RESULTS_DIR, check_out, log, machine_info, run_rag_eval, write_result
+from bench.common import DEFAULT_INDEX, QA_DIR, RESULTS_DIR, log, machine_info, results_out, run_rag_eval, write_result
 from indexer.index import Index
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
@@ -204,7 +204,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 <= args.held_out_share < 1:
         parser.error(f"--held-out-share is a share of the articles, from 0 to below 1; got {args.held_out_share}")
-    out = check_out(args.out)
+    out = results_out(parser, args)
     torch.set_num_threads(args.threads)
     info = machine_info()
     result: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}

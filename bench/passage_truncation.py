@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from bench.common import DEFAULT_INDEX, QA_DIR, check_out, default_out, log, machine_info, write_result
+from bench.common import DEFAULT_INDEX, QA_DIR, default_out, log, machine_info, results_out, write_result
 from indexer.index import Index
 from rag.models import GENERATIVE_READER, resolve_reader_path
 from trainer.qa_data import QARecord, read_qa, sample
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[64, 128, 160, 192], help="passage cuts to try")
     parser.add_argument("--out", type=Path, default=default_out(__file__))
     args = parser.parse_args()
-    out = check_out(args.out)
+    out = results_out(parser, args)
     info = machine_info()
     tokenizer = AutoTokenizer.from_pretrained(resolve_reader_path(GENERATIVE_READER))
     index = Index.open(args.index, readonly=True)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, write_result
+from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out, write_result
 from bench.joint_training import question_sets, trained_index
 from indexer.index import Index
 from indexer.records import SearchHit
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.run is not None and not (args.run / "export" / "encoder").is_dir():
         parser.error(f"--run {args.run}: no export/encoder there (a finished rag-train joint run folder has one)")
-    out, info = check_out(args.out), machine_info()
+    out, info = results_out(parser, args), machine_info()
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
     with tempfile.TemporaryDirectory() as folder:

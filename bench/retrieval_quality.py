@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, read_qa, write_result
+from bench.common import DEFAULT_INDEX, default_out, log, machine_info, read_qa, results_out, write_result
 from indexer.encoder import TextEncoder
 from indexer.index import MODES, Index
 
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=default_out(__file__), help="result JSON (default %(default)s)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N questions per set (for testing; 0 = all)")
     args = ap.parse_args()
-    out = check_out(args.out)
+    out = results_out(ap, args)
     info = machine_info()
     encoder = TextEncoder()
     index = Index.open(args.index, encoder, readonly=True)

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, write_result
+from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out, write_result
 from bench.joint_training import HELD_OUT_SHARE, TRAIN, held_out_sets, question_sets, recall
 from indexer.index import Index
 from rag.retriever import DualEncoder
@@ -123,7 +123,7 @@ def main() -> None:
         parser.error(f"--held-out-share is a share of the articles, from 0 to below 1; got {args.held_out_share}")
     if args.rerank and (not args.passage_side or args.rerank < args.candidates):
         parser.error("--rerank L needs --passage-side (the query side alone keeps the stored vectors fresh) and L >= --candidates")
-    out, info = check_out(args.out), machine_info()
+    out, info = results_out(parser, args), machine_info()
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
     try:

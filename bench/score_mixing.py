@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import torch
 
-from bench.common import DEFAULT_INDEX, check_out, default_out, log, machine_info, write_result
+from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out, write_result
 from bench.joint_training import question_sets, trained_index
 from indexer.dense import TorchExactSearch
 from indexer.index import Index
@@ -45,7 +45,7 @@ def main() -> None:
         parser.error(f"--run {args.run} trained the query side only: its passages are the index's own, nothing to mix")
     if not all(0.0 <= w <= 1.0 for w in args.weights):
         parser.error("--weights must lie from 0 to 1")
-    out, info = check_out(args.out), machine_info()
+    out, info = results_out(parser, args), machine_info()
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
     untrained, trained = DualEncoder(index.manifest.encoder), DualEncoder(str(args.run / "export" / "encoder"))

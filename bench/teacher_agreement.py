@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bench.common import DEFAULT_INDEX, QA_DIR, check_out, default_out, log, machine_info, write_result
+from bench.common import DEFAULT_INDEX, QA_DIR, default_out, log, machine_info, results_out, write_result
 from indexer.index import Index
 from rag.models import GENERATIVE_READER
 from rag.reader import DecoderReader
@@ -37,7 +37,7 @@ TRAIN = {"squad-open-train": QA_DIR / "squad-open-train.jsonl.gz", "nq-open-trai
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="whole-corpus index, only read (default %(default)s)")
-    parser.add_argument("--limit", type=int, default=40, help="questions per training file (seeded sample, seed 0)")
+    parser.add_argument("--limit", type=int, default=60, help="questions per training file (seeded sample, seed 0; default %(default)s)")
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--max-passage-tokens", type=int, default=JointTrainingConfig.max_passage_tokens,
                         help="rag-train joint's (default %(default)s)")
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=default_out(__file__))
     args = parser.parse_args()
-    out = check_out(args.out)
+    out = results_out(parser, args)
     torch.set_num_threads(args.threads)
     info = machine_info()
     index = Index.open(args.index, readonly=True)

@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from tqdm import tqdm
 
-from bench.common import RESULTS_DIR, check_out, log, machine_info, percentiles_ms, write_result
+from bench.common import RESULTS_DIR, log, machine_info, percentiles_ms, results_out, write_result
 from rag.models import GENERATIVE_READER
 from rag.reader import DecoderReader
 from trainer.edit_cases import FORMATS, EditCase, in_fold, parse_fold, read_cases
@@ -308,7 +308,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--edits", type=Path, required=True, help="edit cases file (counterfact*, zsre* or canonical jsonl[.gz])")
     parser.add_argument("--format", choices=FORMATS, default=None, help="file format (default: guessed from its first record)")
-    parser.add_argument("--limit", type=int, default=100, help="cases for the single-edit regime (0: skip it)")
+    parser.add_argument("--limit", type=int, default=20, help="cases for the single-edit regime (default %(default)s; 0: skip it)")
     parser.add_argument("--accumulate", default="1,10,100", help="edit counts at which the accumulation regime measures ('': skip it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the 1000-case sample")
     parser.add_argument("--fold", default=None, metavar="I/N",
@@ -326,7 +326,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     name = args.edits.name.split(".")[0]
     fold = parse_fold(args.fold) if args.fold else None
-    out = check_out(args.out or RESULTS_DIR / f"weight_editing_{name}{f'_fold{fold[0]}of{fold[1]}' if fold else ''}.json")
+    out = results_out(parser, args, RESULTS_DIR / f"weight_editing_{name}{f'_fold{fold[0]}of{fold[1]}' if fold else ''}.json")
     checkpoints = sorted({int(x) for x in args.accumulate.split(",") if x.strip()})
     if any(k < 1 for k in checkpoints):
         raise SystemExit("--accumulate takes positive edit counts")

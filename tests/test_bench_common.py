@@ -1,6 +1,7 @@
 """bench/common.py records commands that can be rerun as typed, and which code ran."""
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -34,3 +35,24 @@ def test_code_info_hashes_every_package_and_says_whether_the_tree_is_dirty() -> 
     assert not any(path.startswith("bench/results/") for path in info["git_dirty_paths"])
     for package in ("indexer", "rag", "trainer", "serve"):
         assert len(info[f"{package}_sha1"]) == 40
+
+
+def limited_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--limit", type=int, default=500)
+    parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "some_bench.json")
+    return parser
+
+
+def test_a_run_cut_short_by_limit_never_overwrites_the_default_result_file() -> None:
+    parser = limited_parser()
+    assert common.results_out(parser, parser.parse_args([])) == (common.RESULTS_DIR / "some_bench.json").resolve()
+    assert common.results_out(parser, parser.parse_args(["--limit", "20"])) == (common.RESULTS_DIR / "some_bench_limit20.json").resolve()
+    chosen = common.RESULTS_DIR / "trial.json"
+    assert common.results_out(parser, parser.parse_args(["--limit", "20", "--out", str(chosen)])) == chosen.resolve()
+
+
+def test_a_result_file_outside_bench_results_is_refused(tmp_path: Path) -> None:
+    parser = limited_parser()
+    with pytest.raises(SystemExit, match="must be under"):
+        common.results_out(parser, parser.parse_args(["--out", str(tmp_path / "x.json")]))
