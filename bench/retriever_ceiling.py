@@ -10,7 +10,9 @@ as in joint training. With --passage-side both sides train, as `rag-train joint 
 --query-side-only trains them (the candidates' passages embedded afresh at each step, with gradients), and
 the whole corpus is re-embedded with the trained encoder at the end; with --rerank L the candidates are the best C
 of the stale top L by the current passage side, as `--refresh rerank:L` picks them; with --candidates-from hybrid
-they are fused with BM25's best C, as `rag-train joint --candidates-from hybrid` fuses them. It then measures recall@1/5/20 on the
+they are fused with BM25's best C, as `rag-train joint --candidates-from hybrid` fuses them; with --cloze N, N inverse
+cloze examples of the corpus (a passage's sentence asks for the rest of it) train beside the questions, a signal that
+needs no question at all. It then measures recall@1/5/20 on the
 joint-training benchmark's sets (500 seeded questions each of squad-open-dev and the gold_ids records of
 nq-open-test). So for each number of training questions it gives the ceiling of what the pdist/emdr2 losses
 can add to recall@5; bench/joint_training.py says how much of it they reach. Those sets are evaluation only:
@@ -23,10 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
+import re
 import sys
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,11 +42,14 @@ from transformers import get_linear_schedule_with_warmup
 from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out, write_result
 from bench.joint_training import HELD_OUT_SHARE, TRAIN, held_out_sets, question_sets, recall
 from indexer.index import Index
+from indexer.records import SearchHit
 from rag.retriever import DualEncoder
 from trainer.joint_losses import pdist_loss
 from trainer.joint_training import (CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, check_candidate_source, passage_scores, rerank,
                                     training_order)
 from trainer.qa_data import QARecord
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 
 
 def recall_of_sets(index: Index | TrainingIndex, retriever: DualEncoder, sets: dict[str, list[QARecord]]) -> dict[str, dict[str, Any]]:
@@ -49,21 +57,65 @@ def recall_of_sets(index: Index | TrainingIndex, retriever: DualEncoder, sets: d
     return {name: recall(index, retriever, records) for name, records in sets.items()}
 
 
-def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespace, sets: dict[str, list[QARecord]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ClozeExample:
+    """An inverse cloze task example (ORQA's ICT): a sentence of a corpus passage asks for that passage, which is
+    ranked with the sentence taken out (else the task is string matching)."""
+
+    question: str  # the sentence
+    row: int  # the store row of its passage, the only gold candidate
+    rest: str  # the passage's text without the sentence
+
+
+def cloze_examples(index: Index, n: int, seed: int) -> list[ClozeExample]:
+    """`n` ICT examples from seeded passages of `index` that have three sentences or more, a sentence of six words or
+    more taken from each. Corpus text only: no question or answer of any QA file."""
+    rng = random.Random(seed)
+    passages = list(index.store.iter_passages(index.generation))
+    rng.shuffle(passages)
+    examples = []
+    for passage in passages:
+        sentences = SENTENCE_END.split(passage.text)
+        long = [i for i, sentence in enumerate(sentences) if len(sentence.split()) >= 6]
+        if len(sentences) >= 3 and long:
+            i = rng.choice(long)
+            examples.append(ClozeExample(sentences[i], passage.row, " ".join(sentences[:i] + sentences[i + 1:])))
+            if len(examples) == n:
+                break
+    return examples
+
+
+def with_cloze_gold(example: ClozeExample, hits: list[SearchHit], search: TrainingIndex) -> list[SearchHit]:
+    """`hits` with the example's passage among them (in the last place when the search missed it) and its text
+    without the sentence."""
+    at = next((i for i, h in enumerate(hits) if h.row == example.row), len(hits) - 1)
+    if hits[at].row != example.row:
+        stored = search.index.store.passages([example.row], search.index.generation)[example.row]
+        hits[at] = SearchHit(stored.id, stored.doc_id, stored.title, stored.text, 0.0, example.row)
+    hits[at] = replace(hits[at], text=example.rest)
+    return hits
+
+
+def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespace, sets: dict[str, list[QARecord]],
+                  cloze: Sequence[ClozeExample] = ()) -> dict[str, Any]:
     """Recall on `sets` after `len(records) / batch_size` steps of pdist towards a target on the gold passages only
-    (of the query side, or with `args.passage_side` of both sides and then over the re-embedded corpus)."""
+    (of the query side, or with `args.passage_side` of both sides and then over the re-embedded corpus), with
+    `cloze` inverse cloze examples (the corpus' own sentences) shuffled in, which add their own steps."""
     torch.manual_seed(args.seed)
     retriever = DualEncoder(index.manifest.encoder, shared=True).to(args.device).train()
     optimizer = torch.optim.AdamW(retriever.parameters(), lr=args.retriever_lr, weight_decay=0.0)
-    steps = len(records) // args.batch_size
+    examples: list[QARecord | ClozeExample] = [*records, *cloze]
+    if cloze:  # mixed in, so both kinds train at every learning rate of the schedule
+        random.Random(args.seed).shuffle(examples)
+    steps = len(examples) // args.batch_size
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(args.warmup * steps), steps)
     taught = 0
     # as rag-train joint --bf16: the compute autocast, the weights and the optimizer in float32
     autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16)
     with tempfile.TemporaryDirectory() as folder:
         search = TrainingIndex(index, Path(folder))
-        for step in tqdm(range(steps), desc=f"{len(records)} questions", unit="step"):
-            batch = records[step * args.batch_size : (step + 1) * args.batch_size]
+        for step in tqdm(range(steps), desc=f"{len(cloze)} cloze, {len(records)} questions", unit="step"):
+            batch = examples[step * args.batch_size : (step + 1) * args.batch_size]
             with autocast:
                 query = retriever([r.question for r in batch], "query")
                 found = search.search(query.detach().float().cpu().numpy(), args.rerank or args.candidates)
@@ -71,11 +123,12 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
                     found = [rerank(retriever, q, row, args.candidates) for q, row in zip(query.detach(), found)]
                 if args.candidates_from == "hybrid":
                     found = search.with_bm25([r.question for r in batch], found, args.candidates)
+                found = [with_cloze_gold(r, row, search) if isinstance(r, ClozeExample) else row for r, row in zip(batch, found)]
                 scores = passage_scores(query, found, search, retriever if args.passage_side else None)
-            gold_ids = [set(r.gold_ids) for r in batch]
-            gold = torch.tensor([[h.doc_id in ids for h in row] for ids, row in zip(gold_ids, found)], device=scores.device)
+            gold = torch.tensor([[h.row == r.row if isinstance(r, ClozeExample) else h.doc_id in r.gold_ids for h in row]
+                                 for r, row in zip(batch, found)], device=scores.device)
             has_gold = gold.any(-1)
-            taught += int(has_gold.sum())
+            taught += sum(bool(g) for r, g in zip(batch, has_gold) if not isinstance(r, ClozeExample))
             if has_gold.any():
                 # log-probabilities of a perfect teacher: equal on the gold passages, nothing elsewhere
                 target = torch.where(gold, 0.0, -1e4)[has_gold]
@@ -84,7 +137,8 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
             optimizer.step()  # skips the parameters without gradients, as rag-train joint's does
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-        stats: dict[str, Any] = {"steps": steps, "questions": len(records), "questions_with_gold_in_candidates": taught}
+        stats: dict[str, Any] = {"steps": steps, "cloze_examples": len(cloze), "questions": len(records),
+                                 "questions_with_gold_in_candidates": taught}
         if args.passage_side:
             stats["refresh"] = search.refresh(retriever, progress=True)
         return stats | {"after": recall_of_sets(search if args.passage_side else index, retriever, sets)}
@@ -103,6 +157,9 @@ def main() -> None:
     parser.add_argument("--rerank", type=int, default=0, metavar="L",
                         help="with --passage-side: over-retrieve L from the stale vectors and keep the --candidates best by the "
                              "current passage side, as rag-train joint --refresh rerank:L (default 0: the stale top candidates)")
+    parser.add_argument("--cloze", type=int, default=0, metavar="N",
+                        help="also train on N inverse cloze examples of the corpus (a passage's sentence asks for the rest of "
+                             "it), shuffled in among the questions (default 0: none)")
     parser.add_argument("--passage-side", action="store_true",
                         help="train both sides and re-embed the corpus before measuring (default: the query side only)")
     parser.add_argument("--tau", type=float, default=JointTrainingConfig.tau, help="temperature of p_ret = softmax(s / tau), as rag-train joint's --tau")
@@ -123,6 +180,8 @@ def main() -> None:
         parser.error(f"--held-out-share is a share of the articles, from 0 to below 1; got {args.held_out_share}")
     if args.rerank and (not args.passage_side or args.rerank < args.candidates):
         parser.error("--rerank L needs --passage-side (the query side alone keeps the stored vectors fresh) and L >= --candidates")
+    if args.cloze and not args.passage_side:
+        parser.error("--cloze needs --passage-side: a stored passage vector still holds the sentence its example asks with")
     out, info = results_out(parser, args), machine_info()
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
@@ -133,11 +192,12 @@ def main() -> None:
     sets = held_out_sets(index, args.limit, args.held_out_share) if args.held_out_share else {}
     sets |= question_sets(args.limit)
     train = training_order(index, TRAIN, args.held_out_share, args.seed)[0][:max(args.questions)]
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "cloze", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
                               "sets": list(sets), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
+    cloze = cloze_examples(index, args.cloze, args.seed) if args.cloze else []
     for n in args.questions:
-        result["runs"][str(n)] = train_on_gold(index, train[:n], args, sets)
+        result["runs"][str(n)] = train_on_gold(index, train[:n], args, sets, cloze)
         log(n, json.dumps(result["runs"][str(n)]))
         write_result(out, result, info)
 
