@@ -12,7 +12,8 @@ the whole corpus is re-embedded with the trained encoder at the end; with --rera
 of the stale top L by the current passage side, as `--refresh rerank:L` picks them; with --candidates-from hybrid
 they are fused with BM25's best C, as `rag-train joint --candidates-from hybrid` fuses them; with --cloze N, N inverse
 cloze examples of the corpus (a passage's sentence asks for the rest of it) train beside the questions, a signal that
-needs no question at all. It then measures recall@1/5/20 on the
+needs no question at all; --separate-sides trains a query and a passage encoder apart (DPR's layout) instead of one
+for both. It then measures recall@1/5/20 on the
 joint-training benchmark's sets (500 seeded questions each of squad-open-dev and the gold_ids records of
 nq-open-test). So for each number of training questions it gives the ceiling of what the pdist/emdr2 losses
 can add to recall@5; bench/joint_training.py says how much of it they reach. Those sets are evaluation only:
@@ -102,7 +103,7 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
     (of the query side, or with `args.passage_side` of both sides and then over the re-embedded corpus), with
     `cloze` inverse cloze examples (the corpus' own sentences) shuffled in, which add their own steps."""
     torch.manual_seed(args.seed)
-    retriever = DualEncoder(index.manifest.encoder, shared=True).to(args.device).train()
+    retriever = DualEncoder(index.manifest.encoder, shared=not args.separate_sides).to(args.device).train()
     optimizer = torch.optim.AdamW(retriever.parameters(), lr=args.retriever_lr, weight_decay=0.0)
     examples: list[QARecord | ClozeExample] = [*records, *cloze]
     if cloze:  # mixed in, so both kinds train at every learning rate of the schedule
@@ -114,7 +115,7 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
     autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16)
     with tempfile.TemporaryDirectory() as folder:
         search = TrainingIndex(index, Path(folder))
-        for step in tqdm(range(steps), desc=f"{len(cloze)} cloze, {len(records)} questions", unit="step"):
+        for step in tqdm(range(steps), desc=f"{len(records)} questions" + (f", {len(cloze)} cloze" if cloze else ""), unit="step"):
             batch = examples[step * args.batch_size : (step + 1) * args.batch_size]
             with autocast:
                 query = retriever([r.question for r in batch], "query")
@@ -162,6 +163,9 @@ def main() -> None:
                              "it), shuffled in among the questions (default 0: none)")
     parser.add_argument("--passage-side", action="store_true",
                         help="train both sides and re-embed the corpus before measuring (default: the query side only)")
+    parser.add_argument("--separate-sides", action="store_true",
+                        help="with --passage-side: a query and a passage encoder with weights of their own (both starting from the "
+                             "index's), as DPR trains them (default: one encoder for both, as rag-train joint trains it)")
     parser.add_argument("--tau", type=float, default=JointTrainingConfig.tau, help="temperature of p_ret = softmax(s / tau), as rag-train joint's --tau")
     parser.add_argument("--warmup", type=float, default=JointTrainingConfig.warmup, help="share of the steps the learning rate warms up over")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training order, as rag-train joint's --seed")
@@ -180,6 +184,8 @@ def main() -> None:
         parser.error(f"--held-out-share is a share of the articles, from 0 to below 1; got {args.held_out_share}")
     if args.rerank and (not args.passage_side or args.rerank < args.candidates):
         parser.error("--rerank L needs --passage-side (the query side alone keeps the stored vectors fresh) and L >= --candidates")
+    if args.separate_sides and not args.passage_side:
+        parser.error("--separate-sides needs --passage-side: without it only the query side trains")
     if args.cloze and not args.passage_side:
         parser.error("--cloze needs --passage-side: a stored passage vector still holds the sentence its example asks with")
     out, info = results_out(parser, args), machine_info()
@@ -192,7 +198,7 @@ def main() -> None:
     sets = held_out_sets(index, args.limit, args.held_out_share) if args.held_out_share else {}
     sets |= question_sets(args.limit)
     train = training_order(index, TRAIN, args.held_out_share, args.seed)[0][:max(args.questions)]
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "cloze", "rerank", "retriever_lr", "passage_side", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "cloze", "rerank", "retriever_lr", "passage_side", "separate_sides", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
                               "sets": list(sets), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
     cloze = cloze_examples(index, args.cloze, args.seed) if args.cloze else []

@@ -2,6 +2,7 @@
 inverse cloze examples from the corpus."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
 from indexer.records import Document
 from trainer.joint_training import TrainingIndex
+from trainer.qa_data import QARecord
 
 
 def test_hybrid_candidates_need_a_sparse_part(tmp_path: Path, tiny_encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch,
@@ -51,9 +53,27 @@ def test_an_inverse_cloze_example_asks_for_its_passage_without_its_sentence(tmp_
     assert placed[2].text == example.rest
 
 
-def test_cloze_examples_need_the_passage_side(topic_index: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(sys, "argv", ["retriever_ceiling.py", "--index", str(topic_index), "--cloze", "10"])
+@pytest.mark.parametrize("option", [["--cloze", "10"], ["--separate-sides"]])
+def test_options_that_train_the_passage_side_need_it(option: list[str], topic_index: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["retriever_ceiling.py", "--index", str(topic_index), *option])
     with pytest.raises(SystemExit) as stopped:
         retriever_ceiling.main()
     assert stopped.value.code == 2
-    assert "--cloze needs --passage-side" in capsys.readouterr().err
+    assert f"{option[0]} needs --passage-side" in capsys.readouterr().err
+
+
+def test_questions_and_cloze_examples_share_the_steps_and_the_corpus_is_re_embedded_after(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    sentences = ["Mills once lined both of its banks for several miles.", "It joins the sea at a wide and shallow bay.",
+                 "The town grew up around the old stone bridge.", "Boats carried grain down to the harbour every week."]
+    docs = [Document(f"d{i}", f"River {i}", f"topic{i} rises in the hills. " + " ".join(sentences[i:] + sentences[:i]), {})
+            for i in range(4)]
+    build_index(tmp_path / "idx", docs, tiny_encoder)
+    index = Index.open(tmp_path / "idx", readonly=True)
+    records = [QARecord(f"q{i}", f"where does topic{i} rise?", ["hills"], [f"d{i}"]) for i in range(4)]
+    args = argparse.Namespace(seed=0, retriever_lr=1e-3, batch_size=2, warmup=0.0, bf16=False, device="cpu", rerank=0,
+                              candidates=3, candidates_from="hybrid", passage_side=True, separate_sides=True, tau=0.05)
+    result = retriever_ceiling.train_on_gold(index, records, args, {"rivers": records}, retriever_ceiling.cloze_examples(index, 2, 0))
+    assert (result["steps"], result["cloze_examples"], result["questions"]) == (3, 2, 4)
+    assert result["refresh"]["passages"] == 4
+    assert set(result["after"]["rivers"]) == {"n", "recall@1", "recall@5", "recall@20"} and result["after"]["rivers"]["n"] == 4
