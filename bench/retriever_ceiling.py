@@ -91,8 +91,7 @@ def with_cloze_gold(example: ClozeExample, hits: list[SearchHit], search: Traini
     without the sentence."""
     at = next((i for i, h in enumerate(hits) if h.row == example.row), len(hits) - 1)
     if hits[at].row != example.row:
-        stored = search.index.store.passages([example.row], search.index.generation)[example.row]
-        hits[at] = SearchHit(stored.id, stored.doc_id, stored.title, stored.text, 0.0, example.row)
+        hits[at] = search.index.store.passages([example.row], search.index.generation)[example.row].hit(0.0)
     hits[at] = replace(hits[at], text=example.rest)
     return hits
 

@@ -35,7 +35,7 @@ from indexer.fusion import reciprocal_rank_fusion
 from indexer.manifest import IndexFolderError, Manifest
 from indexer.records import Document, Passage, SearchHit
 from indexer.sparse import SparseIndex
-from indexer.store import PassageStore, StoredDocument, StoredPassage, meta_json, passage_digest
+from indexer.store import PassageStore, StoredDocument, meta_json, passage_digest
 
 STORE_FILE = "passages.sqlite"
 DENSE_FILE = "dense.faiss"
@@ -467,7 +467,7 @@ class Index:
             results = [reciprocal_rank_fusion([[r for r, _ in d], [r for r, _ in s]], k)
                        for d, s in zip(dense_lists, sparse_lists)]
         stored = self.store.passages({r for hits in results for r, _ in hits}, snap.generation)
-        return [[_hit(stored[r], s) for r, s in hits if r in stored] for hits in results]
+        return [[stored[r].hit(s) for r, s in hits if r in stored] for hits in results]
 
     def document(self, doc_id: str) -> StoredDocument | None:
         """A document as the current snapshot has it, or None."""
@@ -521,10 +521,6 @@ def _folder_bytes(path: Path) -> int:
             except FileNotFoundError:
                 continue
     return total
-
-
-def _hit(p: StoredPassage, score: float) -> SearchHit:
-    return SearchHit(p.id, p.doc_id, p.title, p.text, score, p.row)
 
 
 def _validate_document(doc: Document, seen: set[str]) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from indexer.manifest import IndexFolderError
-from indexer.records import Document, Passage
+from indexer.records import Document, Passage, SearchHit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,6 +93,10 @@ class StoredPassage(NamedTuple):
     doc_id: str
     title: str
     text: str
+
+    def hit(self, score: float) -> SearchHit:
+        """This passage as a search result with `score`."""
+        return SearchHit(self.id, self.doc_id, self.title, self.text, score, self.row)
 
 
 @dataclass(frozen=True)

@@ -258,8 +258,7 @@ class TrainingIndex:
         """The k nearest passages of each query vector (inner product), best first."""
         scores, ids = self.dense.search(vectors, k)
         stored = self.index.store.passages({int(i) for row in ids for i in row if i >= 0}, self.index.generation)
-        return [[SearchHit(stored[i].id, stored[i].doc_id, stored[i].title, stored[i].text, float(s), int(i))
-                 for i, s in zip(row_ids, row_scores) if i >= 0] for row_ids, row_scores in zip(ids, scores)]
+        return [[stored[int(i)].hit(float(s)) for i, s in zip(row_ids, row_scores) if i >= 0] for row_ids, row_scores in zip(ids, scores)]
 
     def search_many(self, queries: Sequence[str], k: int = 5, mode: str = "dense",
                     query_vectors: np.ndarray | None = None) -> list[list[SearchHit]]:
