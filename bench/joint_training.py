@@ -153,9 +153,10 @@ def check_resumable(folder: Path, args: argparse.Namespace) -> None:
     """Exit with a message when the run in `folder` was started with settings other than this invocation's:
     `--resume` continues with the saved ones, which would silently ignore the new flags."""
     # Older runs lack the newer options: they ran as those options' defaults.
-    saved = {"candidates": 0, "candidates_from": "dense", "reader_first": 0, "held_out_share": 0.0} | json.loads((folder / "config.json").read_text())
+    saved = ({"candidates": 0, "candidates_from": "dense", "in_batch_negatives": False, "reader_first": 0, "held_out_share": 0.0}
+             | json.loads((folder / "config.json").read_text()))
     changed = [f"--{name.replace('_', '-')} {saved.get(name)} there, {getattr(args, name)} here"
-               for name in ("top_k", "candidates", "candidates_from", "reader_first", "held_out_share", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
+               for name in ("top_k", "candidates", "candidates_from", "in_batch_negatives", "reader_first", "held_out_share", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
                if saved.get(name) != getattr(args, name)]
     # rag-train joint saves the adapter's path absolute (older runs: as given, relative to the repository, where the bench runs).
     adapter, saved_adapter = (str(Path(path).resolve()) if path else None for path in (args.adapter, saved.get("adapter")))
@@ -181,6 +182,8 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=0, help="passages the retriever's loss ranks (0: --top-k)")
     parser.add_argument("--candidates-from", choices=CANDIDATE_SOURCES, default=JointTrainingConfig.candidates_from,
                         help="rag-train joint's: the dense top alone, or fused with BM25's best (default %(default)s)")
+    parser.add_argument("--in-batch-negatives", action="store_true",
+                        help="rank each question's candidates among its whole micro-batch's (rag-train joint --in-batch-negatives)")
     parser.add_argument("--reader-first", type=int, default=0, help="steps the reader trains alone before the retriever's loss starts")
     parser.add_argument("--adapter", default=None,
                         help="a trained reader LoRA (rag-train reader --out) each run starts from, as rag-train joint --adapter")
@@ -220,7 +223,7 @@ def main() -> None:
     trained_share = result.get("scale", {}).get("held_out_share", 0.0) if result["runs"] or "before" in result else args.held_out_share
     if trained_share != args.held_out_share:
         sys.exit(f"{out} holds runs trained with --held-out-share {trained_share}: pass that to complete it, or another --out")
-    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "candidates_from", "reader_first", "adapter", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh", "held_out_share")}
+    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "candidates_from", "in_batch_negatives", "reader_first", "adapter", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh", "held_out_share")}
     result["scale"]["note"] = (f"{args.device}: {'query side only' if not args.refresh else 'both sides, refresh ' + args.refresh}, "
                                "steps x batch-size training questions, EM on a sub-sample")
     index = Index.open(args.index, readonly=True)
@@ -248,7 +251,7 @@ def main() -> None:
                 check_resumable(folder, args)
             command = [rag_train, "joint", "--index", str(args.index), "--train", ",".join(map(str, TRAIN)), "--loss", loss,
                        *(["--refresh", args.refresh] if args.refresh else ["--query-side-only"]), "--top-k", str(args.top_k), "--candidates", str(args.candidates),
-                       "--candidates-from", args.candidates_from,
+                       "--candidates-from", args.candidates_from, *(["--in-batch-negatives"] if args.in_batch_negatives else []),
                        "--reader-first", str(args.reader_first), *(["--adapter", args.adapter] if args.adapter else []), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                        "--max-passage-tokens", str(args.max_passage_tokens), "--retriever-lr", str(args.retriever_lr),
                        "--held-out-share", str(args.held_out_share), "--dev-size", "0", "--dev-eval", "0", "--save-every", str(args.save_every), "--threads", str(args.threads), "--device", args.device,

@@ -13,7 +13,8 @@ of the stale top L by the current passage side, as `--refresh rerank:L` picks th
 they are fused with BM25's best C, as `rag-train joint --candidates-from hybrid` fuses them; with --cloze N, N inverse
 cloze examples of the corpus (a passage's sentence asks for the rest of it) train beside the questions, a signal that
 needs no question at all; --separate-sides trains a query and a passage encoder apart (DPR's layout) instead of one
-for both. It then measures recall@1/5/20 on the
+for both; --in-batch-negatives ranks each gold among every candidate of its batch (DPR's in-batch negatives);
+--gold-in-candidates puts a question's gold passage among its candidates when the search missed it. It then measures recall@1/5/20 on the
 joint-training benchmark's sets (500 seeded questions each of squad-open-dev and the gold_ids records of
 nq-open-test). So for each number of training questions it gives the ceiling of what the pdist/emdr2 losses
 can add to recall@5; bench/joint_training.py says how much of it they reach. Those sets are evaluation only:
@@ -86,14 +87,29 @@ def cloze_examples(index: Index, n: int, seed: int) -> list[ClozeExample]:
     return examples
 
 
+def stored_hit(search: TrainingIndex, row: int) -> SearchHit:
+    """The passage in store row `row` as a search hit (score 0: its score is computed afresh where it is ranked)."""
+    return search.index.store.passages([row], search.index.generation)[row].hit(0.0)
+
+
 def with_cloze_gold(example: ClozeExample, hits: list[SearchHit], search: TrainingIndex) -> list[SearchHit]:
     """`hits` with the example's passage among them (in the last place when the search missed it) and its text
     without the sentence."""
     at = next((i for i, h in enumerate(hits) if h.row == example.row), len(hits) - 1)
     if hits[at].row != example.row:
-        hits[at] = search.index.store.passages([example.row], search.index.generation)[example.row].hit(0.0)
+        hits[at] = stored_hit(search, example.row)
     hits[at] = replace(hits[at], text=example.rest)
     return hits
+
+
+def with_question_gold(record: QARecord, hits: list[SearchHit], search: TrainingIndex) -> list[SearchHit]:
+    """`hits` with a passage of the record's first gold document in the last place when none of its gold is among them,
+    so that a question whose gold the search missed still teaches (supervised as DPR is, from the training file's
+    gold_ids); as they are when the record names no gold document the index holds."""
+    if any(h.doc_id in record.gold_ids for h in hits):
+        return hits
+    rows = sorted(row for row, _, _ in search.index.store.live_passages(record.gold_ids[:1]).values())
+    return [*hits[:-1], stored_hit(search, rows[0])] if rows else hits
 
 
 def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespace, sets: dict[str, list[QARecord]],
@@ -123,10 +139,13 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
                     found = [rerank(retriever, q, row, args.candidates) for q, row in zip(query.detach(), found)]
                 if args.candidates_from == "hybrid":
                     found = search.with_bm25([r.question for r in batch], found, args.candidates)
-                found = [with_cloze_gold(r, row, search) if isinstance(r, ClozeExample) else row for r, row in zip(batch, found)]
-                scores = passage_scores(query, found, search, retriever if args.passage_side else None)
+                found = [with_cloze_gold(r, row, search) if isinstance(r, ClozeExample)
+                         else with_question_gold(r, row, search) if args.gold_in_candidates else row for r, row in zip(batch, found)]
+                scores = passage_scores(query, found, search, retriever if args.passage_side else None, args.in_batch_negatives)
+            # each example's candidates, or with in-batch negatives every example's, in passage_scores' column order
+            columns = [[h for row in found for h in row]] * len(batch) if args.in_batch_negatives else found
             gold = torch.tensor([[h.row == r.row if isinstance(r, ClozeExample) else h.doc_id in r.gold_ids for h in row]
-                                 for r, row in zip(batch, found)], device=scores.device)
+                                 for r, row in zip(batch, columns)], device=scores.device)
             has_gold = gold.any(-1)
             taught += sum(bool(g) for r, g in zip(batch, has_gold) if not isinstance(r, ClozeExample))
             if has_gold.any():
@@ -160,6 +179,12 @@ def main() -> None:
     parser.add_argument("--cloze", type=int, default=0, metavar="N",
                         help="also train on N inverse cloze examples of the corpus (a passage's sentence asks for the rest of "
                              "it), shuffled in among the questions (default 0: none)")
+    parser.add_argument("--gold-in-candidates", action="store_true",
+                        help="put a question's gold passage (the training file's gold_ids) in the last candidate's place when the "
+                             "search missed it, so every question teaches (default: such questions teach nothing, as in joint training)")
+    parser.add_argument("--in-batch-negatives", action="store_true",
+                        help="rank each question's gold among every candidate of its batch, not only its own (DPR's in-batch "
+                             "negatives: passages of other articles, which only hard candidates never show)")
     parser.add_argument("--passage-side", action="store_true",
                         help="train both sides and re-embed the corpus before measuring (default: the query side only)")
     parser.add_argument("--separate-sides", action="store_true",
@@ -197,7 +222,7 @@ def main() -> None:
     sets = held_out_sets(index, args.limit, args.held_out_share) if args.held_out_share else {}
     sets |= question_sets(args.limit)
     train = training_order(index, TRAIN, args.held_out_share, args.seed)[0][:max(args.questions)]
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "cloze", "rerank", "retriever_lr", "passage_side", "separate_sides", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "cloze", "gold_in_candidates", "in_batch_negatives", "rerank", "retriever_lr", "passage_side", "separate_sides", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
                               "sets": list(sets), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
     cloze = cloze_examples(index, args.cloze, args.seed) if args.cloze else []

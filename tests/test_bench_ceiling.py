@@ -53,6 +53,17 @@ def test_an_inverse_cloze_example_asks_for_its_passage_without_its_sentence(tmp_
     assert placed[2].text == example.rest
 
 
+def test_a_question_whose_gold_the_search_missed_gets_it_in_the_last_place(topic_index: Path, tmp_path: Path) -> None:
+    search = TrainingIndex(Index.open(topic_index, readonly=True), tmp_path / "training")
+    hits = search.search(np.ones((1, search.index.manifest.dim), np.float32), 4)[0]
+    missed = next(f"doc-{i}" for i in range(20) if f"doc-{i}" not in {h.doc_id for h in hits})
+    placed = retriever_ceiling.with_question_gold(QARecord("q", "?", ["a"], [missed]), list(hits), search)
+    assert [h.row for h in placed[:3]] == [h.row for h in hits[:3]] and placed[3].doc_id == missed
+    found = QARecord("q", "?", ["a"], [hits[2].doc_id])
+    assert retriever_ceiling.with_question_gold(found, list(hits), search) == hits
+    assert retriever_ceiling.with_question_gold(QARecord("q", "?", ["a"], ["not-in-the-index"]), list(hits), search) == hits
+
+
 @pytest.mark.parametrize("option", [["--cloze", "10"], ["--separate-sides"]])
 def test_options_that_train_the_passage_side_need_it(option: list[str], topic_index: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,7 +74,9 @@ def test_options_that_train_the_passage_side_need_it(option: list[str], topic_in
     assert f"{option[0]} needs --passage-side" in capsys.readouterr().err
 
 
-def test_questions_and_cloze_examples_share_the_steps_and_the_corpus_is_re_embedded_after(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+@pytest.mark.parametrize("in_batch_negatives", [False, True])  # with True, --gold-in-candidates too
+def test_questions_and_cloze_examples_share_the_steps_and_the_corpus_is_re_embedded_after(in_batch_negatives: bool, tmp_path: Path,
+                                                                                         tiny_encoder: TextEncoder) -> None:
     sentences = ["Mills once lined both of its banks for several miles.", "It joins the sea at a wide and shallow bay.",
                  "The town grew up around the old stone bridge.", "Boats carried grain down to the harbour every week."]
     docs = [Document(f"d{i}", f"River {i}", f"topic{i} rises in the hills. " + " ".join(sentences[i:] + sentences[:i]), {})
@@ -72,7 +85,8 @@ def test_questions_and_cloze_examples_share_the_steps_and_the_corpus_is_re_embed
     index = Index.open(tmp_path / "idx", readonly=True)
     records = [QARecord(f"q{i}", f"where does topic{i} rise?", ["hills"], [f"d{i}"]) for i in range(4)]
     args = argparse.Namespace(seed=0, retriever_lr=1e-3, batch_size=2, warmup=0.0, bf16=False, device="cpu", rerank=0,
-                              candidates=3, candidates_from="hybrid", passage_side=True, separate_sides=True, tau=0.05)
+                              candidates=3, candidates_from="hybrid", passage_side=True, separate_sides=True, tau=0.05,
+                              in_batch_negatives=in_batch_negatives, gold_in_candidates=in_batch_negatives)
     result = retriever_ceiling.train_on_gold(index, records, args, {"rivers": records}, retriever_ceiling.cloze_examples(index, 2, 0))
     assert (result["steps"], result["cloze_examples"], result["questions"]) == (3, 2, 4)
     assert result["refresh"]["passages"] == 4

@@ -13,7 +13,7 @@ from bench.joint_training import check_resumable, trained_index
 from indexer.index import Index
 from rag.retriever import DualEncoder
 
-SETTINGS = dict(top_k=4, candidates=16, candidates_from="dense", reader_first=0, steps=100, batch_size=8, max_passage_tokens=96,
+SETTINGS = dict(top_k=4, candidates=16, candidates_from="dense", in_batch_negatives=False, reader_first=0, steps=100, batch_size=8, max_passage_tokens=96,
                 retriever_lr=2e-5, bf16=False, device="cpu", held_out_share=0.1)
 
 
@@ -56,15 +56,19 @@ def test_another_step_count_or_adapter_is_refused(tmp_path: Path) -> None:
         check_resumable(saved_run(tmp_path, None), asked(None, "runs/reader"))
 
 
-def test_older_runs_count_as_dense_candidates(tmp_path: Path) -> None:
-    """A run saved before --candidates-from existed took dense candidates: it resumes as such and not as hybrid."""
+@pytest.mark.parametrize("option, wanted, message", [
+    ("candidates_from", "hybrid", "--candidates-from dense there, hybrid here"),
+    ("in_batch_negatives", True, "--in-batch-negatives False there, True here")])
+def test_older_runs_count_as_the_options_defaults(tmp_path: Path, option: str, wanted: object, message: str) -> None:
+    """A run saved before an option existed ran as its default (dense candidates, each question's own only): it resumes
+    as such and not with the option on."""
     folder = saved_run(tmp_path, None)
     config = json.loads((folder / "config.json").read_text())
-    del config["candidates_from"]
+    del config[option]
     (folder / "config.json").write_text(json.dumps(config))
     check_resumable(folder, asked(None))
-    with pytest.raises(SystemExit, match="--candidates-from dense there, hybrid here"):
-        check_resumable(folder, asked(None, candidates_from="hybrid"))
+    with pytest.raises(SystemExit, match=message):
+        check_resumable(folder, asked(None, **{option: wanted}))
 
 
 def test_a_run_from_before_held_out_articles_is_not_resumed_with_them(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trainer.joint_losses import adist_loss, emdr2_loss, loop_loss, pdist_loss, rag_marginal_loss, retriever_log_probs
+from trainer.joint_losses import adist_loss, emdr2_loss, in_batch_targets, loop_loss, pdist_loss, rag_marginal_loss, retriever_log_probs
 
 # Two passages with p_ret = (1/4, 3/4) at tau: s = (0, tau log 3).
 TAU = 0.1
@@ -114,3 +114,25 @@ def test_attention_targets_are_under_stop_gradient_and_checked() -> None:
         adist_loss(SCORES, torch.tensor([1.0, -1.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="temperature"):
         pdist_loss(SCORES, READER, temperature=0.0)
+
+
+def test_in_batch_negatives_give_the_other_questions_passages_no_target_mass() -> None:
+    """Spread to the (B, B*K) in-batch columns, each question's targets sit on its own passages; the fill gives the
+    others no mass, so they only take p_ret away: with their scores far below, every loss is the plain one, and with
+    them level the hand-computed values change as the wider softmax says."""
+    reader = leaf(torch.stack([READER, READER.flip(0)]))
+    wide = in_batch_targets(reader, -math.inf)
+    assert wide.shape == (2, 4)
+    assert torch.equal(wide[0, :2], READER) and torch.equal(wide[1, 2:], READER.flip(0))
+    assert torch.isinf(wide[0, 2:]).all() and torch.isinf(wide[1, :2]).all()
+    wide.sum(-1).clamp(min=-1e9).sum().backward()  # differentiable in the targets, for the RAG marginal's reader side
+    assert reader.grad is not None
+    far = torch.tensor([[0.0, TAU * math.log(3.0), -1e3, -1e3], [-1e3, -1e3, 0.0, TAU * math.log(3.0)]], dtype=torch.float64)
+    plain = torch.stack([SCORES, SCORES])
+    own = reader.detach()
+    for loss, fill in [(emdr2_loss, -math.inf), (rag_marginal_loss, -math.inf), (pdist_loss, -math.inf), (loop_loss, math.inf)]:
+        assert loss(far, in_batch_targets(own, fill), TAU).item() == pytest.approx(loss(plain, own, TAU).item())
+    assert adist_loss(far, in_batch_targets(torch.tensor([[2.0, 6.0]] * 2, dtype=torch.float64), 0.0), TAU).item() == pytest.approx(0.0, abs=1e-9)
+    # Level: each question's p_ret over the four passages is (1/8, 3/8, 1/8, 3/8), its marginal 1/8 * 0.5 + 3/8 * 0.1 = 0.1.
+    level = torch.tensor([[0.0, TAU * math.log(3.0)] * 2] * 2, dtype=torch.float64)
+    assert emdr2_loss(level, in_batch_targets(torch.stack([READER, READER]), -math.inf), TAU).item() == pytest.approx(-math.log(0.1))

@@ -149,6 +149,12 @@ def test_passage_scores_use_the_stored_vectors_or_the_passage_side(topic_index: 
     assert torch.allclose(stored, torch.tensor([[h.score for h in row] for row in found]), atol=1e-5)
     assert torch.allclose(fresh, stored, atol=1e-5)
     assert not stored.requires_grad
+    # in-batch negatives: each query against both questions' passages, its own block where the plain scores are
+    everyone = passage_scores(query, found, search, None, in_batch=True)
+    assert everyone.shape == (2, 8)
+    assert torch.allclose(everyone[0, :4], stored[0]) and torch.allclose(everyone[1, 4:], stored[1])
+    other = torch.from_numpy(search.stored_vectors([h.row for h in found[1]])) @ query[0]
+    assert torch.allclose(everyone[0, 4:], other, atol=1e-5)
     fresh.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in retriever.parameters())
 
@@ -198,6 +204,32 @@ def test_candidates_beyond_the_top_k_feed_the_retriever_loss(topic_index: Path, 
     assert scores.shape == (1, 5) and len(found[0]) == 5
     assert reader_nll.item() == pytest.approx(expected_nll.item(), abs=1e-5)
     assert retriever_loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["emdr2", "pdist", "loop", "rag"])
+def test_in_batch_negatives_rank_each_question_among_the_whole_batchs_passages(loss: str, topic_index: Path, qa_file: Path,
+                                                                               tiny_reader_path: str, tmp_path: Path) -> None:
+    """--in-batch-negatives: each question's scores cover both questions' candidates, its target stays on its own
+    (the reader's, as without the option) and the other question's passages only widen p_ret's softmax."""
+    torch.manual_seed(0)
+    trainer = JointTrainer(config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", loss=loss, in_batch_negatives=True),
+                           Index.open(topic_index, readonly=True))
+    records = [QARecord("a", "which topic is number 3?", ["topic3"]), QARecord("b", "which topic is number 7?", ["topic7"])]
+    questions, answers = [r.question for r in records], [r.answers[0] for r in records]
+    with evaluating(trainer.reader.model, trainer.retriever), torch.no_grad():
+        query = trainer.retriever(questions, "query")
+        found, scores = trainer.retrieve(questions, query, passage_side=True)
+        reader = trainer.reader_logprobs(questions, found, answers, leave_one_out=loss == "loop").double()
+        _, retriever_loss = trainer.losses(records)
+    assert scores.shape == (2, 6)
+    log_p = torch.log_softmax(scores.double() / trainer.config.tau, -1)
+    own = torch.stack([log_p[0, :3], log_p[1, 3:]])  # each question's own passages, under the softmax over all six
+    if loss in ("emdr2", "rag"):
+        expected = -torch.logsumexp(own + reader, -1).mean()
+    else:
+        target = torch.softmax(-reader if loss == "loop" else reader, -1)
+        expected = (target * (target.log() - own)).sum(-1).mean()
+    assert retriever_loss.item() == pytest.approx(expected.item(), abs=1e-4)
 
 
 def test_hybrid_candidates_fuse_the_dense_top_with_bm25s(topic_index: Path, qa_file: Path, tiny_reader_path: str,

@@ -24,6 +24,15 @@ def retriever_log_probs(scores: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.log_softmax(scores / tau, dim=-1)
 
 
+def in_batch_targets(targets: torch.Tensor, fill: float) -> torch.Tensor:
+    """(B, K) targets over each question's own candidates spread to (B, B*K), the columns of scores with in-batch
+    negatives (question b's own at b*K to b*K+K-1): `fill`, the value that gives a passage no target mass (-inf for
+    log-likelihoods, 0 for attention mass), on every other question's passages. Differentiable in `targets`."""
+    b, k = targets.shape
+    own = torch.arange(b, device=targets.device)[:, None] * k + torch.arange(k, device=targets.device)
+    return targets.new_full((b, b * k), fill).scatter(1, own, targets)
+
+
 def _kl_to_retriever(target: torch.Tensor, scores: torch.Tensor, tau: float) -> torch.Tensor:
     """Mean over the batch of KL(target || p_ret); a zero target entry contributes 0 (xlogy)."""
     per_question = (torch.xlogy(target, target) - target * retriever_log_probs(scores, tau)).sum(-1)

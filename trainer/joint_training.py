@@ -65,7 +65,7 @@ from rag.reader import pick_device
 from rag.retriever import DualEncoder
 from trainer.distributed_search import ShardedDenseSearch, barrier, shard_of, start_distributed, world
 from trainer.evaluate import evaluate_qa
-from trainer.joint_losses import adist_loss, emdr2_loss, loop_loss, pdist_loss, rag_marginal_loss
+from trainer.joint_losses import adist_loss, emdr2_loss, in_batch_targets, loop_loss, pdist_loss, rag_marginal_loss
 from trainer.qa_data import QARecord, read_qa, sample, split_by_article
 from trainer.reader_data import ReaderExample
 from trainer.reader_training import answer_nll, check_training_files, load_train_dev, trainable_parameters
@@ -118,6 +118,9 @@ class JointTrainingConfig:
     refresh: str = "none"
     reader_first: int = 0  # steps the reader trains alone before the retriever's loss starts
     query_side_only: bool = False
+    # Rank each question's candidates among every candidate of its micro-batch (DPR's in-batch negatives): the other
+    # questions' passages, from other articles, get no target mass.
+    in_batch_negatives: bool = False
     tau: float = 0.05  # retriever temperature: cosine scores of normalised vectors span [-1, 1]
     temperature: float = 1.0  # T of the pdist and loop targets
     steps: int = 200
@@ -333,16 +336,20 @@ def check_candidate_source(index: Index, candidates_from: str) -> None:
 
 
 def passage_scores(query: torch.Tensor, found: Sequence[Sequence[SearchHit]], search_index: TrainingIndex,
-                   passage_encoder: DualEncoder | None) -> torch.Tensor:
+                   passage_encoder: DualEncoder | None, in_batch: bool = False) -> torch.Tensor:
     """s_k (B, K) in float32: each query vector against its K found passages, embedded now by `passage_encoder`'s
-    passage side (differentiable in it), or without one the index's stored vectors (query-side training)."""
+    passage side (differentiable in it), or without one the index's stored vectors (query-side training). With
+    `in_batch`, (B, B*K): each query against every question's passages, row-major (its own at columns b*K to b*K+K-1),
+    the in-batch negatives of DPR, at no extra encoding."""
     rows = [h for row in found for h in row]
     if passage_encoder is not None:
         passages = passage_encoder([encoder_input(h.title, h.text) for h in rows], "passage")
     else:
         passages = torch.from_numpy(search_index.stored_vectors([h.row for h in rows])).to(query.device)
-    passages = passages.view(len(found), len(found[0]), -1).to(query.dtype)
-    return torch.einsum("bd,bkd->bk", query, passages).float()
+    passages = passages.to(query.dtype)
+    if in_batch:
+        return (query @ passages.T).float()
+    return torch.einsum("bd,bkd->bk", query, passages.view(len(found), len(found[0]), -1)).float()
 
 
 def rerank(encoder: DualEncoder, query: torch.Tensor, candidates: Sequence[SearchHit], keep: int) -> list[SearchHit]:
@@ -461,7 +468,8 @@ class JointTrainer:
             found = [self._rerank(q, row) for q, row in zip(query.detach(), found)]
         if self.config.candidates_from == "hybrid":
             found = self.search_index.with_bm25(questions, found, k)
-        return found, passage_scores(query, found, self.search_index, self.retriever if passage_side else None)
+        return found, passage_scores(query, found, self.search_index, self.retriever if passage_side else None,
+                                     in_batch=self.config.in_batch_negatives)
 
     def _rerank(self, query: torch.Tensor, candidates: list[SearchHit]) -> list[SearchHit]:
         """The best of over-retrieved candidates by the current passage side (its time counts as refreshing)."""
@@ -497,20 +505,27 @@ class JointTrainer:
             # with any other reader, and with candidates beyond the top-K.
             assert isinstance(self.reader, FiDReader)
             logprobs, lengths, mass = self.reader.read_with_attention(questions, read, answers)
-            return -logprobs.sum() / lengths.sum(), adist_loss(scores, mass, config.tau)
+            return -logprobs.sum() / lengths.sum(), adist_loss(scores, self._spread(mass, 0.0), config.tau)
         reader_nll = answer_nll(self.reader, [ReaderExample(q, row, a, None) for q, row, a in zip(questions, read, answers)])
         if not teach:
             return reader_nll, scores.new_zeros(())
         if config.loss == "rag":
             # The marginal trains the reader too: its per-passage likelihoods keep their gradients.
-            return reader_nll, rag_marginal_loss(scores, self.reader_logprobs(questions, found, answers, False), config.tau)
+            return reader_nll, rag_marginal_loss(scores, self._spread(self.reader_logprobs(questions, found, answers, False), -math.inf),
+                                                 config.tau)
         with evaluating(self.reader.model):
             targets = self.reader_logprobs(questions, found, answers, leave_one_out=config.loss == "loop")
+        # loop's target falls with its log-likelihood (the answer without the passage): +inf gives no mass
+        targets = self._spread(targets, math.inf if config.loss == "loop" else -math.inf)
         if config.loss == "emdr2":
             return reader_nll, emdr2_loss(scores, targets, config.tau)
         if config.loss == "pdist":
             return reader_nll, pdist_loss(scores, targets, config.tau, config.temperature)
         return reader_nll, loop_loss(scores, targets, config.tau, config.temperature)
+
+    def _spread(self, targets: torch.Tensor, fill: float) -> torch.Tensor:
+        """(B, K) targets over the own candidates, widened to the in-batch columns of the scores when those are on."""
+        return in_batch_targets(targets, fill) if self.config.in_batch_negatives else targets
 
     def step(self, micro_batches: Sequence[Sequence[QARecord]]) -> dict[str, float]:
         """One optimizer step over `micro_batches` (gradient accumulation); the mean losses."""
@@ -825,6 +840,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
              "that has learned to read passages; the retriever's learning rate warms up from then")
     add("--refresh", default=d.refresh, help="none, every:N (re-embed all passages every N steps) or rerank:L (over-retrieve L)")
     add("--query-side-only", action="store_true", help="train the query side only, against the index's frozen vectors")
+    add("--in-batch-negatives", action="store_true",
+        help="rank each question's candidates among every candidate of its micro-batch: the other questions' passages are "
+             "negatives (DPR's in-batch negatives) that keep the retriever telling articles apart, at no extra encoding")
     add("--tau", type=float, default=d.tau, help="retriever softmax temperature")
     add("--temperature", type=float, default=d.temperature, help="T of the pdist and loop targets")
     add("--reader", default=d.reader, help="causal LM name or folder; or the folder of an encoder-decoder model (T5, BART), "
@@ -896,7 +914,7 @@ def _run(args: argparse.Namespace) -> int:
             index=args.index, train=_train_files(args.train), out=args.out, loss=args.loss, dev=args.dev,
             reader=args.reader, adapter=args.adapter, method=args.method, lora_rank=args.lora_rank, top_k=args.top_k, refresh=args.refresh,
             candidates=args.candidates, candidates_from=args.candidates_from, reader_first=args.reader_first,
-            query_side_only=args.query_side_only, tau=args.tau, temperature=args.temperature, steps=args.steps,
+            query_side_only=args.query_side_only, in_batch_negatives=args.in_batch_negatives, tau=args.tau, temperature=args.temperature, steps=args.steps,
             batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, retriever_lr=args.retriever_lr, warmup=args.warmup,
             max_passage_tokens=args.max_passage_tokens, dev_size=args.dev_size, held_out_share=args.held_out_share, dev_eval=args.dev_eval, eval_every=args.eval_every,
             save_every=args.save_every, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, bf16=args.bf16,
