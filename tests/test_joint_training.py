@@ -20,8 +20,8 @@ from indexer.encoder import TextEncoder
 from indexer.index import Index
 from serve.cli import main as serve_main
 from trainer.cli import main_train
-from trainer.joint_training import (CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, TrainingIndex, evaluating, passage_scores,
-                                    run_records, train_joint)
+from trainer.joint_training import (CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, TrainingIndex, evaluating, hide_own_elsewhere,
+                                    passage_scores, run_records, train_joint)
 from trainer.qa_data import QARecord
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,6 +155,13 @@ def test_passage_scores_use_the_stored_vectors_or_the_passage_side(topic_index: 
     assert torch.allclose(everyone[0, :4], stored[0]) and torch.allclose(everyone[1, 4:], stored[1])
     other = torch.from_numpy(search.stored_vectors([h.row for h in found[1]])) @ query[0]
     assert torch.allclose(everyone[0, 4:], other, atol=1e-5)
+    # a passage in both questions' candidates is hidden from each where it is the other's
+    others = [h for h in search.search(query[1:].numpy(), 20)[0] if h.row not in {g.row for g in found[0]}]
+    shared = [found[0], [*others[:3], found[0][2]]]
+    scores = passage_scores(query, shared, search, None, in_batch=True)
+    hidden = hide_own_elsewhere(scores, shared)
+    assert hidden[0, 7] == hidden[1, 2] == -1e4 and (hidden == -1e4).sum() == 2
+    assert torch.equal(hidden[0, :7], scores[0, :7]) and torch.equal(hidden[1, 3:], scores[1, 3:])
     fresh.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in retriever.parameters())
 

@@ -119,7 +119,7 @@ class JointTrainingConfig:
     reader_first: int = 0  # steps the reader trains alone before the retriever's loss starts
     query_side_only: bool = False
     # Rank each question's candidates among every candidate of its micro-batch (DPR's in-batch negatives): the other
-    # questions' passages, from other articles, get no target mass.
+    # questions' passages, from other articles, get no target mass (those among its own too are left out there).
     in_batch_negatives: bool = False
     tau: float = 0.05  # retriever temperature: cosine scores of normalised vectors span [-1, 1]
     temperature: float = 1.0  # T of the pdist and loop targets
@@ -352,6 +352,17 @@ def passage_scores(query: torch.Tensor, found: Sequence[Sequence[SearchHit]], se
     return torch.einsum("bd,bkd->bk", query, passages.view(len(found), len(found[0]), -1)).float()
 
 
+def hide_own_elsewhere(scores: torch.Tensor, found: Sequence[Sequence[SearchHit]]) -> torch.Tensor:
+    """In-batch scores (B, B*K) with each question's own candidates hidden where they recur among another question's
+    (score -1e4, out of p_ret's softmax): the teacher scores a passage in its own question's block only, and the same
+    passage must not come back as that question's negative."""
+    rows = [h.row for row in found for h in row]
+    k, own = len(found[0]), [{h.row for h in row} for row in found]
+    hidden = torch.tensor([[j // k != b and row in own[b] for j, row in enumerate(rows)] for b in range(len(found))],
+                          device=scores.device)
+    return scores.masked_fill(hidden, -1e4)
+
+
 def rerank(encoder: DualEncoder, query: torch.Tensor, candidates: Sequence[SearchHit], keep: int) -> list[SearchHit]:
     """The `keep` best of one query vector's over-retrieved candidates, by `encoder`'s current passage side (re-embedded
     now, without gradient): the rerank:L refresh, which keeps a stale index's candidates fresh."""
@@ -468,8 +479,9 @@ class JointTrainer:
             found = [self._rerank(q, row) for q, row in zip(query.detach(), found)]
         if self.config.candidates_from == "hybrid":
             found = self.search_index.with_bm25(questions, found, k)
-        return found, passage_scores(query, found, self.search_index, self.retriever if passage_side else None,
-                                     in_batch=self.config.in_batch_negatives)
+        scores = passage_scores(query, found, self.search_index, self.retriever if passage_side else None,
+                                in_batch=self.config.in_batch_negatives)
+        return found, hide_own_elsewhere(scores, found) if self.config.in_batch_negatives else scores
 
     def _rerank(self, query: torch.Tensor, candidates: list[SearchHit]) -> list[SearchHit]:
         """The best of over-retrieved candidates by the current passage side (its time counts as refreshing)."""
