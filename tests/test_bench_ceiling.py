@@ -74,8 +74,8 @@ def test_options_that_train_the_passage_side_need_it(option: list[str], topic_in
     assert f"{option[0]} needs --passage-side" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("in_batch_negatives", [False, True])  # with True, --gold-in-candidates too
-def test_questions_and_cloze_examples_share_the_steps_and_the_corpus_is_re_embedded_after(in_batch_negatives: bool, tmp_path: Path,
+@pytest.mark.parametrize("dpr_options", [False, True])  # --in-batch-negatives and --gold-in-candidates, off or both on
+def test_questions_and_cloze_examples_share_the_steps_and_the_corpus_is_re_embedded_after(dpr_options: bool, tmp_path: Path,
                                                                                          tiny_encoder: TextEncoder) -> None:
     sentences = ["Mills once lined both of its banks for several miles.", "It joins the sea at a wide and shallow bay.",
                  "The town grew up around the old stone bridge.", "Boats carried grain down to the harbour every week."]
@@ -86,7 +86,7 @@ def test_questions_and_cloze_examples_share_the_steps_and_the_corpus_is_re_embed
     records = [QARecord(f"q{i}", f"where does topic{i} rise?", ["hills"], [f"d{i}"]) for i in range(4)]
     args = argparse.Namespace(seed=0, retriever_lr=1e-3, batch_size=2, warmup=0.0, bf16=False, device="cpu", rerank=0,
                               candidates=3, candidates_from="hybrid", passage_side=True, separate_sides=True, tau=0.05,
-                              in_batch_negatives=in_batch_negatives, gold_in_candidates=in_batch_negatives)
+                              in_batch_negatives=dpr_options, gold_in_candidates=dpr_options)
     result = retriever_ceiling.train_on_gold(index, records, args, {"rivers": records}, retriever_ceiling.cloze_examples(index, 2, 0))
     assert (result["steps"], result["cloze_examples"], result["questions"]) == (3, 2, 4)
     assert result["refresh"]["passages"] == 4
