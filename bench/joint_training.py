@@ -38,7 +38,8 @@ from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
 from trainer.evaluate import evaluate_qa
-from trainer.joint_training import CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, generation_file, split_held_out
+from trainer.joint_training import JointTrainingConfig, split_held_out
+from trainer.training_index import CANDIDATE_SOURCES, TrainingIndex, generation_file
 from trainer.qa_data import QARecord, read_qa, sample
 
 TRAIN = [QA_DIR / "squad-open-train.jsonl.gz", QA_DIR / "nq-open-train.jsonl.gz"]

@@ -27,7 +27,8 @@ from bench.joint_training import question_sets, trained_index
 from indexer.index import Index
 from indexer.records import SearchHit
 from rag.retriever import DualEncoder
-from trainer.joint_training import TrainingIndex, article_titles
+from trainer.joint_training import article_titles
+from trainer.training_index import TrainingIndex
 from trainer.qa_data import QARecord
 
 

@@ -47,8 +47,8 @@ from indexer.index import Index
 from indexer.records import SearchHit
 from rag.retriever import DualEncoder
 from trainer.joint_losses import pdist_loss
-from trainer.joint_training import (CANDIDATE_SOURCES, JointTrainingConfig, TrainingIndex, check_candidate_source, passage_scores, rerank,
-                                    training_order)
+from trainer.joint_training import JointTrainingConfig, training_order
+from trainer.training_index import CANDIDATE_SOURCES, TrainingIndex, check_candidate_source, passage_scores, rerank
 from trainer.qa_data import QARecord
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")

@@ -14,7 +14,7 @@ from conftest import make_documents
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
 from indexer.records import Document
-from trainer.joint_training import TrainingIndex
+from trainer.training_index import TrainingIndex
 from trainer.qa_data import QARecord
 
 

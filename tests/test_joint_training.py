@@ -20,8 +20,8 @@ from indexer.encoder import TextEncoder
 from indexer.index import Index
 from serve.cli import main as serve_main
 from trainer.cli import main_train
-from trainer.joint_training import (CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, TrainingIndex, evaluating, hide_own_elsewhere,
-                                    passage_scores, run_records, train_joint)
+from trainer.joint_training import CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, run_records, train_joint
+from trainer.training_index import TrainingIndex, evaluating, hide_own_elsewhere, passage_scores
 from trainer.qa_data import QARecord
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,10 +65,10 @@ def test_training_index_searches_like_the_index_and_refreshes(topic_index: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Generation 0 is the index's own vectors; a refresh with the unchanged encoder reproduces them in a new file."""
     import indexer.index
-    import trainer.joint_training
+    import trainer.training_index
     from rag.retriever import DualEncoder
 
-    for module in (indexer.index, trainer.joint_training):  # fused from fewer than the 20 passages, so a wrong depth shows
+    for module in (indexer.index, trainer.training_index):  # fused from fewer than the 20 passages, so a wrong depth shows
         monkeypatch.setattr(module, "HYBRID_DEPTH", 4)
 
     index = Index.open(topic_index, readonly=True)
