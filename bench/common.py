@@ -109,15 +109,14 @@ def check_out(path: Path) -> Path:
     return path
 
 
-def results_out(parser: argparse.ArgumentParser, args: argparse.Namespace, default: Path | None = None) -> Path:
-    """The checked result path of a bench with --limit: --out (or `default` where --out defaults to None). A run cut
-    to another --limit than the bench's default while --out is left at its default writes beside it
-    (`name_limit20.json`), so a trial run never overwrites the committed figures of the full one."""
-    out = args.out or default
+def results_out(parser: argparse.ArgumentParser, args: argparse.Namespace, default: Path) -> Path:
+    """The checked result path of a bench with --limit whose --out defaults to None: --out when given, else `default`,
+    or beside it (`name_limit20.json`) when the run is cut to another --limit than the bench's default, so a trial
+    run never overwrites the committed figures of the full one. A file named with --out is always the one written."""
+    out = args.out
     if out is None:
-        raise ValueError("results_out needs `default` when --out defaults to None")
-    if args.out == parser.get_default("out") and args.limit != parser.get_default("limit"):
-        out = out.with_name(f"{out.stem}_limit{args.limit}{out.suffix}")
+        limited = args.limit != parser.get_default("limit")
+        out = default.with_name(f"{default.stem}_limit{args.limit}{default.suffix}") if limited else default
     return check_out(out)
 
 

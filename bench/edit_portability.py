@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_INDEX, RESULTS_DIR, log, machine_info, results_out
+from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out
 from bench.knowledge_edits import PORTABILITY
 
 READERS = ("span", "generative")
@@ -46,9 +46,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="passages after the edit's fact")
     parser.add_argument("--readers", nargs="+", choices=READERS, default=list(READERS))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "edit_portability.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default bench/results/edit_portability.json; with another --limit, edit_portability_limitN.json)")
     args = parser.parse_args()
-    out = results_out(parser, args)
+    out = results_out(parser, args, default_out(__file__))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch

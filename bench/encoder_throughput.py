@@ -66,9 +66,10 @@ def main() -> None:
                     help="padded tokens per batch to try (0 = the encoder's default for the device)")
     ap.add_argument("--rounds", type=int, default=3, help="timed passes over all passages per configuration")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    ap.add_argument("--out", type=Path, default=default_out(__file__))
+    ap.add_argument("--out", type=Path, default=None,
+                    help="result JSON (default bench/results/encoder_throughput.json; with another --limit, encoder_throughput_limitN.json)")
     args = ap.parse_args()
-    out = results_out(ap, args)
+    out = results_out(ap, args, default_out(__file__))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from bench.common import DEFAULT_INDEX, QA_DIR, RESULTS_DIR, log, machine_info, results_out, run_rag_eval, write_result
+from bench.common import DEFAULT_INDEX, QA_DIR, default_out, log, machine_info, results_out, run_rag_eval, write_result
 from indexer.index import Index
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
@@ -197,7 +197,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=500, help="questions per set for recall (seeded sample, seed 0)")
     parser.add_argument("--em-limit", type=int, default=100, help="of those, questions answered for EM")
     parser.add_argument("--runs", type=Path, default=Path("runs/joint-bench"), help="folder of the training runs")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "joint_training.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default bench/results/joint_training.json; with another --limit, joint_training_limitN.json)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in each training run")
     parser.add_argument("--bf16", action="store_true", help="train with bf16 autocast (about 2x faster on a CPU with avx512_bf16)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the training runs and the system is evaluated")
@@ -208,7 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 <= args.held_out_share < 1:
         parser.error(f"--held-out-share is a share of the articles, from 0 to below 1; got {args.held_out_share}")
-    out = results_out(parser, args)
+    out = results_out(parser, args, default_out(__file__))
     torch.set_num_threads(args.threads)
     info = machine_info()
     result: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}

@@ -56,9 +56,10 @@ def main() -> None:
     parser.add_argument("--files", nargs="+", default=list(FILES), help="QA files of ../shared/data/qa (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=1000, help="records with gold_ids per file (seeded sample, seed 0)")
     parser.add_argument("--tokens", type=int, nargs="+", default=[64, 128, 160, 192], help="passage cuts to try")
-    parser.add_argument("--out", type=Path, default=default_out(__file__))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default bench/results/passage_truncation.json; with another --limit, passage_truncation_limitN.json)")
     args = parser.parse_args()
-    out = results_out(parser, args)
+    out = results_out(parser, args, default_out(__file__))
     info = machine_info()
     tokenizer = AutoTokenizer.from_pretrained(resolve_reader_path(GENERATIVE_READER))
     index = Index.open(args.index, readonly=True)

@@ -56,11 +56,12 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=None, help="a rag-train joint run folder (its export/encoder); default: untrained")
     parser.add_argument("--limit", type=int, default=500, help="questions per set (seeded sample, seed 0)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=default_out(__file__))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default bench/results/retrieval_misses.json; with another --limit, retrieval_misses_limitN.json)")
     args = parser.parse_args()
     if args.run is not None and not (args.run / "export" / "encoder").is_dir():
         parser.error(f"--run {args.run}: no export/encoder there (a finished rag-train joint run folder has one)")
-    out, info = results_out(parser, args), machine_info()
+    out, info = results_out(parser, args, default_out(__file__)), machine_info()
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
     with tempfile.TemporaryDirectory() as folder:

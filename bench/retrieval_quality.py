@@ -27,10 +27,11 @@ BATCH = 64
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="index folder (default %(default)s)")
-    ap.add_argument("--out", type=Path, default=default_out(__file__), help="result JSON (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="result JSON (default bench/results/retrieval_quality.json; with another --limit, retrieval_quality_limitN.json)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N questions per set (for testing; 0 = all)")
     args = ap.parse_args()
-    out = results_out(ap, args)
+    out = results_out(ap, args, default_out(__file__))
     info = machine_info()
     encoder = TextEncoder()
     index = Index.open(args.index, encoder, readonly=True)

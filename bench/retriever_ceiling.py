@@ -197,7 +197,8 @@ def main() -> None:
                         help="share of the training files' articles whose questions never train and are measured, to choose settings "
                              "on (default %(default)s; 0: train on all, as the runs before 2026-12-04 did)")
     parser.add_argument("--limit", type=int, default=500, help="questions per set (seeded sample, seed 0)")
-    parser.add_argument("--out", type=Path, default=default_out(__file__))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default bench/results/retriever_ceiling.json; with another --limit, retriever_ceiling_limitN.json)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bf16", action="store_true",
                         help="train with bf16 autocast, as rag-train joint --bf16 (about 2x faster on a CPU with avx512_bf16); "
@@ -212,7 +213,7 @@ def main() -> None:
         parser.error("--separate-sides needs --passage-side: without it only the query side trains")
     if args.cloze and not args.passage_side:
         parser.error("--cloze needs --passage-side: a stored passage vector still holds the sentence its example asks with")
-    out, info = results_out(parser, args), machine_info()
+    out, info = results_out(parser, args, default_out(__file__)), machine_info()
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
     try:

@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0], help="weights of the untrained scores")
     parser.add_argument("--limit", type=int, default=500, help="questions per set (seeded sample, seed 0)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=default_out(__file__))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default bench/results/score_mixing.json; with another --limit, score_mixing_limitN.json)")
     args = parser.parse_args()
     if not (args.run / "export" / "encoder").is_dir():
         parser.error(f"--run {args.run}: no export/encoder there (a finished rag-train joint run folder has one)")
@@ -45,7 +46,7 @@ def main() -> None:
         parser.error(f"--run {args.run} trained the query side only: its passages are the index's own, nothing to mix")
     if not all(0.0 <= w <= 1.0 for w in args.weights):
         parser.error("--weights must lie from 0 to 1")
-    out, info = results_out(parser, args), machine_info()
+    out, info = results_out(parser, args, default_out(__file__)), machine_info()
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
     untrained, trained = DualEncoder(index.manifest.encoder), DualEncoder(str(args.run / "export" / "encoder"))

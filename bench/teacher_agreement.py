@@ -47,9 +47,10 @@ def main() -> None:
                         help="T of the pdist target (rag-train joint's default, %(default)s)")
     parser.add_argument("--adapter", type=Path, default=None, help="the reader's LoRA adapter (default: the untrained reader)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=default_out(__file__))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default bench/results/teacher_agreement.json; with another --limit, teacher_agreement_limitN.json)")
     args = parser.parse_args()
-    out = results_out(parser, args)
+    out = results_out(parser, args, default_out(__file__))
     torch.set_num_threads(args.threads)
     info = machine_info()
     index = Index.open(args.index, readonly=True)

@@ -37,22 +37,31 @@ def test_code_info_hashes_every_package_and_says_whether_the_tree_is_dirty() -> 
         assert len(info[f"{package}_sha1"]) == 40
 
 
+DEFAULT_RESULT = common.RESULTS_DIR / "some_bench.json"
+
+
 def limited_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=500)
-    parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "some_bench.json")
+    parser.add_argument("--out", type=Path, default=None)
     return parser
 
 
 def test_a_run_cut_short_by_limit_never_overwrites_the_default_result_file() -> None:
     parser = limited_parser()
-    assert common.results_out(parser, parser.parse_args([])) == (common.RESULTS_DIR / "some_bench.json").resolve()
-    assert common.results_out(parser, parser.parse_args(["--limit", "20"])) == (common.RESULTS_DIR / "some_bench_limit20.json").resolve()
+    assert common.results_out(parser, parser.parse_args([]), DEFAULT_RESULT) == DEFAULT_RESULT.resolve()
+    assert common.results_out(parser, parser.parse_args(["--limit", "20"]), DEFAULT_RESULT) == (common.RESULTS_DIR / "some_bench_limit20.json").resolve()
     chosen = common.RESULTS_DIR / "trial.json"
-    assert common.results_out(parser, parser.parse_args(["--limit", "20", "--out", str(chosen)])) == chosen.resolve()
+    assert common.results_out(parser, parser.parse_args(["--limit", "20", "--out", str(chosen)]), DEFAULT_RESULT) == chosen.resolve()
+
+
+def test_a_result_file_named_with_out_is_the_one_written_even_when_it_is_the_default() -> None:
+    parser = limited_parser()
+    named = parser.parse_args(["--limit", "20", "--out", str(DEFAULT_RESULT)])
+    assert common.results_out(parser, named, DEFAULT_RESULT) == DEFAULT_RESULT.resolve()
 
 
 def test_a_result_file_outside_bench_results_is_refused(tmp_path: Path) -> None:
     parser = limited_parser()
     with pytest.raises(SystemExit, match="must be under"):
-        common.results_out(parser, parser.parse_args(["--out", str(tmp_path / "x.json")]))
+        common.results_out(parser, parser.parse_args(["--out", str(tmp_path / "x.json")]), DEFAULT_RESULT)
