@@ -16,12 +16,12 @@ import torch
 
 from conftest import make_documents, write_topic_qa
 from indexer.cli import main as index_main
-from indexer.encoder import TextEncoder
+from indexer.encoder import TextEncoder, encoder_input
 from indexer.index import Index
 from serve.cli import main as serve_main
 from trainer.cli import main_train
 from trainer.joint_training import CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, run_records, train_joint
-from trainer.training_index import TrainingIndex, evaluating, hide_own_elsewhere, passage_scores
+from trainer.training_index import TrainingIndex, evaluating, hide_own_elsewhere, passage_scores, rerank
 from trainer.qa_data import QARecord
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -165,6 +165,30 @@ def test_passage_scores_use_the_stored_vectors_or_the_passage_side(topic_index: 
     fresh.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in retriever.parameters())
 
+
+def test_rerank_keeps_the_best_candidates_by_the_current_passage_side(topic_index: Path, tiny_encoder_path: str,
+                                                                     tmp_path: Path) -> None:
+    """rerank:L orders a stale search's L candidates by the encoder as it is now, keeps the best, and leaves the encoder
+    training (no dropout while it embeds them, no gradient kept)."""
+    from rag.retriever import DualEncoder
+
+    search = TrainingIndex(Index.open(topic_index, readonly=True), tmp_path / "gens")
+    retriever = DualEncoder(tiny_encoder_path).eval()
+    with torch.no_grad():
+        query = retriever(["topic3 alpha"], "query")[0]
+        stale = search.search(query[None].numpy(), 8)[0]
+        unchanged = rerank(retriever, query, stale, 3)
+        assert [h.row for h in unchanged] == [h.row for h in stale[:3]]  # the stored vectors are this encoder's
+        for param in retriever.parameters():  # the passage side moves on, as training moves it
+            param.add_(torch.randn_like(param) * 0.05)
+    retriever.train()
+    kept = rerank(retriever, query, stale, 3)
+    assert retriever.training
+    with evaluating(retriever):
+        fresh = [float(v @ query) for v in torch.from_numpy(retriever.encode([encoder_input(h.title, h.text) for h in stale], "passage"))]
+    best = sorted(range(len(stale)), key=lambda i: -fresh[i])[:3]
+    assert [h.row for h in kept] == [stale[i].row for i in best]
+    assert [h.row for h in kept] != [h.row for h in stale[:3]]  # the noise reorders them, so the test can tell
 
 def test_scores_and_reader_targets(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
     """Query-side scores are dot products with the index's vectors; the targets are the reader's own log-likelihoods,
