@@ -71,7 +71,8 @@ class DualEncoder(torch.nn.Module):
             raise ValueError(f"side must be 'query' or 'passage', got {side!r}")
         model = self.query_model if side == "query" else self.passage_model
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
-        hidden = model(**batch).last_hidden_state
+        # Pooled and normalised in float32 (bf16 autocast or weights would round each component to 8 bits).
+        hidden = model(**batch).last_hidden_state.float()
         if self.pooling == "cls":
             vectors = hidden[:, 0]
         else:

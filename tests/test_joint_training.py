@@ -190,6 +190,28 @@ def test_rerank_keeps_the_best_candidates_by_the_current_passage_side(topic_inde
     assert [h.row for h in kept] == [stale[i].row for i in best]
     assert [h.row for h in kept] != [h.row for h in stale[:3]]  # the noise reorders them, so the test can tell
 
+def test_scores_stay_float32_under_bf16_autocast(topic_index: Path, tiny_encoder_path: str, tmp_path: Path) -> None:
+    """--bf16 autocasts the encoders, not the scores: s_k and rerank's order are those of float32 vectors, so close
+    candidates do not tie at bf16's 8-bit rounding."""
+    from rag.retriever import DualEncoder
+
+    search = TrainingIndex(Index.open(topic_index, readonly=True), tmp_path / "gens")
+    retriever = DualEncoder(tiny_encoder_path).eval()
+    query = retriever(["topic3 alpha", "topic7 bravo"], "query").detach()
+    found = search.search(query.numpy(), 8)
+    exact = passage_scores(query, found, search, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = passage_scores(query, found, search, None)
+        everyone = passage_scores(query, found, search, None, in_batch=True)
+        kept = rerank(retriever, query[0], found[0], 8)
+    assert autocast.dtype == torch.float32 and torch.allclose(autocast, exact, atol=1e-6)
+    assert torch.allclose(everyone[1, 8:], exact[1], atol=1e-6)
+    assert [h.row for h in kept] == [h.row for h in sorted(found[0], key=lambda h: -h.score)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        vectors = retriever(["topic3 alpha"], "passage")
+    assert vectors.dtype == torch.float32 and torch.allclose(vectors.norm(dim=-1), torch.ones(1), atol=1e-6)
+
+
 def test_scores_and_reader_targets(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
     """Query-side scores are dot products with the index's vectors; the targets are the reader's own log-likelihoods,
     per passage or leaving one out; EMDR^2's retriever loss sends no gradient to the reader."""
@@ -420,6 +442,14 @@ def test_no_refresh_until_the_encoder_has_moved(topic_index: Path, qa_file: Path
     assert [r["refresh_passages_total"] for r in rows] == expected
 
 
+def test_metrics_log_the_learning_rate_each_step_used(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+    """Step 1 warms up from 0 (one warm-up step of 5), then the rate falls linearly: the row of a step says its own."""
+    run = config(topic_index, qa_file, tiny_reader_path, tmp_path / "run", loss="pdist", steps=5, lr=1e-3)
+    train_joint(run, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "reader_nll" in line]
+    assert [r["lr"] for r in rows] == pytest.approx([0.0, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+
+
 @pytest.mark.parametrize("loss,refresh", [("emdr2", "every:2"), ("loop", "rerank:5")])
 def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path, loss: str, refresh: str) -> None:
     """4 steps straight == 2 steps, stop, resume, 2 steps: the same losses, weights, optimizer and index generation."""
@@ -575,7 +605,8 @@ def test_out_must_be_a_folder(topic_index: Path, qa_file: Path, tiny_reader_path
     assert (tmp_path / "file").read_text() == "mine"
 
 
-def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path) -> None:
+def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
     """`torchrun --nproc-per-node 2` (gloo): each rank holds and re-embeds half the index; rank 0 writes the run."""
     run = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
@@ -607,3 +638,6 @@ def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: 
     assert again.returncode == 0, again.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert sum(bool(r.get("final")) for r in rows) == 1
+    # One process cannot take the two ranks' shards of the re-embedded index: said before anything loads.
+    assert main_train(["joint", "--resume", str(run)]) == 2
+    assert "written by 2 processes: resume with as many, not 1" in capsys.readouterr().err

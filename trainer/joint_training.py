@@ -8,7 +8,7 @@ top-K passages from the dense index and then
   passages, with targets from the reader: log p(a|q,d_k) per passage (emdr2, pdist, rag),
   log p(a|q, D minus d_k) (loop), or, with a Fusion-in-Decoder reader (rag/fid_reader.py), the
   cross-attention its decoder paid each passage in the reading pass itself (adist). With `--candidates C`
-  (C > K) the loss ranks the top C instead, each scored alone by the reader without gradient: a loss over
+  (C > K) the loss ranks the top C instead, each scored alone by the reader (without gradient, but for rag's): a loss over
   the top K can only reorder them, one over C can lift a passage from below the top K into it, which is
   what raises recall@K. `--candidates-from hybrid` fuses the dense top C with BM25's (reciprocal rank fusion, the
   server's default search): BM25 brings in the passages the dense side ranks too low to see, which are the ones
@@ -181,7 +181,7 @@ class JointTrainingConfig:
                              "it ranks the --top-k the reader reads; drop --candidates or choose emdr2, pdist or rag")
         if self.candidates > self.top_k and self.loss == "adist":
             raise ValueError("--loss adist takes its target from the cross-attention of the pass that reads the --top-k passages: "
-                             "it ranks those; drop --candidates or choose emdr2 or pdist")
+                             "it ranks those; drop --candidates or choose emdr2, pdist or rag")
         if self.retrieved == 1:  # a softmax over one passage is 1 whatever the scores: every loss is 0 for the retriever
             raise ValueError("--top-k 1 without --candidates gives the retriever one passage per question to rank, so it "
                              "learns nothing: use --candidates 2 or more (or rag-train reader to train the reader alone)")
@@ -441,8 +441,6 @@ class JointTrainer:
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
         """Restore weights, optimizer, schedule and random state from a checkpoint (the generation is loaded at __init__)."""
-        if state["world_size"] != self.world_size:
-            raise ValueError(f"the checkpoint was written by {state['world_size']} processes: resume with as many, not {self.world_size}")
         missing = set(state["reader"]) - {n for n, _ in self.reader.model.named_parameters()}
         if missing:
             raise RuntimeError(f"checkpoint does not fit this reader: {sorted(missing)[:3]} ...")
@@ -563,7 +561,10 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
     barrier()  # every rank has looked before rank 0 writes
     if config.threads:
         torch.set_num_threads(config.threads)
-    state = torch.load(out / CHECKPOINT, weights_only=False) if resume else None
+    # On the CPU: under torchrun every rank would otherwise put rank 0's saved tensors on rank 0's GPU.
+    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False) if resume else None
+    if state and state["world_size"] != ranks:  # before the generation files, which are per rank of that many
+        raise ValueError(f"the checkpoint was written by {state['world_size']} processes: resume with as many, not {ranks}")
     torch.manual_seed(config.seed)
     index = Index.open(config.index, readonly=True)
     if state and state.get("index_generation", index.generation) != index.generation:
@@ -580,6 +581,7 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
     if state:
         trainer.load_checkpoint(state)
         step, cursor = state["step"], state["cursor"]
+    del state  # the models and optimizer hold their own copies now
     kept = _metrics_until(out / METRICS, step) if rank == 0 else []
     started = time.time()
     last = next((json.loads(line) for line in reversed(kept) if "reader_nll" in line), {})
@@ -598,10 +600,11 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
                 micro.append([train[(begin + i) % len(train)] for i in range(config.batch_size)])
                 cursor += config.batch_size * ranks
             trainer.take_reader_tokens()  # drop what a dev evaluation read
+            lr = trainer.schedule.get_last_lr()[0]  # the reader's rate this step uses (after it, the next step's)
             step_started = time.perf_counter()
             losses = trainer.step(micro)
             step_seconds = time.perf_counter() - step_started
-            row: dict[str, Any] = {"step": step, **losses, "lr": trainer.schedule.get_last_lr()[0],
+            row: dict[str, Any] = {"step": step, **losses, "lr": lr,
                                    "generation": trainer.search_index.generation, "seconds": round(time.time() - started, 3),
                                    "step_seconds": round(step_seconds, 3),
                                    "reader_tokens_per_second": round(trainer.take_reader_tokens() / step_seconds, 1),

@@ -155,10 +155,13 @@ def passage_scores(query: torch.Tensor, found: Sequence[Sequence[SearchHit]], se
         passages = passage_encoder([encoder_input(h.title, h.text) for h in rows], "passage")
     else:
         passages = torch.from_numpy(search_index.stored_vectors([h.row for h in rows])).to(query.device)
-    passages = passages.to(query.dtype)
-    if in_batch:
-        return (query @ passages.T).float()
-    return torch.einsum("bd,bkd->bk", query, passages.view(len(found), len(found[0]), -1)).float()
+    # In float32 even under bf16 autocast: its 8-bit mantissa rounds a cosine near 0.7 to steps of 0.004, 0.08 once
+    # divided by tau, which would tie close candidates.
+    with torch.autocast(query.device.type, enabled=False):
+        query, passages = query.float(), passages.float()
+        if in_batch:
+            return query @ passages.T
+        return torch.einsum("bd,bkd->bk", query, passages.view(len(found), len(found[0]), -1))
 
 
 def hide_own_elsewhere(scores: torch.Tensor, found: Sequence[Sequence[SearchHit]]) -> torch.Tensor:
@@ -177,7 +180,8 @@ def rerank(encoder: DualEncoder, query: torch.Tensor, candidates: Sequence[Searc
     now, without gradient): the rerank:L refresh, which keeps a stale index's candidates fresh."""
     with evaluating(encoder):
         fresh = torch.from_numpy(encoder.encode([encoder_input(h.title, h.text) for h in candidates], "passage"))
-    order = (fresh.to(query.device) @ query.float()).argsort(descending=True)[:keep]
+    with torch.autocast(query.device.type, enabled=False):  # float32 scores, as passage_scores gives them
+        order = (fresh.to(query.device) @ query.float()).argsort(descending=True)[:keep]
     return [candidates[i] for i in order.tolist()]
 
 
