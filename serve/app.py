@@ -334,10 +334,11 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     def require_token(authorization: Annotated[str | None, Header(description="Bearer <token>")] = None) -> None:
         if settings.token is None:
             return
-        scheme, _, credentials = (authorization or "").strip().partition(" ")
-        # Starlette decodes header bytes as latin-1: encoding back gives the bytes the client sent. The scheme's
-        # case does not matter (RFC 9110).
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode("latin-1"), settings.token.encode()):
+        # Starlette decodes header bytes as latin-1: encoding back gives the bytes the client sent. Only HTTP's spaces
+        # and tabs are stripped: str.strip() would also take \x85 and \xa0, bytes of UTF-8 letters (à is C3 A0).
+        scheme, _, credentials = (authorization or "").strip(" \t").partition(" ")
+        # The scheme's case does not matter (RFC 9110).
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip(" \t").encode("latin-1"), settings.token.encode()):
             raise HTTPException(401, "writes need the header Authorization: Bearer <token> with this server's token",
                                 headers={"WWW-Authenticate": "Bearer"})
 

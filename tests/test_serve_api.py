@@ -136,6 +136,11 @@ def test_writes_need_the_token_and_reads_do_not(client: TestClient, pipeline: Pi
     assert client.get(f"/edits/{kept['id']}").json()["active"]
     assert edit["fact"] not in [e["fact"] for e in client.get("/edits?all=true").json()["edits"]]
     revoke(client, kept["id"])
+    # A token with letters beyond ASCII is compared as the UTF-8 bytes the client sent, whole (à is C3 A0).
+    with TestClient(create_app(pipeline, ServeSettings(token="passà"))) as accented:
+        assert accented.post("/documents", json=doc, headers={"Authorization": b"Bearer pass\xc3\xa0"}).status_code == 200
+        assert accented.post("/documents", json=doc, headers={"Authorization": b"Bearer pass\xc3"}).status_code == 401
+        assert accented.delete("/documents/guarded", headers={"Authorization": "Bearer passà".encode()}).status_code == 200
     # Without a token, writes are open.
     with TestClient(create_app(pipeline, ServeSettings(token=None))) as open_client:
         assert open_client.post("/documents", json=doc).status_code == 200
