@@ -14,7 +14,7 @@ from typing import IO, Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.records import Document
+from indexer.records import Document, document_fields_problem
 
 SUFFIXES = {
     ".jsonl": "jsonl",
@@ -151,6 +151,9 @@ def _to_document(record: dict[str, Any] | _BadRecord, fields: FieldMap) -> Docum
         json.dumps([doc_id, title, text, meta], ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:
         raise _BadRecord(f"not valid Unicode: an unpaired surrogate {e.object[e.start]!a}; fix or drop the record") from None
+    problem = document_fields_problem(title or "", meta)
+    if problem:
+        raise _BadRecord(problem)
     return Document(id=doc_id, title="" if title is None else str(title), text=text.strip(), meta=meta)
 
 

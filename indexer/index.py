@@ -33,7 +33,7 @@ from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.encoder import Encoder, TextEncoder, encoder_input, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.manifest import IndexFolderError, Manifest
-from indexer.records import Document, Passage, SearchHit
+from indexer.records import Document, Passage, SearchHit, document_fields_problem
 from indexer.sparse import SparseIndex
 from indexer.store import PassageStore, StoredDocument, meta_json, passage_digest
 
@@ -345,10 +345,15 @@ class Index:
         start = time.perf_counter()
         vectors = self.encoder(texts) if texts else np.zeros((0, self.manifest.dim), np.float32)
         report.encode_seconds += time.perf_counter() - start
+        if np.shape(vectors) != (len(texts), self.manifest.dim):  # else rows short of a vector would be committed
+            raise ValueError(f"the encoder returned vectors of shape {np.shape(vectors)} for {len(texts)} passages; the index "
+                             f"needs ({len(texts)}, {self.manifest.dim}): nothing was written")
         return vectors
 
     def delete(self, doc_ids: Sequence[str]) -> ChangeReport:
         """Delete documents and their passages, in one atomic change. Unknown ids change nothing."""
+        if isinstance(doc_ids, str):  # a str is a Sequence[str] too: delete("12") would delete "1" and "2"
+            raise TypeError(f"delete takes a list of document ids, not the string {doc_ids!r}: delete([{doc_ids!r}])")
         self._check_writable()
         start = time.perf_counter()
         ids = list(dict.fromkeys(doc_ids))
@@ -530,6 +535,9 @@ def _validate_document(doc: Document, seen: set[str]) -> None:
         raise ValueError(f"document id {doc.id!r} contains '#', which passage ids reserve ({doc.id}#0, #1, ...)")
     if not isinstance(doc.text, str) or not doc.text.strip():
         raise ValueError(f"document {doc.id!r} has no text")
+    problem = document_fields_problem(doc.title, doc.meta)
+    if problem:
+        raise ValueError(f"document {doc.id!r} has {problem}")
     if doc.id in seen:
         raise ValueError(f"duplicate document id {doc.id!r} in one change")
     seen.add(doc.id)

@@ -16,6 +16,26 @@ def valid_unicode(text: str, what: str) -> str:
     return text
 
 
+# A title is stored, encoded and returned with each passage of its document: a long one is multiplied by them all.
+MAX_TITLE_CHARS = 1_000
+# JSON serialisers refuse deep nesting (pydantic at 255 levels): deeper metadata could be stored but never read back.
+MAX_META_DEPTH = 32
+
+
+def document_fields_problem(title: str, meta: dict[str, Any]) -> str | None:
+    """What makes a document's title or metadata unfit to store and serve back (too long a title, metadata nested
+    too deep), or None."""
+    if len(title) > MAX_TITLE_CHARS:
+        return f"a title of {len(title):,} characters; at most {MAX_TITLE_CHARS:,} (each passage carries it)"
+    level: list[Any] = [meta]
+    for _ in range(MAX_META_DEPTH + 1):  # a container at level MAX_META_DEPTH + 1 is one too deep
+        level = [item for value in level for item in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(item, (dict, list))]
+        if not level:
+            return None
+    return f"metadata nested more than {MAX_META_DEPTH} levels deep"
+
+
 @dataclass(frozen=True)
 class Document:
     """One corpus record before chunking. `meta` keeps every field that is not id/title/text."""

@@ -101,6 +101,8 @@ def test_field_map_parse() -> None:
         ('{"id": "x", "title": ["a", "b"], "text": "t"}', "title field 'title' is a list, not a string"),
         ('{"id": "x", "text": "lone \\ud800 half"}', r"not valid Unicode: an unpaired surrogate '\\ud800'"),
         ('{"id": "x", "text": "t", "note": {"deep": "\\udfff"}}', "not valid Unicode"),
+        ('{"id": "x", "title": "' + "T" * 1001 + '", "text": "t"}', "a title of 1,001 characters; at most 1,000"),
+        ('{"id": "x", "text": "t", "m": ' + "[" * 33 + "]" * 33 + "}", "metadata nested more than 32 levels deep"),
     ],
 )
 def test_bad_record_names_file_and_line(tmp_path: Path, bad_line: str, problem: str) -> None:

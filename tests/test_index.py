@@ -21,7 +21,7 @@ from indexer.encoder import TextEncoder
 from indexer.encoder import encoder_input
 from indexer.index import Index, build_index
 from indexer.manifest import IndexFolderError
-from indexer.records import Document, SearchHit
+from indexer.records import MAX_META_DEPTH, MAX_TITLE_CHARS, Document, SearchHit
 from indexer.store import DOCUMENT_PASSAGES_SQL, DOCUMENT_SQL
 
 N_DOCS = 12
@@ -246,6 +246,12 @@ def test_delete_removes_a_document_from_every_mode(index: Index) -> None:
     assert index.document("doc-3").version >= 1
 
 
+def test_delete_takes_a_list_of_ids_not_a_string(index: Index) -> None:
+    with pytest.raises(TypeError, match=r"delete\(\['doc-1'\]\)"):
+        index.delete("doc-1")
+    assert index.document("doc-1") is not None
+
+
 @pytest.mark.parametrize("ids", [["nope"], ["doc-1", "nope"], ["doc-1", "doc-2", "missing-a", "missing-b"]])
 def test_deleting_unknown_ids_raises_and_changes_nothing(index: Index, ids: list[str]) -> None:
     generation, before = index.generation, results(index)
@@ -267,12 +273,54 @@ def test_deleted_document_stays_deleted_after_reopen(built: Path, tiny_encoder: 
 
 
 # -- a bad document aborts the whole change ------------------------------------------------------
+def nested(levels: int) -> list:
+    """A list `levels` lists deep: [[...[]...]]."""
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 BAD = {
     "empty text": Document("bad", "Bad", "   "),
     "hash in id": Document("bad#1", "Bad", "text with a bad id"),
     "empty id": Document(" ", "Bad", "text without an id"),
     "duplicate id": Document("doc-2", "Again", "doc-2 a second time in one call"),
+    "long title": Document("bad", "T" * (MAX_TITLE_CHARS + 1), "a title each passage would carry"),
+    "deep metadata": Document("bad", "Bad", "metadata no JSON serialiser writes back", {"m": nested(MAX_META_DEPTH + 1)}),
 }
+
+
+def test_a_title_or_metadata_the_index_could_not_serve_back_is_refused_by_what_is_wrong(index: Index) -> None:
+    """A title rides with every passage and deep metadata cannot be read back as JSON: each limit is named, and a
+    document at the limits is taken."""
+    for doc, message in [(BAD["long title"], "a title of 1,001 characters; at most 1,000"),
+                         (BAD["deep metadata"], "metadata nested more than 32 levels deep")]:
+        with pytest.raises(ValueError, match=message):
+            index.upsert([doc])
+    at_limits = Document("limits", "T" * MAX_TITLE_CHARS, "a document at both limits", {"m": nested(MAX_META_DEPTH), "n": 1})
+    assert index.upsert([at_limits]).documents_added == 1
+    assert index.document("limits").meta["m"] == nested(MAX_META_DEPTH)
+
+
+class ShortEncoder:
+    """An encoder that returns one vector fewer than it is given texts (a broken custom encoder)."""
+
+    def __init__(self, inner: TextEncoder) -> None:
+        self.inner, self.name, self.dim = inner, inner.name, inner.dim
+
+    def __call__(self, texts: list[str]):
+        return self.inner(texts)[:-1]
+
+
+def test_an_encoder_that_returns_too_few_vectors_writes_nothing(built: Path, tiny_encoder: TextEncoder) -> None:
+    with Index.open(built, tiny_encoder) as index:
+        generation, before = index.generation, results(index)
+    with Index.open(built, ShortEncoder(tiny_encoder)) as index:
+        with pytest.raises(ValueError, match=r"the encoder returned vectors of shape \(1, \d+\) for 2 passages.*nothing was written"):
+            index.upsert([Document("a", "A", "first new text"), Document("b", "B", "second new text")])
+    with Index.open(built, tiny_encoder) as index:
+        assert index.generation == generation and results(index) == before and index.document("a") is None
 
 
 @pytest.mark.parametrize("small_batches", [False, True], ids=["one-batch", "batches-written"])

@@ -337,6 +337,11 @@ BAD_REQUESTS = [
      422, "meta.x.1: nan is not a JSON number"),
     ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "x": -Infinity}]}', "headers": {**JSON, **AUTH}},
      422, "meta.x: -inf is not a JSON number"),
+    # Each passage carries its document's title; metadata deeper than JSON serialisers go could never be read back.
+    ("post", "/documents", {"json": {"documents": [{"id": "a", "title": "T" * 1001, "text": "b"}]}, "headers": AUTH},
+     422, "document 'a' has a title of 1,001 characters; at most 1,000"),
+    ("post", "/documents", {"content": b'{"documents": [{"id": "a", "text": "b", "m": ' + b"[" * 300 + b"]" * 300 + b"}]}",
+                            "headers": {**JSON, **AUTH}}, 422, "document 'a' has metadata nested more than 32 levels deep"),
     # A URL path cannot carry a control character: such an id could never be read or deleted.
     ("post", "/documents", {"json": {"documents": [{"id": "a\nb", "text": "b"}]}, "headers": AUTH}, 422, "control characters"),
     ("post", "/documents", {"json": {"documents": [{"id": "\x1c", "text": "b"}]}, "headers": AUTH}, 422, "control characters"),
