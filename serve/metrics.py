@@ -78,7 +78,7 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # what the client gets if the app fails before answering
+        status = 0  # until a response starts
         start = time.perf_counter()
 
         async def send_status(message: Message) -> None:
@@ -89,9 +89,13 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_status)
+        except BaseException:
+            status = status or 500  # what the client gets if the app fails before answering
+            raise
         finally:
             route, method = route_of(scope), scope["method"] if scope["method"] in METHODS else "other"
-            self.metrics.requests.labels(method, route, str(status)).inc()
+            # An app that returns without answering saw its client go away first: 499, as nginx logs it, not an error.
+            self.metrics.requests.labels(method, route, str(status or 499)).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
 
 

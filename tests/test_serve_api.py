@@ -280,6 +280,23 @@ def test_health_stats_metrics_and_api_pages(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'method="X0"' not in text and 'rag_http_requests_total{method="other",route="/health",status="405"} 3.0' in text
     assert 'rag_http_requests_total{method="POST",route="/ask",status="415"}' in text
+    # A client that goes away mid-upload got no answer, and the server did not fail: 499, not 500.
+    upload = iter([{"type": "http.request", "body": b'{"documents": [', "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(upload)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/documents", "raw_path": b"/documents", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    client.portal.call(client.app, scope, receive, send)
+    text = client.get("/metrics").text
+    assert sent == [] and 'rag_http_requests_total{method="POST",route="/documents",status="499"} 1.0' in text
+    assert 'route="/documents",status="500"' not in text
     assert f"rag_index_edits {float(stats['edits'])}" in text and f"rag_index_edits_recorded {float(stats['edits_total'])}" in text
     schema = client.get("/openapi.json").json()
     assert {"/ask", "/documents", "/documents/{doc_id}", "/edits", "/edits/{edit_id}", "/health", "/stats",
