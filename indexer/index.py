@@ -12,6 +12,7 @@ The write protocol (see ARCHITECTURE.md, "Index directory"):
 """
 from __future__ import annotations
 
+import copy
 import fcntl
 import functools
 import os
@@ -21,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import tantivy
@@ -338,8 +339,15 @@ class Index:
 
     def _chunk(self, doc: Document) -> list[Passage]:
         m = self.manifest
-        tokenizer = getattr(self.encoder, "tokenizer", None) if m.chunk_tokens else None
+        tokenizer = self._chunk_tokenizer if m.chunk_tokens else None
         return chunk_document(doc, words=m.chunk_words, overlap=m.chunk_overlap, tokenizer=tokenizer, tokens=m.chunk_tokens)
+
+    @functools.cached_property
+    def _chunk_tokenizer(self) -> Any:
+        """A copy of the encoder's tokenizer for the writer's chunking alone. A fast tokenizer's truncation is a setting
+        of the object that each call sets: chunking (none) beside questions encoded on another thread (truncated) would
+        otherwise cut documents short, silently."""
+        return copy.deepcopy(self.encoder.tokenizer)
 
     def _encode(self, texts: list[str], report: ChangeReport) -> np.ndarray:
         start = time.perf_counter()

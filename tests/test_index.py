@@ -525,6 +525,37 @@ def test_searches_during_writes_see_one_version_of_each_document(tmp_path: Path,
     assert exact_checks[0] > 0
 
 
+def test_token_chunking_keeps_whole_documents_while_questions_are_encoded(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    """A fast tokenizer's truncation is a setting of the object: a writer chunking by tokens beside searches on
+    another thread (whose encoding truncates) must still chunk every document whole."""
+    index = Index.create(tmp_path / "tokens", tiny_encoder, chunk_tokens=32)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def asker() -> None:  # questions encoded as the server's pipeline encodes them, with the index's encoder
+        while not stop.is_set():
+            try:
+                index.encoder(["alpha bravo charlie?"] * 8)
+            except BaseException as exc:  # noqa: BLE001 - any error is a failure
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=asker, daemon=True)
+    thread.start()
+    try:
+        index.upsert([Document(f"long-{n}", "Long", " ".join(f"w{n}x{i}" for i in range(400))) for n in range(200)])
+        for n in range(200):
+            rows = sorted(row for row, _, _ in index.store.live_passages([f"long-{n}"]).values())
+            stored = index.store.passages(rows, index.generation)
+            texts = [stored[row].text for row in rows]
+            assert " ".join(texts).split()[-1] == f"w{n}x399", f"document {n} lost its end"
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        index.close()
+    assert not errors, f"a search failed during writes: {errors[0]!r}"
+
+
 def test_a_readonly_opener_keeps_its_generation(built: Path, tiny_encoder: TextEncoder) -> None:
     docs = make_documents(N_DOCS)
     reader = Index.open(built, tiny_encoder, readonly=True)
