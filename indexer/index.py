@@ -419,6 +419,10 @@ class Index:
     def _catch_up_dense(self, dense: DenseIndex | None, since: int, to: int) -> DenseIndex | None:
         """Return `dense` (known to be at least at generation `since`) moved to generation `to`."""
         changes = self.store.changed_rows(since)
+        if dense is not None and dense.ntotal and changes and self.manifest.dense not in UPDATABLE:
+            # HNSW cannot remove vectors: rebuilt from the store instead. Only recovery gets here (a sparse part lost,
+            # or behind after a crash), as such an index takes no change after its first.
+            return self._catch_up_dense(None, since=0, to=to)
         if dense is None:
             if not any(c.visible_at(to) for c in changes):
                 return None

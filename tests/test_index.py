@@ -693,6 +693,20 @@ def test_a_readonly_open_without_a_sparse_folder_creates_none(built: Path, tiny_
         assert [h.doc_id for h in index.search("topic3", k=1, mode="sparse")] == ["doc-3"]
 
 
+def test_an_hnsw_index_without_its_sparse_folder_still_opens_and_is_repaired(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    """HNSW cannot remove vectors, so catching its dense part up to an older sparse commit rebuilds it from the store."""
+    path = tmp_path / "hnsw"
+    build_index(path, make_documents(N_DOCS), tiny_encoder, dense="hnsw")
+    shutil.rmtree(path / "sparse")
+    with Index.open(path, tiny_encoder, readonly=True) as index:
+        assert index.generation == 0 and index.search("topic3", k=3, mode="dense") == []
+    with Index.open(path, tiny_encoder) as index:
+        assert [h.doc_id for h in index.search("topic3", k=1, mode="sparse")] == ["doc-3"]
+        assert len(index.search("topic3", k=N_DOCS, mode="dense")) == N_DOCS
+    with Index.open(path, tiny_encoder, readonly=True) as index:
+        assert [h.doc_id for h in index.search("topic3", k=1, mode="hybrid")] == ["doc-3"]
+
+
 # -- document lookups ------------------------------------------------------------------------------
 def query_plans(index: Index) -> str:
     """SQLite's plans for the two queries of `Index.document`."""
