@@ -65,6 +65,7 @@ class MicroBatcher:
         self.max_queue = max_queue
         self.observe = observe
         self._pending: deque[_Request] = deque()
+        self._taken: list[_Request] = []  # the batch being answered, off the queue
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
@@ -82,17 +83,17 @@ class MicroBatcher:
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="rag-batcher")
 
     async def stop(self) -> None:
-        """Stop collecting and fail the questions still waiting."""
+        """Stop collecting and fail the questions still waiting, those of the batch being answered too."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        while self._pending:
-            request = self._pending.popleft()
+        for request in [*self._taken, *self._pending]:
             if not request.future.done():
                 request.future.set_exception(Overloaded("the server is shutting down"))
+        self._taken, self._pending = [], deque()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -117,7 +118,7 @@ class MicroBatcher:
                     await asyncio.wait_for(self._full.wait(), wait)
                 except asyncio.TimeoutError:
                     pass
-            batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            batch = self._taken = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
             self._full.clear()
             if len(self._pending) >= self.max_batch:
                 self._full.set()
@@ -129,6 +130,7 @@ class MicroBatcher:
                     groups.setdefault((request.k, request.mode, request.adapter), []).append(request)
             for (k, mode, adapter), group in groups.items():
                 await self._answer(group, k, mode, adapter)
+            self._taken = []
 
     async def _answer(self, group: list[_Request], k: int, mode: str, adapter: str | None) -> None:
         started = time.perf_counter()

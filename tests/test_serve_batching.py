@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Sequence
 
 import pytest
@@ -81,6 +82,30 @@ def test_a_full_queue_refuses_and_stop_fails_the_waiting(pipeline: Pipeline) -> 
 
     [refused] = asyncio.run(scenario())
     assert isinstance(refused, Overloaded) and "shutting down" in str(refused)
+
+
+def test_stop_fails_the_batch_being_answered_too(pipeline: Pipeline) -> None:
+    """Questions taken off the queue into a batch are not left waiting forever when the server stops mid-batch."""
+    answering, release = threading.Event(), threading.Event()
+
+    def slow(questions: list[str], k: int, mode: str, adapter: str | None) -> list:
+        answering.set()
+        release.wait(30)
+        return pipeline.ask_many(questions, k=k, mode=mode, adapter=adapter)
+
+    async def scenario() -> list:
+        batcher = MicroBatcher(slow, max_batch=4, max_wait_ms=0)
+        batcher.start()
+        asking = [asyncio.ensure_future(batcher.ask(q, 1, "hybrid")) for q in ("first?", "second?")]
+        while not answering.is_set():  # until the collector has taken them into a batch
+            await asyncio.sleep(0.01)
+        assert batcher.pending == 0
+        await batcher.stop()
+        release.set()
+        return await asyncio.wait_for(asyncio.gather(*asking, return_exceptions=True), 10)
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, Overloaded) and "shutting down" in str(r) for r in results), results
 
 
 def test_bad_settings_are_refused(pipeline: Pipeline) -> None:
