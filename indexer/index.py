@@ -142,12 +142,16 @@ class Index:
         if encoder is not None:
             manifest.check_encoder(encoder.name, encoder.dim, getattr(encoder, "dtype", None))
         index = cls(path, manifest, encoder, readonly, device)
-        if readonly:
-            index._load(target=None)
-        else:
-            with index._write_lock():
-                index._load(target=index.store.generation)
-                index._publish_derived(index.store.generation)
+        try:
+            if readonly:
+                index._load(target=None)
+            else:
+                with index._write_lock():
+                    index._load(target=index.store.generation)
+                    index._publish_derived(index.store.generation)
+        except BaseException:
+            index.close()  # a caller that retries (a lock held elsewhere) would otherwise pile up connections
+            raise
         return index
 
     def _load(self, target: int | None) -> None:
