@@ -223,7 +223,7 @@ class PassageStore:
         """Live passages and documents at `gen`, and tombstoned passage versions kept for snapshots."""
         passages = self.db.execute(f"SELECT COUNT(*) FROM passages WHERE {VISIBLE}", {"gen": gen}).fetchone()[0]
         documents = self.db.execute(f"SELECT COUNT(*) FROM documents WHERE {VISIBLE}", {"gen": gen}).fetchone()[0]
-        deleted = self.db.execute("SELECT COUNT(*) FROM passages WHERE deleted_gen IS NOT NULL").fetchone()[0]
+        deleted = self.db.execute("SELECT COUNT(*) FROM passages WHERE deleted_gen <= :gen", {"gen": gen}).fetchone()[0]
         return {"passages": passages, "documents": documents, "deleted": deleted}
 
     # -- writes -----------------------------------------------------------------------------

@@ -239,7 +239,9 @@ def test_delete_removes_a_document_from_every_mode(index: Index) -> None:
         assert "doc-3" not in doc_ids(index.search(exact_query(doc3), k=50, mode=mode))
         assert "doc-3" not in doc_ids(index.search("topic3", k=50, mode=mode))
     stats = index.stats()
-    assert stats["documents"] == N_DOCS - 1 and stats["passages"] == N_DOCS - 1
+    assert stats["documents"] == N_DOCS - 1 and stats["passages"] == N_DOCS - 1 and stats["deleted"] == 1
+    # Each generation counts its own: generation 1 had deleted nothing (a snapshot of it says so).
+    assert index.store.counts(1) == {"passages": N_DOCS, "documents": N_DOCS, "deleted": 0}
     # A deleted id can come back.
     index.upsert([doc3])
     assert [h.id for h in index.search("topic3", mode="sparse")] == ["doc-3#0"]
