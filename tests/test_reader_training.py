@@ -1,6 +1,7 @@
 """`rag-train reader` on tiny models: examples keep the gold passage, training learns, outputs load back."""
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -125,6 +126,31 @@ def test_trains_on_an_index_without_bm25(tmp_path: Path, tiny_encoder, tiny_read
                                   batch_size=2, grad_accum=2, dev_size=1, dev_eval=1, device="cpu")
     record = train_reader(config, progress=False)
     assert record["dev"]["n"] == 1 and record["examples"] == 8  # a dev question, though --dev-size is under one per file
+
+
+def test_the_dev_answers_come_from_every_training_file(tmp_path: Path, topic_index: Path, tiny_reader_path: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """--dev-eval answers a seeded sample of the questions held out of all the --train files, not the first file's alone."""
+    import trainer.reader_training
+
+    files = []
+    for name in ("first", "second"):
+        with gzip.open(tmp_path / f"{name}.jsonl.gz", "wt") as fh:
+            for i in range(20):
+                fh.write(json.dumps({"question": f"{name} file: which topic is number {i}?", "answers": [f"topic{i}"]}) + "\n")
+        files.append(tmp_path / f"{name}.jsonl.gz")
+    asked: list[str] = []
+    evaluate = trainer.reader_training.evaluate_qa
+
+    def recording(pipeline, records, **options):  # the real evaluation, with the questions it was given noted
+        asked.extend(r.question for r in records)
+        return evaluate(pipeline, records, **options)
+
+    monkeypatch.setattr(trainer.reader_training, "evaluate_qa", recording)
+    config = ReaderTrainingConfig(train=files, index=topic_index, out=tmp_path / "o", reader=tiny_reader_path, k=2, steps=1,
+                                  batch_size=2, dev_size=20, dev_eval=10, device="cpu")
+    assert train_reader(config, progress=False)["dev"]["n"] == 10
+    assert len(asked) == 10 and {q.split(" file")[0] for q in asked} == {"first", "second"}
 
 
 def test_the_evaluation_only_refusal_advises_by_the_kind_of_file() -> None:

@@ -28,7 +28,7 @@ from rag.fid_reader import FiDReader, GenerativeReader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
 from trainer.evaluate import evaluate_qa
-from trainer.qa_data import QARecord, read_qa, split_train_dev
+from trainer.qa_data import QARecord, read_qa, sample, split_train_dev
 from trainer.reader_data import ReaderExample, build_examples
 from trainer.scope_data import check_not_evaluation_only
 
@@ -155,7 +155,9 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
         reader.model = reader.model.merge_and_unload()
     dev_summary = {}
     if config.dev_eval and dev_records:
-        dev_summary, _ = evaluate_qa(Pipeline(index, reader), dev_records[: config.dev_eval], k=config.k, mode=index.default_mode, progress=progress)
+        # A seeded sample: the held-out records come file by file, so their first ones are all of the first file's.
+        dev_summary, _ = evaluate_qa(Pipeline(index, reader), sample(dev_records, config.dev_eval, config.seed), k=config.k,
+                                     mode=index.default_mode, progress=progress)
     record = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "train": [str(p) for p in config.train],
