@@ -23,6 +23,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from indexer.edit_memory import Edit, EditMemory, question_key
+from indexer.encoder import DEFAULT_ENCODER
 from indexer.names import subject_spans
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
 from rag.two_hop import TwoHopDetector, resolve_first_hop, split_first_hop
@@ -124,9 +125,11 @@ class ClassifierScope:
         return out
 
 
-def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIER, device: str | None = None) -> Scope | None:
+def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIER, device: str | None = None,
+               encoder: str | None = None) -> Scope | None:
     """The decider `kind` names: auto (the shipped classifier when present, else similarity), classifier,
-    similarity, or none (edits are ignored)."""
+    similarity, or none (edits are ignored). `encoder`, the index's, must be the one the similarity threshold was
+    chosen for (ValueError otherwise): another encoder's cosines have a scale of their own."""
     if kind not in SCOPE_KINDS:
         raise ValueError(f"unknown scope decider {kind!r}: choose one of {', '.join(SCOPE_KINDS)}")
     if kind == "none":
@@ -134,7 +137,13 @@ def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIE
     found = is_scope_classifier(classifier_path)
     if kind == "similarity" or (kind == "auto" and not found):
         config = json.loads((Path(classifier_path) / CONFIG_FILE).read_text()) if found else {}
-        return SimilarityScope(float(config.get("similarity_threshold") or SIMILARITY_THRESHOLD))
+        threshold = float(config.get("similarity_threshold") or SIMILARITY_THRESHOLD)
+        chosen_for = config.get("similarity_encoder") or DEFAULT_ENCODER
+        if encoder is not None and encoder != chosen_for:
+            raise ValueError(f"the similarity scope's threshold {threshold} is a cosine of {chosen_for}'s vectors, and this index "
+                             f"encodes with {encoder}: another encoder's cosines do not compare with it. Use the scope "
+                             "classifier (--scope classifier), which reads each edit and question itself, or --scope none")
+        return SimilarityScope(threshold)
     if not found:
         raise ValueError(f"{classifier_path} is not a scope classifier folder (no {CONFIG_FILE}): train one with `rag-train scope`")
     return ClassifierScope(ScopeClassifier.from_pretrained(classifier_path, device=device))

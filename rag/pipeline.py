@@ -135,7 +135,7 @@ class Pipeline:
             loaded = FiDReader(reader, adapter=adapter, device=device)
         else:
             loaded = DecoderReader(reader, adapter=adapter, device=device, constrain_to_passages=constrain_to_passages)
-        decider = load_scope(scope, device=device)
+        decider = load_scope(scope, device=device, encoder=index.manifest.encoder if index is not None else None)
         # The detector's relation threshold is a probability of the scope classifier: no use with a cosine threshold.
         use_two_hop = index is not None and isinstance(decider, ClassifierScope) and two_hop == "auto"
         answer_types = load_answer_types(index.manifest.encoder) if index is not None and decider is not None else None

@@ -121,6 +121,14 @@ def test_load_scope_kinds(tmp_path: Path) -> None:
     assert isinstance(load_scope("auto", classifier_path=tmp_path), SimilarityScope)  # no classifier folder there
     (tmp_path / "scope_config.json").write_text(json.dumps({"kind": "scope-classifier", "similarity_threshold": 0.5}))
     assert load_scope("similarity", classifier_path=tmp_path).threshold == 0.5
+    # The threshold is a cosine of the encoder it was chosen with (MiniLM unless the config names another): an index
+    # encoding with another is refused rather than matched to edits on a scale the threshold knows nothing of.
+    assert load_scope("similarity", classifier_path=tmp_path, encoder="all-MiniLM-L6-v2").threshold == 0.5
+    with pytest.raises(ValueError, match="threshold 0.5 is a cosine of all-MiniLM-L6-v2's vectors.*encodes with e5-small"):
+        load_scope("similarity", classifier_path=tmp_path, encoder="e5-small")
+    (tmp_path / "scope_config.json").write_text(json.dumps({"kind": "scope-classifier", "similarity_threshold": 0.8,
+                                                            "similarity_encoder": "e5-small"}))
+    assert load_scope("similarity", classifier_path=tmp_path, encoder="e5-small").threshold == 0.8
     with pytest.raises(ValueError, match="unknown scope decider"):
         load_scope("magic")
     with pytest.raises(ValueError, match="not a scope classifier folder"):
@@ -144,7 +152,7 @@ def test_rag_eval_edits_on_a_copy(tmp_path: Path, tiny_encoder: TextEncoder, rea
     build_index(tmp_path / "idx", make_documents(10), tiny_encoder)
     cases = canonical_file(tmp_path / "cases.jsonl")
     argv = ["edits", "--index", str(tmp_path / "idx"), "--edits", str(cases), "--reader", str(reader_dir), "--device", "cpu",
-            "--scope", "similarity", "--k", "2", "--mode", "sparse", "--batch", "2", "--predictions", str(tmp_path / "rows.jsonl")]
+            "--scope", "classifier", "--k", "2", "--mode", "sparse", "--batch", "2", "--predictions", str(tmp_path / "rows.jsonl")]
     assert eval_main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 4 and summary["edits_in_memory"] == 4 and summary["portability"] is None
@@ -154,11 +162,11 @@ def test_rag_eval_edits_on_a_copy(tmp_path: Path, tiny_encoder: TextEncoder, rea
     ported = [json.loads(line) for line in (tmp_path / "ported-rows.jsonl").read_text().splitlines()]
     assert [(r["portable"], r["portability_answer"], r["portability_edit_used"] is not None) for r in ported[:3]] == [
         (True, "novel0", True), (False, "novel1", True), (None, None, False)]
-    assert summary["scope"] == "similarity" and summary["edit_latency_p99_ms"] >= summary["edit_latency_p50_ms"] > 0
+    assert summary["scope"] == "classifier" and summary["edit_latency_p99_ms"] >= summary["edit_latency_p50_ms"] > 0
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert summary["reliability"] == sum(contains_answer(r["answer"], [r["target_new"]]) for r in rows) / 4
     assert summary["locality"] == sum(n["before"] == n["after"] for r in rows for n in r["neighbor_answers"]) / 4
-    assert all(r["edit_used"] is not None for r in rows)  # its own question: cosine 1 with the edit's key
+    assert all(r["edit_used"] is not None for r in rows)  # its own question: always in its scope
     assert not (tmp_path / "idx" / "memory").exists()  # the user's index is untouched
     assert eval_main([*argv[:-2], "--extra-edits", "1", "--limit", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["edits_in_memory"] == 4

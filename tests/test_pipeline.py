@@ -181,15 +181,19 @@ def test_rag_eval_qa_applies_the_edits_as_ask_does(tmp_path: Path, tiny_encoder:
     edit = index.memory.add("Topic three is now called zeta.", question="what is topic3?", answer="zeta", subject="topic3")
     index.close()
     rows = {}
-    for scope in ("similarity", "none"):
+    for scope in ("classifier", "none"):
         assert eval_main(["qa", "--index", str(tmp_path / "idx"), "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "2",
                           "--scope", scope, "--device", "cpu", "--predictions", str(tmp_path / f"{scope}.jsonl")]) == 0
         capsys.readouterr()
         rows[scope] = [json.loads(line) for line in (tmp_path / f"{scope}.jsonl").read_text().splitlines()]
-    edited, plain = rows["similarity"], rows["none"]
+    edited, plain = rows["classifier"], rows["none"]
     assert (edited[3]["prediction"], edited[3]["edit"], edited[3]["em"]) == ("zeta", edit.id, 0.0)
     assert plain[3]["prediction"] != "zeta" and plain[3]["edit"] is None
     assert [r["prediction"] for i, r in enumerate(edited) if i != 3] == [r["prediction"] for i, r in enumerate(plain) if i != 3]
+    # The similarity scope's threshold is a cosine of MiniLM's: this index's encoder is another, so it is refused.
+    assert eval_main(["qa", "--index", str(tmp_path / "idx"), "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "2",
+                      "--scope", "similarity", "--device", "cpu"]) == 2
+    assert "is a cosine of all-MiniLM-L6-v2's vectors" in capsys.readouterr().err
 
 
 def test_rag_eval_closed_book_has_no_recall(qa_file: Path, tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:
