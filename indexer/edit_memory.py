@@ -171,24 +171,23 @@ class EditMemory:
     def _read(self, db: sqlite3.Connection) -> _State:
         rows = db.execute("SELECT row, fact, question, answer, subject, created_at, supersedes, vector FROM edits ORDER BY row").fetchall()
         revoked = dict(db.execute("SELECT edit_row, revoked_at FROM revocations").fetchall())
-        # A chain of replacements is linear (only an active edit can be superseded): walking it newest
-        # first, an edit is replaced when a later edit of its chain is unrevoked or itself replaced.
+        # Walking the log newest first, every edit that can replace a row comes before it. A chain of replacements is
+        # linear (only an active edit can be superseded): an edit is replaced when a later edit of its chain is
+        # unrevoked or itself replaced. One question has at most one active edit: an edit the chains leave active (its
+        # replacement revoked, say) is replaced by the next newer unrevoked edit that asks the same question, as if
+        # that one named it; and a revoked edit passes that one on to the edit it superseded, as a named one would.
         replaced_by: dict[int, int] = {}
-        for row, *_, supersedes, _vec in reversed(rows):
+        newer: dict[str, int] = {}  # question_key -> the oldest unrevoked row seen so far
+        for row, _fact, question, *_, supersedes, _vec in reversed(rows):
+            key = None if question is None else question_key(question)
+            if row not in revoked and key in newer and row not in replaced_by:
+                replaced_by[row] = newer[key]
             if supersedes is not None and supersedes not in replaced_by:
-                live = replaced_by.get(row) if row in revoked else row
+                live = replaced_by.get(row, newer.get(key) if key is not None else None) if row in revoked else row
                 if live is not None:
                     replaced_by[supersedes] = live
-        # One question has at most one active edit: an edit the chains leave active (its replacement revoked, say)
-        # is replaced by the next newer unrevoked edit that asks the same question, as if that one named it.
-        newer: dict[str, int] = {}  # question_key -> the oldest unrevoked row seen so far (walking newest first)
-        for row, _fact, question, *_ in reversed(rows):
-            if question is None or row in revoked:
-                continue
-            key = question_key(question)
-            if key in newer and row not in replaced_by:
-                replaced_by[row] = newer[key]
-            newer[key] = row
+            if row not in revoked and key is not None:
+                newer[key] = row
         edits = {
             row: Edit(edit_id(row), fact, question, answer, subject, _when(created), None if sup is None else edit_id(sup),
                       _when(revoked.get(row)), None if row not in replaced_by else edit_id(replaced_by[row]))
@@ -289,8 +288,12 @@ class EditMemory:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            # Committed: until the state holds it too, a failure leaves the next call to read the log again (this
+            # connection's own commits do not change SQLite's data_version).
+            version, self._data_version = self._data_version, -1
             edit = Edit(edit_id(cursor.lastrowid), fact, question, answer, subject, _when(created), None if replaced is None else edit_id(replaced))
             _add_edit(state, cursor.lastrowid, edit, vector, replaced, self.dim)
+            self._data_version = version
             return edit
 
     def _replaced(self, state: _State, question: str | None, supersedes: str | None) -> int | None:
@@ -322,7 +325,10 @@ class EditMemory:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            self._state = self._read(db)  # rare, and it may bring back an edit it had replaced: read it all again
+            # Rare, and it may bring back an edit it had replaced: read it all again (again at the next call, if this fails).
+            version, self._data_version = self._data_version, -1
+            self._state = self._read(db)
+            self._data_version = version
             return self._state.edits[row]
 
 

@@ -70,6 +70,38 @@ def test_revoke_and_supersede_keep_the_history(memory: EditMemory) -> None:
     assert memory.list() == [] and len(memory) == 0 and memory.search(fake_encode(["x"]), k=3) == [[]]
 
 
+def test_revoking_an_edit_already_replaced_by_question_keeps_what_it_had_replaced_replaced(memory: EditMemory,
+                                                                                            tmp_path: Path) -> None:
+    """e3 names e0 to supersede and asks e2's question, so it replaces both; e2 had replaced e1. Revoking e2 later must
+    not bring e1 back beside e3: e3 took e2's place in e1's chain, as if it had named e2."""
+    e1 = memory.add("Rome is the capital of Italy.")
+    e2 = memory.add("Milan is the capital of Italy.", question="What is the capital of Italy?", answer="Milan", supersedes=e1.id)
+    e0 = memory.add("Paris is the capital of France.", question="What is the capital of France?", answer="Paris")
+    e3 = memory.add("Turin is the capital of Italy.", question="What is the capital of Italy?", answer="Turin", supersedes=e0.id)
+    assert [e.id for e in memory.list()] == [e3.id]
+    memory.revoke(e2.id)
+    assert [e.id for e in memory.list()] == [e3.id]
+    memory.close()  # and read afresh from the log, as another process reads it
+    again = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    assert [e.id for e in again.list()] == [e3.id] and again.get(e1.id).superseded_by == e3.id
+
+
+def test_a_revoke_whose_reread_fails_is_read_again_by_the_next_call(memory: EditMemory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The revoke is committed before the log is read back: if that read fails, the next call must not serve the
+    edit as active from the state before (this connection's own commit does not change SQLite's data_version)."""
+    edit = memory.add("Rome is the capital of Italy.", question="What is the capital of Italy?", answer="Rome")
+    read = EditMemory._read
+
+    def failing(self, db):  # the read back after the commit fails once, as an SQLITE_BUSY timeout would
+        monkeypatch.setattr(EditMemory, "_read", read)
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(EditMemory, "_read", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        memory.revoke(edit.id)
+    assert not memory.get(edit.id).active and memory.list() == []
+
+
 def test_bad_edits_are_refused_and_change_nothing(memory: EditMemory, tmp_path: Path) -> None:
     memory.add("A fact.", question="Q?")
     for kwargs, message in [
