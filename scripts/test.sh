@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export HF_HUB_OFFLINE=1 CUDA_VISIBLE_DEVICES=""
-exec .venv/bin/python -m pytest "$@"
+exec "${RAG_VENV:-.venv}/bin/python" -m pytest "$@"

@@ -87,6 +87,8 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("max_batch", "max_queue", "max_question_chars", "max_documents", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:  # the resolver would take 99999 modulo 65536 without a word
+        raise ValueError(f"--port must be from 0 to 65535 (0: a free one), got {args.port}")
     if not 0 <= args.max_wait_ms <= MAX_WAIT_MS:  # NaN fails this too; inf would keep a lone question waiting for ever
         raise ValueError(f"--max-wait-ms must be from 0 to {MAX_WAIT_MS:,}, got {args.max_wait_ms}")
     if args.adapters is not None and not args.adapters.is_dir():

@@ -185,6 +185,7 @@ def test_rag_eval_edits_on_a_copy(tmp_path: Path, tiny_encoder: TextEncoder, rea
     (["--fold", "half"], "a fold is I/N"),
     (["--extra-edits", "some"], "expected a whole number or all"),
     (["--format", "zsre"], "bad zsre edit record"),
+    (["--index", "nowhere"], "nowhere: no such index folder"),
 ])
 def test_rag_eval_edits_bad_input(extra: list[str], message: str, tmp_path: Path, tiny_encoder: TextEncoder, reader_dir: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:

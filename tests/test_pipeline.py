@@ -131,6 +131,12 @@ def test_qa_file_errors_name_the_line(tmp_path: Path) -> None:
     bad.write_text('{"question": "q?", "answers": []}\n')
     with pytest.raises(ValueError, match="non-empty list"):
         read_qa(bad)
+    # A .gz that is not gzip, or is cut short, says which file and what, not a traceback of gzip's.
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(b'{"question": "q?", "answers": ["a"]}\n' * 50)[:60])
+    for broken, problem in [(bad.rename(tmp_path / "plain.jsonl.gz"), "Not a gzipped file"), (cut, "ended before")]:
+        with pytest.raises(ValueError, match=rf"QA file {broken} cannot be read after line \d+ \(.*{problem}"):
+            read_qa(broken)
 
 
 def test_sample_is_seeded_and_ordered() -> None:
@@ -256,7 +262,8 @@ def test_an_index_without_bm25_answers_dense_unless_asked_otherwise(tmp_path: Pa
 
 @pytest.mark.parametrize("option, message", [(["--k", "101"], "--k must be at most 100"),
                                              (["--max-wait-ms", "inf"], "--max-wait-ms must be from 0 to 10,000"),
-                                             (["--max-wait-ms", "nan"], "--max-wait-ms must be from 0 to 10,000")])
+                                             (["--max-wait-ms", "nan"], "--max-wait-ms must be from 0 to 10,000"),
+                                             (["--port", "99999"], "--port must be from 0 to 65535")])
 def test_rag_serve_run_refuses_settings_no_request_could_use(option: list[str], message: str, index_dir: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     assert serve_main(["run", "--index", str(index_dir), "--port", "0", *option]) == 2

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from indexer.manifest import Manifest
 from rag.command_line import check_counts, run_command
 from rag.options import add_pipeline_arguments, pipeline_from_args
 from trainer.edit_cases import FORMATS
@@ -135,6 +136,7 @@ def _edits(args: argparse.Namespace) -> int:
     if args.extra_edits > len(others):
         raise ValueError(f"--extra-edits {args.extra_edits}: the file has only {len(others)} cases besides the evaluated ones")
     extra = sample(others, args.extra_edits, args.seed) if args.extra_edits else []
+    Manifest.read(args.index)  # an IndexFolderError naming the user's folder, not the scratch copy's
     with index_copy(args.index) as copy:
         args.index = copy
         pipeline = pipeline_from_args(args, writable=True)

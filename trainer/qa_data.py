@@ -34,10 +34,14 @@ def jsonl_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise ValueError(f"{what} not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                yield n, line
+    n = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    yield n, line
+    except (OSError, EOFError, UnicodeDecodeError) as exc:  # not gzip, cut short, not UTF-8
+        raise ValueError(f"{what} {path} cannot be read after line {n} ({exc}): is it whole, and gzip only if it ends in .gz?") from None
 
 
 def read_qa(path: str | Path) -> list[QARecord]:
