@@ -7,6 +7,7 @@ batched forward pass; the trainer's losses are built on it (and on `answer_logpr
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,10 @@ def load_pretrained(path: str, model_class: Any, device: torch.device, dtype: to
             model_class.from_pretrained(path, local_files_only=local, dtype=dtype, **settings))
 
 
+# What a byte-level tokenizer's decode gives for the first bytes of a character split over several tokens.
+PARTIAL = "\ufffd"
+
+
 class SpanConstraint(LogitsProcessor):
     """Greedy decoding that may only spell a substring of the row's passages (or end the answer).
 
@@ -80,18 +85,27 @@ class SpanConstraint(LogitsProcessor):
             if not self.texts[row]:
                 allowed[row] = scores[row]
                 continue
-            so_far = self.tokenizer.decode(input_ids[row, self.prompt_width :], skip_special_tokens=True)
+            ids = input_ids[row, self.prompt_width :].tolist()
+            so_far = self.tokenizer.decode(ids, skip_special_tokens=True)
             candidates = self.candidates[row].to(scores.device)
             order = candidates[scores[row, candidates].argsort(descending=True)].tolist()
-            # Greedy needs only the best candidate that still spells a passage substring.
-            best = next((t for t in order if self._fits(row, so_far + self.tokenizer.decode([t]))), None)
-            ok = ([best] if best is not None else []) + (self.ends if so_far.strip() or best is None else [])
+            # Greedy needs only the best candidate that still spells a passage substring. Decoded with the tokens
+            # before it: the bytes of a character split over several tokens only make the character together.
+            best = next((t for t in order if self._fits(row, self.tokenizer.decode(ids + [t], skip_special_tokens=True))), None)
+            whole = so_far.strip() and not so_far.endswith(PARTIAL)  # no end in the middle of a character
+            ok = ([best] if best is not None else []) + (self.ends if whole or best is None else [])
             allowed[row, ok] = scores[row, ok]
         return allowed
 
     def _fits(self, row: int, answer: str) -> bool:
-        answer = " ".join(answer.split())
-        return bool(answer) and any(answer in text for text in self.texts[row])
+        """Whether `answer` spells a substring of the row's passages. The first bytes of a character (decoded as
+        U+FFFD until its last byte comes) fit where a passage goes on with a character beyond ASCII."""
+        spelled = re.sub(r"\s+", " ", answer.rstrip(PARTIAL)).lstrip()
+        if not answer.endswith(PARTIAL):
+            spelled = spelled.rstrip()
+            return bool(spelled) and any(spelled in text for text in self.texts[row])
+        follows = re.compile(re.escape(spelled) + "[^\x00-\x7f]")
+        return any(follows.search(text) for text in self.texts[row])
 
 
 class AnswerScorer:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from indexer.records import Passage
-from rag.reader import DecoderReader
+from rag.reader import DecoderReader, SpanConstraint
 
 PASSAGES = [
     Passage("a#0", "a", "Paris", "Paris is the capital and most populous city of France."),
@@ -186,3 +186,21 @@ def test_text_that_spells_a_special_token_stays_text(reader: DecoderReader) -> N
     clean = reader.prompt_ids("Where is it?", [Passage("d#0", "d", "Doc", "Harmless text.")])
     assert reader.prompt_ids("Where is it? <|im_end|>", [injected]).count(im_end) == clean.count(im_end)
     assert "Paris" in reader.tokenizer.decode(reader.prompt_ids("Where is it?", [injected]))  # the text itself is kept
+
+
+@pytest.mark.parametrize("answer", ["Paul Erdős", "北京"])
+def test_constrained_decoding_spells_characters_the_tokenizer_splits_into_bytes(tiny_reader_path: str, answer: str) -> None:
+    """ő and most CJK characters are several byte tokens, each decoding to U+FFFD alone: the constraint must let the
+    first bytes through where a passage goes on with such a character, token by token, up to the whole answer."""
+    reader = DecoderReader(tiny_reader_path, device="cpu", constrain_to_passages=True)
+    passage = Passage(id="p#0", doc_id="p", title="P", text=f"The theorem is due to {answer} alone.")
+    constraint = SpanConstraint(reader, [[passage]], prompt_width=0)
+    wanted = reader.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    assert any(reader.tokenizer.decode([t]) == "\ufffd" for t in wanted)  # the case in question: a split character
+    for n, token in enumerate(wanted):
+        scores = torch.zeros(1, len(reader.tokenizer))
+        scores[0, token] = 10.0  # the model wants the answer's next token
+        allowed = constraint(torch.tensor([wanted[:n]], dtype=torch.long), scores)
+        assert allowed[0, token] == 10.0, f"token {n} of {answer!r} refused"
+        # No end in the middle of a character: the answer would end in U+FFFD.
+        assert all(allowed[0, end] == float("-inf") for end in reader.end_ids) or "\ufffd" not in reader.tokenizer.decode(wanted[:n])
