@@ -68,7 +68,8 @@ class SpanConstraint(LogitsProcessor):
         self.tokenizer = reader.tokenizer
         self.ends = reader.end_ids
         self.prompt_width = prompt_width
-        self.texts = [[" ".join(p.text.split()) for p in row] for row in passages]
+        # What the prompt shows of each passage: its first max_passage_tokens.
+        self.texts = [[" ".join(reader._truncate(p.text).split()) for p in row] for row in passages]
         self.candidates = [self._candidates(texts) for texts in self.texts]
 
     def _candidates(self, texts: list[str]) -> torch.Tensor:

@@ -204,3 +204,16 @@ def test_constrained_decoding_spells_characters_the_tokenizer_splits_into_bytes(
         assert allowed[0, token] == 10.0, f"token {n} of {answer!r} refused"
         # No end in the middle of a character: the answer would end in U+FFFD.
         assert all(allowed[0, end] == float("-inf") for end in reader.end_ids) or "\ufffd" not in reader.tokenizer.decode(wanted[:n])
+
+
+def test_constrained_answers_stay_within_what_the_prompt_shows_of_each_passage(tiny_reader_path: str) -> None:
+    """A passage is cut to max_passage_tokens in the prompt: words past the cut were never read, so never spelled."""
+    reader = DecoderReader(tiny_reader_path, device="cpu", constrain_to_passages=True, max_passage_tokens=8)
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+    passage = Passage(id="p#0", doc_id="p", title="P", text=" ".join(words))
+    constraint = SpanConstraint(reader, [[passage]], prompt_width=0)
+    for word, shown in (("alpha", True), ("papa", False)):
+        token = reader.tokenizer(word, add_special_tokens=False)["input_ids"][0]
+        scores = torch.zeros(1, len(reader.tokenizer))
+        scores[0, token] = 10.0
+        assert (constraint(torch.zeros(1, 0, dtype=torch.long), scores)[0, token] == 10.0) == shown, word
