@@ -260,6 +260,11 @@ def test_train_end_to_end(tiny_encoder_path: str, tmp_path: Path, capsys: pytest
     also = record["data"]["also_train"]
     assert also["by_kind"]["question"] == also["by_kind"]["paraphrase"] == fold
     assert record["data"]["train"]["by_kind"]["question"] == 32 + 3 * fold
+    # Positives weigh as much as negatives over the pairs as trained, the repeated ones too.
+    trained = record["data"]["train"]
+    assert record["pos_weight"] == round((trained["pairs"] - trained["positives"]) / trained["positives"], 4)
+    # Each step logs the learning rate it used: the first is 0, warming up.
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["lr"] == 0.0
     assert is_scope_classifier(out) and (out / "TRAINING.md").is_file() and (out / "metrics.jsonl").is_file()
     saved = json.loads((out / CONFIG_FILE).read_text())
     assert saved["threshold"] == record["threshold"] and 0.0 <= saved["threshold"] <= 1.0

@@ -236,6 +236,8 @@ def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)
     autocast = lambda: torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.bf16)  # noqa: E731
+    # Over the pairs as trained, repeats included: positives weighted to count as much as negatives.
+    positives = sum(p.label for p in train_pairs)
     pos_weight = (len(train_pairs) - positives) / positives
     quick = val_pairs[: config.val_quick]
     config.out.mkdir(parents=True, exist_ok=True)
@@ -248,6 +250,7 @@ def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -
             # The pairs are already in a seeded random order: walk through them, wrapping around.
             lo = (step - 1) * config.batch_size
             batch = [train_pairs[(lo + i) % len(train_pairs)] for i in range(config.batch_size)]
+            lr = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
             with autocast():
                 loss = scope_loss(model, batch, pos_weight)
             loss.backward()
@@ -258,7 +261,7 @@ def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -
             value = loss.item()
             running = value if running is None else 0.98 * running + 0.02 * value
             bar.set_postfix(loss=f"{running:.3f}")
-            log.write(json.dumps({"step": step, "loss": round(value, 5), "lr": schedule.get_last_lr()[0],
+            log.write(json.dumps({"step": step, "loss": round(value, 5), "lr": lr,
                                   "seconds": round(time.time() - train_started, 2)}) + "\n")
             log.flush()
             if config.val_every and step % config.val_every == 0 and step < config.steps and quick:
