@@ -62,8 +62,10 @@ def test_full_finetuning_learns_the_answer(topic_index: Path, reader_fixture: st
     config = ReaderTrainingConfig(train=[train_file], index=topic_index, out=tmp_path / "full", reader=request.getfixturevalue(reader_fixture),
                                   method="full", k=2, steps=25, batch_size=2, lr=lr, dev_size=0, dev_eval=0, device="cpu")
     record = train_reader(config, progress=False)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows]
     assert len(losses) == 25 and losses[-1] < losses[0] / 5
+    assert rows[0]["lr"] == 0.0 and rows[-1]["lr"] > 0  # each step's own rate: warm-up from 0, decay towards 0 after the last
     assert record["examples_with_gold_passage"] == 1
     trained = Pipeline(Index.open(topic_index, readonly=True), load_generative_reader(str(tmp_path / "full"), device="cpu"))
     assert type(trained.reader).__name__ == ("FiDReader" if "fid" in reader_fixture else "DecoderReader")

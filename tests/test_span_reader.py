@@ -184,7 +184,9 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
     assert record["chosen"]["scoring"] in SCORINGS and record["dev_curve"]
     assert not (tmp_path / "out" / "checkpoint").exists()
     assert (tmp_path / "out" / "TRAINING.md").read_text().startswith("# How this span reader was trained")
-    assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 4 + 1  # steps + one dev check
+    logged = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 4 + 1  # steps + one dev check
+    assert [row["lr"] for row in logged if "lr" in row][0] == 0.0  # the first step's own rate: warming up from 0
     loaded = SpanReader.from_pretrained(tmp_path / "out")
     assert loaded.config.scoring == record["chosen"]["scoring"]
     with pytest.raises(ValueError, match="not empty"):

@@ -130,6 +130,7 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     cursor, running = 0, None
     for step in bar:
         value = 0.0  # the step's loss: the mean over its micro-batches
+        lr = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
         for _ in range(config.grad_accum):
             batch = [examples[(cursor + i) % len(examples)] for i in range(config.batch_size)]
             cursor += config.batch_size
@@ -143,7 +144,7 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
         optimizer.zero_grad(set_to_none=True)
         running = value if running is None else 0.95 * running + 0.05 * value
         bar.set_postfix(loss=f"{running:.3f}")
-        log.write(json.dumps({"step": step + 1, "loss": value, "lr": schedule.get_last_lr()[0], "seconds": time.time() - started}) + "\n")
+        log.write(json.dumps({"step": step + 1, "loss": value, "lr": lr, "seconds": time.time() - started}) + "\n")
         log.flush()
     log.close()
     train_seconds = time.time() - started

@@ -223,6 +223,7 @@ def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict
         bar = tqdm(range(1, config.steps + 1), desc="train span reader", unit="step", disable=not progress)
         for step in bar:
             batch = [examples[order[((step - 1) * config.batch_size + i) % len(order)]] for i in range(config.batch_size)]
+            lr = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
             with autocast():
                 loss, parts = span_loss(reader, batch)
             loss.backward()
@@ -234,7 +235,7 @@ def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict
             truncated += parts["truncated"]
             running = value if running is None else 0.98 * running + 0.02 * value
             bar.set_postfix(loss=f"{running:.3f}")
-            log.write(json.dumps({"step": step, "loss": value, **parts, "lr": schedule.get_last_lr()[0],
+            log.write(json.dumps({"step": step, "loss": value, **parts, "lr": lr,
                                   "seconds": round(time.time() - train_started, 2)}) + "\n")
             log.flush()
             if config.dev_every and step % config.dev_every == 0 and step < config.steps:
