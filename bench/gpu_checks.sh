@@ -13,7 +13,8 @@
 #           then the generative one (bench/serve_load.py; needs a kit packed with WITH_SERVE=1)
 # Results and the log go to bench/results/gpu (bench/results/gpu-cpu when DEVICE=cpu), and to $OUT as they are
 # written (the device tool's folder that comes back, also after a timeout).
-# Env: JOINT_STEPS (default 200), JOINT_EXTRA (more bench/joint_training.py flags, which win), ENCODE_LIMIT
+# Env: JOINT_STEPS (default 200), JOINT_EXTRA (more bench/joint_training.py flags, which win), JOINT_FRESH=1 (start
+# the joint run afresh; else a run a call's time limit cut off resumes from its checkpoint), ENCODE_LIMIT
 # (passages, default all), CEILING_QUESTIONS (training questions of each ceiling run, default "2000 8000"),
 # CEILING_EXTRA (more bench/retriever_ceiling.py flags), SERVE_SECONDS (default 30), PYTHON (default python3),
 # DEVICE (default cuda).
@@ -52,7 +53,7 @@ sys.exit(any(u.find_spec(m) is None for m in ('faiss', 'tantivy', 'fastapi', 'gg
 setup() {  # unpack the kit, install what the machine lacks, put back the encoders the tree travelled without
     if ! installed; then
         local parts
-        parts=$(cat .gpu-kit/part-*/count 2>/dev/null | sort -u)
+        parts=$(cat .gpu-kit/part-*/count 2>/dev/null | sort -u || true)  # none here (a cold machine): said below
         if [ -z "$parts" ] || [ "$(ls .gpu-kit/part-*/kit.tar.[0-9][0-9] | wc -l)" != "$parts" ]; then
             echo "the kit is incomplete: $(ls -d .gpu-kit/part-* 2>/dev/null | wc -l) parts here, ${parts:-?} packed; carry every part" >&2
             exit 2
@@ -68,7 +69,10 @@ setup() {  # unpack the kit, install what the machine lacks, put back the encode
 print('kit installed: torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
     fi
     # The tree travels without the encoders (scripts/gpu_kit.sh lighten): a serve kit brings them back.
-    [ ! -d "$kit/repo" ] || cp -rn "$kit"/repo/. .
+    # Only the files missing here: coreutils 9.2-9.4's `cp -n` fails on a file it skips.
+    if [ -d "$kit/repo" ]; then
+        (cd "$kit/repo" && find . -type f) | while read -r f; do [ -e "$f" ] || { mkdir -p "$(dirname "$f")"; cp "$kit/repo/$f" "$f"; }; done
+    fi
 }
 
 stage_encode() {
@@ -84,7 +88,9 @@ stage_index() {
 
 stage_joint() {
     [ -f "$index/manifest.json" ] || stage_index
-    rm -rf /tmp/rag-joint "$out/joint_training_gpu.json"  # the bench resumes from its result file: start afresh
+    # The bench resumes a run cut off (by the 10-minute limit of a call) from its checkpoint and result file, on the
+    # same warm machine; JOINT_FRESH=1 starts afresh.
+    [ "${JOINT_FRESH:-0}" != 1 ] || rm -rf /tmp/rag-joint "$out/joint_training_gpu.json"
     # The reader trains alone for the first 60 steps (960 questions): the untrained reader is a worse teacher than
     # the retriever it would teach, one trained on 1,000 questions a better one (bench/results/teacher_agreement*.json).
     # 160 passage tokens: 128 hide the answer of 9% of SQuAD's gold passages (bench/results/passage_truncation.json).
@@ -109,11 +115,12 @@ stage_serve() {
     [ -f indexes/default/manifest.json ] || "$python" -m indexer.cli build --out indexes/default \
         --corpus data/corpus/wiki-default.jsonl.gz --device "$device" --quiet > /dev/null
     local seconds=${SERVE_SECONDS:-30}
+    # --device: the server's default, auto, would answer on the CPU, unsaid, where torch saw no GPU.
     "$python" bench/serve_load.py --index indexes/default --clients 16 64 --duration "$seconds" --drain-timeout 600 --k 8 \
-        --out "$out/serve_load_gpu_span.json"
+        --server-args "--device $device" --out "$out/serve_load_gpu_span.json"
     keep
     "$python" bench/serve_load.py --index indexes/default --clients 16 64 --duration "$seconds" --drain-timeout 600 --k 5 \
-        --server-args "--reader SmolLM2-135M-Instruct" --out "$out/serve_load_gpu_generative.json"
+        --server-args "--device $device --reader SmolLM2-135M-Instruct" --out "$out/serve_load_gpu_generative.json"
 }
 
 export RAG_SHARED_DATA=${RAG_SHARED_DATA:-$( [ -d ../shared/data ] && echo ../shared/data || echo "$kit/data" )}
