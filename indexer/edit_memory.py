@@ -175,7 +175,9 @@ class EditMemory:
         # linear (only an active edit can be superseded): an edit is replaced when a later edit of its chain is
         # unrevoked or itself replaced. One question has at most one active edit: an edit the chains leave active (its
         # replacement revoked, say) is replaced by the next newer unrevoked edit that asks the same question, as if
-        # that one named it; and a revoked edit passes that one on to the edit it superseded, as a named one would.
+        # that one named it; and a revoked edit passes that one on to the edit it superseded, as a named one would,
+        # when it was made before the revoke (it replaced the edit then; one made after found it revoked already).
+        created_at = {row: created for row, *_, created, _sup, _vec in rows}
         replaced_by: dict[int, int] = {}
         newer: dict[str, int] = {}  # question_key -> the oldest unrevoked row seen so far
         for row, _fact, question, *_, supersedes, _vec in reversed(rows):
@@ -183,7 +185,10 @@ class EditMemory:
             if row not in revoked and key in newer and row not in replaced_by:
                 replaced_by[row] = newer[key]
             if supersedes is not None and supersedes not in replaced_by:
-                live = replaced_by.get(row, newer.get(key) if key is not None else None) if row in revoked else row
+                live: int | None = row
+                if row in revoked:
+                    asked = newer.get(key) if key is not None else None
+                    live = replaced_by.get(row, asked if asked is not None and created_at[asked] < revoked[row] else None)
                 if live is not None:
                     replaced_by[supersedes] = live
             if row not in revoked and key is not None:

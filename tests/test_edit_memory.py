@@ -86,6 +86,19 @@ def test_revoking_an_edit_already_replaced_by_question_keeps_what_it_had_replace
     assert [e.id for e in again.list()] == [e3.id] and again.get(e1.id).superseded_by == e3.id
 
 
+def test_an_edit_made_after_a_revoke_does_not_replace_what_the_revoked_one_had(memory: EditMemory, tmp_path: Path) -> None:
+    """e2 superseded e1 and was revoked, bringing e1 back; e3, made later with e2's question, replaces nothing (no active
+    edit asks it), so e1 stays active beside it, in this memory and in the log read afresh."""
+    e1 = memory.add("Rome is the capital of Italy.")
+    e2 = memory.add("Milan is the capital of Italy.", question="What is the capital of Italy?", answer="Milan", supersedes=e1.id)
+    memory.revoke(e2.id)
+    e3 = memory.add("Turin is the capital of Italy.", question="What is the capital of Italy?", answer="Turin")
+    assert e3.supersedes is None and [e.id for e in memory.list()] == [e1.id, e3.id]
+    memory.close()
+    again = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    assert [e.id for e in again.list()] == [e1.id, e3.id]
+
+
 def test_a_revoke_whose_reread_fails_is_read_again_by_the_next_call(memory: EditMemory, monkeypatch: pytest.MonkeyPatch) -> None:
     """The revoke is committed before the log is read back: if that read fails, the next call must not serve the
     edit as active from the state before (this connection's own commit does not change SQLite's data_version)."""
