@@ -54,6 +54,18 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def same_encoder(a: str, b: str) -> bool:
+    """Whether two encoder names or folders are the same model: the default one by either of its names or its
+    package's folder, a folder by any path to it. Vectors and thresholds of one are only comparable with its own."""
+    def canonical(name: str) -> str:
+        try:
+            path = resolve_model_path(name)
+        except RuntimeError:  # the default's package is missing: its names still name it
+            path = DEFAULT_ENCODER if name == f"sentence-transformers/{DEFAULT_ENCODER}" else name
+        return os.path.realpath(path) if os.path.isdir(path) else path
+    return canonical(a) == canonical(b)
+
+
 def resolve_device(device: str | None) -> str:
     """The torch device to use: None or "auto" picks CUDA when present; any other name must be one torch knows and,
     for CUDA, this machine has (else ValueError: torch would fail later, deep inside a model load)."""

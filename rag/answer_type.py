@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from indexer.encoder import same_encoder
 from rag.json_model import read_json_model
 
 KIND = "answer-type-classifier"
@@ -107,4 +108,4 @@ def load_answer_types(encoder: str, path: str | Path = SHIPPED) -> AnswerTypeCla
     if not Path(path).is_file():
         return None
     classifier = AnswerTypeClassifier.load(path)
-    return classifier if classifier.encoder == encoder else None
+    return classifier if same_encoder(classifier.encoder, encoder) else None

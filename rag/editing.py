@@ -23,7 +23,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from indexer.edit_memory import Edit, EditMemory, question_key
-from indexer.encoder import DEFAULT_ENCODER
+from indexer.encoder import DEFAULT_ENCODER, same_encoder
 from indexer.names import subject_spans
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
 from rag.two_hop import TwoHopDetector, resolve_first_hop, split_first_hop
@@ -139,7 +139,7 @@ def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIE
         config = json.loads((Path(classifier_path) / CONFIG_FILE).read_text()) if found else {}
         threshold = float(config.get("similarity_threshold") or SIMILARITY_THRESHOLD)
         chosen_for = config.get("similarity_encoder") or DEFAULT_ENCODER
-        if encoder is not None and encoder != chosen_for:
+        if encoder is not None and not same_encoder(encoder, chosen_for):
             raise ValueError(f"the similarity scope's threshold {threshold} is a cosine of {chosen_for}'s vectors, and this index "
                              f"encodes with {encoder}: another encoder's cosines do not compare with it. Use the scope "
                              "classifier (--scope classifier), which reads each edit and question itself, or --scope none")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.encoder import same_encoder
 from indexer.names import subject_spans
 from rag.json_model import read_json_model
 
@@ -119,4 +120,4 @@ def load_two_hop(encoder: str, path: str | Path = SHIPPED) -> TwoHopDetector | N
     if not Path(path).is_file():
         return None
     detector = TwoHopDetector.load(path)
-    return detector if detector.encoder == encoder else None
+    return detector if same_encoder(detector.encoder, encoder) else None

