@@ -16,6 +16,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList, PreTrainedModel,
                           PreTrainedTokenizerBase)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from indexer.encoder import resolve_device
 from rag.adapters import AdapterBank, load_merged, virtual_tokens
@@ -68,9 +69,13 @@ class SpanConstraint(LogitsProcessor):
         self.tokenizer = reader.tokenizer
         self.ends = reader.end_ids
         self.prompt_width = prompt_width
-        # What the prompt shows of each passage: its first max_passage_tokens.
-        self.texts = [[" ".join(reader._truncate(p.text).split()) for p in row] for row in passages]
+        # What the prompt shows of each passage: its first max_passage_tokens (cut, maybe, inside a character).
+        self.texts = [[" ".join(reader._truncate(p.text).rstrip(PARTIAL).split()) for p in row] for row in passages]
+        self.encoded = [[text.encode() for text in row] for row in self.texts]
         self.candidates = [self._candidates(texts) for texts in self.texts]
+        # A byte-level BPE's tokens spell bytes (GPT-2's alphabet): a character split over tokens is matched byte by byte.
+        decoder = getattr(getattr(self.tokenizer, "backend_tokenizer", None), "decoder", None)
+        self.byte_of = {c: b for b, c in bytes_to_unicode().items()} if type(decoder).__name__ == "ByteLevel" else None
 
     def _candidates(self, texts: list[str]) -> torch.Tensor:
         if not texts:
@@ -92,20 +97,27 @@ class SpanConstraint(LogitsProcessor):
             order = candidates[scores[row, candidates].argsort(descending=True)].tolist()
             # Greedy needs only the best candidate that still spells a passage substring. Decoded with the tokens
             # before it: the bytes of a character split over several tokens only make the character together.
-            best = next((t for t in order if self._fits(row, self.tokenizer.decode(ids + [t], skip_special_tokens=True))), None)
+            best = next((t for t in order if self._fits(row, ids + [t])), None)
             whole = so_far.strip() and not so_far.endswith(PARTIAL)  # no end in the middle of a character
             ok = ([best] if best is not None else []) + (self.ends if whole or best is None else [])
             allowed[row, ok] = scores[row, ok]
         return allowed
 
-    def _fits(self, row: int, answer: str) -> bool:
-        """Whether `answer` spells a substring of the row's passages. The first bytes of a character (decoded as
-        U+FFFD until its last byte comes) fit where a passage goes on with a character beyond ASCII."""
-        spelled = re.sub(r"\s+", " ", answer.rstrip(PARTIAL)).lstrip()
+    def _fits(self, row: int, ids: list[int]) -> bool:
+        """Whether the answer tokens `ids` spell a substring of the row's passages. The first bytes of a character
+        (decoded as U+FFFD until its last byte comes) must be those of the passage's character there; without a
+        byte-level tokenizer, any character beyond ASCII will do."""
+        answer = self.tokenizer.decode(ids, skip_special_tokens=True)
         if not answer.endswith(PARTIAL):
-            spelled = spelled.rstrip()
+            spelled = " ".join(answer.split())
             return bool(spelled) and any(spelled in text for text in self.texts[row])
-        follows = re.compile(re.escape(spelled) + "[^\x00-\x7f]")
+        if self.byte_of is not None:
+            try:
+                raw = bytes(self.byte_of[c] for token in self.tokenizer.convert_ids_to_tokens(ids) for c in token)
+            except KeyError:  # a token outside the byte alphabet (a special one)
+                return False
+            return any(b" ".join(raw.split()) in text for text in self.encoded[row])
+        follows = re.compile(re.escape(re.sub(r"\s+", " ", answer.rstrip(PARTIAL)).lstrip()) + "[^\x00-\x7f]")
         return any(follows.search(text) for text in self.texts[row])
 
 
