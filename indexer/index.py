@@ -89,7 +89,11 @@ class Index:
         self.device = resolve_device(device)
         self._encoder = encoder
         self.store = PassageStore(path / STORE_FILE, readonly=readonly)
-        self.sparse = SparseIndex(path / SPARSE_DIR, readonly=readonly) if manifest.sparse else None
+        try:
+            self.sparse = SparseIndex(path / SPARSE_DIR, readonly=readonly) if manifest.sparse else None
+        except BaseException:
+            self.store.close()  # as Index.open does when a later step fails
+            raise
         self._thread_lock = threading.Lock()
         self._snapshot = Snapshot(0, None, None)
         self._data_version = -1  # SQLite's count of other connections' commits when the snapshot last followed them

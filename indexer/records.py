@@ -18,7 +18,8 @@ def valid_unicode(text: str, what: str) -> str:
 
 # A title is stored, encoded and returned with each passage of its document: a long one is multiplied by them all.
 MAX_TITLE_CHARS = 1_000
-# JSON serialisers refuse deep nesting (pydantic at 255 levels): deeper metadata could be stored but never read back.
+# JSON serialisers stop at some depth (pydantic's, which the server answers with, at 255 levels: metadata past it was
+# stored but could not be read back). A bound far under it, and deep enough for any record's metadata.
 MAX_META_DEPTH = 32
 
 
