@@ -57,6 +57,9 @@ def resolve_model_path(name_or_path: str) -> str:
 def same_encoder(a: str, b: str) -> bool:
     """Whether two encoder names or folders are the same model: the default one by either of its names or its
     package's folder, a folder by any path to it. Vectors and thresholds of one are only comparable with its own."""
+    if not (isinstance(a, str) and isinstance(b, str)):  # a model file naming none
+        return False
+
     def canonical(name: str) -> str:
         try:
             path = resolve_model_path(name)

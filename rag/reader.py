@@ -116,7 +116,9 @@ class SpanConstraint(LogitsProcessor):
                 raw = bytes(self.byte_of[c] for token in self.tokenizer.convert_ids_to_tokens(ids) for c in token)
             except KeyError:  # a token outside the byte alphabet (a special one)
                 return False
-            return any(b" ".join(raw.split()) in text for text in self.encoded[row])
+            spelled = b" ".join(raw.split())
+            # Bytes 0x80-0xBF only go on a character: an answer starting with one could never be completed.
+            return not 0x80 <= spelled[0] < 0xC0 and any(spelled in text for text in self.encoded[row])
         follows = re.compile(re.escape(re.sub(r"\s+", " ", answer.rstrip(PARTIAL)).lstrip()) + "[^\x00-\x7f]")
         return any(follows.search(text) for text in self.texts[row])
 

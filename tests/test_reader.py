@@ -220,17 +220,22 @@ def test_constrained_answers_stay_within_what_the_prompt_shows_of_each_passage(t
 
 
 def test_constrained_decoding_takes_only_the_first_bytes_of_the_passages_own_character(tiny_reader_path: str) -> None:
-    """After "Erd", the first byte of 京 is a candidate (北京 is in the passages) but Erd is followed by ő there: only ő's
-    first byte fits, or the answer could end in U+FFFD when nothing completes the other."""
+    """After "Erd", the first bytes of 京 are a candidate (北京 is in the passages) but Erd is followed by ő there: only
+    ő's first byte fits, or the answer could end in U+FFFD when nothing completes the other. Nor can an answer start
+    with a byte that only goes on a character."""
     reader = DecoderReader(tiny_reader_path, device="cpu", constrain_to_passages=True)
     passage = Passage(id="p#0", doc_id="p", title="P", text="Paul Erdős lectured in 北京.")
     constraint = SpanConstraint(reader, [[passage]], prompt_width=0)
     erd = reader.tokenizer(" Erd", add_special_tokens=False)["input_ids"]
     o_first = reader.tokenizer(" Erdős", add_special_tokens=False)["input_ids"][len(erd)]
     jing = reader.tokenizer(" 北京", add_special_tokens=False)["input_ids"]
-    wrong = next(t for t in jing if reader.tokenizer.decode([t]).endswith("\ufffd") and t in constraint.candidates[0].tolist()
-                 and t != jing[0])
+    first_byte = {t: constraint.byte_of[reader.tokenizer.convert_ids_to_tokens(t)[0]] for t in jing}
+    wrong = next(t for t in jing[1:] if 0xC0 <= first_byte[t] < 0xF8)  # 京's first bytes (北's come after a space)
     scores = torch.zeros(1, len(reader.tokenizer))
     scores[0, wrong], scores[0, o_first] = 10.0, 5.0  # the model prefers the wrong byte
     allowed = constraint(torch.tensor([erd], dtype=torch.long), scores)
     assert allowed[0, wrong] == float("-inf") and allowed[0, o_first] == 5.0
+    going_on = next(t for t in jing if 0x80 <= first_byte[t] < 0xC0)
+    scores = torch.zeros(1, len(reader.tokenizer))
+    scores[0, going_on] = 10.0
+    assert constraint(torch.zeros(1, 0, dtype=torch.long), scores)[0, going_on] == float("-inf")
