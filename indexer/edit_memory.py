@@ -40,8 +40,11 @@ CREATE TABLE IF NOT EXISTS edits (
     supersedes INTEGER REFERENCES edits(row),
     vector BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS revocations (edit_row INTEGER PRIMARY KEY REFERENCES edits(row), revoked_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (edit_row INTEGER PRIMARY KEY REFERENCES edits(row), revoked_at REAL NOT NULL,
+                                        last_edit INTEGER);
 """
+# last_edit: the newest edit row when the revoke was made, so the log says which edits came before it whatever the
+# clock did. Logs written before it was kept have none (NULL): their times order them.
 
 
 class EditNotFound(LookupError):
@@ -145,6 +148,8 @@ class EditMemory:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = FULL")  # an acknowledged edit survives power loss
                 db.executescript(SCHEMA)
+                if "last_edit" not in _columns(db, "revocations"):  # a log from before it was kept
+                    db.execute("ALTER TABLE revocations ADD COLUMN last_edit INTEGER")
             self._db = db
         return self._db
 
@@ -170,7 +175,10 @@ class EditMemory:
 
     def _read(self, db: sqlite3.Connection) -> _State:
         rows = db.execute("SELECT row, fact, question, answer, subject, created_at, supersedes, vector FROM edits ORDER BY row").fetchall()
-        revoked = dict(db.execute("SELECT edit_row, revoked_at FROM revocations").fetchall())
+        last_edit = "last_edit" if "last_edit" in _columns(db, "revocations") else "NULL"  # an older log, read-only
+        revocations = db.execute(f"SELECT edit_row, revoked_at, {last_edit} FROM revocations").fetchall()
+        revoked = {row: at for row, at, _ in revocations}
+        newest_then = {row: newest for row, _, newest in revocations}
         # Walking the log newest first, every edit that can replace a row comes before it. A chain of replacements is
         # linear (only an active edit can be superseded): an edit is replaced when a later edit of its chain is
         # unrevoked or itself replaced. One question has at most one active edit: an edit the chains leave active (its
@@ -188,7 +196,9 @@ class EditMemory:
                 live: int | None = row
                 if row in revoked:
                     asked = newer.get(key) if key is not None else None
-                    live = replaced_by.get(row, asked if asked is not None and created_at[asked] < revoked[row] else None)
+                    before = asked is not None and (asked <= newest_then[row] if newest_then[row] is not None
+                                                    else created_at[asked] < revoked[row])
+                    live = replaced_by.get(row, asked if before else None)
                 if live is not None:
                     replaced_by[supersedes] = live
             if row not in revoked and key is not None:
@@ -325,7 +335,8 @@ class EditMemory:
                     raise EditNotFound(f"no edit {id!r}: see `rag-index edit list`")
                 if edit.revoked_at is not None:
                     raise ValueError(f"edit {id} was already revoked at {edit.revoked_at}")
-                db.execute("INSERT INTO revocations(edit_row, revoked_at) VALUES (?, ?)", (row, time.time()))
+                db.execute("INSERT INTO revocations(edit_row, revoked_at, last_edit) VALUES (?, ?, (SELECT MAX(row) FROM edits))",
+                           (row, time.time()))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -335,6 +346,10 @@ class EditMemory:
             self._state = self._read(db)
             self._data_version = version
             return self._state.edits[row]
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {name for _, name, *_ in db.execute(f"PRAGMA table_info({table})")}
 
 
 def _add_edit(state: _State, row: int, edit: Edit, vector: np.ndarray, replaced: int | None, dim: int) -> None:

@@ -99,6 +99,44 @@ def test_an_edit_made_after_a_revoke_does_not_replace_what_the_revoked_one_had(m
     assert [e.id for e in again.list()] == [e1.id, e3.id]
 
 
+def test_which_edits_came_before_a_revoke_does_not_hang_on_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock that stands still (or steps back) cannot order a revoke among the edits: the log keeps the order itself.
+    e3 replaced e2 by its question before e2's revoke, so e1 (which e2 had superseded) stays replaced; e4, made after
+    e5's revoke, replaced nothing, so e5's own predecessor comes back."""
+    monkeypatch.setattr(time, "time", lambda: 1000.0)
+    memory = EditMemory(tmp_path / "memory", fake_encode, DIM)
+    e1 = memory.add("Rome is the capital of Italy.")
+    e2 = memory.add("Milan is the capital of Italy.", question="What is the capital of Italy?", supersedes=e1.id)
+    e0 = memory.add("Paris is the capital of France.", question="What is the capital of France?")
+    e3 = memory.add("Turin is the capital of Italy.", question="What is the capital of Italy?", supersedes=e0.id)
+    memory.revoke(e2.id)
+    f1 = memory.add("Bern is the capital of Switzerland.")
+    f2 = memory.add("Zurich is the capital of Switzerland.", question="What is the capital of Switzerland?", supersedes=f1.id)
+    memory.revoke(f2.id)
+    f3 = memory.add("Geneva is the capital of Switzerland.", question="What is the capital of Switzerland?")
+    expected = [e3.id, f1.id, f3.id]
+    assert [e.id for e in memory.list()] == expected
+    memory.close()
+    assert [e.id for e in EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True).list()] == expected
+
+
+def test_a_log_from_before_revokes_kept_their_place_is_read_and_upgraded(tmp_path: Path) -> None:
+    """Logs written before `last_edit` was kept: read-only openers read them by their times, a writer adds the column."""
+    memory = EditMemory(tmp_path / "memory", fake_encode, DIM)
+    e1 = memory.add("Rome is the capital of Italy.")
+    e2 = memory.add("Milan is the capital of Italy.", question="What is the capital of Italy?", supersedes=e1.id)
+    memory.close()
+    db = sqlite3.connect(tmp_path / "memory" / EDITS_FILE)
+    db.executescript("DROP TABLE revocations; CREATE TABLE revocations (edit_row INTEGER PRIMARY KEY REFERENCES edits(row), "
+                     f"revoked_at REAL NOT NULL); INSERT INTO revocations VALUES ({int(e2.id[1:])}, {time.time()});")
+    db.close()
+    assert [e.id for e in EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True).list()] == [e1.id]
+    writer = EditMemory(tmp_path / "memory", fake_encode, DIM)
+    e3 = writer.add("Turin is the capital of Italy.", question="What is the capital of Italy?")
+    writer.revoke(e3.id)
+    assert [e.id for e in writer.list()] == [e1.id] and writer.get(e2.id).revoked_at is not None
+
+
 def test_a_revoke_whose_reread_fails_is_read_again_by_the_next_call(memory: EditMemory, monkeypatch: pytest.MonkeyPatch) -> None:
     """The revoke is committed before the log is read back: if that read fails, the next call must not serve the
     edit as active from the state before (this connection's own commit does not change SQLite's data_version)."""
