@@ -235,6 +235,21 @@ def test_edit_files_convert_to_canonical_cases(tmp_path: Path) -> None:
     assert case.target_new == "drones" and case.neighbors[0].question == "who is z" and case.target_old == "a"
 
 
+@pytest.mark.parametrize("field, problem", [
+    ({"paraphrases": "X was born in"}, "paraphrases must be a list of strings, got a str"),
+    ({"paraphrases": ["X was born in", 3]}, "paraphrases must be text"),
+    ({"subject": ["X"]}, "subject must be a string"),
+    ({"neighbors": [{"question": "Where was Y born?", "answer": 7}]}, "neighbors must be text"),
+    ({"portability": {"question": 1, "answer": "a"}}, "portability must be text"),
+])
+def test_canonical_edit_records_with_fields_of_the_wrong_kind_are_refused(field: dict[str, Any], problem: str, tmp_path: Path) -> None:
+    """A string where a list belongs would otherwise make each of its letters a paraphrase."""
+    path = tmp_path / "cases.jsonl"
+    path.write_text(json.dumps({"question": "Where was X born?", "target_new": "Oslo", **field}) + "\n")
+    with pytest.raises(ValueError, match=rf"cases.jsonl:1: bad canonical edit record \({problem}"):
+        read_cases(path)
+
+
 def test_two_hop_questions_take_their_second_hop_from_the_edits_answer(pipeline: Pipeline, tiny_reader_path: str) -> None:
     reader = DecoderReader(tiny_reader_path, device="cpu")
     pipeline.edit_reader = reader

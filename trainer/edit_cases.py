@@ -51,10 +51,12 @@ def stated_fact(question: str, answer: str) -> str:
 
 
 def _canonical(raw: dict[str, Any], n: int) -> EditCase:
-    portability = raw.get("portability")
+    portability, paraphrases = raw.get("portability"), raw.get("paraphrases") or []
+    if not isinstance(paraphrases, list):  # list() of a string would make each letter a paraphrase
+        raise ValueError(f"paraphrases must be a list of strings, got a {type(paraphrases).__name__}")
     return EditCase(
         id=str(raw.get("id", n)), question=raw["question"], target_new=raw["target_new"], fact=raw.get("fact") or "",
-        target_old=raw.get("target_old"), subject=raw.get("subject"), paraphrases=list(raw.get("paraphrases") or []),
+        target_old=raw.get("target_old"), subject=raw.get("subject"), paraphrases=paraphrases,
         neighbors=[Probe(p["question"], p["answer"]) for p in raw.get("neighbors") or []],
         portability=Probe(portability["question"], portability["answer"]) if portability else None,
     )
@@ -76,6 +78,21 @@ def _zsre(raw: dict[str, Any], n: int) -> EditCase:
         id=str(raw.get("case_id", n)), question=raw["src"], target_new=raw["alt"], target_old=answers[0],
         subject=raw.get("subject"), paraphrases=[raw["rephrase"]], neighbors=[Probe(loc, raw["loc_ans"])],
     )
+
+
+def _check_case(case: EditCase) -> None:
+    """ValueError naming the first field of `case` that is not text where text is needed."""
+    if not all(isinstance(t, str) and t.strip() for t in (case.question, case.target_new)):
+        raise ValueError("question and target_new must be non-empty strings")
+    texts = {"fact": [case.fact], "paraphrases": case.paraphrases,
+             "neighbors": [t for probe in case.neighbors for t in (probe.question, probe.answer)],
+             "portability": [case.portability.question, case.portability.answer] if case.portability else []}
+    for name, values in texts.items():
+        if not all(isinstance(t, str) for t in values):
+            raise ValueError(f"{name} must be text, got {values!r:.80}")
+    for name, value in (("subject", case.subject), ("target_old", case.target_old)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r:.80}")
 
 
 def subject_as(text: str, subject: str | None, mark: str) -> str | None:
@@ -134,8 +151,7 @@ def read_cases(path: str | Path, fmt: str | None = None, on_error: str = "stop")
     for n, line in jsonl_lines(path, "edit file"):
         try:
             case = CONVERTERS[fmt](json.loads(line), n)
-            if not all(isinstance(t, str) and t.strip() for t in (case.question, case.target_new)):
-                raise ValueError("question and target_new must be non-empty strings")
+            _check_case(case)
             cases.append(case)
         except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
             what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
