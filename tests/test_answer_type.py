@@ -88,7 +88,7 @@ def test_rag_train_answer_type_on_tiny_data(tmp_path: Path, tiny_encoder_path: s
         {"subject": f"Thing{i}", "src": f"Where is Thing{i}?" if i % 2 else f"Who made Thing{i}?", "rephrase": f"Where can Thing{i} be found?",
          "alt": "Rome", "answers": ["Paris"], "loc": "nq question: who is it", "loc_ans": "x"} for i in range(12)])
     out = tmp_path / "answer-type.json"
-    argv = ["answer-type", "--out", str(out), "--trec", str(trec), "--counterfact", str(counterfact), "--counterfact-cases", "6",
+    argv = ["answer-type", "--out", str(out), "--trec", str(trec), "--counterfact", str(counterfact), "--counterfact-cases", "20",
             "--zsre", str(zsre), "--encoder", tiny_encoder_path, "--threads", "1", "--steps", "20"]
     assert main_train(argv) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -96,6 +96,7 @@ def test_rag_train_answer_type_on_tiny_data(tmp_path: Path, tiny_encoder_path: s
     assert loaded.labels == ["HUM", "LOC", "NUM"] and loaded.encoder == tiny_encoder_path and summary["threshold"] == loaded.threshold
     assert loaded.training["data"]["held_out"] == 6 and 0.0 <= loaded.training["trec_held_out_accuracy"] <= 1.0
     assert loaded.training["data"]["threshold_pairs"]["pairs"] > 6  # counterfact's and the training fold's paraphrases
+    assert loaded.training["data"]["threshold_pairs"]["counterfact_cases"] == 6  # all of them, though 20 were asked for
     assert loaded.kinds(["Where is place3?"], TextEncoder(tiny_encoder_path))[0] in (None, "HUM", "LOC", "NUM")
     # Evaluation-only data, or zsre-1k whole, is refused before anything is written.
     (tmp_path / "counterfact-test.jsonl.gz").write_bytes(counterfact.read_bytes())

@@ -95,7 +95,8 @@ def train(args: argparse.Namespace) -> AnswerTypeClassifier:
     classifier = AnswerTypeClassifier(labels, weights, bias, 0.5, args.encoder)
     accuracy = float((classifier.probabilities(x[dev_rows]).argmax(axis=1) == y[dev_rows]).mean())
 
-    counterfact = rng.sample(read_cases(args.counterfact, "counterfact"), min(args.counterfact_cases, 10_000))
+    cases = read_cases(args.counterfact, "counterfact")
+    counterfact = rng.sample(cases, min(args.counterfact_cases, len(cases)))  # all of a smaller file
     zsre = read_cases(args.zsre, "zsre", on_error="skip")
     taught = [c for c in zsre if in_fold(c, fold)]
     measured = [c for c in zsre if not in_fold(c, fold)]
