@@ -107,7 +107,8 @@ def main() -> None:
     best_bf16 = max((r["passages_per_s"] for r in runs if r["dtype"] == "bfloat16"), default=None)
     write_result(out, {"device": device, "encoder": args.encoder, "passages": len(texts), "rounds": args.rounds,
                        "runs": runs, "goal_passages_per_s_bfloat16": GOAL_PASSAGES_PER_S, "best_bfloat16_passages_per_s": best_bf16,
-                       "goal_met": None if best_bf16 is None or not device.startswith("cuda") else best_bf16 >= GOAL_PASSAGES_PER_S},
+                       # The goal names an H100: on another card (an H200 may be lent) the figure is reported, not judged.
+                       "goal_met": best_bf16 >= GOAL_PASSAGES_PER_S if best_bf16 is not None and "H100" in info.get("gpu", "") else None},
                  info)
 
 
