@@ -141,18 +141,17 @@ def run_stamp(info: dict[str, Any]) -> dict[str, Any]:
             "machine": info}
 
 
-def run_rag_eval(command: list[str], env: dict[str, str], program: str = "rag-eval") -> tuple[dict[str, Any], str, float]:
-    """Run one `rag-eval ...` command (or another `program` that prints a JSON line last): its JSON summary,
-    the command as a person would type it (the environment settings it was given, e.g. OMP_NUM_THREADS=1, first:
-    latencies depend on them), seconds. A failed run stops the benchmark with its error."""
+def run_rag_eval(command: list[str], settings: dict[str, str], program: str = "rag-eval") -> tuple[dict[str, Any], str, float]:
+    """Run one `rag-eval ...` command (or another `program` that prints a JSON line last) in this environment with
+    `settings` set: its JSON summary, the command as a person would type it (the settings first, e.g.
+    OMP_NUM_THREADS=1: latencies depend on them), seconds. A failed run stops the benchmark with its error."""
     started = time.time()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=dict(os.environ, **settings), capture_output=True, text=True)
     if done.returncode != 0:
         log("failed", done.stderr[-2000:])
         raise SystemExit(done.returncode)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    settings = [f"{name}={value}" for name, value in sorted(env.items()) if os.environ.get(name) != value]
-    return summary, shlex.join([*settings, program, *command[1:]]), round(time.time() - started, 1)
+    return summary, shlex.join([*(f"{k}={v}" for k, v in sorted(settings.items())), program, *command[1:]]), round(time.time() - started, 1)
 
 
 def interleaved_seconds(configs: dict[str, Callable[[list[str]], Any]], texts: Sequence[str], size: int) -> dict[str, list[float]]:

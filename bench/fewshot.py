@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import tempfile
@@ -51,7 +50,7 @@ def main() -> None:
     result = upgrade(json.loads(args.out.read_text())) if args.out.is_file() else {"runs": {}}
     settings = vars(args)
     info = machine_info()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
+    environment = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     bin_dir = Path(sys.executable).parent
     work = args.work or Path(tempfile.mkdtemp(prefix="fewshot-bench-"))
     common = ["--limit", str(args.limit), "--threads", str(args.threads)]
@@ -61,7 +60,7 @@ def main() -> None:
         if key in result["runs"]:
             return result["runs"][key]
         log("run", key, shlex.join(command))
-        summary, typed, seconds = run_rag_eval(command, env, program)
+        summary, typed, seconds = run_rag_eval(command, environment, program)
         result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary, **run_stamp(info)}
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         log(key, json.dumps(summary))

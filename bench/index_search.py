@@ -7,8 +7,8 @@ Measures, one query at a time over a seeded sample of squad-open-dev questions (
 - overhead of our search over the raw library call, ours_p50 / raw_p50 - 1, goal <= 0.10:
   dense: `search_many([q], k, "dense", query_vectors=v)` vs `faiss_index.search(v, k)` (vectors precomputed);
   sparse: `search(q, k, "sparse")` vs tantivy `searcher.search(parse_query(cleaned q), k)` + `searcher.doc(addr)`
-  per hit (the stored documents, as a tantivy-only search would return them), and, stricter, as the dense baseline
-  is, vs the same search + the rows alone from the fast field ours reads (`overhead_sparse_rows`).
+  per hit (the stored documents, as a tantivy-only search would return them), and, a baseline of the dense one's
+  kind, vs the same search + the rows alone from the fast field ours reads (`overhead_sparse_rows`).
   Ours and raw alternate query by query (and which goes first), so machine noise hits both alike;
   this runs in --rounds passes and the figure is the median over passes.
 `--modes sparse` measures only sparse search (dense search can be very slow on a machine loaded by other work).
@@ -140,8 +140,8 @@ def main() -> None:
                                             args.rounds)
         log(f"sparse overhead: {result['overhead_sparse']['overhead_p50']:.3f}")
 
-        # 4b. The stricter baseline, as the dense one is: the rows alone, through the same fast field ours reads
-        # (no stored document), so everything ours does beyond finding them counts as overhead.
+        # 4b. A baseline of the dense one's kind: the rows alone, through the same fast field ours reads (no stored
+        # document), so everything ours does beyond finding them counts as overhead.
         def sparse_raw_rows(i: int) -> list:
             hits = searcher.search(tantivy_index.parse_query(cleaned[i], ["title", "text"]), k).hits
             return searcher.fast_field_values("row", [addr for _, addr in hits])

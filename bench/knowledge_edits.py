@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -55,7 +54,7 @@ def main() -> None:
     result["scope_classifier"] = classifier_info()
     result["two_hop_detector"] = two_hop_info() if args.two_hop == "auto" else None
     result["answer_type_classifier"] = answer_type_info()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
+    environment = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     rag_eval = str(Path(sys.executable).with_name("rag-eval"))
     args.predictions.mkdir(parents=True, exist_ok=True)
     for name in args.runs:
@@ -64,7 +63,7 @@ def main() -> None:
         command = [rag_eval, "edits", "--index", str(args.index), *RUNS[name], "--scope", args.scope, "--two-hop", args.two_hop,
                    "--threads", str(args.threads), "--predictions", str(rows)]
         log("run", name, shlex.join(command))
-        summary, typed, seconds = run_rag_eval(command, env)
+        summary, typed, seconds = run_rag_eval(command, environment)
         key = name if variant == "auto" else f"{name} ({variant})"
         # Per run too: runs kept from an earlier invocation may have used another classifier or threshold, machine or command.
         result["runs"][key] = {"command": typed, "seconds": seconds, "summary": summary, "scope_classifier": result["scope_classifier"],

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -46,7 +45,7 @@ def main() -> None:
 
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
     result["machine"] = machine_info()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
+    environment = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     rag_eval = str(Path(sys.executable).with_name("rag-eval"))
     for config in args.configs:
         for name in args.sets:
@@ -54,7 +53,7 @@ def main() -> None:
             command = [rag_eval, "qa", "--index", str(args.index), "--qa", str(path), *extra, "--limit", str(args.limit),
                        "--seed", "0", *CONFIGS[config]]
             log("run", config, name, shlex.join(command))
-            summary, typed, seconds = run_rag_eval(command, env)
+            summary, typed, seconds = run_rag_eval(command, environment)
             # Per run too: the file keeps runs of earlier invocations, whose top-level machine this overwrites.
             result["runs"][f"{config} {name}"] = {"command": typed, "seconds": seconds, "summary": summary, **run_stamp(result["machine"])}
             args.out.write_text(json.dumps(result, indent=2) + "\n")

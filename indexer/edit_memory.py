@@ -149,7 +149,14 @@ class EditMemory:
                 db.execute("PRAGMA synchronous = FULL")  # an acknowledged edit survives power loss
                 db.executescript(SCHEMA)
                 if "last_edit" not in _columns(db, "revocations"):  # a log from before it was kept
-                    db.execute("ALTER TABLE revocations ADD COLUMN last_edit INTEGER")
+                    db.execute("BEGIN IMMEDIATE")  # one writer adds it: another may be opening the same log
+                    try:
+                        if "last_edit" not in _columns(db, "revocations"):
+                            db.execute("ALTER TABLE revocations ADD COLUMN last_edit INTEGER")
+                        db.execute("COMMIT")
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
             self._db = db
         return self._db
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -24,13 +23,15 @@ def test_the_recorded_command_splits_back_into_the_same_arguments(tmp_path: Path
 
 def test_a_subprocess_command_is_recorded_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
     program = [sys.executable, "-c", "import json; print(json.dumps({'ok': 1}))"]
-    summary, typed, _ = common.run_rag_eval(program, dict(os.environ), program="python")
+    summary, typed, _ = common.run_rag_eval(program, {}, program="python")
     assert summary == {"ok": 1}
     assert shlex.split(typed) == ["python", *program[1:]]
-    # The settings the run was given beyond this process's own come first, as a person would type them.
-    _, typed, _ = common.run_rag_eval(program, dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"), program="python")
-    expected = [f"{name}=1" for name in ("HF_HUB_OFFLINE", "OMP_NUM_THREADS") if os.environ.get(name) != "1"]
-    assert shlex.split(typed) == [*expected, "python", *program[1:]]
+    # The settings the run was given come first, as a person would type them, whatever this process's own are.
+    settings = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    program = [sys.executable, "-c", "import json, os; print(json.dumps({'threads': os.environ['OMP_NUM_THREADS']}))"]
+    summary, typed, _ = common.run_rag_eval(program, settings, program="python")
+    assert summary == {"threads": "1"}
+    assert shlex.split(typed) == ["HF_HUB_OFFLINE=1", "OMP_NUM_THREADS=1", "python", *program[1:]]
 
 
 def test_code_info_hashes_every_package_and_says_whether_the_tree_is_dirty() -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import unicodedata
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -120,21 +121,33 @@ def test_which_edits_came_before_a_revoke_does_not_hang_on_the_clock(tmp_path: P
     assert [e.id for e in EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True).list()] == expected
 
 
-def test_a_log_from_before_revokes_kept_their_place_is_read_and_upgraded(tmp_path: Path) -> None:
-    """Logs written before `last_edit` was kept: read-only openers read them by their times, a writer adds the column."""
+@pytest.mark.parametrize("revoked", ["before e3", "after e3"])
+def test_a_log_from_before_revokes_kept_their_place_is_read_by_their_times_and_upgraded(tmp_path: Path, revoked: str) -> None:
+    """Logs written before `last_edit` was kept: their revokes are ordered by the clock. e2 superseded e1; e3 names e0
+    and asks e2's question, so the log links it to e0 alone. Revoked after e3 was made, e2 passes e3 on to e1;
+    revoked before, e3 replaced nothing of e2's and e1 is back. A read-only opener reads such a log as it is; a writer
+    adds the column, and later revokes record it."""
     memory = EditMemory(tmp_path / "memory", fake_encode, DIM)
     e1 = memory.add("Rome is the capital of Italy.")
     e2 = memory.add("Milan is the capital of Italy.", question="What is the capital of Italy?", supersedes=e1.id)
+    e0 = memory.add("Paris is the capital of France.", question="What is the capital of France?")
+    e3 = memory.add("Turin is the capital of Italy.", question="What is the capital of Italy?", supersedes=e0.id)
     memory.close()
+    made = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    when = made.get(e3.id).created_at
+    made.close()
+    at = datetime.fromisoformat(when).timestamp() + (1.0 if revoked == "after e3" else -1.0)
     db = sqlite3.connect(tmp_path / "memory" / EDITS_FILE)
     db.executescript("DROP TABLE revocations; CREATE TABLE revocations (edit_row INTEGER PRIMARY KEY REFERENCES edits(row), "
-                     f"revoked_at REAL NOT NULL); INSERT INTO revocations VALUES ({int(e2.id[1:])}, {time.time()});")
+                     f"revoked_at REAL NOT NULL); INSERT INTO revocations VALUES ({int(e2.id[1:])}, {at});")
     db.close()
-    assert [e.id for e in EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True).list()] == [e1.id]
+    expected = [e3.id] if revoked == "after e3" else [e1.id, e3.id]
+    assert [e.id for e in EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True).list()] == expected
     writer = EditMemory(tmp_path / "memory", fake_encode, DIM)
-    e3 = writer.add("Turin is the capital of Italy.", question="What is the capital of Italy?")
+    assert [e.id for e in writer.list()] == expected
     writer.revoke(e3.id)
-    assert [e.id for e in writer.list()] == [e1.id] and writer.get(e2.id).revoked_at is not None
+    columns = [row[1] for row in sqlite3.connect(tmp_path / "memory" / EDITS_FILE).execute("PRAGMA table_info(revocations)")]
+    assert "last_edit" in columns and writer.get(e2.id).revoked_at is not None
 
 
 def test_a_revoke_whose_reread_fails_is_read_again_by_the_next_call(memory: EditMemory, monkeypatch: pytest.MonkeyPatch) -> None:
