@@ -56,6 +56,8 @@ def load_pretrained(path: str, model_class: Any, device: torch.device, dtype: to
 
 # What a byte-level tokenizer's decode gives for the first bytes of a character split over several tokens.
 PARTIAL = "\ufffd"
+# A byte-level BPE's tokens spell bytes in GPT-2's alphabet: each of its characters -> the byte it stands for.
+BYTE_OF = {c: b for b, c in bytes_to_unicode().items()}
 
 
 class SpanConstraint(LogitsProcessor):
@@ -73,9 +75,9 @@ class SpanConstraint(LogitsProcessor):
         self.texts = [[" ".join(reader._truncate(p.text).rstrip(PARTIAL).split()) for p in row] for row in passages]
         self.encoded = [[text.encode() for text in row] for row in self.texts]
         self.candidates = [self._candidates(texts) for texts in self.texts]
-        # A byte-level BPE's tokens spell bytes (GPT-2's alphabet): a character split over tokens is matched byte by byte.
+        # With a byte-level BPE, a character split over tokens is matched byte by byte.
         decoder = getattr(getattr(self.tokenizer, "backend_tokenizer", None), "decoder", None)
-        self.byte_of = {c: b for b, c in bytes_to_unicode().items()} if type(decoder).__name__ == "ByteLevel" else None
+        self.byte_of = BYTE_OF if type(decoder).__name__ == "ByteLevel" else None
 
     def _candidates(self, texts: list[str]) -> torch.Tensor:
         if not texts:
