@@ -208,6 +208,31 @@ def test_the_page_keeps_metadata_and_leaves_k_and_mode_to_the_server(browser: We
     assert httpx.delete(server_url + "documents/meta-doc", headers=auth).status_code == 200
 
 
+def test_loading_a_missing_document_blanks_the_form(browser: WebDriver, server_url: str) -> None:
+    """Else Save would copy the document shown before under the new id, with its metadata."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    doc = {"id": "shown-doc", "title": "Shown", "text": "echidnas lay eggs", "source": "field notes"}
+    assert httpx.post(server_url + "documents", json={"documents": [doc]}, headers=auth).status_code == 200
+    browser.get(server_url)
+    fill(browser, "token", TOKEN)
+    fill(browser, "doc-id", "shown-doc")
+    browser.find_element(By.ID, "doc-load").click()
+    wait_for_text(browser, "message", "loaded shown-doc")
+    fill(browser, "doc-id", "new-doc")
+    browser.find_element(By.ID, "doc-load").click()
+    wait_for_text(browser, "message", "no document new-doc yet")
+    assert [browser.find_element(By.ID, f).get_attribute("value") for f in ("doc-id", "doc-title", "doc-text")] == ["new-doc", "", ""]
+    fill(browser, "doc-title", "New")
+    fill(browser, "doc-text", "platypuses glow under ultraviolet light")
+    browser.find_element(By.ID, "doc-save").click()
+    wait_for_text(browser, "message", "new-doc added")
+    saved = httpx.get(server_url + "documents/new-doc").json()
+    assert (saved["title"], saved["meta"]) == ("New", {})
+    assert httpx.get(server_url + "documents/shown-doc").json()["text"] == "echidnas lay eggs"
+    for doc_id in ("shown-doc", "new-doc"):
+        assert httpx.delete(server_url + "documents/" + doc_id, headers=auth).status_code == 200
+
+
 def test_the_api_page_works_offline(browser: WebDriver, server_url: str) -> None:
     browser.get(server_url + "docs")
     WebDriverWait(browser, WAIT).until(

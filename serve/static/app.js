@@ -21,7 +21,9 @@ async function call(method, path, body, write) {
   try { data = await response.json(); } catch (e) { data = null; }
   if (!response.ok) {
     const reason = data && data.error ? data.error : response.statusText;
-    throw new Error(`${response.status}: ${reason}`);
+    const error = new Error(`${response.status}: ${reason}`);
+    error.status = response.status;
+    throw error;
   }
   return data;
 }
@@ -105,6 +107,15 @@ async function loadDocument(docId) {
     loaded = { id: doc.id, meta: doc.meta };
     say(`loaded ${doc.id} (version ${doc.version}, ${doc.passage_ids.length} passages)`, true);
   } catch (e) {
+    if (e.status === 404) {
+      // Else the form would keep the last document's title and text under the new id, and Save copy them there.
+      $("doc-id").value = id;
+      $("doc-title").value = "";
+      $("doc-text").value = "";
+      loaded = { id: null, meta: {} };
+      say(`no document ${id} yet: write its title and text and save to add it`, false);
+      return;
+    }
     say(e.message, false);
   }
 }
