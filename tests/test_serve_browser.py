@@ -86,6 +86,12 @@ def fill(browser: WebDriver, element_id: str, value: str) -> None:
     field.send_keys(value)
 
 
+def press(browser: WebDriver, button_id: str, message: str) -> None:
+    """Click a button and wait for the page's message to say `message`."""
+    browser.find_element(By.ID, button_id).click()
+    wait_for_text(browser, "message", message)
+
+
 def ask(browser: WebDriver, question: str, k: int, mode: str) -> list[str]:
     """Ask on the page and return the text of each source shown."""
     # Only a shown answer writes the timings line. Blank it first: two quick answers can print the same
@@ -113,33 +119,28 @@ def test_the_page_asks_and_edits_documents(browser: WebDriver, server_url: str, 
     fill(browser, "doc-title", "Page document")
     fill(browser, "doc-text", "quokkas live on rottnest island")
     fill(browser, "token", "wrong")
-    browser.find_element(By.ID, "doc-save").click()
-    wait_for_text(browser, "message", "401")
+    press(browser, "doc-save", "401")
     fill(browser, "token", TOKEN)
-    browser.find_element(By.ID, "doc-save").click()
-    wait_for_text(browser, "message", "page-doc added")
+    press(browser, "doc-save", "page-doc added")
     wait_for_text(browser, "stat-documents", str(N_DOCS + 1))
     assert ask(browser, "quokkas", k=1, mode="sparse")[0].startswith("Page document")
 
     # Update it, load it back through a source's edit button, then delete it.
     fill(browser, "doc-text", "quokkas smile on rottnest island")
-    browser.find_element(By.ID, "doc-save").click()
-    wait_for_text(browser, "message", "page-doc updated")
+    press(browser, "doc-save", "page-doc updated")
     assert "quokkas smile" in ask(browser, "quokkas", k=1, mode="sparse")[0]
     fill(browser, "doc-id", "")
     fill(browser, "doc-text", "")
     browser.find_element(By.CSS_SELECTOR, "#sources li button").click()
     wait_for_text(browser, "message", "loaded page-doc (version 2")
     assert browser.find_element(By.ID, "doc-text").get_attribute("value") == "quokkas smile on rottnest island"
-    browser.find_element(By.ID, "doc-delete").click()
-    wait_for_text(browser, "message", "page-doc deleted")
+    press(browser, "doc-delete", "page-doc deleted")
     wait_for_text(browser, "stat-documents", str(N_DOCS))
     assert not any(s.startswith("Page document") for s in ask(browser, "quokkas", k=3, mode="sparse"))
 
     # A server error message reaches the page: the question is too long.
     fill(browser, "question", "x" * 2100)
-    browser.find_element(By.ID, "ask-button").click()
-    wait_for_text(browser, "message", "413")
+    press(browser, "ask-button", "413")
     browser.save_screenshot(str(tmp_path / "page.png"))  # for a person looking into a failure
 
 
@@ -189,11 +190,9 @@ def test_the_page_keeps_metadata_and_leaves_k_and_mode_to_the_server(browser: We
     wait_for_text(browser, "stat-documents", str(N_DOCS + 1))
     fill(browser, "token", TOKEN)
     fill(browser, "doc-id", "meta-doc")
-    browser.find_element(By.ID, "doc-load").click()
-    wait_for_text(browser, "message", "loaded meta-doc")
+    press(browser, "doc-load", "loaded meta-doc")
     fill(browser, "doc-text", "wombats dig long burrows")
-    browser.find_element(By.ID, "doc-save").click()
-    wait_for_text(browser, "message", "meta-doc updated")
+    press(browser, "doc-save", "meta-doc updated")
     saved = httpx.get(server_url + "documents/meta-doc").json()
     assert saved["text"] == "wombats dig long burrows" and saved["meta"] == {"source": "field notes", "page": 7}
 
@@ -216,16 +215,13 @@ def test_loading_a_missing_document_blanks_the_form(browser: WebDriver, server_u
     browser.get(server_url)
     fill(browser, "token", TOKEN)
     fill(browser, "doc-id", "shown-doc")
-    browser.find_element(By.ID, "doc-load").click()
-    wait_for_text(browser, "message", "loaded shown-doc")
+    press(browser, "doc-load", "loaded shown-doc")
     fill(browser, "doc-id", "new-doc")
-    browser.find_element(By.ID, "doc-load").click()
-    wait_for_text(browser, "message", "no document new-doc yet")
+    press(browser, "doc-load", "no document new-doc yet")
     assert [browser.find_element(By.ID, f).get_attribute("value") for f in ("doc-id", "doc-title", "doc-text")] == ["new-doc", "", ""]
     fill(browser, "doc-title", "New")
     fill(browser, "doc-text", "platypuses glow under ultraviolet light")
-    browser.find_element(By.ID, "doc-save").click()
-    wait_for_text(browser, "message", "new-doc added")
+    press(browser, "doc-save", "new-doc added")
     saved = httpx.get(server_url + "documents/new-doc").json()
     assert (saved["title"], saved["meta"]) == ("New", {})
     assert httpx.get(server_url + "documents/shown-doc").json()["text"] == "echidnas lay eggs"
