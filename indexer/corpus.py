@@ -14,7 +14,7 @@ from typing import IO, Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.records import Document, document_fields_problem
+from indexer.records import Document, document_fields_problem, is_blank
 
 SUFFIXES = {
     ".jsonl": "jsonl",
@@ -140,7 +140,7 @@ def _to_document(record: dict[str, Any] | _BadRecord, fields: FieldMap) -> Docum
         raise _BadRecord(f"id {doc_id!r} contains '#', which is reserved for passage ids '{{doc_id}}#{{n}}'")
     if text is not None and not isinstance(text, str):
         raise _BadRecord(f"text field {fields.text!r} is a {type(text).__name__}, not a string")
-    if not (text or "").strip():
+    if is_blank(text or ""):
         raise _BadRecord(f"missing or empty text (field {fields.text!r}; map another field with --fields text=NAME)")
     meta = {k: v for k, v in record.items() if k not in (fields.id, fields.title, fields.text)}
     try:

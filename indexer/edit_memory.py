@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from indexer.dense import DenseIndex
-from indexer.records import valid_unicode
+from indexer.records import is_blank, valid_unicode
 
 MEMORY_DIR = "memory"
 EDITS_FILE = "edits.sqlite"
@@ -103,7 +103,7 @@ def _when(seconds: float | None) -> str | None:
 def _text(name: str, value: Any, required: bool = False) -> str | None:
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or is_blank(value):
         raise ValueError(f"edit {name} must be a non-empty string" + ("" if required else " or left out"))
     valid_unicode(value, f"edit {name}")
     if len(value) > MAX_TEXT_CHARS:

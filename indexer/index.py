@@ -34,7 +34,7 @@ from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.encoder import Encoder, TextEncoder, encoder_input, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.manifest import IndexFolderError, Manifest
-from indexer.records import Document, Passage, SearchHit, document_fields_problem
+from indexer.records import Document, Passage, SearchHit, document_fields_problem, is_blank
 from indexer.sparse import SparseIndex
 from indexer.store import PassageStore, StoredDocument, meta_json, passage_digest
 
@@ -468,7 +468,7 @@ class Index:
         self.check_mode(mode)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        if any(not q.strip() for q in queries):
+        if any(is_blank(q) for q in queries):
             raise ValueError("empty query: ask something")
         snap = self._current_snapshot()
         depth = k if mode != "hybrid" else max(k, HYBRID_DEPTH)
@@ -553,7 +553,7 @@ def _validate_document(doc: Document, seen: set[str]) -> None:
         raise ValueError(f"document without an id: {doc!r:.80}")
     if "#" in doc.id:
         raise ValueError(f"document id {doc.id!r} contains '#', which passage ids reserve ({doc.id}#0, #1, ...)")
-    if not isinstance(doc.text, str) or not doc.text.strip():
+    if not isinstance(doc.text, str) or is_blank(doc.text):
         raise ValueError(f"document {doc.id!r} has no text")
     problem = document_fields_problem(doc.title, doc.meta)
     if problem:

@@ -1,6 +1,7 @@
 """The records that flow through the indexer: documents in, passages stored, hits out."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,12 @@ def valid_unicode(text: str, what: str) -> str:
         raise ValueError(f"{what} is not valid Unicode: unpaired surrogate {text[exc.start]!a} at character {exc.start} "
                          "(bytes that are not UTF-8?)") from None
     return text
+
+
+def is_blank(text: str) -> bool:
+    """Whether `text` shows nothing: only white space, control and format characters ("\\x00", a zero-width
+    space). str.strip() keeps the controls, so a question or a document of NULs would pass for text."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 # A title is stored, encoded and returned with each passage of its document: a long one is multiplied by them all.

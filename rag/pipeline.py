@@ -13,7 +13,7 @@ import numpy as np
 
 from indexer.edit_memory import Edit
 from indexer.index import MODES, Index
-from indexer.records import SearchHit, valid_unicode
+from indexer.records import SearchHit, is_blank, valid_unicode
 from rag.adapters import query_encoder_folder
 from rag.answer_type import AnswerTypeClassifier, load_answer_types
 from rag.editing import AnswerKinds, ClassifierScope, EditMatch, EditPassage, Scope, load_scope, match_edits
@@ -67,7 +67,7 @@ class Answer:
 
 def check_request(question: str, k: int, mode: str) -> None:
     """Reject what cannot be answered, with a message that says how to fix it."""
-    if not isinstance(question, str) or not question.strip():
+    if not isinstance(question, str) or is_blank(question):
         raise ValueError("empty question: ask something")
     valid_unicode(question, "the question")
     if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_K:  # True is an int to Python, not a k

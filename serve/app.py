@@ -34,7 +34,7 @@ from indexer.edit_memory import MAX_TEXT_CHARS, Edit, EditNotFound
 from indexer.index import ChangeReport
 from indexer.manifest import IndexFolderError
 from indexer.names import unnamed_subject
-from indexer.records import Document, valid_unicode
+from indexer.records import Document, is_blank, valid_unicode
 from rag.adapters import check_adapter_folder
 from rag.pipeline import MAX_K, Pipeline, check_request
 from serve.batching import MicroBatcher, Overloaded
@@ -143,20 +143,45 @@ class AskResponse(BaseModel):
     batch_size: int = Field(description="questions answered together in this one's micro-batch")
 
 
+MAX_DOCUMENT_ID_CHARS = 512
+
+
+def _document_id(value: str) -> str:
+    """`value` if GET and DELETE /documents/{id} can name it, else ValueError saying why not."""
+    if not 1 <= len(value) <= MAX_DOCUMENT_ID_CHARS:
+        raise ValueError(f"a document id is 1 to {MAX_DOCUMENT_ID_CHARS} characters, not {len(value):,}")
+    # A URL path cannot carry control characters, and clients resolve "." and ".." away before sending one.
+    if "#" in value or any(ord(c) < 32 or c == "\x7f" for c in value) or value != value.strip() or value in (".", ".."):
+        raise ValueError("a document id must not contain '#' or control characters, start or end with white space, "
+                         "or be '.' or '..'")
+    return value
+
+
+def _document_text(value: str) -> str:
+    if is_blank(value):
+        raise ValueError("the text must not be blank")
+    return value
+
+
 class DocumentIn(BaseModel):
     """A document to add or replace. Fields other than id, title and text are kept as its metadata."""
 
     model_config = ConfigDict(extra="allow", strict=True)
-    # Control characters are refused too: a URL path cannot carry them, so GET and DELETE could never reach the document.
-    id: Text = Field(min_length=1, max_length=512, pattern=r"^[^#\s\x00-\x1f\x7f](?:[^#\x00-\x1f\x7f]*[^#\s\x00-\x1f\x7f])?$",
-                     description="document id: no '#' (passage ids use it), no control characters, no leading or trailing space")
+    # Checked in code (see EditText): a Field pattern would report an unpaired surrogate as "unable to parse raw data".
+    id: Annotated[Text, AfterValidator(_document_id)] = Field(
+        description="document id: no '#' (passage ids use it), no control characters, no leading or trailing space, "
+                    "not '.' or '..'", json_schema_extra={"minLength": 1, "maxLength": MAX_DOCUMENT_ID_CHARS})
     title: Text = ""
-    text: Text = Field(min_length=1, pattern=r"\S", description="the text; must not be blank")
+    text: Annotated[Text, AfterValidator(_document_text)] = Field(description="the text; must not be blank",
+                                                                   json_schema_extra={"minLength": 1})
 
-    @model_validator(mode="after")
-    def _encodable_meta(self) -> DocumentIn:
-        _check_meta(self.model_extra or {})
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable_meta(cls, data: Any) -> Any:
+        # Before pydantic reads the fields: it reports a metadata key with an unpaired surrogate without naming it.
+        if isinstance(data, dict):
+            _check_meta({k: v for k, v in data.items() if k not in ("id", "title", "text")})
+        return data
 
 
 class UpsertRequest(BaseModel):
@@ -185,7 +210,7 @@ class DocumentOut(BaseModel):
 
 
 def _edit_text(value: str) -> str:
-    if not value.strip():
+    if is_blank(value):
         raise ValueError("must not be blank")
     if len(value) > MAX_TEXT_CHARS:
         raise ValueError(f"{len(value):,} characters; at most {MAX_TEXT_CHARS:,}")
@@ -459,7 +484,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         for error in errors:
             if error["type"] == "json_invalid":
-                reason = error.get("ctx", {}).get("error", "malformed")
+                # Python's JSON messages end with " at" ("Invalid control character at"): the offset follows.
+                reason = error.get("ctx", {}).get("error", "malformed").removesuffix(" at")
                 return JSONResponse({"error": f"the request body is not valid JSON: {reason} at offset {error['loc'][-1]}"},
                                     status_code=400)
         message = "; ".join(_describe(error) for error in errors)
@@ -485,9 +511,4 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _describe(error: dict[str, Any]) -> str:
     """`body.documents.0.text: String should have at least 1 character` for a pydantic error."""
     where = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "string_pattern_mismatch" and error["loc"][-1] == "id":
-        message = "a document id must not contain '#' or control characters, or start or end with white space"
-    elif error["type"] == "string_pattern_mismatch" and error["loc"][-1] == "text":
-        message = "the text must not be blank"
-    return f"{where}: {message}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"

@@ -91,6 +91,7 @@ def test_field_map_parse() -> None:
         ('["x", "a"]', "record is not a JSON object"),
         ('{"text": "no id"}', "missing id"),
         ('{"id": "x", "text": "   "}', "missing or empty text"),
+        ('{"id": "x", "text": "\\u0000\\u0001"}', "missing or empty text"),
         ('{"id": "x", "title": "t"}', "missing or empty text"),
         ('{"id": "a#1", "text": "t"}', "id 'a#1' contains '#'.*passage ids"),
         ('{"id": "1", "text": "again"}', r"duplicate id '1' \(first seen at line 1\)"),

@@ -170,6 +170,7 @@ def test_bad_edits_are_refused_and_change_nothing(memory: EditMemory, tmp_path: 
     memory.add("A fact.", question="Q?")
     for kwargs, message in [
         (dict(fact="  "), "fact must be a non-empty string"),
+        (dict(fact="\x00"), "fact must be a non-empty string"),
         (dict(fact="x", answer="A"), "needs its question"),
         (dict(fact="x" * 2001), "limit is 2000"),
         (dict(fact="x", question=3), "question must be a non-empty string"),

@@ -120,6 +120,8 @@ def test_bad_search_arguments_are_refused(index: Index) -> None:
         index.search("topic1", k=0)
     with pytest.raises(ValueError, match="empty query"):
         index.search("   ")
+    with pytest.raises(ValueError, match="empty query"):
+        index.search("\x00")
     assert index.search("?!", mode="sparse") == []
 
 
@@ -285,6 +287,7 @@ def nested(levels: int) -> list:
 
 BAD = {
     "empty text": Document("bad", "Bad", "   "),
+    "text of control characters": Document("bad", "Bad", "\x00\u200b\x01"),
     "hash in id": Document("bad#1", "Bad", "text with a bad id"),
     "empty id": Document(" ", "Bad", "text without an id"),
     "duplicate id": Document("doc-2", "Again", "doc-2 a second time in one call"),
