@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 QUERY_ENCODER = "query_encoder"  # subfolder of an adapter trained with its query encoder (rag-train fewshot --train-query-encoder)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # the files peft's save_pretrained writes
 
 
 def check_adapter_folder(adapter: str | Path, label: str | None = None) -> Path:
@@ -39,8 +40,14 @@ def adapter_kind(adapter: str | Path) -> str:
         kind = PeftConfig.from_pretrained(str(folder)).peft_type
     except (ValueError, TypeError, OSError) as exc:
         raise ValueError(f"adapter {folder}: unreadable adapter_config.json ({exc})") from exc
+    except KeyError as exc:  # peft looks the type up in its table of kinds
+        raise ValueError(f"adapter {folder}: adapter_config.json names peft_type {exc.args[0]!r}, which peft does not know") from exc
     if kind is None:
         raise ValueError(f"adapter {folder}: adapter_config.json names no peft_type; a peft adapter folder (save_pretrained) has one")
+    # Without its weights peft takes the folder for a hub repo id and says only that the id is malformed.
+    if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise ValueError(f"adapter {folder}: no weights ({' or '.join(ADAPTER_WEIGHTS)}) beside its adapter_config.json: "
+                         "an incomplete copy?")
     return kind.value
 
 

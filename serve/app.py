@@ -51,6 +51,7 @@ class ServeSettings:
 
     token: str | None = None
     k: int = 5
+    max_k: int = MAX_K  # the most passages a request may ask for
     mode: str = "hybrid"
     max_batch: int = 16
     max_wait_ms: float = 5.0
@@ -277,6 +278,12 @@ def _adapter_folder(name: str, root: Path | None) -> Path:
         raise ValueError(f"adapter {name[:80]!r}: not a usable folder name ({exc.strerror})") from exc
 
 
+def shutting_down(advice: str) -> HTTPException:
+    """The 503 for a request uvicorn cancels: those still running when its graceful shutdown times out are, before
+    the app's own shutdown can fail them; uncaught, the client gets a bare 500."""
+    return HTTPException(503, f"the server is shutting down: {advice}", headers={"Retry-After": "1"})
+
+
 def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
                on_ready: Callable[[], None] | None = None) -> FastAPI:
     """The server over `pipeline`, whose index must be writable. `on_ready` runs once it can take requests."""
@@ -314,6 +321,8 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         names that does not exist (LookupError; a 500 where no `missing` is given)."""
         try:
             return await asyncio.get_running_loop().run_in_executor(writes, fn, *args)
+        except asyncio.CancelledError:  # see shutting_down; the thread goes on, and the server waits for it
+            raise shutting_down("the change may still have been made: look before making it again") from None
         except IndexFolderError as exc:
             raise HTTPException(409, str(exc)) from exc
         except ValueError as exc:
@@ -333,6 +342,8 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
             raise HTTPException(413, f"the question is {len(body.question):,} characters long; this server "
                                      f"takes at most {settings.max_question_chars:,} (--max-question-chars)")
         k = settings.k if body.k is None else body.k
+        if k > settings.max_k:
+            raise HTTPException(422, f"k is {k}; this server reads at most {settings.max_k} passages a question (--max-k)")
         mode = body.mode or settings.mode
         try:
             check_request(body.question, k, mode)
@@ -343,10 +354,14 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         start = time.perf_counter()
         try:
             answered = await batcher.ask(body.question, k, mode, None if adapter is None else str(adapter))
+        except asyncio.CancelledError:
+            raise shutting_down("ask again once it is back") from None
         except Overloaded as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from exc
         except ValueError as exc:  # what the request asks cannot be done, e.g. an adapter that does not fit the reader
-            raise HTTPException(422, str(exc)) from exc
+            # The reader names the adapter by its folder: the client named it otherwise, and the server's disk is its own.
+            message = str(exc) if adapter is None else str(exc).replace(str(adapter), repr(body.adapter))
+            raise HTTPException(422, message) from exc
         answer = answered.answer
         timings = {**answer.timings, "queue_ms": answered.queue_ms, "server_ms": (time.perf_counter() - start) * 1e3}
         return AskResponse(question=answer.question, answer=answer.text,

@@ -138,7 +138,10 @@ class MicroBatcher:
         try:
             answers = await asyncio.get_running_loop().run_in_executor(self._executor, self.answer_many, questions, k, mode, adapter)
         except Exception as exc:  # the batch's clients get the error; the collector carries on
-            log.exception("answering a batch of %d failed", len(group))
+            if isinstance(exc, ValueError):  # what the questions asked cannot be done (a 422): no fault of the server's
+                log.info("a batch of %d was refused: %s", len(group), exc)
+            else:
+                log.exception("answering a batch of %d failed", len(group))
             for request in group:
                 if not request.future.done():
                     request.future.set_exception(exc)

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from rag.command_line import run_command
 from rag.options import add_pipeline_arguments, pipeline_from_args
+from rag.pipeline import MAX_K
 
 MAX_WAIT_MS = 10_000  # a batch that waits longer for company than this only delays its first question
 TOKEN_ENV = "RAG_SERVE_TOKEN"
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"how long a question waits for others to batch with, up to {MAX_WAIT_MS:,} (default 5)")
     run.add_argument("--no-batching", action="store_true", help="answer questions one at a time (same as --max-batch 1)")
     run.add_argument("--max-queue", type=int, default=1024, help="questions waiting beyond this get 503 (default 1024)")
+    run.add_argument("--max-k", type=int, default=MAX_K,
+                     help=f"most passages a request may ask for, from 0 to {MAX_K} (default {MAX_K}): the reader reads them "
+                          "all, and a question that asks for many holds up the ones batched after it")
     run.add_argument("--max-question-chars", type=int, default=2000, help="longest question taken (default 2000)")
     run.add_argument("--max-documents", type=int, default=1000, help="most documents in one upsert (default 1000)")
     run.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="largest request body (default 16 MiB)")
@@ -91,6 +95,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be from 0 to 65535 (0: a free one), got {args.port}")
     if not 0 <= args.max_wait_ms <= MAX_WAIT_MS:  # NaN fails this too; inf would keep a lone question waiting for ever
         raise ValueError(f"--max-wait-ms must be from 0 to {MAX_WAIT_MS:,}, got {args.max_wait_ms}")
+    if not 0 <= args.max_k <= MAX_K:
+        raise ValueError(f"--max-k must be from 0 to {MAX_K}, got {args.max_k}")
+    if args.k is not None and args.k > args.max_k:
+        raise ValueError(f"--k {args.k} is over --max-k {args.max_k}: requests that do not say would be refused")
     if args.adapters is not None and not args.adapters.is_dir():
         raise ValueError(f"--adapters {args.adapters}: no such folder")
     token = args.token or os.environ.get(TOKEN_ENV) or None
@@ -101,7 +109,9 @@ def _run(args: argparse.Namespace) -> int:
     sock = _listen(args.host, args.port)
     pipeline = pipeline_from_args(args, writable=True)
     _ = pipeline.index.encoder  # load the query encoder now rather than on the first question
-    settings = ServeSettings(token=token, k=args.k, mode=args.mode, max_batch=1 if args.no_batching else args.max_batch,
+    if args.k > args.max_k:  # the reader's default, now that it is loaded
+        raise ValueError(f"the reader reads {args.k} passages by default, over --max-k {args.max_k}: pass --k too")
+    settings = ServeSettings(token=token, k=args.k, mode=args.mode, max_k=args.max_k, max_batch=1 if args.no_batching else args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                              max_question_chars=args.max_question_chars, max_documents=args.max_documents,
                              max_body_bytes=args.max_body_bytes, adapter_root=args.adapters)

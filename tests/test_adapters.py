@@ -3,6 +3,7 @@ plain, bad folders get clear errors, and `/ask` takes an `adapter` per request."
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 from pathlib import Path
@@ -195,15 +196,26 @@ def test_rag_serve_ask_retrieves_with_the_adapters_query_encoder(served: tuple[T
 @pytest.mark.parametrize("adapter, message", [("nowhere", "adapter 'nowhere': no such folder"), (".", "not a peft adapter folder"),
                                               ("/etc", "inside the server's adapter folder"), ("../x", "inside the server's adapter folder"),
                                               ("x" * 300, "1 to 255 characters"), ("a\x00b", "without control characters"),
-                                              ("\u00e9" * 200, "not a usable folder name")])
+                                              ("\u00e9" * 200, "not a usable folder name"),
+                                              # Folders that look like adapters until the reader loads them.
+                                              ("bogus", "adapter 'bogus': adapter_config.json names peft_type 'BOGUS', which peft does not know"),
+                                              ("garbage", "adapter 'garbage': unreadable adapter_config.json"),
+                                              ("weightless", "adapter 'weightless': no weights (adapter_model.safetensors or "
+                                                             "adapter_model.bin)")])
 def test_ask_with_a_bad_adapter_is_a_422_and_the_server_carries_on(adapter: str, message: str, served: tuple[TestClient, Pipeline],
-                                                                   adapters: dict[str, Path]) -> None:
+                                                                   adapters: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     client, _ = served
+    root = next(iter(adapters.values())).parent
+    for name, config in (("bogus", '{"peft_type": "BOGUS"}'), ("garbage", "{not json"),
+                         ("weightless", (adapters["lora-a"] / "adapter_config.json").read_text())):
+        (root / name).mkdir(exist_ok=True)
+        (root / name / "adapter_config.json").write_text(config)
     response = client.post("/ask", json={"question": "what is topic1?", "adapter": adapter})
     assert response.status_code == 422 and message in response.json()["error"]
-    root = next(iter(adapters.values())).parent
     assert str(root) not in response.json()["error"]  # names the adapter as asked, not the server's folders
     assert client.post("/ask", json={"question": "what is topic1?"}).status_code == 200
+    # A request the server refuses is no server fault: no error, no traceback in its log for anyone to fill it with.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 def test_a_server_without_an_adapter_folder_takes_no_adapter(served: tuple[TestClient, Pipeline], adapters: dict[str, Path]) -> None:

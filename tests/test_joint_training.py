@@ -373,6 +373,7 @@ def test_a_trained_reader_adapter_trains_on(topic_index: Path, qa_file: Path, ti
     ia3 = tmp_path / "ia3"
     ia3.mkdir()
     (ia3 / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
+    (ia3 / "adapter_model.safetensors").touch()  # refused by its kind, before its weights are read
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter_config.json").write_text("{not json")

@@ -263,7 +263,9 @@ def test_an_index_without_bm25_answers_dense_unless_asked_otherwise(tmp_path: Pa
 @pytest.mark.parametrize("option, message", [(["--k", "101"], "--k must be at most 100"),
                                              (["--max-wait-ms", "inf"], "--max-wait-ms must be from 0 to 10,000"),
                                              (["--max-wait-ms", "nan"], "--max-wait-ms must be from 0 to 10,000"),
-                                             (["--port", "99999"], "--port must be from 0 to 65535")])
+                                             (["--port", "99999"], "--port must be from 0 to 65535"),
+                                             (["--max-k", "101"], "--max-k must be from 0 to 100"),
+                                             (["--k", "5", "--max-k", "3"], "--k 5 is over --max-k 3")])
 def test_rag_serve_run_refuses_settings_no_request_could_use(option: list[str], message: str, index_dir: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     assert serve_main(["run", "--index", str(index_dir), "--port", "0", *option]) == 2

@@ -2,11 +2,15 @@
 edits, tokens, metrics, and every kind of bad request getting a 4xx that names the problem."""
 from __future__ import annotations
 
+import socket
 import threading
-from typing import Any, Iterator
+import time
+from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
+import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from conftest import make_documents
@@ -414,6 +418,8 @@ def test_odd_but_valid_input_is_answered(client: TestClient) -> None:
     """NUL characters, emoji (also as a JSON surrogate pair), right-to-left text and ids with slashes are just text."""
     for question in ("topic1\x00?", "what about \U0001F600 topic2?", "ما هو topic3؟"):
         assert client.post("/ask", json={"question": question, "k": 1}).status_code == 200
+    # A body that does not say what it is is taken for JSON (Python's requests with data= sends no Content-Type).
+    assert client.post("/ask", content=b'{"question": "topic1?", "k": 1}').json()["question"] == "topic1?"
     pair = client.post("/ask", content=b'{"question": "\\ud83d\\ude00 topic2?", "k": 1}', headers=JSON)
     assert pair.status_code == 200 and pair.json()["question"] == "\U0001F600 topic2?"
     odd = {"id": "odd/\u00e9 \U0001F600", "title": "\x00", "text": "nul\x00 text \u202e reversed"}
@@ -421,3 +427,42 @@ def test_odd_but_valid_input_is_answered(client: TestClient) -> None:
     assert client.get(f"/documents/{quote(odd['id'], safe='')}").json()["text"] == odd["text"]
     assert client.delete(f"/documents/{quote(odd['id'], safe='')}", headers=AUTH).status_code == 200
     assert client.get("/health").status_code == 200
+
+
+def test_a_server_with_max_k_refuses_more_passages(pipeline: Pipeline) -> None:
+    with TestClient(create_app(pipeline, ServeSettings(k=2, max_k=2))) as capped:
+        assert len(capped.post("/ask", json={"question": "what is topic1?"}).json()["passages"]) == 2
+        response = capped.post("/ask", json={"question": "what is topic1?", "k": 3})
+        assert response.status_code == 422 and "at most 2 passages a question (--max-k)" in response.json()["error"]
+
+
+def test_questions_cut_off_by_shutdown_get_a_503_that_says_so(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn cancels the requests still running when its graceful shutdown times out, before the app's own
+    shutdown runs: the client hears why, as JSON, not a bare 500."""
+    release, answering = threading.Event(), threading.Event()
+    answer_many = pipeline.ask_many
+
+    def slow(questions: Sequence[str], **options: Any) -> list[Any]:  # a generation that outlasts the shutdown
+        answering.set()
+        release.wait(30)
+        return answer_many(questions, **options)
+
+    monkeypatch.setattr(pipeline, "ask_many", slow)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(pipeline), log_level="critical", timeout_graceful_shutdown=0.5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)
+    replies: list[httpx.Response] = []
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/ask"
+    asker = threading.Thread(target=lambda: replies.append(httpx.post(url, json={"question": "what is topic1?"}, timeout=30)))
+    asker.start()
+    assert answering.wait(30)
+    server.should_exit = True
+    asker.join(30)
+    release.set()
+    thread.join(30)
+    assert replies[0].status_code == 503 and replies[0].headers["retry-after"] == "1"
+    assert "the server is shutting down" in replies[0].json()["error"]
