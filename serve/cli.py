@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-wait-ms must be from 0 to {MAX_WAIT_MS:,}, got {args.max_wait_ms}")
     if not 0 <= args.max_k <= MAX_K:
         raise ValueError(f"--max-k must be from 0 to {MAX_K}, got {args.max_k}")
-    if args.k is not None and args.k > args.max_k:
+    if args.k is not None and args.max_k < args.k <= MAX_K:  # over MAX_K: the pipeline's options say so
         raise ValueError(f"--k {args.k} is over --max-k {args.max_k}: requests that do not say would be refused")
     if args.adapters is not None and not args.adapters.is_dir():
         raise ValueError(f"--adapters {args.adapters}: no such folder")
