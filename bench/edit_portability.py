@@ -76,7 +76,7 @@ def main() -> None:
         matches = match_edits(index.memory, scope, probes, vectors)
         result["routed_to_own_edit"] = sum(m is not None and m.edit.id == e.id for m, e in zip(matches, edits)) / len(cases)
         result["routed_elsewhere"] = sum(m is not None and m.edit.id != e.id for m, e in zip(matches, edits)) / len(cases)
-        matches = match_edits(index.memory, scope, probes, vectors, two_hop=load_two_hop(index.manifest.encoder))
+        matches = match_edits(index.memory, scope, probes, vectors, two_hop=load_two_hop(index.manifest.encoder, dim=index.manifest.dim))
         result["two_hop_routed_beyond_own_edit"] = sum(m is not None and m.beyond and m.edit.id == e.id for m, e in zip(matches, edits)) / len(cases)
         result["two_hop_routed_elsewhere"] = sum(m is not None and m.edit.id != e.id for m, e in zip(matches, edits)) / len(cases)
         log("routing", json.dumps({k: v for k, v in result.items() if k.startswith(("routed", "two_hop"))}))

@@ -103,9 +103,17 @@ class AnswerTypeClassifier:
         return cls(**{k: raw[k] for k in ("labels", "weights", "bias", "threshold", "encoder", "training") if k in raw})
 
 
-def load_answer_types(encoder: str, path: str | Path = SHIPPED) -> AnswerTypeClassifier | None:
-    """The classifier at `path` when it reads vectors of `encoder` (the index's); None when there is none or it reads another's."""
+def load_answer_types(encoder: str, path: str | Path = SHIPPED, dim: int | None = None) -> AnswerTypeClassifier | None:
+    """The classifier at `path` when it reads vectors of `encoder` (the index's); None when there is none or it reads another's.
+    With `dim` (the encoder's), ValueError for a file whose weights do not fit it: it would fail every question near an edit."""
     if not Path(path).is_file():
         return None
     classifier = AnswerTypeClassifier.load(path)
-    return classifier if same_encoder(classifier.encoder, encoder) else None
+    if not same_encoder(classifier.encoder, encoder):
+        return None
+    features = (1 + len(HEAD_WORDS)) * dim if dim is not None else None
+    if features is not None and classifier.weights.shape[0] != features:
+        raise ValueError(f"answer-type classifier {path} has {classifier.weights.shape[0]} weights a label for {encoder}'s "
+                         f"{features} features ({dim}-d vectors of a question and its heads): a damaged file? Retrain it "
+                         "with `rag-train answer-type`")
+    return classifier

@@ -138,8 +138,10 @@ class Pipeline:
         decider = load_scope(scope, device=device, encoder=index.manifest.encoder if index is not None else None)
         # The detector's relation threshold is a probability of the scope classifier: no use with a cosine threshold.
         use_two_hop = index is not None and isinstance(decider, ClassifierScope) and two_hop == "auto"
-        answer_types = load_answer_types(index.manifest.encoder) if index is not None and decider is not None else None
-        return cls(index, loaded, scope=decider, two_hop=load_two_hop(index.manifest.encoder) if use_two_hop else None,
+        answer_types = (load_answer_types(index.manifest.encoder, dim=index.manifest.dim)
+                        if index is not None and decider is not None else None)
+        return cls(index, loaded, scope=decider,
+                   two_hop=load_two_hop(index.manifest.encoder, dim=index.manifest.dim) if use_two_hop else None,
                    answer_types=answer_types)
 
     def _answer_kinds(self) -> AnswerKinds | None:

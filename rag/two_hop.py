@@ -115,9 +115,15 @@ def resolve_first_hop(question: str, subject: str | None, answer: str) -> str | 
     return None if around is None else f"{around[0]}{answer}{around[1]}"
 
 
-def load_two_hop(encoder: str, path: str | Path = SHIPPED) -> TwoHopDetector | None:
-    """The detector at `path` when it reads vectors of `encoder` (the index's); None when there is none or it reads another's."""
+def load_two_hop(encoder: str, path: str | Path = SHIPPED, dim: int | None = None) -> TwoHopDetector | None:
+    """The detector at `path` when it reads vectors of `encoder` (the index's); None when there is none or it reads another's.
+    With `dim` (the encoder's), ValueError for a file whose weights do not fit it: it would fail every question near an edit."""
     if not Path(path).is_file():
         return None
     detector = TwoHopDetector.load(path)
-    return detector if same_encoder(detector.encoder, encoder) else None
+    if not same_encoder(detector.encoder, encoder):
+        return None
+    if dim is not None and detector.dim != dim:
+        raise ValueError(f"two-hop detector {path} has {detector.dim} weights for {encoder}'s {dim}-d vectors: a damaged "
+                         "file? Retrain it with `rag-train two-hop`")
+    return detector

@@ -47,6 +47,9 @@ def test_file_round_trips_and_bad_files_are_clear_errors(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="do not fit 3 labels"):
         AnswerTypeClassifier(["A", "B", "C"], np.zeros((6, 2)), np.zeros(2), 0.5, "enc")
     assert load_answer_types("enc", tmp_path / "a.json") is not None
+    assert load_answer_types("enc", tmp_path / "a.json", dim=2) is not None
+    with pytest.raises(ValueError, match="has 6 weights a label for enc's 9 features"):
+        load_answer_types("enc", tmp_path / "a.json", dim=3)
     assert load_answer_types("another-encoder", tmp_path / "a.json") is None  # reads another encoder's vectors
     assert load_answer_types("enc", tmp_path / "missing.json") is None
 

@@ -38,6 +38,9 @@ def test_detector_file_round_trips_and_bad_files_are_clear_errors(tmp_path: Path
     with pytest.raises(ValueError, match="threshold is a probability"):
         TwoHopDetector(np.zeros(3), 0.0, 1.5, 0.0, "enc")
     assert load_two_hop("enc", tmp_path / "d.json") is not None
+    assert load_two_hop("enc", tmp_path / "d.json", dim=3) is not None
+    with pytest.raises(ValueError, match="has 3 weights for enc's 4-d vectors: a damaged file"):
+        load_two_hop("enc", tmp_path / "d.json", dim=4)
     assert load_two_hop("another-encoder", tmp_path / "d.json") is None  # reads another encoder's vectors
     assert load_two_hop("enc", tmp_path / "missing.json") is None
 
