@@ -13,7 +13,11 @@ from indexer.encoder import DEFAULT_ENCODER, DTYPES, TextEncoder
 from indexer.index import MODES, Index, build_index
 from indexer.manifest import IndexFolderError
 from indexer.names import unnamed_subject
+from indexer.interrupt import interrupt_on_sigterm
 from indexer.records import Document
+
+# A change commits all at once: interrupted, the index holds the last change that committed.
+INTERRUPTED = "the index holds its last complete change (each upsert or delete is all or nothing)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # its "Loading weights" bar too
+    interrupt_on_sigterm()
     try:
         return args.run(args)
     except (CorpusError, IndexFolderError, ValueError, LookupError, RuntimeError, OSError) as exc:  # OSError: e.g. --out under a file
@@ -29,14 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rag-index: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # A change commits all at once: interrupted, the index holds the last change that committed.
-        print("rag-index: interrupted; the index holds its last complete change (each upsert or delete is all or nothing)",
-              file=sys.stderr)
+        print(f"rag-index: interrupted; {args.interrupted}", file=sys.stderr)
         return 130
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag-index", description=__doc__)
+    parser.set_defaults(interrupted=INTERRUPTED)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     build = commands.add_parser("build", help="build a new index folder from corpus files",
@@ -58,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                             "with avx512_bf16, or on a GPU; vectors within about 1e-2); the index keeps it, so later "
                             "updates and questions are encoded the same way")
     _add_reading_options(build)
-    build.set_defaults(run=_build)
+    build.set_defaults(run=_build, interrupted="no index was made (the folder appears only when a build completes)")
 
     upsert = commands.add_parser("upsert", help="add or replace documents", description=
                                  "Add or replace documents in one atomic change. Only passages whose text changed are re-encoded.")

@@ -11,17 +11,25 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from indexer.interrupt import interrupt_on_sigterm
 from indexer.manifest import IndexFolderError
 
 
 def run_command(prog: str, args: argparse.Namespace) -> int:
-    """Run a parsed subcommand; a user's mistake prints `prog: error: ...` and returns 2, not a traceback."""
+    """Run a parsed subcommand; a user's mistake prints `prog: error: ...` and returns 2, not a traceback. So does a
+    file the system refuses (OSError: a read-only --out, a folder where a file should be)."""
+    interrupt_on_sigterm()
     try:
         return args.run(args)
     except (IndexFolderError, ValueError, RuntimeError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -367,3 +372,24 @@ def test_edit_commands_add_list_revoke_and_warn_of_an_unnamed_subject(built: Pat
     assert code == 2 and stdout == "" and "needs its question" in err
     code, stdout, err = run(capsys, "edit", "revoke", "--index", built, "e1")
     assert code == 2 and "already revoked" in err
+
+
+def test_kill_during_a_build_leaves_no_staging_folder(tmp_path: Path, tiny_encoder_path: str) -> None:
+    """SIGTERM (kill, timeout) cleans up as Ctrl-C does. The corpus is a pipe held open, so the build is
+    caught mid-way, its staging folder made, for certain."""
+    pipe = tmp_path / "corpus.jsonl"
+    os.mkfifo(pipe)
+    command = [sys.executable, "-c", "from indexer.cli import main; raise SystemExit(main())", "build", "--out",
+               str(tmp_path / "idx"), "--corpus", str(pipe), "--encoder", tiny_encoder_path, "--quiet"]
+    build = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    with open(pipe, "w") as corpus:
+        corpus.write(json.dumps({"id": "a", "text": "a first document"}) + "\n")
+        corpus.flush()
+        deadline = time.monotonic() + 120
+        while not [p for p in tmp_path.iterdir() if ".building-" in p.name]:
+            assert time.monotonic() < deadline and build.poll() is None, "the build never started"
+            time.sleep(0.1)
+        build.send_signal(signal.SIGTERM)
+        assert build.wait(60) == 130
+    assert "interrupted; no index was made" in build.stderr.read()
+    assert_no_index(tmp_path)
