@@ -60,6 +60,7 @@ def main() -> None:
     for name in args.runs:
         variant = args.scope if args.two_hop == "auto" else f"{args.scope}-no-two-hop"
         rows = args.predictions / f"{name}-{variant}.jsonl"
+        rows.unlink(missing_ok=True)  # this run's rows replace an earlier run's (rag-eval writes only a new file)
         command = [rag_eval, "edits", "--index", str(args.index), *RUNS[name], "--scope", args.scope, "--two-hop", args.two_hop,
                    "--threads", str(args.threads), "--predictions", str(rows)]
         log("run", name, shlex.join(command))

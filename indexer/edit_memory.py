@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from indexer.dense import DenseIndex
+from indexer.manifest import IndexFolderError
 from indexer.records import is_blank, valid_unicode
 
 MEMORY_DIR = "memory"
@@ -143,22 +144,33 @@ class EditMemory:
         if self._db is None and (not self.readonly or self.path.is_file()):
             uri = f"file:{self.path}?mode={'ro' if self.readonly else 'rwc'}"
             db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout = 30000")
-            if not self.readonly:
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = FULL")  # an acknowledged edit survives power loss
-                db.executescript(SCHEMA)
-                if "last_edit" not in _columns(db, "revocations"):  # a log from before it was kept
-                    db.execute("BEGIN IMMEDIATE")  # one writer adds it: another may be opening the same log
-                    try:
-                        if "last_edit" not in _columns(db, "revocations"):
-                            db.execute("ALTER TABLE revocations ADD COLUMN last_edit INTEGER")
-                        db.execute("COMMIT")
-                    except BaseException:
-                        db.execute("ROLLBACK")
-                        raise
+            try:
+                self._set_up(db)
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                if isinstance(exc, sqlite3.OperationalError):  # locked, read-only, out of space: not the log's fault
+                    raise
+                raise IndexFolderError(f"{self.path}: not a readable edit log ({exc}): move it aside to start with no "
+                                       "edits, or put back a copy") from exc
             self._db = db
         return self._db
+
+    def _set_up(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA busy_timeout = 30000")
+        if not self.readonly:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")  # an acknowledged edit survives power loss
+            db.executescript(SCHEMA)
+            if "last_edit" not in _columns(db, "revocations"):  # a log from before it was kept
+                db.execute("BEGIN IMMEDIATE")  # one writer adds it: another may be opening the same log
+                try:
+                    if "last_edit" not in _columns(db, "revocations"):
+                        db.execute("ALTER TABLE revocations ADD COLUMN last_edit INTEGER")
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        db.execute("SELECT row FROM edits LIMIT 1")  # a damaged or foreign file fails here, not at the first question
 
     def close(self) -> None:
         if self._db is not None:

@@ -41,7 +41,10 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:
+        """The manifest of index folder `folder`; IndexFolderError saying what is wrong when there is none fit to use."""
         path = folder / MANIFEST
+        if folder.exists() and not folder.is_dir():
+            raise IndexFolderError(f"{folder} is a file, not an index folder")
         if not folder.is_dir():
             raise IndexFolderError(f"{folder}: no such index folder (build one with `rag-index build --out {folder} --corpus FILE`)")
         if not path.is_file():
@@ -50,13 +53,20 @@ class Manifest:
             data: dict[str, Any] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise IndexFolderError(f"{path}: unreadable manifest ({exc})") from exc
+        if not isinstance(data, dict):
+            raise IndexFolderError(f"{path}: unreadable manifest (a JSON {type(data).__name__}, not an object)")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise IndexFolderError(
                 f"{folder}: index format version {version}, this program reads version {FORMAT_VERSION}: rebuild the index"
             )
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        for name, kind in MANIFEST_TYPES.items():
+            value = data.get(name)
+            if (value is None and name in ("encoder", "dim")) or (value is not None and (
+                    not isinstance(value, kind) or (kind is int and isinstance(value, bool)))):
+                raise IndexFolderError(f"{path}: unreadable manifest ({name} is {json.dumps(value)}, not {JSON_WORDS[kind]}): "
+                                       "was it edited by hand? Rebuild the index")
+        return cls(**{k: v for k, v in data.items() if k in MANIFEST_TYPES})
 
     def check_encoder(self, name: str, dim: int, dtype: str | None = None) -> None:
         """Refuse to mix vectors of two encoders, or of two precisions (`dtype`, when the encoder has one), in one index."""
@@ -68,3 +78,11 @@ class Manifest:
         if dtype is not None and dtype != self.encoder_dtype:
             raise IndexFolderError(f"this index was encoded in {self.encoder_dtype}, not {dtype}: "
                                    f"open it with an encoder in {self.encoder_dtype} (or none: it loads its own)")
+
+
+# Each field's JSON type: a manifest edited by hand is refused by what is wrong, not with a TypeError later.
+MANIFEST_TYPES: dict[str, type] = {
+    "encoder": str, "dim": int, "encoder_dtype": str, "normalize": bool, "dense": str, "sparse": bool, "chunk_words": int,
+    "chunk_overlap": int, "chunk_tokens": int, "format_version": int, "generation": int, "counts": dict,
+}
+JSON_WORDS = {str: "a string", int: "an integer", bool: "true or false", dict: "an object"}

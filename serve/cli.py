@@ -101,6 +101,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--k {args.k} is over --max-k {args.max_k}: requests that do not say would be refused")
     if args.adapters is not None and not args.adapters.is_dir():
         raise ValueError(f"--adapters {args.adapters}: no such folder")
+    if args.token is not None and not args.token.strip():  # `--token "$UNSET"` would leave writes open without a word
+        raise ValueError("--token is blank: give the token writes must carry, or leave --token out")
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if token is None and not _is_loopback(args.host):
         print(f"rag-serve: warning: listening on {args.host} without a token: anyone who can reach this port can change "

@@ -18,6 +18,7 @@ from conftest import make_documents
 from indexer.edit_memory import EDITS_FILE, EditMemory, EditNotFound
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
+from indexer.manifest import IndexFolderError
 from rag.pipeline import check_request
 
 DIM = 16
@@ -211,6 +212,15 @@ def test_a_missing_memory_is_empty_for_a_reader(tmp_path: Path) -> None:
     assert len(reader) == 0 and reader.list() == [] and not (tmp_path / "memory").exists()
     EditMemory(tmp_path / "memory", fake_encode, DIM).add("Later fact.")
     assert len(reader) == 1  # the file that appeared later is found
+
+
+def test_a_damaged_log_is_refused_by_name_for_readers_and_writers(tmp_path: Path) -> None:
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / EDITS_FILE).write_bytes(b"garbage, not SQLite" * 100)
+    for readonly in (True, False):
+        with pytest.raises(IndexFolderError, match=f"{EDITS_FILE}: not a readable edit log .*move it aside"):
+            EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=readonly)
+    assert (tmp_path / "memory" / EDITS_FILE).read_bytes() == b"garbage, not SQLite" * 100  # left as it was
 
 
 def test_index_holds_its_memory(tmp_path: Path, tiny_encoder: TextEncoder) -> None:

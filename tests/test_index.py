@@ -444,6 +444,16 @@ def test_another_format_version_is_refused(built: Path, tiny_encoder: TextEncode
         Index.open(built, tiny_encoder, readonly=True)
 
 
+def test_a_manifest_of_the_wrong_shape_is_refused_by_what_is_wrong(built: Path, tiny_encoder: TextEncoder) -> None:
+    manifest = json.loads((built / "manifest.json").read_text())
+    without_encoder = {k: v for k, v in manifest.items() if k != "encoder"}
+    for bad, problem in [([], "a JSON list, not an object"), (without_encoder, "encoder is null, not a string"),
+                         (manifest | {"dim": "abc"}, 'dim is "abc", not an integer'), (manifest | {"sparse": "yes"}, 'sparse is "yes"')]:
+        (built / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(IndexFolderError, match=f"unreadable manifest \\({problem}"):
+            Index.open(built, readonly=True)
+
+
 def test_not_an_index_folder_is_refused(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     with pytest.raises(IndexFolderError, match="no such index folder"):
         Index.open(tmp_path / "missing", tiny_encoder)
@@ -451,6 +461,9 @@ def test_not_an_index_folder_is_refused(tmp_path: Path, tiny_encoder: TextEncode
     with pytest.raises(IndexFolderError, match="not an index folder"):
         Index.open(tmp_path / "plain", tiny_encoder)
     assert list((tmp_path / "plain").iterdir()) == []  # nothing was created there
+    (tmp_path / "file.jsonl").write_text("{}")
+    with pytest.raises(IndexFolderError, match="file.jsonl is a file, not an index folder"):
+        Index.open(tmp_path / "file.jsonl", tiny_encoder)
 
 
 # -- snapshots, read-only openers, the dense checkpoint ------------------------------------------

@@ -1,6 +1,7 @@
 """The answering path end to end on tiny models: pipeline, `rag-serve ask`, `rag-eval qa` and its metrics."""
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import shutil
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from conftest import make_documents
 from indexer.index import Index, build_index
 from indexer.encoder import TextEncoder
+from rag.command_line import run_command
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
@@ -128,9 +130,18 @@ def test_qa_file_errors_name_the_line(tmp_path: Path) -> None:
     bad.write_text('{"id": 1, "question": "q?", "answers": ["a"]}\n{"id": 2, "question": "q?"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: .*missing field 'answers'"):
         read_qa(bad)
-    bad.write_text('{"question": "q?", "answers": []}\n')
-    with pytest.raises(ValueError, match="non-empty list"):
-        read_qa(bad)
+    for line, problem in [('{"question": "q?", "answers": []}', "non-empty list"), ("[1, 2]", "a JSON list, not an object"),
+                          ('{"question": 5, "answers": ["a"]}', "question is a int, not a string"),
+                          ('{"question": "\\u0000", "answers": ["a"]}', "empty question"),
+                          ('{"question": "q?", "answers": ["a"], "gold_ids": {"d": 1}}', "gold_ids must be a list")]:
+        bad.write_text(line + "\n")
+        with pytest.raises(ValueError, match=f"bad.jsonl:1: bad QA record \\(.*{problem}"):
+            read_qa(bad)
+    # A bare string is one answer, or one gold id: not a list of its characters.
+    bad.write_text('{"question": "q?", "answers": "Paris", "gold_ids": "vital-6311"}\n')
+    assert read_qa(bad)[0].answers == ["Paris"] and read_qa(bad)[0].gold_ids == ["vital-6311"]
+    with pytest.raises(ValueError, match=f"QA file {tmp_path} is a folder"):
+        read_qa(tmp_path)
     # A .gz that is not gzip, or is cut short, says which file and what, not a traceback of gzip's.
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(gzip.compress(b'{"question": "q?", "answers": ["a"]}\n' * 50)[:60])
@@ -218,6 +229,7 @@ def test_rag_eval_closed_book_has_no_recall(qa_file: Path, tiny_reader_path: str
     (["--qa", "QA", "--k", "0", "--limit", "0"], "--limit must be at least 1"),
     (["--qa", "QA", "--k", "0", "--adapter", "nowhere"], "adapter nowhere: no such folder"),
     (["--qa", "QA", "--k", "0", "--predictions", "/nonexistent/dir/p.jsonl"], "no folder /nonexistent/dir"),
+    (["--qa", "QA", "--k", "0", "--predictions", "QA"], "exists: choose a new file name"),
 ])
 def test_rag_eval_bad_input(argv: list[str], message: str, qa_file: Path, tiny_reader_path: str,
                             capsys: pytest.CaptureFixture) -> None:
@@ -265,8 +277,14 @@ def test_an_index_without_bm25_answers_dense_unless_asked_otherwise(tmp_path: Pa
                                              (["--max-wait-ms", "nan"], "--max-wait-ms must be from 0 to 10,000"),
                                              (["--port", "99999"], "--port must be from 0 to 65535"),
                                              (["--max-k", "101"], "--max-k must be from 0 to 100"),
+                                             (["--token", ""], "--token is blank"),
                                              (["--k", "5", "--max-k", "3"], "--k 5 is over --max-k 3")])
 def test_rag_serve_run_refuses_settings_no_request_could_use(option: list[str], message: str, index_dir: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     assert serve_main(["run", "--index", str(index_dir), "--port", "0", *option]) == 2
     assert message in capsys.readouterr().err
+
+def test_a_file_the_system_refuses_is_an_error_message_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Read-only --out folders, a folder where a file should be: `prog: error: PATH: reason`, exit 2."""
+    assert run_command("rag-train", argparse.Namespace(run=lambda _: open(tmp_path, "w"))) == 2
+    assert capsys.readouterr().err == f"rag-train: error: {tmp_path}: Is a directory\n"

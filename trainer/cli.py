@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +31,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     qa.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
     qa.add_argument("--with-gold-ids", action="store_true", help="keep only the records that have gold_ids (before --limit)")
     qa.add_argument("--batch-size", type=int, default=1, help="questions answered together (default 1: honest per-question latency)")
-    qa.add_argument("--predictions", type=Path, default=None, help="also write one JSON line per question to this file")
+    qa.add_argument("--predictions", type=Path, default=None, help="also write one JSON line per question to this new file")
     qa.set_defaults(run=_qa)
 
     edits = commands.add_parser("edits", help="reliability, generality, locality, portability and latency of knowledge edits",
@@ -51,7 +52,7 @@ def _eval_parser() -> argparse.ArgumentParser:
                        help="first apply N more edits from the file (all: every other case), not evaluated (edits accumulated at scale)")
     edits.add_argument("--batch-size", type=int, default=16, help="questions answered together (default 16)")
     edits.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="a malformed record: stop (default) or skip it")
-    edits.add_argument("--predictions", type=Path, default=None, help="also write one JSON line per case to this file")
+    edits.add_argument("--predictions", type=Path, default=None, help="also write one JSON line per case to this new file")
     edits.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: torch's own); 1 keeps an edit's encoding fast on a busy machine")
     edits.set_defaults(run=_edits)
@@ -76,8 +77,12 @@ def _check_predictions(path: Path | None) -> None:
         return
     if path.is_dir():
         raise ValueError(f"--predictions {path} is a folder: give a file name")
+    if path.exists():  # it may be anything, a corpus file too: only a new file is written
+        raise ValueError(f"--predictions {path} exists: choose a new file name (or delete it first)")
     if not path.parent.is_dir():
         raise ValueError(f"--predictions {path}: no folder {path.parent}; create it first or choose another file")
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--predictions {path}: the folder {path.parent} is not writable; choose another")
 
 
 def _qa(args: argparse.Namespace) -> int:

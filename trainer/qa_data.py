@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, TypeVar
 
+from indexer.records import is_blank
+
 T = TypeVar("T")
 
 
@@ -31,6 +33,8 @@ class QARecord:
 
 def jsonl_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
     """(line number, line) for every non-blank line of a .jsonl or .jsonl.gz file; ValueError "`what` not found: path"."""
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder: give a .jsonl or .jsonl.gz file")
     if not path.is_file():
         raise ValueError(f"{what} not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
@@ -51,14 +55,20 @@ def read_qa(path: str | Path) -> list[QARecord]:
     for n, line in jsonl_lines(path, "QA file"):
         try:
             raw = json.loads(line)
-            answers = raw["answers"]
-            if isinstance(answers, str):
-                answers = [answers]
-            if not isinstance(raw["question"], str) or not raw["question"].strip():
+            if not isinstance(raw, dict):
+                raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+            answers, gold_ids = raw["answers"], raw.get("gold_ids") or []
+            # One answer or gold id may come bare; a bare string would otherwise be read as a list of characters.
+            answers, gold_ids = ([x] if isinstance(x, str) else x for x in (answers, gold_ids))
+            if not isinstance(raw["question"], str):
+                raise ValueError(f"question is a {type(raw['question']).__name__}, not a string")
+            if is_blank(raw["question"]):
                 raise ValueError("empty question")
             if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
                 raise ValueError("answers must be a non-empty list of strings")
-            records.append(QARecord(str(raw.get("id", n)), raw["question"], answers, [str(g) for g in raw.get("gold_ids") or []]))
+            if not isinstance(gold_ids, list) or not all(isinstance(g, (str, int)) and not isinstance(g, bool) for g in gold_ids):
+                raise ValueError("gold_ids must be a list of document ids")
+            records.append(QARecord(str(raw.get("id", n)), raw["question"], answers, [str(g) for g in gold_ids]))
         except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
             what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
             raise ValueError(f"{path}:{n}: bad QA record ({what}); expected {{id, question, answers: [..], gold_ids?}}") from exc
