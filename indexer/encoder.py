@@ -54,6 +54,17 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def check_model_folder(path: str) -> None:
+    """OSError saying why `path` names no model to load: a folder without config.json, or a path (not a hub name,
+    which has at most one '/' and starts with neither '/' nor '.') to no folder. transformers would report either as
+    a malformed hub repo id, or a tokenizer it cannot build."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise OSError(f"{path} is not a model folder (it has no config.json)")
+    elif path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        raise OSError(f"no such model folder {path}" + ("" if os.path.isabs(path) else f" (under {os.getcwd()})"))
+
+
 def same_encoder(a: str, b: str) -> bool:
     """Whether two encoder names or folders are the same model: the default one by either of its names or its
     package's folder, a folder by any path to it. Vectors and thresholds of one are only comparable with its own."""
@@ -124,6 +135,7 @@ class TextEncoder:
         path = resolve_model_path(name_or_path)
         local = os.path.isdir(path)
         try:
+            check_model_folder(path)
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
             self.model = AutoModel.from_pretrained(path, local_files_only=local or None)
         except OSError as exc:

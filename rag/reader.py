@@ -18,7 +18,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, 
                           PreTrainedTokenizerBase)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from indexer.encoder import resolve_device
+from indexer.encoder import check_model_folder, resolve_device
 from rag.adapters import AdapterBank, load_merged, virtual_tokens
 from rag.models import GENERATIVE_READER, resolve_reader_path
 
@@ -48,6 +48,7 @@ def load_pretrained(path: str, model_class: Any, device: torch.device, dtype: to
     a peft adapter alone, which holds no model."""
     if os.path.isfile(os.path.join(path, "adapter_config.json")) and not os.path.isfile(os.path.join(path, "config.json")):
         raise ValueError(f"reader {path}: this is a peft adapter folder: pass it as --adapter over its base reader")
+    check_model_folder(path)
     local = os.path.isdir(path) or None
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     return (AutoTokenizer.from_pretrained(path, local_files_only=local),

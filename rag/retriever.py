@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from indexer.encoder import DEFAULT_ENCODER, _sentence_transformers_layout, resolve_model_path
+from indexer.encoder import DEFAULT_ENCODER, _sentence_transformers_layout, check_model_folder, resolve_model_path
 
 # Files of a sentence-transformers folder that say how its encoder pools, normalises and truncates.
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
@@ -31,6 +31,7 @@ class DualEncoder(torch.nn.Module):
         path = resolve_model_path(name_or_path)
         local = os.path.isdir(path)
         try:
+            check_model_folder(path)
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
             self.query_model = AutoModel.from_pretrained(path, local_files_only=local or None)
         except OSError as exc:

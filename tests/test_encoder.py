@@ -13,6 +13,7 @@ import torch
 from indexer.encoder import TextEncoder, encoder_input, resolve_device, resolve_model_path
 from indexer.index import Index, build_index
 from indexer.records import Document
+from rag.retriever import DualEncoder
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data/corpus/wiki-default.jsonl.gz"
 
@@ -49,8 +50,13 @@ def test_vectors_are_normalised_and_empty_input_gives_no_rows(tiny_encoder: Text
 
 
 def test_unknown_encoder_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="cannot load encoder"):
+    # Named as what is wrong, not as a malformed hub id or a tokenizer transformers cannot build.
+    with pytest.raises(RuntimeError, match=f"cannot load encoder .*: no such model folder {tmp_path / 'no-such-model'}$"):
         TextEncoder(str(tmp_path / "no-such-model"))
+    with pytest.raises(RuntimeError, match=f"{tmp_path} is not a model folder \\(it has no config.json\\)"):
+        TextEncoder(str(tmp_path))
+    with pytest.raises(RuntimeError, match="no such model folder"):
+        DualEncoder(str(tmp_path / "no-such-model"))
 
 
 def test_unknown_dtype_is_a_clear_error(tiny_encoder_path: str) -> None:

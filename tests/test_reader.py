@@ -108,8 +108,10 @@ def test_mismatched_batch_is_rejected(reader: DecoderReader) -> None:
 
 
 def test_unknown_reader_gives_clear_error(tmp_path) -> None:
-    with pytest.raises(RuntimeError, match="cannot load reader"):
+    with pytest.raises(RuntimeError, match="cannot load reader .*: no such model folder"):
         DecoderReader(str(tmp_path / "missing"), device="cpu")
+    with pytest.raises(RuntimeError, match="is not a model folder"):
+        DecoderReader(str(tmp_path), device="cpu")
 
 
 def test_constrained_answers_are_passage_spans(tiny_reader_path: str) -> None:
