@@ -56,6 +56,8 @@ class FieldMap:
                 raise CorpusError(f"bad field mapping {item!r} in {spec!r}: expected KEY=FIELD, e.g. 'id=docid,text=contents'.")
             if key not in keys:
                 raise CorpusError(f"unknown key {key!r} in field mapping {spec!r}: the keys are {', '.join(keys)}, e.g. 'id=docid,text=contents'.")
+            if key in mapping:  # else the last would win without a word
+                raise CorpusError(f"{key} is mapped twice in {spec!r} ({mapping[key]!r} and {name!r}): map it once")
             mapping[key] = name
         return cls(**mapping)
 

@@ -521,6 +521,12 @@ def build_index(out: str | Path, documents: Iterable[Document], encoder: Encoder
     out = Path(out)
     if out.exists():
         raise IndexFolderError(f"{out} already exists: choose a new --out, or use `rag-index upsert` to change it")
+    # Checked here, else the error names the staging folder beside it, which the user never asked for.
+    above = next((p for p in out.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise IndexFolderError(f"{out}: {above} is a file, not a folder: choose another --out")
+    if above is not None and not os.access(above, os.W_OK):
+        raise IndexFolderError(f"{out}: the folder {above} is not writable: choose another --out")
     tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

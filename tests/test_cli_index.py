@@ -349,8 +349,10 @@ def test_a_device_this_machine_lacks_is_refused(tmp_path: Path, corpus: Path, ti
 
 
 def test_out_under_a_file_is_a_message(tmp_path: Path, corpus: Path, tiny_encoder_path: str, capsys: pytest.CaptureFixture) -> None:
-    code, _, err = run(capsys, "build", "--out", corpus / "idx", "--corpus", corpus, "--encoder", tiny_encoder_path, "--quiet")
-    assert code == 2 and "rag-index: error:" in err and "Not a directory" in err
+    for out in (corpus / "idx", corpus / "sub" / "idx"):
+        code, _, err = run(capsys, "build", "--out", out, "--corpus", corpus, "--encoder", tiny_encoder_path, "--quiet")
+        # Named as the user wrote it, not by the staging folder beside it.
+        assert code == 2 and f"{corpus} is a file, not a folder: choose another --out" in err and ".building-" not in err
 
 
 def test_edit_commands_add_list_revoke_and_warn_of_an_unnamed_subject(built: Path, capsys: pytest.CaptureFixture) -> None:

@@ -82,6 +82,8 @@ def test_field_map_parse() -> None:
         FieldMap.parse("body=contents")
     with pytest.raises(CorpusError, match="KEY=FIELD"):
         FieldMap.parse("id")
+    with pytest.raises(CorpusError, match="id is mapped twice in 'id=title,id=text' \\('title' and 'text'\\)"):
+        FieldMap.parse("id=title,id=text")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,9 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
         make_span_data(SpanDataConfig(train=[train_file], index=index_dir, questions=3, mode="dense"), Index.open(index_dir, readonly=True),
                        data_file, progress=False)
     assert data_file.read_bytes() == made
+    with pytest.raises(ValueError, match="no training question left: --dev-size 12"):
+        make_span_data(SpanDataConfig(train=[train_file], index=index_dir, dev_size=12, mode="sparse"), Index.open(index_dir, readonly=True),
+                       tmp_path / "none.jsonl.gz", progress=False)
     data = read_span_data(data_file)
     assert len(data.examples) == 8 and all(1 <= len(q.passages) <= 10 for q in data.dev["tiny-train"])
     dev_ids = {q.record.id for q in data.dev["tiny-train"]}
@@ -179,6 +183,9 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
 
     config = SpanTrainingConfig(data=data_file, out=tmp_path / "out", encoder=tiny_encoder_path, steps=4, batch_size=2,
                                 max_length=64, dev_every=2, dev_quick=2, device="cpu", command=["test"])
+    with pytest.raises(ValueError, match="--batch-size 9 is over the 8 training examples"):
+        train_span_reader(replace(config, batch_size=9), progress=False)
+    assert not (tmp_path / "out").exists()
     record = train_span_reader(config, progress=False)
     assert record["examples"] == 8 and record["dev_questions"] == {"tiny-train": 4}
     assert record["chosen"]["scoring"] in SCORINGS and record["dev_curve"]

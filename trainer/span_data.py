@@ -226,6 +226,8 @@ def make_span_data(config: SpanDataConfig, index: Index, out: Path, progress: bo
         raise ValueError(f"--out {out} exists: choose a new file name, or delete it first to make it again")
     per_file, dev = holdout_split(config.train, config.dev_size, config.seed)
     records = mix_records(per_file, config.skip + config.questions, config.seed)[config.skip :]
+    if not records:
+        raise ValueError(f"no training question left: --dev-size {config.dev_size} and --skip {config.skip} hold out every one")
     examples = build_span_examples(index, records, config.negatives, config.depth, config.mode, config.seed, progress)
     if not examples:
         raise ValueError("no training example: no record has a gold passage (gold_ids) that contains its answer")

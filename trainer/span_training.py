@@ -199,6 +199,8 @@ def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict
     examples, dev = data.examples, data.dev
     if not examples:
         raise ValueError(f"{config.data} holds no training example")
+    if config.batch_size > len(examples):  # each step would repeat them over and over (10^8 times: no step ever ended)
+        raise ValueError(f"--batch-size {config.batch_size} is over the {len(examples)} training examples of {config.data}")
     data_seconds = time.time() - started
 
     device = None if config.device == "auto" else config.device
