@@ -5,6 +5,7 @@ import argparse
 import ipaddress
 import json
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -124,6 +125,9 @@ def _run(args: argparse.Namespace) -> int:
 
     app = create_app(pipeline, settings, on_ready=ready)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, timeout_graceful_shutdown=30)
+    # uvicorn shuts down on SIGTERM and then raises it again: with the default handler back, the process ends by the
+    # signal, as service managers expect of a stopped server, not as an interrupted command (run_command's 130).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
