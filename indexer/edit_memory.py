@@ -145,18 +145,28 @@ class EditMemory:
             uri = f"file:{self.path}?mode={'ro' if self.readonly else 'rwc'}"
             db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             try:
-                self._set_up(db)
+                made = self._set_up(db)
             except sqlite3.DatabaseError as exc:
                 db.close()
                 if isinstance(exc, sqlite3.OperationalError):  # locked, read-only, out of space: not the log's fault
                     raise
                 raise IndexFolderError(f"{self.path}: not a readable edit log ({exc}): move it aside to start with no "
                                        "edits, or put back a copy") from exc
+            if not made:  # a writer has created the file but not its tables yet: no edits so far
+                db.close()
+                return None
             self._db = db
         return self._db
 
-    def _set_up(self, db: sqlite3.Connection) -> None:
+    def _set_up(self, db: sqlite3.Connection) -> bool:
+        """Ready `db` for use; False for a reader when the log has no tables yet. DatabaseError for a file that is not
+        an edit log (another database's tables, or not SQLite at all)."""
         db.execute("PRAGMA busy_timeout = 30000")
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "edits" not in tables:  # sqlite3.DatabaseError, not OperationalError: the file is at fault
+            raise sqlite3.DatabaseError(f"it holds the tables {', '.join(sorted(tables))}, none of them edits")
+        if self.readonly and not tables:
+            return False
         if not self.readonly:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")  # an acknowledged edit survives power loss
@@ -170,7 +180,8 @@ class EditMemory:
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
-        db.execute("SELECT row FROM edits LIMIT 1")  # a damaged or foreign file fails here, not at the first question
+        db.execute("SELECT row FROM edits LIMIT 1")  # a damaged file fails here, not at the first question
+        return True
 
     def close(self) -> None:
         if self._db is not None:

@@ -61,6 +61,8 @@ def check_model_folder(path: str) -> None:
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise OSError(f"{path} is not a model folder (it has no config.json)")
+    elif os.path.exists(path):
+        raise OSError(f"{path} is a file, not a model folder: name the folder that holds it")
     elif path.startswith(("/", ".", "~")) or path.count("/") > 1:
         raise OSError(f"no such model folder {path}" + ("" if os.path.isabs(path) else f" (under {os.getcwd()})"))
 

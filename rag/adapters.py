@@ -18,15 +18,19 @@ QUERY_ENCODER = "query_encoder"  # subfolder of an adapter trained with its quer
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # the files peft's save_pretrained writes
 
 
+class AdapterError(ValueError):
+    """An adapter folder a request named that cannot serve: the request's fault (a 422), not the server's."""
+
+
 def check_adapter_folder(adapter: str | Path, label: str | None = None) -> Path:
     """The folder as a Path, or ValueError saying why it is not a peft adapter folder (naming it `label`, by default
     its path)."""
     folder, label = Path(adapter), label or str(adapter)
     if not folder.is_dir():
-        raise ValueError(f"adapter {label}: no such folder")
+        raise AdapterError(f"adapter {label}: no such folder")
     if not (folder / "adapter_config.json").is_file():
         hint = " (a whole model: load it as the reader instead)" if (folder / "config.json").is_file() else ""
-        raise ValueError(f"adapter {label}: not a peft adapter folder (no adapter_config.json){hint}")
+        raise AdapterError(f"adapter {label}: not a peft adapter folder (no adapter_config.json){hint}")
     return folder
 
 
@@ -39,14 +43,14 @@ def adapter_kind(adapter: str | Path) -> str:
     try:
         kind = PeftConfig.from_pretrained(str(folder)).peft_type
     except (ValueError, TypeError, OSError) as exc:
-        raise ValueError(f"adapter {folder}: unreadable adapter_config.json ({exc})") from exc
+        raise AdapterError(f"adapter {folder}: unreadable adapter_config.json ({exc})") from exc
     except KeyError as exc:  # peft looks the type up in its table of kinds
-        raise ValueError(f"adapter {folder}: adapter_config.json names peft_type {exc.args[0]!r}, which peft does not know") from exc
+        raise AdapterError(f"adapter {folder}: adapter_config.json names peft_type {exc.args[0]!r}, which peft does not know") from exc
     if kind is None:
-        raise ValueError(f"adapter {folder}: adapter_config.json names no peft_type; a peft adapter folder (save_pretrained) has one")
+        raise AdapterError(f"adapter {folder}: adapter_config.json names no peft_type; a peft adapter folder (save_pretrained) has one")
     # Without its weights peft takes the folder for a hub repo id and says only that the id is malformed.
     if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
-        raise ValueError(f"adapter {folder}: no weights ({' or '.join(ADAPTER_WEIGHTS)}) beside its adapter_config.json: "
+        raise AdapterError(f"adapter {folder}: no weights ({' or '.join(ADAPTER_WEIGHTS)}) beside its adapter_config.json: "
                          "an incomplete copy?")
     return kind.value
 
@@ -113,5 +117,5 @@ class AdapterBank:
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
             if kind in self._by_kind and name in self._by_kind[kind].peft_config:
                 self._by_kind[kind].delete_adapter(name)
-            raise ValueError(f"adapter {folder} does not fit this reader: {str(exc).splitlines()[0]}") from exc
+            raise AdapterError(f"adapter {folder} does not fit this reader: {str(exc).splitlines()[0]}") from exc
         return kind, name

@@ -14,7 +14,7 @@ import numpy as np
 from indexer.edit_memory import Edit
 from indexer.index import MODES, Index
 from indexer.records import SearchHit, is_blank, valid_unicode
-from rag.adapters import query_encoder_folder
+from rag.adapters import AdapterError, query_encoder_folder
 from rag.answer_type import AnswerTypeClassifier, load_answer_types
 from rag.editing import AnswerKinds, ClassifierScope, EditMatch, EditPassage, Scope, load_scope, match_edits
 from rag.fid_reader import FiDReader, is_fid_reader
@@ -174,7 +174,7 @@ class Pipeline:
     def _decoder_reader(self) -> DecoderReader:
         if not isinstance(self.reader, DecoderReader):
             kind = "a Fusion-in-Decoder reader (load it with its adapter instead)" if isinstance(self.reader, FiDReader) else "a span reader"
-            raise ValueError(f"adapters chosen per question apply to the decoder-only reader; this pipeline's reader is {kind}")
+            raise AdapterError(f"adapters chosen per question apply to the decoder-only reader; this pipeline's reader is {kind}")
         return self.reader
 
     def retriever_for(self, adapter: str | Path | None) -> DualEncoder | None:
@@ -188,7 +188,7 @@ class Pipeline:
             self._adapter_retrievers[key] = self._load_adapter_retriever(adapter)
         loaded = self._adapter_retrievers[key]
         if isinstance(loaded, str):
-            raise ValueError(loaded)
+            raise AdapterError(loaded)
         return loaded or self.retriever
 
     def load_query_encoder(self, folder: str | Path, device: str | torch.device) -> DualEncoder:

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from indexer.encoder import DEFAULT_ENCODER, resolve_model_path
+from indexer.encoder import DEFAULT_ENCODER, check_model_folder, resolve_model_path
 from rag.reader import pick_device
 
 CONFIG_FILE = "scope_config.json"  # the name rag/editing.py looks for
@@ -91,6 +91,7 @@ class ScopeClassifierConfig:
 def _load_encoder(path: str, local: bool, what: str) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:
     """Tokenizer and bare encoder (no pooler: the head pools) in float32; RuntimeError naming `what` if unreadable."""
     try:
+        check_model_folder(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
         encoder = AutoModel.from_pretrained(path, local_files_only=local or None, add_pooling_layer=False, dtype=torch.float32)
     except OSError as exc:

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from indexer.encoder import DEFAULT_ENCODER, resolve_model_path
+from indexer.encoder import DEFAULT_ENCODER, check_model_folder, resolve_model_path
 from rag.reader import PassageText, pick_device
 
 MARKER_FILE = "span_reader.json"
@@ -171,6 +171,7 @@ class SpanReader(torch.nn.Module):
         path = resolve_model_path(name_or_path)
         local = os.path.isdir(path)
         try:
+            check_model_folder(path)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
             encoder = AutoModel.from_pretrained(path, local_files_only=local or None, add_pooling_layer=False)
         except OSError as exc:

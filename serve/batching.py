@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from rag.adapters import AdapterError
 from rag.pipeline import Answer
 
 AnswerMany = Callable[[Sequence[str], int, str, str | None], list[Answer]]
@@ -138,7 +139,7 @@ class MicroBatcher:
         try:
             answers = await asyncio.get_running_loop().run_in_executor(self._executor, self.answer_many, questions, k, mode, adapter)
         except Exception as exc:  # the batch's clients get the error; the collector carries on
-            if isinstance(exc, ValueError):  # what the questions asked cannot be done (a 422): no fault of the server's
+            if isinstance(exc, AdapterError):  # the adapter the questions named cannot serve (a 422): no fault of the server's
                 log.info("a batch of %d was refused: %s", len(group), exc)
             else:
                 log.exception("answering a batch of %d failed", len(group))

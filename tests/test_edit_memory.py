@@ -221,6 +221,24 @@ def test_a_damaged_log_is_refused_by_name_for_readers_and_writers(tmp_path: Path
         with pytest.raises(IndexFolderError, match=f"{EDITS_FILE}: not a readable edit log .*move it aside"):
             EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=readonly)
     assert (tmp_path / "memory" / EDITS_FILE).read_bytes() == b"garbage, not SQLite" * 100  # left as it was
+    (tmp_path / "memory" / EDITS_FILE).unlink()
+    with sqlite3.connect(tmp_path / "memory" / EDITS_FILE) as other:  # another program's database
+        other.execute("CREATE TABLE notes (body TEXT)")
+    for readonly in (True, False):
+        with pytest.raises(IndexFolderError, match="it holds the tables notes, none of them edits"):
+            EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=readonly)
+    with sqlite3.connect(tmp_path / "memory" / EDITS_FILE) as other:
+        assert [name for (name,) in other.execute("SELECT name FROM sqlite_master")] == ["notes"]  # no tables added
+
+
+def test_a_log_with_no_tables_yet_is_empty_for_a_reader(tmp_path: Path) -> None:
+    """A writer creates the file, then its tables: a reader in between sees no edits, not an error."""
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / EDITS_FILE).touch()
+    reader = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    assert len(reader) == 0 and reader.list() == []
+    EditMemory(tmp_path / "memory", fake_encode, DIM).add("Later fact.")
+    assert len(reader) == 1
 
 
 def test_index_holds_its_memory(tmp_path: Path, tiny_encoder: TextEncoder) -> None:

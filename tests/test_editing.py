@@ -241,6 +241,8 @@ def test_edit_files_convert_to_canonical_cases(tmp_path: Path) -> None:
     ({"subject": ["X"]}, "subject must be a string"),
     ({"neighbors": [{"question": "Where was Y born?", "answer": 7}]}, "neighbors must be text"),
     ({"portability": {"question": 1, "answer": "a"}}, "portability must be text"),
+    # Blank as the pipeline and the edit memory see it: else the case is read, then fails mid-run.
+    ({"question": "\u200b"}, "question and target_new must be non-empty strings"),
 ])
 def test_canonical_edit_records_with_fields_of_the_wrong_kind_are_refused(field: dict[str, Any], problem: str, tmp_path: Path) -> None:
     """A string where a list belongs would otherwise make each of its letters a paraphrase."""

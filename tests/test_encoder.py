@@ -14,6 +14,8 @@ from indexer.encoder import TextEncoder, encoder_input, resolve_device, resolve_
 from indexer.index import Index, build_index
 from indexer.records import Document
 from rag.retriever import DualEncoder
+from rag.scope_classifier import ScopeClassifier
+from rag.span_reader import SpanReader
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data/corpus/wiki-default.jsonl.gz"
 
@@ -31,8 +33,6 @@ def test_vectors_follow_input_order_whatever_the_batching(tiny_encoder: TextEnco
 
 
 def test_dual_encoder_vectors_follow_input_order_whatever_the_batching(tiny_encoder: TextEncoder) -> None:
-    from rag.retriever import DualEncoder
-
     texts = [" ".join(["word"] * n) + f" tail{n}" for n in (50, 3, 120, 7, 1, 64)]
     encoder = DualEncoder(tiny_encoder.name).eval()
     alone = np.concatenate([encoder.encode([t], "passage") for t in texts])
@@ -57,6 +57,12 @@ def test_unknown_encoder_is_a_clear_error(tmp_path: Path) -> None:
         TextEncoder(str(tmp_path))
     with pytest.raises(RuntimeError, match="no such model folder"):
         DualEncoder(str(tmp_path / "no-such-model"))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="model.safetensors is a file, not a model folder"):
+        TextEncoder(str(tmp_path / "model.safetensors"))
+    for load in (SpanReader.from_encoder, ScopeClassifier.from_encoder):  # the two heads trained over an encoder
+        with pytest.raises(RuntimeError, match="no such model folder"):
+            load(str(tmp_path / "no-such-model"))
 
 
 def test_unknown_dtype_is_a_clear_error(tiny_encoder_path: str) -> None:

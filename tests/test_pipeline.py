@@ -221,6 +221,9 @@ def test_rag_eval_closed_book_has_no_recall(qa_file: Path, tiny_reader_path: str
     assert eval_main(["qa", "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "0", "--with-gold-ids", "--device", "cpu"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 6 and summary["n_with_gold_ids"] == 6
+    # --predictions writes only a new file, but a device is not a file anything could lose.
+    assert eval_main(["qa", "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "0", "--limit", "2", "--device", "cpu",
+                      "--predictions", "/dev/null"]) == 0
 
 
 @pytest.mark.parametrize("argv, message", [

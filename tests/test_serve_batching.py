@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Sequence
 
@@ -61,13 +62,15 @@ def test_max_batch_one_answers_one_at_a_time(pipeline: Pipeline) -> None:
     assert recorder.calls == [(1, 2, "hybrid")] * 4 and all(r.batch_size == 1 for r in results)
 
 
-def test_a_failing_batch_fails_only_its_questions(tiny_reader_path: str) -> None:
-    """A pipeline without an index cannot answer k > 0: those clients get the error, k = 0 still works."""
+def test_a_failing_batch_fails_only_its_questions(tiny_reader_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A pipeline without an index cannot answer k > 0: those clients get the error, k = 0 still works. A ValueError that
+    is not an adapter's is the server's own to look into: logged with its traceback (a shape error looks the same)."""
     closed_book = Pipeline(None, DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=2))
     batcher = MicroBatcher(lambda qs, k, mode, adapter: closed_book.ask_many(qs, k=k, mode=mode, adapter=adapter), max_batch=8, max_wait_ms=100)
     results = asyncio.run(ask_all(batcher, [("a?", 3, "hybrid"), ("b?", 0, "hybrid"), ("c?", 3, "hybrid")]))
     assert isinstance(results[0], ValueError) and isinstance(results[2], ValueError)
     assert results[1].answer.passages == []
+    assert [r.exc_info is not None for r in caplog.records if r.levelno == logging.ERROR] == [True]
 
 
 def test_a_full_queue_refuses_and_stop_fails_the_waiting(pipeline: Pipeline) -> None:

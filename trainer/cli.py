@@ -77,7 +77,7 @@ def _check_predictions(path: Path | None) -> None:
         return
     if path.is_dir():
         raise ValueError(f"--predictions {path} is a folder: give a file name")
-    if path.exists():  # it may be anything, a corpus file too: only a new file is written
+    if path.is_file():  # it may be anything, a corpus file too: only a new file is written (or a device: /dev/stdout)
         raise ValueError(f"--predictions {path} exists: choose a new file name (or delete it first)")
     if not path.parent.is_dir():
         raise ValueError(f"--predictions {path}: no folder {path.parent}; create it first or choose another file")

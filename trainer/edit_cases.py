@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from indexer.records import is_blank
 from trainer.qa_data import jsonl_lines
 
 FORMATS = ("canonical", "counterfact", "zsre")
@@ -82,7 +83,7 @@ def _zsre(raw: dict[str, Any], n: int) -> EditCase:
 
 def _check_case(case: EditCase) -> None:
     """ValueError naming the first field of `case` that is not text where text is needed."""
-    if not all(isinstance(t, str) and t.strip() for t in (case.question, case.target_new)):
+    if not all(isinstance(t, str) and not is_blank(t) for t in (case.question, case.target_new)):
         raise ValueError("question and target_new must be non-empty strings")
     texts = {"fact": [case.fact], "paraphrases": case.paraphrases,
              "neighbors": [t for probe in case.neighbors for t in (probe.question, probe.answer)],
