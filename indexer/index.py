@@ -90,6 +90,10 @@ class Index:
         self._encoder = encoder
         self.store = PassageStore(path / STORE_FILE, readonly=readonly)
         try:
+            # A reader of a folder that lost its BM25 part would see generation 0, an empty index, without a word.
+            if readonly and manifest.sparse and not (path / SPARSE_DIR).is_dir():
+                raise IndexFolderError(f"{path}: its BM25 part ({SPARSE_DIR}/) is missing: open the index for writing once "
+                                       "(`rag-index upsert`, `rag-serve run`), which rebuilds it from the stored passages")
             self.sparse = SparseIndex(path / SPARSE_DIR, readonly=readonly) if manifest.sparse else None
         except BaseException:
             self.store.close()  # as Index.open does when a later step fails

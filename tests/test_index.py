@@ -665,6 +665,16 @@ def test_a_lost_dense_file_is_rebuilt_from_the_store(built: Path, tiny_encoder: 
         assert len(index.search("topic1", k=50, mode="dense")) == N_DOCS + 1
 
 
+def test_a_lost_sparse_part_is_named_to_readers_and_rebuilt_by_a_writer(built: Path, tiny_encoder: TextEncoder) -> None:
+    shutil.rmtree(built / "sparse")
+    with pytest.raises(IndexFolderError, match="its BM25 part \\(sparse/\\) is missing: open the index for writing once"):
+        Index.open(built, tiny_encoder, readonly=True)  # else it read as generation 0: an empty index
+    with Index.open(built, tiny_encoder):
+        pass
+    with Index.open(built, tiny_encoder, readonly=True) as index:
+        assert index.stats()["documents"] == N_DOCS and len(index.search("topic1", k=50, mode="sparse")) > 0
+
+
 # -- read-only openers write nothing ---------------------------------------------------------------
 # SQLite's own coordination files: a WAL reader must create or map them to read safely beside a writer.
 SQLITE_WAL_FILES = {"passages.sqlite-wal", "passages.sqlite-shm"}
