@@ -665,16 +665,6 @@ def test_a_lost_dense_file_is_rebuilt_from_the_store(built: Path, tiny_encoder: 
         assert len(index.search("topic1", k=50, mode="dense")) == N_DOCS + 1
 
 
-def test_a_lost_sparse_part_is_named_to_readers_and_rebuilt_by_a_writer(built: Path, tiny_encoder: TextEncoder) -> None:
-    shutil.rmtree(built / "sparse")
-    with pytest.raises(IndexFolderError, match="its BM25 part \\(sparse/\\) is missing: open the index for writing once"):
-        Index.open(built, tiny_encoder, readonly=True)  # else it read as generation 0: an empty index
-    with Index.open(built, tiny_encoder):
-        pass
-    with Index.open(built, tiny_encoder, readonly=True) as index:
-        assert index.stats()["documents"] == N_DOCS and len(index.search("topic1", k=50, mode="sparse")) > 0
-
-
 # -- read-only openers write nothing ---------------------------------------------------------------
 # SQLite's own coordination files: a WAL reader must create or map them to read safely beside a writer.
 SQLITE_WAL_FILES = {"passages.sqlite-wal", "passages.sqlite-shm"}
@@ -707,27 +697,25 @@ def test_a_readonly_open_leaves_the_folder_unchanged(built: Path, tiny_encoder: 
     assert (built / "passages.sqlite-wal").stat().st_size == 0  # and no data went to SQLite's log
 
 
-def test_a_readonly_open_without_a_sparse_folder_creates_none(built: Path, tiny_encoder: TextEncoder) -> None:
-    # A sparse index that was never committed reads as generation 0: the reader serves that generation.
+def test_a_readonly_open_without_a_sparse_folder_names_it_and_creates_none(built: Path, tiny_encoder: TextEncoder) -> None:
+    # Readers take the BM25 commit for the generation every part has reached: without it they saw generation 0, an
+    # empty index, and said nothing.
     shutil.rmtree(built / "sparse")
     age(built)
     before = folder_state(built)
-    with Index.open(built, tiny_encoder, readonly=True) as index:
-        assert index.generation == 0
-        assert index.search("topic3", k=3, mode="sparse") == [] and index.search("topic3", k=3, mode="dense") == []
+    with pytest.raises(IndexFolderError, match="its BM25 part \\(sparse/\\) is missing: open the index for writing once"):
+        Index.open(built, tiny_encoder, readonly=True)
     assert folder_state(built) == before
     # A writer rebuilds the sparse index from the store.
     with Index.open(built, tiny_encoder) as index:
         assert [h.doc_id for h in index.search("topic3", k=1, mode="sparse")] == ["doc-3"]
 
 
-def test_an_hnsw_index_without_its_sparse_folder_still_opens_and_is_repaired(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+def test_an_hnsw_index_without_its_sparse_folder_is_repaired_by_a_writer(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     """HNSW cannot remove vectors, so catching its dense part up to an older sparse commit rebuilds it from the store."""
     path = tmp_path / "hnsw"
     build_index(path, make_documents(N_DOCS), tiny_encoder, dense="hnsw")
     shutil.rmtree(path / "sparse")
-    with Index.open(path, tiny_encoder, readonly=True) as index:
-        assert index.generation == 0 and index.search("topic3", k=3, mode="dense") == []
     with Index.open(path, tiny_encoder) as index:
         assert [h.doc_id for h in index.search("topic3", k=1, mode="sparse")] == ["doc-3"]
         assert len(index.search("topic3", k=N_DOCS, mode="dense")) == N_DOCS
