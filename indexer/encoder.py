@@ -11,12 +11,12 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # Tokens per batch. On a CPU, bench/encoder_batching.py found 1024-2048 fastest on a quiet machine
@@ -65,6 +65,19 @@ def check_model_folder(path: str) -> None:
         raise OSError(f"{path} is a file, not a model folder: name the folder that holds it")
     elif path.startswith(("/", ".", "~")) or path.count("/") > 1:
         raise OSError(f"no such model folder {path}" + ("" if os.path.isabs(path) else f" (under {os.getcwd()})"))
+
+
+def load_encoder_model(name_or_path: str | Path, what: str, **options: Any) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, str]:
+    """The tokenizer and bare AutoModel (`options` for from_pretrained) of an encoder name or folder, and the path they
+    came from; a folder is read offline. RuntimeError "cannot load `what` ..." saying why."""
+    path = resolve_model_path(str(name_or_path))
+    local = os.path.isdir(path) or None
+    try:
+        check_model_folder(path)
+        return (AutoTokenizer.from_pretrained(path, local_files_only=local),
+                AutoModel.from_pretrained(path, local_files_only=local, **options), path)
+    except OSError as exc:
+        raise RuntimeError(f"cannot load {what} {str(name_or_path)!r}: {exc}") from exc
 
 
 def same_encoder(a: str, b: str) -> bool:
@@ -134,14 +147,8 @@ class TextEncoder:
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"unknown encoder dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-        path = resolve_model_path(name_or_path)
+        self.tokenizer, self.model, path = load_encoder_model(name_or_path, "encoder")
         local = os.path.isdir(path)
-        try:
-            check_model_folder(path)
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
-            self.model = AutoModel.from_pretrained(path, local_files_only=local or None)
-        except OSError as exc:
-            raise RuntimeError(f"cannot load encoder {name_or_path!r}: {exc}") from exc
         self.name = name_or_path
         self.device = torch.device(resolve_device(device))
         self.dtype = dtype

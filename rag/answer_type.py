@@ -19,8 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from indexer.encoder import same_encoder
-from rag.json_model import read_json_model
+from rag.json_model import load_for_encoder, read_json_model
 
 KIND = "answer-type-classifier"
 SHIPPED = Path(__file__).resolve().parent / "classifiers" / "answer-type-minilm.json"
@@ -106,13 +105,9 @@ class AnswerTypeClassifier:
 def load_answer_types(encoder: str, path: str | Path = SHIPPED, dim: int | None = None) -> AnswerTypeClassifier | None:
     """The classifier at `path` when it reads vectors of `encoder` (the index's); None when there is none or it reads another's.
     With `dim` (the encoder's), ValueError for a file whose weights do not fit it: it would fail every question near an edit."""
-    if not Path(path).is_file():
-        return None
-    classifier = AnswerTypeClassifier.load(path)
-    if not same_encoder(classifier.encoder, encoder):
-        return None
+    classifier = load_for_encoder(path, AnswerTypeClassifier.load, encoder)
     features = (1 + len(HEAD_WORDS)) * dim if dim is not None else None
-    if features is not None and classifier.weights.shape[0] != features:
+    if classifier is not None and features is not None and classifier.weights.shape[0] != features:
         raise ValueError(f"answer-type classifier {path} has {classifier.weights.shape[0]} weights a label for {encoder}'s "
                          f"{features} features ({dim}-d vectors of a question and its heads): a damaged file? Retrain it "
                          "with `rag-train answer-type`")

@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
+
+from indexer.encoder import same_encoder
+
+
+class ReadsVectors(Protocol):
+    encoder: str  # the encoder whose vectors the model reads
+
+
+Model = TypeVar("Model", bound=ReadsVectors)
 
 
 def read_json_model(path: str | Path, kind: str, what: str, required: Sequence[str], train_command: str) -> dict[str, Any]:
@@ -19,3 +28,12 @@ def read_json_model(path: str | Path, kind: str, what: str, required: Sequence[s
     if missing:
         raise ValueError(f"{what} {path} lacks {', '.join(missing)}: retrain it with `{train_command}`")
     return raw
+
+
+def load_for_encoder(path: str | Path, load: Callable[[str | Path], Model], encoder: str) -> Model | None:
+    """The model `load` reads from `path` when it reads vectors of `encoder` (the index's); None when there is no such
+    file or it reads another encoder's."""
+    if not Path(path).is_file():
+        return None
+    model = load(path)
+    return model if same_encoder(model.encoder, encoder) else None

@@ -15,9 +15,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
 
-from indexer.encoder import DEFAULT_ENCODER, _sentence_transformers_layout, check_model_folder, resolve_model_path
+from indexer.encoder import DEFAULT_ENCODER, _sentence_transformers_layout, load_encoder_model, resolve_model_path
 
 # Files of a sentence-transformers folder that say how its encoder pools, normalises and truncates.
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
@@ -28,14 +27,8 @@ class DualEncoder(torch.nn.Module):
 
     def __init__(self, name_or_path: str = DEFAULT_ENCODER, shared: bool = True, max_length: int | None = None) -> None:
         super().__init__()
-        path = resolve_model_path(name_or_path)
+        self.tokenizer, self.query_model, path = load_encoder_model(name_or_path, "retriever encoder")
         local = os.path.isdir(path)
-        try:
-            check_model_folder(path)
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
-            self.query_model = AutoModel.from_pretrained(path, local_files_only=local or None)
-        except OSError as exc:
-            raise RuntimeError(f"cannot load retriever encoder {name_or_path!r}: {exc}") from exc
         # Separate weights start as a copy: both sides begin where the index's encoder is.
         self.passage_model = self.query_model if shared else copy.deepcopy(self.query_model)
         self.name = name_or_path

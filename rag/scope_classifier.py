@@ -19,7 +19,6 @@ on disk to halve the size, float32 once loaded, plus the tokenizer).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,9 +26,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from indexer.encoder import DEFAULT_ENCODER, check_model_folder, resolve_model_path
+from indexer.encoder import DEFAULT_ENCODER, load_encoder_model
 from rag.reader import pick_device
 
 CONFIG_FILE = "scope_config.json"  # the name rag/editing.py looks for
@@ -88,14 +87,9 @@ class ScopeClassifierConfig:
             raise ValueError(f"similarity_threshold is a cosine, from -1 to 1; got {self.similarity_threshold}")
 
 
-def _load_encoder(path: str, local: bool, what: str) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:
+def _load_encoder(name_or_path: str | Path, what: str) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:
     """Tokenizer and bare encoder (no pooler: the head pools) in float32; RuntimeError naming `what` if unreadable."""
-    try:
-        check_model_folder(path)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
-        encoder = AutoModel.from_pretrained(path, local_files_only=local or None, add_pooling_layer=False, dtype=torch.float32)
-    except OSError as exc:
-        raise RuntimeError(f"cannot load {what}: {exc}") from exc
+    tokenizer, encoder, _ = load_encoder_model(name_or_path, what, add_pooling_layer=False, dtype=torch.float32)
     return tokenizer, encoder
 
 
@@ -120,8 +114,7 @@ class ScopeClassifier(torch.nn.Module):
     def from_encoder(cls, name_or_path: str = DEFAULT_ENCODER, device: str | None = None, seed: int = 0,
                      **settings: Any) -> ScopeClassifier:
         """A new classifier over a pretrained encoder (a name or folder, offline), with a freshly initialised head (seeded)."""
-        path = resolve_model_path(name_or_path)
-        tokenizer, encoder = _load_encoder(path, os.path.isdir(path), f"scope classifier encoder {name_or_path!r}")
+        tokenizer, encoder = _load_encoder(name_or_path, "scope classifier encoder")
         torch.manual_seed(seed)
         return cls(encoder, tokenizer, ScopeClassifierConfig(base_model=name_or_path, **settings), name=name_or_path, device=device)
 
@@ -133,7 +126,7 @@ class ScopeClassifier(torch.nn.Module):
             raise ValueError(f"{path} is not a scope classifier folder (no {CONFIG_FILE} with kind {KIND!r})")
         raw = json.loads((path / CONFIG_FILE).read_text())
         config = ScopeClassifierConfig(**{k: v for k, v in raw.items() if k in ScopeClassifierConfig.__dataclass_fields__})
-        tokenizer, encoder = _load_encoder(str(path / ENCODER_DIR), True, f"scope classifier {path}")
+        tokenizer, encoder = _load_encoder(path / ENCODER_DIR, "scope classifier encoder")
         model = cls(encoder, tokenizer, config, name=str(path), device="cpu")
         head = load_file(str(path / HEAD_FILE))
         model.head.load_state_dict({k.removeprefix("head."): v.float() for k, v in head.items()})

@@ -21,16 +21,15 @@ and `encoder/` (encoder weights, float16 on disk to halve the size, float32 once
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from indexer.encoder import DEFAULT_ENCODER, check_model_folder, resolve_model_path
+from indexer.encoder import DEFAULT_ENCODER, load_encoder_model
 from rag.reader import PassageText, pick_device
 
 MARKER_FILE = "span_reader.json"
@@ -168,14 +167,7 @@ class SpanReader(torch.nn.Module):
     @classmethod
     def from_encoder(cls, name_or_path: str = DEFAULT_ENCODER, device: str | None = None, seed: int = 0, **settings: Any) -> SpanReader:
         """A new reader over a pretrained encoder, with a freshly initialised head (seeded)."""
-        path = resolve_model_path(name_or_path)
-        local = os.path.isdir(path)
-        try:
-            check_model_folder(path)
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local or None)
-            encoder = AutoModel.from_pretrained(path, local_files_only=local or None, add_pooling_layer=False)
-        except OSError as exc:
-            raise RuntimeError(f"cannot load span reader encoder {name_or_path!r}: {exc}") from exc
+        tokenizer, encoder, _ = load_encoder_model(name_or_path, "span reader encoder", add_pooling_layer=False)
         config = SpanReaderConfig(base_model=name_or_path, **settings)
         torch.manual_seed(seed)
         return cls(encoder, tokenizer, config, name=name_or_path, device=device)
@@ -189,12 +181,8 @@ class SpanReader(torch.nn.Module):
         raw = json.loads((path / MARKER_FILE).read_text())
         known = set(SpanReaderConfig.__dataclass_fields__)
         config = SpanReaderConfig(**{k: v for k, v in raw.items() if k in known})
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path / ENCODER_DIR, local_files_only=True)
-            encoder = AutoModel.from_pretrained(path / ENCODER_DIR, local_files_only=True, add_pooling_layer=False,
-                                                dtype=torch.float32)
-        except OSError as exc:
-            raise RuntimeError(f"cannot load span reader {path}: {exc}") from exc
+        tokenizer, encoder, _ = load_encoder_model(path / ENCODER_DIR, "span reader encoder", add_pooling_layer=False,
+                                                   dtype=torch.float32)
         reader = cls(encoder.float(), tokenizer, config, name=str(path), device="cpu")
         head = load_file(str(path / HEAD_FILE))
         reader.qa_outputs.load_state_dict({k.split(".", 1)[1]: v.float() for k, v in head.items() if k.startswith("qa_outputs.")})

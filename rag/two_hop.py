@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.encoder import same_encoder
 from indexer.names import subject_spans
-from rag.json_model import read_json_model
+from rag.json_model import load_for_encoder, read_json_model
 
 KIND = "two-hop-detector"
 SHIPPED = Path(__file__).resolve().parent / "classifiers" / "two-hop-minilm.json"
@@ -118,12 +117,8 @@ def resolve_first_hop(question: str, subject: str | None, answer: str) -> str | 
 def load_two_hop(encoder: str, path: str | Path = SHIPPED, dim: int | None = None) -> TwoHopDetector | None:
     """The detector at `path` when it reads vectors of `encoder` (the index's); None when there is none or it reads another's.
     With `dim` (the encoder's), ValueError for a file whose weights do not fit it: it would fail every question near an edit."""
-    if not Path(path).is_file():
-        return None
-    detector = TwoHopDetector.load(path)
-    if not same_encoder(detector.encoder, encoder):
-        return None
-    if dim is not None and detector.dim != dim:
+    detector = load_for_encoder(path, TwoHopDetector.load, encoder)
+    if detector is not None and dim is not None and detector.dim != dim:
         raise ValueError(f"two-hop detector {path} has {detector.dim} weights for {encoder}'s {dim}-d vectors: a damaged "
                          "file? Retrain it with `rag-train two-hop`")
     return detector
