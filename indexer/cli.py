@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder name or path (default {DEFAULT_ENCODER})")
     build.add_argument("--chunk-words", type=int, default=100, help="words per passage, 0 = one passage per document (default 100)")
     build.add_argument("--chunk-overlap", type=int, default=0, help="words shared by consecutive passages (default 0)")
-    build.add_argument("--chunk-tokens", type=int, default=0, help="chunk by N encoder tokens instead of words (RETRO-style)")
+    build.add_argument("--chunk-tokens", type=int, default=0, help="chunk by N encoder tokens instead of words (RETRO-style); at most what the encoder reads (256 for the default)")
     build.add_argument("--device", default="auto",
                        help="device for encoding and search: cpu, cuda or auto (default: cuda when present, else cpu)")
     build.add_argument("--encoder-dtype", choices=tuple(DTYPES), default="float32",

@@ -126,6 +126,10 @@ class Index:
             raise IndexFolderError(f"unknown dense index kind {dense!r}: choose flat, ivf, ivfpq or hnsw")
         if chunk_tokens and not hasattr(encoder, "tokenizer"):
             raise IndexFolderError("token chunking needs an encoder with a tokenizer")
+        reads = getattr(encoder, "max_length", None)
+        if chunk_tokens and reads is not None and chunk_tokens > reads:  # the rest of each passage: never in its vector
+            raise IndexFolderError(f"--chunk-tokens {chunk_tokens} is over the {reads} tokens the encoder reads of a passage: "
+                                   f"dense search would never see the rest of each one; use at most {reads}")
         if chunk_overlap and (chunk_tokens or not chunk_words):  # else it would be ignored without a word
             raise IndexFolderError(f"an overlap of {chunk_overlap} words needs word chunking (--chunk-words above 0, no --chunk-tokens)")
         # Chunking settings are checked once here rather than failing on the first document.

@@ -543,6 +543,14 @@ def test_searches_during_writes_see_one_version_of_each_document(tmp_path: Path,
     assert exact_checks[0] > 0
 
 
+def test_token_chunks_longer_than_the_encoder_reads_are_refused(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    """The rest of each passage would be in BM25 and the reader's view but never in its vector."""
+    too_long = tiny_encoder.max_length + 1
+    with pytest.raises(IndexFolderError, match=f"--chunk-tokens {too_long} is over the {tiny_encoder.max_length} tokens the encoder reads"):
+        Index.create(tmp_path / "too-long", tiny_encoder, chunk_tokens=too_long)
+    assert not (tmp_path / "too-long").exists()
+
+
 def test_token_chunking_keeps_whole_documents_while_questions_are_encoded(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     """A fast tokenizer's truncation is a setting of the object: a writer chunking by tokens beside searches on
     another thread (whose encoding truncates) must still chunk every document whole."""
