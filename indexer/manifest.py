@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -60,13 +60,16 @@ class Manifest:
             raise IndexFolderError(
                 f"{folder}: index format version {version}, this program reads version {FORMAT_VERSION}: rebuild the index"
             )
-        for name, kind in MANIFEST_TYPES.items():
-            value = data.get(name)
-            if (value is None and name in ("encoder", "dim")) or (value is not None and (
+        # Each field's type from its annotation; a field without a default must be there.
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            kind, value = get_origin(hints[f.name]) or hints[f.name], data.get(f.name)
+            required = f.default is MISSING and f.default_factory is MISSING
+            if (value is None and required) or (value is not None and (
                     not isinstance(value, kind) or (kind is int and isinstance(value, bool)))):
-                raise IndexFolderError(f"{path}: unreadable manifest ({name} is {json.dumps(value)}, not {JSON_WORDS[kind]}): "
+                raise IndexFolderError(f"{path}: unreadable manifest ({f.name} is {json.dumps(value)}, not {JSON_WORDS[kind]}): "
                                        "was it edited by hand? Rebuild the index")
-        return cls(**{k: v for k, v in data.items() if k in MANIFEST_TYPES})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def check_encoder(self, name: str, dim: int, dtype: str | None = None) -> None:
         """Refuse to mix vectors of two encoders, or of two precisions (`dtype`, when the encoder has one), in one index."""
@@ -80,9 +83,5 @@ class Manifest:
                                    f"open it with an encoder in {self.encoder_dtype} (or none: it loads its own)")
 
 
-# Each field's JSON type: a manifest edited by hand is refused by what is wrong, not with a TypeError later.
-MANIFEST_TYPES: dict[str, type] = {
-    "encoder": str, "dim": int, "encoder_dtype": str, "normalize": bool, "dense": str, "sparse": bool, "chunk_words": int,
-    "chunk_overlap": int, "chunk_tokens": int, "format_version": int, "generation": int, "counts": dict,
-}
+# How a message names the JSON type of a manifest field (its annotation), for a manifest edited by hand.
 JSON_WORDS = {str: "a string", int: "an integer", bool: "true or false", dict: "an object"}
