@@ -147,12 +147,17 @@ class AskResponse(BaseModel):
 MAX_DOCUMENT_ID_CHARS = 512
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds an ASCII control character, which a URL path or a file name cannot carry."""
+    return any(ord(c) < 32 or c == "\x7f" for c in text)
+
+
 def _document_id(value: str) -> str:
     """`value` if GET and DELETE /documents/{id} can name it, else ValueError saying why not."""
     if not 1 <= len(value) <= MAX_DOCUMENT_ID_CHARS:
         raise ValueError(f"a document id is 1 to {MAX_DOCUMENT_ID_CHARS} characters, not {len(value):,}")
     # A URL path cannot carry control characters, and clients resolve "." and ".." away before sending one.
-    if "#" in value or any(ord(c) < 32 or c == "\x7f" for c in value) or value != value.strip() or value in (".", ".."):
+    if "#" in value or has_control_characters(value) or value != value.strip() or value in (".", ".."):
         raise ValueError("a document id must not contain '#' or control characters, start or end with white space, "
                          "or be '.' or '..'")
     return value
@@ -266,7 +271,7 @@ def _adapter_folder(name: str, root: Path | None) -> Path:
     name the adapter as the client wrote it, not the server's folders."""
     if root is None:
         raise ValueError("this server takes no adapters: start it with --adapters DIR to serve the adapters in DIR")
-    if not name.strip() or len(name) > MAX_ADAPTER_CHARS or any(ord(c) < 32 or c == "\x7f" for c in name):
+    if not name.strip() or len(name) > MAX_ADAPTER_CHARS or has_control_characters(name):
         raise ValueError(f"adapter {name[:80]!r}: must be a folder name inside the server's adapter folder, 1 to "
                          f"{MAX_ADAPTER_CHARS} characters, without control characters")
     folder = (root / name).resolve()

@@ -43,14 +43,14 @@ class BodyGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body and "content-type" not in headers:
-            # Taken for JSON, as FastAPI only parses a body that says it is (Python's requests with data= says nothing).
-            scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
         if body:
             problem = _body_problem(body, headers.get("content-type"))
             if problem is not None:
                 await self._refuse(scope, receive, send, *problem)
                 return
+            if "content-type" not in headers:
+                # Taken for JSON, as FastAPI only parses a body that says it is (Python's requests with data= says nothing).
+                scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
         await self.app(scope, _replay(body, receive), send)
 
     @staticmethod
