@@ -14,7 +14,7 @@ from typing import IO, Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.records import Document, document_fields_problem, is_blank
+from indexer.records import Document, document_fields_problem, document_id_problem, is_blank
 
 SUFFIXES = {
     ".jsonl": "jsonl",
@@ -138,8 +138,9 @@ def _to_document(record: dict[str, Any] | _BadRecord, fields: FieldMap) -> Docum
     doc_id = "" if raw_id is None else str(raw_id).strip()
     if not doc_id:
         raise _BadRecord(f"missing id (field {fields.id!r}; map another field with --fields id=NAME)")
-    if "#" in doc_id:
-        raise _BadRecord(f"id {doc_id!r} contains '#', which is reserved for passage ids '{{doc_id}}#{{n}}'")
+    problem = document_id_problem(doc_id)
+    if problem:
+        raise _BadRecord(problem)
     if text is not None and not isinstance(text, str):
         raise _BadRecord(f"text field {fields.text!r} is a {type(text).__name__}, not a string")
     if is_blank(text or ""):

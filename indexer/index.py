@@ -34,7 +34,7 @@ from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.encoder import Encoder, TextEncoder, encoder_input, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.manifest import IndexFolderError, Manifest
-from indexer.records import Document, Passage, SearchHit, document_fields_problem, is_blank
+from indexer.records import Document, Passage, SearchHit, document_fields_problem, document_id_problem, is_blank
 from indexer.sparse import SparseIndex
 from indexer.store import PassageStore, StoredDocument, meta_json, passage_digest
 
@@ -563,10 +563,11 @@ def _folder_bytes(path: Path) -> int:
 
 
 def _validate_document(doc: Document, seen: set[str]) -> None:
-    if not isinstance(doc.id, str) or not doc.id.strip():
-        raise ValueError(f"document without an id: {doc!r:.80}")
-    if "#" in doc.id:
-        raise ValueError(f"document id {doc.id!r} contains '#', which passage ids reserve ({doc.id}#0, #1, ...)")
+    if not isinstance(doc.id, str):
+        raise ValueError(f"document id {doc.id!r} is a {type(doc.id).__name__}, not a string")
+    problem = document_id_problem(doc.id)
+    if problem:
+        raise ValueError(problem)
     if not isinstance(doc.text, str) or is_blank(doc.text):
         raise ValueError(f"document {doc.id!r} has no text")
     problem = document_fields_problem(doc.title, doc.meta)

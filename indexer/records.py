@@ -23,6 +23,28 @@ def is_blank(text: str) -> bool:
     return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
+# A document id names a file-like URL path (GET /documents/{id}) and prefixes its passages' ids.
+MAX_DOCUMENT_ID_CHARS = 512
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds an ASCII control character, which a URL path or a file name cannot carry."""
+    return any(ord(c) < 32 or c == "\x7f" for c in text)
+
+
+def document_id_problem(doc_id: str) -> str | None:
+    """What makes `doc_id` unfit to name a document (and so to be asked for by URL), or None."""
+    if not 1 <= len(doc_id) <= MAX_DOCUMENT_ID_CHARS:
+        return f"a document id is 1 to {MAX_DOCUMENT_ID_CHARS} characters, not {len(doc_id):,}"
+    if "#" in doc_id:
+        return f"document id {doc_id!r} contains '#', which passage ids reserve ({{doc_id}}#0, #1, ...)"
+    # A URL path cannot carry control characters, and clients resolve "." and ".." away before sending one.
+    if has_control_characters(doc_id) or doc_id != doc_id.strip() or doc_id in (".", ".."):
+        return (f"document id {doc_id!r} must not contain control characters, start or end with white space, "
+                "or be '.' or '..'")
+    return None
+
+
 # A title is stored, encoded and returned with each passage of its document: a long one is multiplied by them all.
 MAX_TITLE_CHARS = 1_000
 # JSON serialisers stop at some depth (pydantic's, which the server answers with, at 255 levels: metadata past it was

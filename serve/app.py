@@ -34,7 +34,8 @@ from indexer.edit_memory import MAX_TEXT_CHARS, Edit, EditNotFound
 from indexer.index import ChangeReport
 from indexer.manifest import IndexFolderError
 from indexer.names import unnamed_subject
-from indexer.records import Document, is_blank, valid_unicode
+from indexer.records import (MAX_DOCUMENT_ID_CHARS, Document, document_id_problem, has_control_characters, is_blank,
+                             valid_unicode)
 from rag.adapters import check_adapter_folder
 from rag.pipeline import MAX_K, Pipeline, check_request
 from serve.batching import MicroBatcher, Overloaded
@@ -144,22 +145,11 @@ class AskResponse(BaseModel):
     batch_size: int = Field(description="questions answered together in this one's micro-batch")
 
 
-MAX_DOCUMENT_ID_CHARS = 512
-
-
-def has_control_characters(text: str) -> bool:
-    """Whether `text` holds an ASCII control character, which a URL path or a file name cannot carry."""
-    return any(ord(c) < 32 or c == "\x7f" for c in text)
-
-
 def _document_id(value: str) -> str:
     """`value` if GET and DELETE /documents/{id} can name it, else ValueError saying why not."""
-    if not 1 <= len(value) <= MAX_DOCUMENT_ID_CHARS:
-        raise ValueError(f"a document id is 1 to {MAX_DOCUMENT_ID_CHARS} characters, not {len(value):,}")
-    # A URL path cannot carry control characters, and clients resolve "." and ".." away before sending one.
-    if "#" in value or has_control_characters(value) or value != value.strip() or value in (".", ".."):
-        raise ValueError("a document id must not contain '#' or control characters, start or end with white space, "
-                         "or be '.' or '..'")
+    problem = document_id_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 

@@ -95,7 +95,11 @@ def test_field_map_parse() -> None:
         ('{"id": "x", "text": "   "}', "missing or empty text"),
         ('{"id": "x", "text": "\\u0000\\u0001"}', "missing or empty text"),
         ('{"id": "x", "title": "t"}', "missing or empty text"),
-        ('{"id": "a#1", "text": "t"}', "id 'a#1' contains '#'.*passage ids"),
+        ('{"id": "a#1", "text": "t"}', "document id 'a#1' contains '#'.*passage ids"),
+        # Ids the server could never be asked for by URL: GET /documents/{id} would not reach them.
+        ('{"id": "..", "text": "t"}', r"document id '\.\.' must not .* be '\.' or '\.\.'"),
+        ('{"id": "a\\nb", "text": "t"}', r"document id 'a\\nb' must not contain control characters"),
+        ('{"id": "' + "i" * 513 + '", "text": "t"}', "a document id is 1 to 512 characters, not 513"),
         ('{"id": "1", "text": "again"}', r"duplicate id '1' \(first seen at line 1\)"),
         ('{"id": "x", "text": "t", "deep": ' + "[" * 100_000 + "]" * 100_000 + "}", r"invalid JSON \(arrays or objects nested too deeply\)"),
         ('{"id": "x", "text": "t", "n": ' + "9" * 5000 + "}", r"invalid JSON \(Exceeds the limit \(4300 digits\)"),

@@ -290,6 +290,8 @@ BAD = {
     "text of control characters": Document("bad", "Bad", "\x00\u200b\x01"),
     "hash in id": Document("bad#1", "Bad", "text with a bad id"),
     "empty id": Document(" ", "Bad", "text without an id"),
+    "dot id": Document(".", "Bad", "an id no URL path can name"),
+    "control character in id": Document("a\x1fb", "Bad", "an id no URL path can carry"),
     "duplicate id": Document("doc-2", "Again", "doc-2 a second time in one call"),
     "long title": Document("bad", "T" * (MAX_TITLE_CHARS + 1), "a title each passage would carry"),
     "deep metadata": Document("bad", "Bad", "metadata no JSON serialiser writes back", {"m": nested(MAX_META_DEPTH + 1)}),
