@@ -69,12 +69,8 @@ class Edit:
 
     @property
     def active(self) -> bool:
+        """Neither revoked nor superseded: questions about it are answered from it."""
         return self.revoked_at is None and self.superseded_by is None
-
-    @property
-    def key(self) -> str:
-        """The text the memory embeds: what a question about this edit resembles most."""
-        return self.question or self.fact
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "active": self.active}
@@ -172,14 +168,9 @@ class EditMemory:
             db.execute("PRAGMA synchronous = FULL")  # an acknowledged edit survives power loss
             db.executescript(SCHEMA)
             if "last_edit" not in _columns(db, "revocations"):  # a log from before it was kept
-                db.execute("BEGIN IMMEDIATE")  # one writer adds it: another may be opening the same log
-                try:
+                with _transaction(db):  # one writer adds it: another may be opening the same log
                     if "last_edit" not in _columns(db, "revocations"):
                         db.execute("ALTER TABLE revocations ADD COLUMN last_edit INTEGER")
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
         db.execute("SELECT row FROM edits LIMIT 1")  # a damaged file fails here, not at the first question
         return True
 
@@ -263,7 +254,11 @@ class EditMemory:
     def history(self, id: str) -> list[Edit]:
         """Every edit about the same thing as `id`, oldest first: what it replaced, what replaced it, revoked ones
         too; linked by `supersedes`, `superseded_by` or asking the same question, step by step."""
-        edits = {e.id: e for e in self.list(include_inactive=True)}
+        row = edit_row(id)
+        with self._reading() as state:  # one snapshot: an edit added meanwhile must not half appear
+            if row not in state.edits:
+                raise EditNotFound(f"no edit {id!r}: see `rag-index edit list --all`")
+            edits = {e.id: e for e in state.edits.values()}
         links: dict[str, set[str]] = {i: set() for i in edits}
         asking: dict[str, str] = {}  # question_key -> the last edit seen asking it
         for edit in edits.values():
@@ -276,7 +271,7 @@ class EditMemory:
             if edit.question is not None:
                 asking[question_key(edit.question)] = edit.id
         family: set[str] = set()
-        todo = [self.get(id).id]
+        todo = [edit_id(row)]
         while todo:
             current = todo.pop()
             if current not in family:
@@ -321,18 +316,13 @@ class EditMemory:
             raise ValueError(f"the encoder gave a vector of shape {vector.shape}; this memory holds {self.dim}-d vectors")
         db = self._writable()
         with self._lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 state = self._current(db)
                 replaced = self._replaced(state, question, supersedes)
                 created = time.time()
                 cursor = db.execute(
                     "INSERT INTO edits(fact, question, answer, subject, created_at, supersedes, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (fact, question, answer, subject, created, replaced, vector.tobytes()))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             # Committed: until the state holds it too, a failure leaves the next call to read the log again (this
             # connection's own commits do not change SQLite's data_version).
             version, self._data_version = self._data_version, -1
@@ -358,8 +348,7 @@ class EditMemory:
         row = edit_row(id)
         db = self._writable()
         with self._lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 edit = self._current(db).edits.get(row)
                 if edit is None:
                     raise EditNotFound(f"no edit {id!r}: see `rag-index edit list`")
@@ -367,15 +356,25 @@ class EditMemory:
                     raise ValueError(f"edit {id} was already revoked at {edit.revoked_at}")
                 db.execute("INSERT INTO revocations(edit_row, revoked_at, last_edit) VALUES (?, ?, (SELECT MAX(row) FROM edits))",
                            (row, time.time()))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             # Rare, and it may bring back an edit it had replaced: read it all again (again at the next call, if this fails).
             version, self._data_version = self._data_version, -1
             self._state = self._read(db)
             self._data_version = version
             return self._state.edits[row]
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any failure. Only while a transaction is open: SQLite ends one
+    itself on some errors (a full disk, an interrupt), and a ROLLBACK then would raise over the error that matters."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:

@@ -278,8 +278,7 @@ class Index:
         self._check_writable()
         report = ChangeReport()
         start = time.perf_counter()
-        bar = tqdm(desc="upsert", unit="doc", disable=not progress, mininterval=1.0)
-        with self._write_lock():
+        with self._write_lock(), tqdm(desc="upsert", unit="doc", disable=not progress, mininterval=1.0) as bar:
             gen = self.store.begin()
             try:
                 seen: set[str] = set()
@@ -302,8 +301,6 @@ class Index:
             except BaseException:
                 self.store.rollback()
                 raise
-            finally:
-                bar.close()
             if gen > self._snapshot.generation:
                 self._publish_derived(gen)
         report.generation = gen

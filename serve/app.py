@@ -296,9 +296,9 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
-        if on_ready is not None:
-            on_ready()
         try:
+            if on_ready is not None:
+                on_ready()
             yield
         finally:
             await batcher.stop()
@@ -428,10 +428,11 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     def get_edit(edit_id: str) -> EditDetail:
         """An edit, active or not, with its history: the edits it replaced and those that replaced it."""
         try:
-            edit, history = index.memory.get(edit_id), index.memory.history(edit_id)
+            history = [EditOut.of(e) for e in index.memory.history(edit_id)]
         except EditNotFound as exc:
             raise HTTPException(404, no_edit(edit_id)) from exc
-        return EditDetail(**edit.to_json(), history=[EditOut.of(e) for e in history])
+        edit = next(e for e in history if e.id == edit_id)
+        return EditDetail(**edit.model_dump(), history=history)
 
     @edits.delete("/{edit_id}", response_model=EditOut, responses=ERRORS, dependencies=guarded)
     async def revoke_edit(edit_id: str) -> EditOut:

@@ -192,6 +192,22 @@ def test_bad_edits_are_refused_and_change_nothing(memory: EditMemory, tmp_path: 
         EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True).add("z")
 
 
+def test_an_error_after_sqlite_ended_the_transaction_itself_is_the_one_reported(
+    memory: EditMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite rolls a transaction back by itself on some errors (a full disk): the caller must see that error, not
+    "no transaction is active" from a second ROLLBACK, and the memory must take the next edit."""
+    def disk_full(*_args: object) -> None:
+        memory._db.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(memory, "_replaced", disk_full)
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        memory.add("The Eiffel Tower is in Rome.")
+    monkeypatch.undo()
+    assert memory.list() == [] and memory.add("The Eiffel Tower is in Rome.").id == "e1"
+
+
 def test_a_reader_sees_another_writers_edits(tmp_path: Path) -> None:
     writer = EditMemory(tmp_path / "memory", fake_encode, DIM)
     reader = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)

@@ -158,6 +158,8 @@ def test_an_edit_whose_subject_nothing_names_comes_back_with_a_warning(client: T
     made = add_edit(client, fact="The harbour ferry leaves from Tanga.", subject="Zanzibar ferry")
     assert made["subject"] == "Zanzibar ferry" and "'Zanzibar ferry' is named in neither" in made["warning"]
     assert [e for e in client.get("/edits").json()["edits"] if e["id"] == made["id"]] == [made]
+    detail = client.get(f"/edits/{made['id']}").json()
+    assert detail["warning"] == made["warning"] and detail["history"] == [made]
     revoke(client, made["id"])
 
 
