@@ -454,11 +454,14 @@ def test_metrics_log_the_learning_rate_each_step_used(topic_index: Path, qa_file
 
 @pytest.mark.parametrize("loss,refresh", [("emdr2", "every:2"), ("loop", "rerank:5")])
 def test_resume_continues_exactly(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path, loss: str, refresh: str) -> None:
-    """4 steps straight == 2 steps, stop, resume, 2 steps: the same losses, weights, optimizer and index generation."""
+    """4 steps straight == 2 steps, stop, resume, 2 steps: the same losses, weights, optimizer and index generation,
+    even when the stopped run was killed half-way through a line of its metrics log."""
     straight = config(topic_index, qa_file, tiny_reader_path, tmp_path / "straight", loss=loss, refresh=refresh, grad_accum=2)
     train_joint(straight, progress=False)
     stopped = replace(straight, out=tmp_path / "resumed")
     assert train_joint(stopped, progress=False, stop_after=2) == {"stopped_at": 2}
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as log:  # killed as it wrote step 3's line
+        log.write('{"step": 3, "reader_nl')
     record = train_joint(stopped, resume=True, progress=False)
     assert record["steps"] == 4
     lines = [(tmp_path / name / "metrics.jsonl").read_text().splitlines() for name in ("straight", "resumed")]

@@ -67,7 +67,7 @@ from trainer.qa_data import QARecord, read_qa, sample, split_by_article
 from trainer.reader_data import ReaderExample
 from trainer.reader_training import answer_nll, check_training_files, load_train_dev, trainable_parameters
 from trainer.scope_data import check_not_evaluation_only
-from trainer.span_training import machine
+from trainer.machine import machine
 from trainer.training_index import (CANDIDATE_SOURCES, TrainingIndex, check_candidate_source, evaluating, hide_own_elsewhere,
                                     passage_scores, rerank)
 
@@ -244,7 +244,7 @@ class JointTrainer:
 
     def __init__(self, config: JointTrainingConfig, index: Index, generation: int = 0) -> None:
         self.config = config
-        self.refresh_kind = Refresh.parse(config.refresh)
+        self.refresh = Refresh.parse(config.refresh)
         self.rank, self.world_size = world()
         self.device = pick_device(config.device)
         if self.device.type == "cuda" and self.world_size > 1:
@@ -303,8 +303,8 @@ class JointTrainer:
         against the searched vectors). A rerank:L refresh waits until the encoder has moved: before, the stored
         vectors are its own."""
         k = self.config.retrieved
-        rerank = self.refresh_kind.kind == "rerank" and self.encoder_has_moved()
-        found = self.search_index.search(query.detach().float().cpu().numpy(), self.refresh_kind.n if rerank else k)
+        rerank = self.refresh.kind == "rerank" and self.encoder_has_moved()
+        found = self.search_index.search(query.detach().float().cpu().numpy(), self.refresh.n if rerank else k)
         if any(len(row) < k for row in found):
             raise RuntimeError(f"the search returned fewer than the {k} passages asked for")
         if rerank:
@@ -441,9 +441,10 @@ class JointTrainer:
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
         """Restore weights, optimizer, schedule and random state from a checkpoint (the generation is loaded at __init__)."""
-        missing = set(state["reader"]) - {n for n, _ in self.reader.model.named_parameters()}
-        if missing:
-            raise RuntimeError(f"checkpoint does not fit this reader: {sorted(missing)[:3]} ...")
+        # Checked before loading anything: a checkpoint of another reader must leave this one as it was.
+        unknown = set(state["reader"]) - {n for n, _ in self.reader.model.named_parameters()}
+        if unknown:
+            raise RuntimeError(f"checkpoint does not fit this reader: it has {sorted(unknown)[:3]} ...")
         self.reader.model.load_state_dict(state["reader"], strict=False)
         self.retriever.load_state_dict(state["retriever"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -529,11 +530,19 @@ def _log(fh: Any, row: dict[str, Any]) -> None:
     fh.flush()
 
 
-def _metrics_until(path: Path, step: int) -> list[str]:
-    """The metrics lines of steps up to `step`: what a resumed run keeps."""
+def _metrics_until(path: Path, step: int) -> list[dict[str, Any]]:
+    """The metrics rows of steps up to `step`: what a resumed run keeps."""
     if not path.is_file():
         return []
-    return [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a run killed as it wrote; the checkpoint says where it was
+            continue
+        if row.get("step", 0) <= step:
+            rows.append(row)
+    return rows
 
 
 def train_joint(config: JointTrainingConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
@@ -566,33 +575,50 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
     if state and state["world_size"] != ranks:  # before the generation files, which are per rank of that many
         raise ValueError(f"the checkpoint was written by {state['world_size']} processes: resume with as many, not {ranks}")
     torch.manual_seed(config.seed)
-    index = Index.open(config.index, readonly=True)
-    if state and state.get("index_generation", index.generation) != index.generation:
-        # Its passages and the run's re-embedded vectors would no longer agree: not the run it was.
-        raise ValueError(f"{config.index} changed since the run stopped (generation {state['index_generation']} then, "
-                         f"{index.generation} now): a resume needs the index as it was; start a new run instead")
-    train, dev = run_records(config, ranks, index)
-    trainer = JointTrainer(config, index, generation=state["generation"] if state else 0)
-    if rank == 0:
-        # Only now: a start that failed above leaves --out as it was, so the same command can run again.
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
-    step, cursor = 0, 0
-    if state:
-        trainer.load_checkpoint(state)
-        step, cursor = state["step"], state["cursor"]
-    del state  # the models and optimizer hold their own copies now
+    with Index.open(config.index, readonly=True) as index:
+        if state and state.get("index_generation", index.generation) != index.generation:
+            # Its passages and the run's re-embedded vectors would no longer agree: not the run it was.
+            raise ValueError(f"{config.index} changed since the run stopped (generation {state['index_generation']} then, "
+                             f"{index.generation} now): a resume needs the index as it was; start a new run instead")
+        train, dev = run_records(config, ranks, index)
+        trainer = JointTrainer(config, index, generation=state["generation"] if state else 0)
+        if rank == 0:
+            # Only now: a start that failed above leaves --out as it was, so the same command can run again.
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
+        step, cursor = 0, 0
+        if state:
+            trainer.load_checkpoint(state)
+            step, cursor = state["step"], state["cursor"]
+        del state  # the models and optimizer hold their own copies now
+        step, final = _run_steps(config, trainer, train, dev, step, cursor, stop_after, progress)
+        if final is None:
+            return {"stopped_at": step}
+        if rank != 0:
+            barrier()  # rank 0 exports
+            return {"steps": step, "rank": rank}
+        record = {"steps": step, "processes": ranks, "train_questions": len(train), "dev_questions": len(dev)}
+        return _write_record(config, trainer, index.manifest.encoder, record, final)
+
+
+def _run_steps(config: JointTrainingConfig, trainer: JointTrainer, train: list[QARecord], dev: list[QARecord], step: int,
+               cursor: int, stop_after: int | None, progress: bool) -> tuple[int, dict[str, Any] | None]:
+    """Train from `step` (the question `cursor` of `train` next) to the end or to `stop_after`, logging metrics and
+    checkpoints; the last step and the final dev evaluation ({} without `dev`), or None for a run stopped early."""
+    rank, ranks = world()
+    out = config.out
     kept = _metrics_until(out / METRICS, step) if rank == 0 else []
     started = time.time()
-    last = next((json.loads(line) for line in reversed(kept) if "reader_nll" in line), {})
-    trainer.refresh_seconds, trainer.refresh_passages = last.get("refresh_seconds_total", 0.0), last.get("refresh_passages_total", 0)
+    last_row = next((row for row in reversed(kept) if "reader_nll" in row), {})
+    trainer.refresh_seconds, trainer.refresh_passages = last_row.get("refresh_seconds_total", 0.0), last_row.get("refresh_passages_total", 0)
     with open(out / METRICS if rank == 0 else os.devnull, "w") as log:
-        log.writelines(line + "\n" for line in kept)
+        for row in kept:
+            _log(log, row)
         if dev and step == 0:
             _log(log, {"step": 0, "dev": trainer.evaluate(dev)})
-        last = min(config.steps, stop_after) if stop_after is not None else config.steps
-        bar = tqdm(range(step, last), desc=f"joint {config.loss}", unit="step", disable=not progress)
-        for step in range(step + 1, last + 1):
+        last_step = min(config.steps, stop_after) if stop_after is not None else config.steps
+        bar = tqdm(range(step, last_step), desc=f"joint {config.loss}", unit="step", disable=not progress)
+        for step in range(step + 1, last_step + 1):
             micro = []
             for _ in range(config.grad_accum):
                 # Each rank its own slice of the global batch.
@@ -609,7 +635,7 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
                                    "step_seconds": round(step_seconds, 3),
                                    "reader_tokens_per_second": round(trainer.take_reader_tokens() / step_seconds, 1),
                                    "peak_memory_mib": peak_memory_mib(trainer.device)}
-            if (trainer.refresh_kind.kind == "every" and step % trainer.refresh_kind.n == 0 and step < config.steps
+            if (trainer.refresh.kind == "every" and step % trainer.refresh.n == 0 and step < config.steps
                     and trainer.encoder_has_moved()):
                 row["refresh"] = trainer.search_index.refresh(trainer.retriever, progress=progress)
                 trainer.refresh_seconds += row["refresh"]["seconds"]
@@ -619,16 +645,16 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
             _log(log, row)
             if dev and config.eval_every and step % config.eval_every == 0 and step < config.steps:
                 _log(log, {"step": step, "dev": trainer.evaluate(dev)})
-            if (config.save_every and step % config.save_every == 0) or step == last:
+            if (config.save_every and step % config.save_every == 0) or step == last_step:
                 trainer.save_checkpoint(step, cursor)
             bar.update(1)
             bar.set_postfix(nll=f"{losses['reader_nll']:.3f}", ret=f"{losses['retriever_loss']:.3f}")
         bar.close()
         if step < config.steps:
-            return {"stopped_at": step}
+            return step, None
         # A finished run resumed keeps its final evaluation rather than logging a second one. Only rank 0 read the
         # metrics, and every rank must choose alike: the evaluation searches the shards together.
-        final = next((row["dev"] for row in map(json.loads, kept) if row.get("final")), None)
+        final = next((row["dev"] for row in kept if row.get("final")), None)
         if ranks > 1:
             shared = [final]
             dist.broadcast_object_list(shared, src=0)
@@ -637,25 +663,26 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
             final = trainer.evaluate(dev) if dev else {}
             if dev:
                 _log(log, {"step": step, "dev": final, "final": True})
-    if rank != 0:
-        barrier()  # rank 0 exports
-        return {"steps": step, "rank": rank}
+    return step, final
+
+
+def _write_record(config: JointTrainingConfig, trainer: JointTrainer, base_encoder: str, record: dict[str, Any],
+                  final: dict[str, Any]) -> dict[str, Any]:
+    """Export the models, write training.json (`record` and what the metrics log says of the run) and return it."""
+    out = config.out
     exported = trainer.export(out / "export")
     rows = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
     record = {
         "command": config.command,
         "config": config.to_json(),
-        "steps": step,
-        "processes": ranks,
-        "train_questions": len(train),
-        "dev_questions": len(dev),
+        **record,
         "dev_before": next((r["dev"] for r in rows if "dev" in r and r["step"] == 0), None),
         "dev_after": final or None,
         "final_losses": next(({k: r[k] for k in ("reader_nll", "retriever_loss")} for r in reversed(rows) if "reader_nll" in r), None),
         "refresh_seconds": round(trainer.refresh_seconds, 3),
         "speed": speed([r for r in rows if "step_seconds" in r]),
         "generation": trainer.search_index.generation,
-        "export": exported | {"base_encoder": index.manifest.encoder, "base_reader": config.reader},
+        "export": exported | {"base_encoder": base_encoder, "base_reader": config.reader},
         "machine": machine() | {"device": str(trainer.device)},
     }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
