@@ -21,6 +21,7 @@ import torch
 
 from indexer.corpus import read_documents
 from indexer.records import Document
+from trainer.machine import cpu_model
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -53,14 +54,9 @@ def read_qa(name: str) -> list[dict[str, Any]]:
 
 def machine_info() -> dict[str, Any]:
     """CPU count, torch threads and versions, so results can be compared across machines."""
-    model = ""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

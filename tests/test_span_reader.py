@@ -190,7 +190,8 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
     assert record["examples"] == 8 and record["dev_questions"] == {"tiny-train": 4}
     assert record["chosen"]["scoring"] in SCORINGS and record["dev_curve"]
     assert not (tmp_path / "out" / "checkpoint").exists()
-    assert (tmp_path / "out" / "TRAINING.md").read_text().startswith("# How this span reader was trained")
+    account = (tmp_path / "out" / "TRAINING.md").read_text()
+    assert account.startswith("# How this span reader was trained") and "4 questions of tiny-train held out as dev" in account
     logged = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert len(logged) == 4 + 1  # steps + one dev check
     assert [row["lr"] for row in logged if "lr" in row][0] == 0.0  # the first step's own rate: warming up from 0

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import random
 import sys
 import time
@@ -28,6 +26,7 @@ from rag.fid_reader import FiDReader, GenerativeReader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
 from trainer.evaluate import evaluate_qa
+from trainer.machine import machine
 from trainer.qa_data import QARecord, read_qa, sample, split_train_dev
 from trainer.reader_data import ReaderExample, build_examples
 from trainer.scope_data import check_not_evaluation_only
@@ -114,65 +113,64 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     check_training_files(config.train)
     torch.manual_seed(config.seed)
     started = time.time()
-    index = Index.open(config.index, readonly=True)
-    train_records, dev_records = load_train_dev(config.train, config.steps * config.batch_size * config.grad_accum,
-                                               config.dev_size, config.seed)
-    examples = build_examples(index, train_records, config.k, seed=config.seed, mode=index.default_mode, progress=progress)
-    reader = load_generative_reader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
-    params = trainable_parameters(reader, config.method, config.lora_rank)
-    reader.model.train()
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)
-    config.out.mkdir(parents=True, exist_ok=True)
-    log = open(config.out / "metrics.jsonl", "w")
-    autocast = torch.autocast(reader.device.type, dtype=torch.bfloat16, enabled=config.bf16)
-    bar = tqdm(range(config.steps), desc="train reader", unit="step", disable=not progress)
-    cursor, running = 0, None
-    for step in bar:
-        value = 0.0  # the step's loss: the mean over its micro-batches
-        lr = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
-        for _ in range(config.grad_accum):
-            batch = [examples[(cursor + i) % len(examples)] for i in range(config.batch_size)]
-            cursor += config.batch_size
-            with autocast:
-                loss = answer_nll(reader, batch) / config.grad_accum
-            loss.backward()
-            value += loss.item()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        running = value if running is None else 0.95 * running + 0.05 * value
-        bar.set_postfix(loss=f"{running:.3f}")
-        log.write(json.dumps({"step": step + 1, "loss": value, "lr": lr, "seconds": time.time() - started}) + "\n")
-        log.flush()
-    log.close()
-    train_seconds = time.time() - started
-    reader.model.eval()
-    reader.model.save_pretrained(config.out)
-    if config.method == "full":
-        reader.tokenizer.save_pretrained(config.out)
-    if config.method == "lora":
-        reader.model = reader.model.merge_and_unload()
-    dev_summary = {}
-    if config.dev_eval and dev_records:
-        # A seeded sample: the held-out records come file by file, so their first ones are all of the first file's.
-        dev_summary, _ = evaluate_qa(Pipeline(index, reader), sample(dev_records, config.dev_eval, config.seed), k=config.k,
-                                     mode=index.default_mode, progress=progress)
-    record = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-        "train": [str(p) for p in config.train],
-        "examples": len(examples),
-        "examples_with_gold_passage": sum(e.gold_position is not None for e in examples),
-        "train_seconds": round(train_seconds, 1),
-        "final_loss": running,
-        "dev": dev_summary,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "device": str(reader.device), "threads": torch.get_num_threads()},
-    }
-    record["config"]["train"] = [str(p) for p in config.train]
-    (config.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    with Index.open(config.index, readonly=True) as index:
+        train_records, dev_records = load_train_dev(config.train, config.steps * config.batch_size * config.grad_accum,
+                                                   config.dev_size, config.seed)
+        examples = build_examples(index, train_records, config.k, seed=config.seed, mode=index.default_mode, progress=progress)
+        reader = load_generative_reader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
+        params = trainable_parameters(reader, config.method, config.lora_rank)
+        reader.model.train()
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)
+        config.out.mkdir(parents=True, exist_ok=True)
+        log = open(config.out / "metrics.jsonl", "w")
+        autocast = torch.autocast(reader.device.type, dtype=torch.bfloat16, enabled=config.bf16)
+        bar = tqdm(range(config.steps), desc="train reader", unit="step", disable=not progress)
+        cursor, running = 0, None
+        for step in bar:
+            value = 0.0  # the step's loss: the mean over its micro-batches
+            lr = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
+            for _ in range(config.grad_accum):
+                batch = [examples[(cursor + i) % len(examples)] for i in range(config.batch_size)]
+                cursor += config.batch_size
+                with autocast:
+                    loss = answer_nll(reader, batch) / config.grad_accum
+                loss.backward()
+                value += loss.item()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            running = value if running is None else 0.95 * running + 0.05 * value
+            bar.set_postfix(loss=f"{running:.3f}")
+            log.write(json.dumps({"step": step + 1, "loss": value, "lr": lr, "seconds": time.time() - started}) + "\n")
+            log.flush()
+        log.close()
+        train_seconds = time.time() - started
+        reader.model.eval()
+        reader.model.save_pretrained(config.out)
+        if config.method == "full":
+            reader.tokenizer.save_pretrained(config.out)
+        if config.method == "lora":
+            reader.model = reader.model.merge_and_unload()
+        dev_summary = {}
+        if config.dev_eval and dev_records:
+            # A seeded sample: the held-out records come file by file, so their first ones are all of the first file's.
+            dev_summary, _ = evaluate_qa(Pipeline(index, reader), sample(dev_records, config.dev_eval, config.seed), k=config.k,
+                                         mode=index.default_mode, progress=progress)
+        record = {
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "train": [str(p) for p in config.train],
+            "examples": len(examples),
+            "examples_with_gold_passage": sum(e.gold_position is not None for e in examples),
+            "train_seconds": round(train_seconds, 1),
+            "final_loss": running,
+            "dev": dev_summary,
+            "machine": machine() | {"device": str(reader.device), "bf16": config.bf16},
+        }
+        record["config"]["train"] = [str(p) for p in config.train]
+        (config.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        return record
 
 
 def answer_nll(reader: GenerativeReader, batch: list[ReaderExample]) -> torch.Tensor:

@@ -44,7 +44,7 @@ from rag.scope_classifier import ScopeClassifier
 from trainer.edit_cases import in_fold, parse_fold, read_cases
 from trainer.qa_data import read_qa, sample
 from trainer.scope_data import KINDS, CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, summary
-from trainer.span_training import machine
+from trainer.machine import machine
 
 DATA = Path("/work/shared/data")
 

@@ -308,7 +308,8 @@ def _run(args: argparse.Namespace) -> int:
                             skip=args.skip, negatives=args.negatives, depth=args.depth, dev_size=args.dev_size, mode=args.mode,
                             seed=args.seed)
     config.check()
-    header = make_span_data(config, Index.open(args.index, readonly=True), args.out)
+    with Index.open(args.index, readonly=True) as index:
+        header = make_span_data(config, index, args.out)
     print(json.dumps({"out": str(args.out), "examples": header["examples"], "dev_questions": header["dev_questions"]}))
     return 0
 

@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import random
-import re
 import shutil
 import sys
 import time
@@ -35,6 +32,7 @@ from indexer.encoder import DEFAULT_ENCODER
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
                               typed_command)
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
+from trainer.machine import machine
 from trainer.qa_metrics import exact_match, f1_score
 from trainer.span_data import DevQuestion, SpanExample, read_span_data
 
@@ -176,15 +174,6 @@ def _mean(values: Sequence[float]) -> float:
 
 # -- training --------------------------------------------------------------------------------------
 
-def machine() -> dict[str, Any]:
-    """Where the run happened, so its time can be compared."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    return {"platform": platform.platform(), "cpu": model.group(1).strip() if model else platform.processor(),
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-
-
 def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict[str, Any]:
     """Train, checkpoint every `dev_every` steps, save to `config.out`, choose k and scoring on the dev questions.
 
@@ -291,7 +280,8 @@ def training_markdown(record: dict[str, Any], earlier: str = "") -> str:
         f"Training: `{' '.join(record['command'])}`", "",
         f"- Data: {', '.join(made['train'])}; {record['examples']} examples (question, gold passage with the answer "
         f"located, up to {made['negatives']} retrieved negatives from the top {made['depth']}, {made['mode']} retrieval "
-        f"over {made['index']}); {record['dev_questions']} questions held out as dev (seed {made['seed']}).",
+        f"over {made['index']}); " + (", ".join(f"{n} questions of {name}" for name, n in record["dev_questions"].items())
+                                         or "no questions") + f" held out as dev (seed {made['seed']}).",
         f"- Steps: {cfg['steps']} x {cfg['batch_size']} questions ({record['epochs']} epochs), lr {cfg['lr']} "
         f"(warm-up {cfg['warmup']}, linear decay), max length {cfg['max_length']}, bf16 autocast {cfg['bf16']}"
         + (f", continued from {cfg['init']}." if cfg.get("init") else f", from {cfg['encoder']}."),
