@@ -22,11 +22,10 @@ import torch
 from indexer.corpus import read_documents
 from indexer.records import Document
 from trainer.machine import cpu_model
+from trainer.shared_data import SHARED_DATA
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-# The shared data lies beside the checkout (../shared/data); RAG_SHARED_DATA points elsewhere (a GPU machine's copy).
-SHARED_DATA = Path(os.environ.get("RAG_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
 CORPUS_FILES = sorted((SHARED_DATA / "corpus").glob("*.jsonl.gz"))
 QA_DIR = SHARED_DATA / "qa"
 DEFAULT_INDEX = BENCH_DIR.parent / "indexes" / "shared"

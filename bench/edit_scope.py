@@ -44,8 +44,9 @@ from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from indexer.names import names_any
 from rag.editing import CANDIDATES, SCOPE_CLASSIFIER, about_subject, load_scope, match_edits
 from trainer.edit_cases import FORMATS, EditCase, in_fold, parse_fold, read_cases
+from trainer.shared_data import SHARED_DATA
 
-VAL = Path("/work/shared/data/editing/counterfact-val.jsonl.gz")
+VAL = SHARED_DATA / "editing" / "counterfact-val.jsonl.gz"
 KINDS = ("question", "paraphrase", "neighbor")
 
 

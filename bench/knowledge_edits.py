@@ -24,8 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_INDEX, RESULTS_DIR, log, machine_info, run_rag_eval, run_stamp
+from trainer.shared_data import SHARED_DATA
 
-EDITS_DIR = Path("/work/shared/data/editing")
+EDITS_DIR = SHARED_DATA / "editing"
 PORTABILITY = Path(__file__).resolve().parent.parent / "data" / "editing" / "counterfact-test-portability.jsonl.gz"
 COUNTERFACT = ["--edits", str(EDITS_DIR / "counterfact-test.jsonl.gz"), "--limit", "1000", "--seed", "0"]
 RUNS = {

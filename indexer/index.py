@@ -29,7 +29,7 @@ import tantivy
 from tqdm.auto import tqdm
 
 from indexer.chunking import chunk_document
-from indexer.dense import MIN_TRAINING_PASSAGES, UPDATABLE, DenseIndex
+from indexer.dense import KINDS, MIN_TRAINING_PASSAGES, UPDATABLE, DenseIndex
 from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.encoder import Encoder, TextEncoder, encoder_input, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
@@ -122,8 +122,8 @@ class Index:
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise IndexFolderError(f"{path} already exists: choose a new --out, or use `rag-index upsert` to change it")
-        if dense not in ("flat", "ivf", "ivfpq", "hnsw"):
-            raise IndexFolderError(f"unknown dense index kind {dense!r}: choose flat, ivf, ivfpq or hnsw")
+        if dense not in KINDS:
+            raise IndexFolderError(f"unknown dense index kind {dense!r}: choose {', '.join(KINDS)}")
         if chunk_tokens and not hasattr(encoder, "tokenizer"):
             raise IndexFolderError("token chunking needs an encoder with a tokenizer")
         reads = getattr(encoder, "max_length", None)

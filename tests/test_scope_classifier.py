@@ -17,7 +17,8 @@ from rag.editing import ClassifierScope
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
 from trainer.edit_cases import EditCase, Probe, in_fold, read_cases
 from trainer.scope_data import CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, relations
-from trainer.scope_training import ScopeTrainingConfig, auc, best_threshold, main, scope_loss, train_scope_classifier
+from trainer.classifier_metrics import auc, best_threshold
+from trainer.scope_training import ScopeTrainingConfig, main, scope_loss, train_scope_classifier
 
 EDITS = ["The mother tongue of Danielle Darrieux is English.", "The twin city of Wellington is Sheffield.", "Toko Yasuda plays the piano."]
 QUESTIONS = ["What is the mother tongue of Danielle Darrieux?", "who won the world cup in 2010", "Toko Yasuda, the"]

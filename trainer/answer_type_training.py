@@ -33,8 +33,8 @@ from rag.command_line import check_counts, run_command, typed_command
 from trainer.edit_cases import EditCase, in_fold, parse_fold, read_cases
 from trainer.qa_data import jsonl_lines
 from trainer.scope_data import check_not_evaluation_only
+from trainer.shared_data import SHARED_DATA
 
-DATA = Path("/work/shared/data")
 THRESHOLDS = np.round(np.arange(0.5, 0.995, 0.01), 2)
 
 
@@ -135,10 +135,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True,
                         help="classifier file to write; rag/classifiers/answer-type-minilm.json replaces the shipped one")
-    parser.add_argument("--trec", type=Path, default=DATA / "fewshot/trec/train.jsonl.gz", help="TREC training questions")
-    parser.add_argument("--counterfact", type=Path, default=DATA / "editing/counterfact-train.jsonl.gz")
+    parser.add_argument("--trec", type=Path, default=SHARED_DATA / "fewshot/trec/train.jsonl.gz", help="TREC training questions")
+    parser.add_argument("--counterfact", type=Path, default=SHARED_DATA / "editing/counterfact-train.jsonl.gz")
     parser.add_argument("--counterfact-cases", type=int, default=2000, help="counterfact-train cases whose paraphrases set the threshold")
-    parser.add_argument("--zsre", type=Path, default=DATA / "editing/zsre-1k.jsonl.gz")
+    parser.add_argument("--zsre", type=Path, default=SHARED_DATA / "editing/zsre-1k.jsonl.gz")
     parser.add_argument("--zsre-fold", default="0/2", help="the fold of --zsre that sets the threshold (rag-train scope's); the others are measured")
     parser.add_argument("--max-paraphrase-conflicts", type=float, default=0.002,
                         help="share of paraphrase pairs the threshold may give two different confident kinds (default %(default)s)")

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer.qa_data import jsonl_lines
+from trainer.shared_data import SHARED_DATA
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
-FEWSHOT_ROOT = DATA_ROOT / "fewshot"
-QA_ROOT = DATA_ROOT / "qa"
+FEWSHOT_ROOT = SHARED_DATA / "fewshot"
+QA_ROOT = SHARED_DATA / "qa"
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,12 @@ from rag.command_line import (add_optimizer_options, add_run_options, check_coun
 from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
 from rag.scope_classifier import ScopeClassifier
 from trainer.edit_cases import in_fold, parse_fold, read_cases
+from trainer.classifier_metrics import auc, best_threshold
+from trainer.machine import machine
 from trainer.qa_data import read_qa, sample
 from trainer.scope_data import KINDS, CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, summary
-from trainer.machine import machine
+from trainer.shared_data import SHARED_DATA
 
-DATA = Path("/work/shared/data")
 
 
 @dataclass
@@ -54,11 +55,11 @@ class ScopeTrainingConfig:
     """Everything a scope-classifier training run depends on; saved with the run."""
 
     out: Path
-    train: Path = DATA / "editing" / "counterfact-train.jsonl.gz"
-    val: Path = DATA / "editing" / "counterfact-val.jsonl.gz"
-    nq_train: Path | None = DATA / "qa" / "nq-open-train.jsonl.gz"  # question-form negatives for training
-    nq_val: Path | None = DATA / "qa" / "nq-open-dev.jsonl.gz"  # ... and for validation (a different file)
-    also_train: Path | None = DATA / "editing" / "zsre-1k.jsonl.gz"  # more edit cases, in another phrasing
+    train: Path = SHARED_DATA / "editing" / "counterfact-train.jsonl.gz"
+    val: Path = SHARED_DATA / "editing" / "counterfact-val.jsonl.gz"
+    nq_train: Path | None = SHARED_DATA / "qa" / "nq-open-train.jsonl.gz"  # question-form negatives for training
+    nq_val: Path | None = SHARED_DATA / "qa" / "nq-open-dev.jsonl.gz"  # ... and for validation (a different file)
+    also_train: Path | None = SHARED_DATA / "editing" / "zsre-1k.jsonl.gz"  # more edit cases, in another phrasing
     also_train_fold: str | None = "0/2"  # the fold of them that trains (rag-eval edits --fold measures the others)
     also_train_repeat: int = 4  # times their pairs are repeated
     encoder: str = DEFAULT_ENCODER  # both the classifier's starting point and the similarity baseline's embedder
@@ -125,39 +126,6 @@ class ScopeTrainingConfig:
 
 # -- metrics ---------------------------------------------------------------------------------------
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve: P(a random positive scores above a random negative), ties counting half."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if not positives or not negatives:
-        return float("nan")
-    # Mann-Whitney U from ranks, tied scores sharing their mean rank.
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0
-    ranks = mean_rank[inverse]
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
-
-
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """The threshold (in scope: score >= threshold) with the best balanced accuracy, and that accuracy.
-
-    Thresholds lie halfway between neighbouring distinct scores, so a score just beside one decides the
-    same way as the pair it was chosen on.
-    """
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
-    if labels.all() or not labels.any():
-        raise ValueError("choosing a threshold needs both in-scope and out-of-scope pairs")
-    distinct = np.unique(scores)  # ascending
-    cuts = np.concatenate([[distinct[0] - 1e-6], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + 1e-6]])
-    # For each cut: the share of positives at or above it and of negatives below it.
-    order = np.sort(scores[labels]), np.sort(scores[~labels])
-    recall = 1.0 - np.searchsorted(order[0], cuts, side="left") / len(order[0])
-    specificity = np.searchsorted(order[1], cuts, side="left") / len(order[1])
-    balanced = (recall + specificity) / 2
-    best = int(np.argmax(balanced))
-    return float(cuts[best]), float(balanced[best])
-
-
 def pair_metrics(scores: np.ndarray, pairs: Sequence[ScopePair], threshold: float) -> dict[str, Any]:
     """Accuracy, balanced accuracy and AUC of one decider over labelled pairs, and its accuracy per pair kind."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -222,8 +190,9 @@ def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -
     if not positives or positives == len(train_pairs):
         raise ValueError("the training pairs need both labels: give more cases")
     # The baseline's threshold from the training pairs; both deciders are then measured on the same validation pairs.
-    similarity_threshold, _ = best_threshold(embedder.similarity(train_pairs), np.array([p.label for p in train_pairs]))
-    similarity = {"train": pair_metrics(embedder.similarity(train_pairs), train_pairs, similarity_threshold),
+    train_similarity = embedder.similarity(train_pairs)
+    similarity_threshold, _ = best_threshold(train_similarity, np.array([p.label for p in train_pairs]))
+    similarity = {"train": pair_metrics(train_similarity, train_pairs, similarity_threshold),
                   "val": pair_metrics(embedder.similarity(val_pairs), val_pairs, similarity_threshold)}
     del embedder  # its encoder and ~50k vectors are not needed for training
     # Repeated only now, so that the similarity threshold above counts each pair once.

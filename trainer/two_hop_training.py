@@ -49,13 +49,13 @@ from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.command_line import check_counts, run_command, typed_command
 from rag.scope_classifier import SHIPPED as SHIPPED_SCOPE, ScopeClassifier
 from rag.two_hop import TwoHopDetector
+from trainer.classifier_metrics import auc, best_threshold
 from trainer.edit_cases import EditCase, read_cases
 from trainer.edit_portability import FIRST_HOP, SECOND_HOP, first_hop_phrase
 from trainer.qa_data import read_qa
 from trainer.scope_data import check_not_evaluation_only
-from trainer.scope_training import auc, best_threshold
+from trainer.shared_data import SHARED_DATA
 
-DATA = Path("/work/shared/data")
 PHRASES = [phrase for _, phrase in FIRST_HOP]
 PORTABILITY_SECOND_HOPS = [template for _, _, template in SECOND_HOP]
 TRAIN_SECOND_HOPS = PORTABILITY_SECOND_HOPS + [
@@ -198,10 +198,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True,
                         help="detector file to write; rag/classifiers/two-hop-minilm.json replaces the shipped one")
-    parser.add_argument("--train", type=Path, default=DATA / "editing/counterfact-train.jsonl.gz")
-    parser.add_argument("--val", type=Path, default=DATA / "editing/counterfact-val.jsonl.gz")
-    parser.add_argument("--nq-train", type=Path, default=DATA / "qa/nq-open-train.jsonl.gz")
-    parser.add_argument("--nq-val", type=Path, default=DATA / "qa/nq-open-dev.jsonl.gz")
+    parser.add_argument("--train", type=Path, default=SHARED_DATA / "editing/counterfact-train.jsonl.gz")
+    parser.add_argument("--val", type=Path, default=SHARED_DATA / "editing/counterfact-val.jsonl.gz")
+    parser.add_argument("--nq-train", type=Path, default=SHARED_DATA / "qa/nq-open-train.jsonl.gz")
+    parser.add_argument("--nq-val", type=Path, default=SHARED_DATA / "qa/nq-open-dev.jsonl.gz")
     parser.add_argument("--train-cases", type=int, default=4000, help="counterfact-train cases sampled (seeded)")
     parser.add_argument("--nq", type=int, default=3000, help="NQ training questions (a third as many for validation)")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="the index encoder whose vectors the detector reads")
