@@ -22,6 +22,13 @@ def test_any_whitespace_between_a_subjects_words_names_it(question: str) -> None
     ("Where is the Eiffel Towers?", "Eiffel Tower", False),  # a proper name has no plural
     ("Are Houston\u00a0 toads threatened?", "Houston toad", True),  # a common noun's plural
     ("Where is Cafe\u0301  Procope?", "Café\u00a0Procope", True),  # decomposed accent, odd spacing on both sides
+    # Scripts without spaces between words: the letters around a name are its sentence's, not part of it.
+    ("東京タワーの高さは何メートルですか?", "東京タワー", True),
+    ("How tall is 東京タワー?", "東京タワー", True),
+    ("서울은 어느 나라의 수도입니까?", "서울", True),
+    ("Who designed 東京タワー's antenna?", "東京タワー", True),
+    ("Where is Tokyo Towerの?", "Tokyo Tower", True),  # a spaced name followed by a script without spaces
+    ("Where is Tokyo Towers?", "Tokyo Tower", False),  # ... but still bounded by its own script's letters
 ])
 def test_the_other_rules_are_kept(question: str, subject: str, named: bool) -> None:
     assert bool(subject_spans(question, subject)) is named
