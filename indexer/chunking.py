@@ -30,21 +30,24 @@ def chunk_words(doc: Document, words: int = 100, overlap: int = 0) -> list[Passa
     return [_passage(doc, n, " ".join(tokens[start:end])) for n, (start, end) in enumerate(spans)]
 
 
-def chunk_tokens(doc: Document, tokenizer: PreTrainedTokenizerBase, tokens: int = 64) -> list[Passage]:
-    """Split `doc` into consecutive chunks of `tokens` tokens of a fast tokenizer (no special tokens).
+def chunk_tokens(doc: Document, tokenizer: PreTrainedTokenizerBase, tokens: int = 64, overlap: int = 0) -> list[Passage]:
+    """Split `doc` into chunks of `tokens` tokens of a fast tokenizer (no special tokens), each starting
+    `tokens - overlap` tokens after the last; the last one ends with the document.
 
     Each passage's text is the exact (stripped) substring of `doc.text` that its tokens cover, found
     through the tokenizer's offset mapping. A document with no tokens gives one passage.
     """
     if tokens < 1:
         raise ValueError(f"tokens must be >= 1, got {tokens}")
+    if not 0 <= overlap < tokens:
+        raise ValueError(f"overlap must be >= 0 and < tokens ({tokens}), got {overlap}")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"chunk_tokens needs a fast (Rust) tokenizer for offset mappings, got {type(tokenizer).__name__}")
     # verbose=False: documents longer than the model's max length are expected here, so no warning.
     offsets = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
     if not offsets:
         return [_passage(doc, 0, doc.text.strip())]
-    chunks = [offsets[i : i + tokens] for i in range(0, len(offsets), tokens)]
+    chunks = [offsets[i : i + tokens] for i in range(0, max(len(offsets) - overlap, 1), tokens - overlap)]
     return [_passage(doc, n, doc.text[chunk[0][0] : chunk[-1][1]].strip()) for n, chunk in enumerate(chunks)]
 
 

@@ -13,6 +13,7 @@ on paraphrase pairs of the edit training data; shipped as SHIPPED (a JSON file w
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,6 +28,19 @@ HEAD_WORDS = (1, 2)  # the leading words embedded beside the whole question
 MAX_KNOWN = 100_000  # texts whose kinds are kept (edits' questions recur with every question near them)
 
 Encode = Callable[[list[str]], np.ndarray]
+
+NUMBER_KIND = "NUM"  # TREC's class of numbers, dates, sizes and spans of time
+# What an answer to a NUM question ("When", "How many", "How old") states: a digit, a month, a number word or a span of time.
+NUMBER_WORDS = re.compile(
+    r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|hundred|thousand|"
+    r"million|billion|dozen|first|second|third|century|centuries|decade|decades|year|years|bc|ad|bce|ce|january|"
+    r"february|march|april|may|june|july|august|september|october|november|december|spring|summer|autumn|fall|winter)\b",
+    flags=re.IGNORECASE)
+
+
+def states_number(answer: str) -> bool:
+    """Whether `answer` could answer a question that asks for a number or a date ("1972", "March", "twelve")."""
+    return bool(NUMBER_WORDS.search(answer))
 
 
 def question_heads(questions: Sequence[str], words: int) -> list[str]:

@@ -18,15 +18,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
 from indexer.edit_memory import Edit, EditMemory, question_key
 from indexer.encoder import DEFAULT_ENCODER, same_encoder
+from indexer.chunking import chunk_tokens
 from indexer.names import subject_spans
+from indexer.records import Document
+from rag.answer_type import NUMBER_KIND, states_number
 from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope_classifier
 from rag.two_hop import TwoHopDetector, resolve_first_hop, split_first_hop
+
+if TYPE_CHECKING:  # transformers is slow to import
+    from transformers import PreTrainedTokenizerBase
 
 SCOPE_CLASSIFIER = str(SHIPPED)
 SCOPE_KINDS = ("auto", "classifier", "similarity", "none")
@@ -48,6 +54,11 @@ class EditMatch:
     resolved: str | None = None
 
 
+# The most of a passage a reader reads beside a question: the span reader reads 256 tokens in all (question, title
+# and passage), the generative reader 192 tokens of each passage.
+FACT_WINDOW_TOKENS = 160
+
+
 @dataclass(frozen=True)
 class EditPassage:
     """An edit as the reader reads it: a passage that takes precedence over the corpus."""
@@ -57,7 +68,19 @@ class EditPassage:
 
     @classmethod
     def of(cls, edit: Edit) -> EditPassage:
+        """The whole edit as one passage."""
         return cls(f"Edit {edit.id}" + (f": {edit.subject}" if edit.subject else ""), edit.fact)
+
+    @classmethod
+    def windows(cls, edit: Edit, tokenizer: PreTrainedTokenizerBase | None) -> list[EditPassage]:
+        """The edit as passages a reader reads whole: one, or for a fact longer than FACT_WINDOW_TOKENS tokens of
+        `tokenizer` (the index encoder's), overlapping windows of it. Read as one passage, the end of a long fact
+        was cut off unread. Without a fast tokenizer, the whole edit as one passage."""
+        whole = cls.of(edit)
+        if not getattr(tokenizer, "is_fast", False):
+            return [whole]
+        chunks = chunk_tokens(Document(edit.id, whole.title, edit.fact), tokenizer, FACT_WINDOW_TOKENS, FACT_WINDOW_TOKENS // 4)
+        return [cls(whole.title, chunk.text) for chunk in chunks]
 
 
 class Scope(Protocol):
@@ -169,10 +192,17 @@ def about_subject(question: str, edit: Edit) -> bool:
 AnswerKinds = Callable[..., list[str | None]]  # (questions, vectors=None) -> the kind each asks for, None where unsure
 
 
-def asks_otherwise(kind: str | None, edit_kind: str | None) -> bool:
+def asks_otherwise(kind: str | None, edit_kind: str | None, edit_answer: str | None = None) -> bool:
     """Whether a question asking for `kind` asks for something else than the edit's question (`edit_kind`): both
-    known, and different. "How tall is the Eiffel Tower?" (a number) is not in the scope of "Where is it?" (a place)."""
-    return kind is not None and edit_kind is not None and kind != edit_kind
+    known, and different. "How tall is the Eiffel Tower?" (a number) is not in the scope of "Where is it?" (a place).
+    Where the edit's kind is unsure, its stated answer still says what it is not: a question asking for a number or
+    a date ("When did the Apollo program end?") is not in the scope of an edit whose answer states none ("European
+    Space Agency")."""
+    if kind is None:
+        return False
+    if edit_kind is not None:
+        return kind != edit_kind
+    return kind == NUMBER_KIND and edit_answer is not None and not states_number(edit_answer)
 
 
 def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,
@@ -211,7 +241,8 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
         if own:
             matches.append(EditMatch(pairs[own[0]][0], scores[own[0]]))
             continue
-        in_scope = [scores[i] >= scope.limit(e) and not asks_otherwise(kind, stated.get(e.question or "")) for i, (e, _) in enumerate(pairs)]
+        in_scope = [scores[i] >= scope.limit(e) and not asks_otherwise(kind, stated.get(e.question or ""), e.answer)
+                    for i, (e, _) in enumerate(pairs)]
         # The two-hop path needs a stated subject: about_subject has then checked that the question names it.
         usable = [i for i, (e, _) in enumerate(pairs) if e.id != skip and about_subject(question, e)
                   and (in_scope[i] or (chain and e.subject and scores[i] >= two_hop.relation_threshold))]

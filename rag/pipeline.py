@@ -299,12 +299,14 @@ class Pipeline:
         plain = [i for i, e in enumerate(answering) if e is None and i not in unresolved]
         edited = [i for i, e in enumerate(answering) if e is not None and not e.answer]
         with self._adapted(adapter):
-            for group, contexts in ((plain, [passages[i][:k] for i in plain]), (edited, [[EditPassage.of(answering[i])] for i in edited])):
+            tokenizer = getattr(self.index.encoder, "tokenizer", None) if self.index is not None else None
+            for group, contexts in ((plain, [passages[i][:k] for i in plain]),
+                                    (edited, [EditPassage.windows(answering[i], tokenizer) for i in edited])):
                 if group:
                     for i, text in zip(group, self.reader.generate([asked[i] for i in group], contexts)):
                         texts[i] = text
             if unresolved:
-                contexts = [[EditPassage.of(edits[i]), *passages[i]] for i in unresolved]
+                contexts = [[*EditPassage.windows(edits[i], tokenizer), *passages[i]] for i in unresolved]
                 for i, text in zip(unresolved, self._beyond_reader().generate([questions[i] for i in unresolved], contexts)):
                     texts[i] = text
         t3 = time.perf_counter()

@@ -75,6 +75,10 @@ class TwoHopDetector:
         return cls(**{k: raw[k] for k in ("weights", "bias", "threshold", "relation_threshold", "encoder", "training") if k in raw})
 
 
+# "the town of Gospić", "the nation of Poland": the subject named with what kind of place it is, not a first hop
+# through it ("the capital of Poland", "the twin city of Ostrava").
+APPOSITION = re.compile(r"the\s+(?:town|city|village|country|nation|state|province|region|county|district|island|"
+                        r"municipality|commune|kingdom|republic|empire|borough|parish|prefecture)\s+of\s*", flags=re.IGNORECASE)
 # A second hop that names its object ("What is the name of the state in which X is located?") asks for the
 # first hop itself: there is no further fact to reach.
 IDENTITY_HOP = re.compile(r"\b(?:name|names|title)\s+of\s*$", flags=re.IGNORECASE)
@@ -89,8 +93,9 @@ def split_first_hop(question: str, subject: str | None) -> tuple[str, str] | Non
     sentence (not one that is part of the subject's own name, as in "the Eiffel Tower") and runs to the end
     of the subject's clause (",", ";", "?" or the end). Where the subject occurs more than once, the last
     occurrence that has such a phrase is used. None when there is no subject, no such phrase, nothing of the
-    sentence would be left before it, or what is left only names the phrase ("What is the name of the state in
-    which X is located?" asks for the first hop itself)."""
+    sentence would be left before it, what is left only names the phrase ("What is the name of the state in
+    which X is located?" asks for the first hop itself), or the phrase only says what kind of place the subject is
+    ("Which country is the town of Gospić in?" asks the edit's own question)."""
     question = unicodedata.normalize("NFC", question)  # the positions subject_spans gives
     for at, after in reversed(subject_spans(question, subject)):
         sentence = max(question.rfind(mark, 0, at) for mark in ".!?") + 1
@@ -98,7 +103,7 @@ def split_first_hop(question: str, subject: str | None) -> tuple[str, str] | Non
                  if question[sentence + m.end() : at].strip()]
         if IDENTITY_HOP.search(question[: opens[-1]] if opens else ""):
             return None
-        if not opens or not question[sentence : opens[-1]].strip():
+        if not opens or not question[sentence : opens[-1]].strip() or APPOSITION.fullmatch(question[opens[-1] : at]):
             continue
         stop = re.search(r"[,;?]", question[after:])
         end = after + stop.start() if stop else len(question)

@@ -80,7 +80,25 @@ def test_token_chunks_are_substrings_within_the_limit(tokenizer) -> None:
     assert "".join(text.split()) == "".join("".join(p.text.split()) for p in passages)
 
 
+def test_overlapping_token_chunks_share_their_edges_and_end_with_the_document(tokenizer) -> None:
+    text = "Zebras (Equus quagga) are African equines with distinctive black-and-white striped coats. " * 6
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    passages = chunk_tokens(Document(id="z", title="Zebra", text=text), tokenizer, tokens=16, overlap=4)
+    assert len(passages) == -(-(len(ids) - 4) // 12)
+    spans, pos = [], 0
+    for p in passages:
+        assert len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) <= 16
+        start = text.index(p.text, pos)
+        spans.append((start, start + len(p.text)))
+        pos = start + 1
+    assert spans[0][0] == 0 and spans[-1][1] == len(text.rstrip())
+    assert all(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:]))  # each window overlaps the last
+    assert chunk_tokens(make_doc(3), tokenizer, tokens=16, overlap=4) == chunk_tokens(make_doc(3), tokenizer, tokens=16)
+
+
 def test_token_validation(tokenizer) -> None:
+    with pytest.raises(ValueError, match="overlap must be >= 0 and < tokens"):
+        chunk_tokens(make_doc(5), tokenizer, tokens=8, overlap=8)
     with pytest.raises(ValueError, match="tokens must be >= 1"):
         chunk_tokens(make_doc(5), tokenizer, tokens=0)
     with pytest.raises(ValueError, match="fast"):

@@ -112,6 +112,14 @@ def test_an_edit_answers_no_question_that_asks_for_another_kind_of_answer(pipeli
     assert pipeline.ask("Tell me the city of topic4", k=2, mode="sparse").edit == edit  # kind unsure: the decider decides
     fact_only = pipeline.index.memory.add("Topic five moved to Oslo.", subject="topic5")  # no question: no kind to compare
     assert pipeline.ask("When was topic5 made?", k=2, mode="sparse").edit == fact_only
+    # The edit's question of an unsure kind: its answer still says whether it can be a number or a date.
+    agency = pipeline.index.memory.add("Topic six is run by the European Space Agency.", question="Which agency runs topic6?",
+                                       answer="European Space Agency", subject="topic6")
+    assert pipeline.ask("When was topic6 made?", k=2, mode="sparse").edit is None
+    assert pipeline.ask("Tell me who runs topic6", k=2, mode="sparse").edit == agency
+    year = pipeline.index.memory.add("Topic seven was made in 1972.", question="Which year saw topic7 made?", answer="1972",
+                                     subject="topic7")
+    assert pipeline.ask("When was topic7 made?", k=2, mode="sparse").edit == year
     pipeline.scope = SimilarityScope(2.0)  # a decider that claims nothing: an edit's own question is still its own
     assert pipeline.ask("where is topic4", k=2, mode="sparse").edit == edit
 
