@@ -32,7 +32,7 @@ from indexer.index import build_index
 SPEEDUP_GOAL = 1.3
 MAX_DIFF_GOAL = 1e-5
 # Not the shared index other benchmarks and people read: this script deletes its folder with --force.
-BUILD_INDEX = Path("/work/main/indexes/bench-build")
+BUILD_INDEX = Path(__file__).resolve().parent.parent / "indexes" / "bench-build"
 WARM_UP_DOCS = 1024  # one encoder call of the build
 
 

@@ -123,7 +123,7 @@ class Index:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise IndexFolderError(f"{path} already exists: choose a new --out, or use `rag-index upsert` to change it")
         if dense not in KINDS:
-            raise IndexFolderError(f"unknown dense index kind {dense!r}: choose {', '.join(KINDS)}")
+            raise IndexFolderError(f"unknown dense index kind {dense!r}: choose {', '.join(KINDS[:-1])} or {KINDS[-1]}")
         if chunk_tokens and not hasattr(encoder, "tokenizer"):
             raise IndexFolderError("token chunking needs an encoder with a tokenizer")
         reads = getattr(encoder, "max_length", None)

@@ -26,7 +26,7 @@ def fold(text: str) -> str:
 
 # Scripts written without spaces between words (Thai, Lao, Tibetan, Myanmar, Khmer, Japanese kana, Chinese), and
 # Hangul, whose particles join the noun ("서울은"): their letters next to a name belong to its sentence, not to it.
-UNSPACED = ("\u0e00-\u0fff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf"
+UNSPACED = ("\u0e00-\u0fff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u3005-\u30ff\u3130-\u318f\u3400-\u4dbf"
             "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002fa1f")
 # Bounds of a name: not next to a letter or digit of a spaced script.
 SPACED_WORD = rf"[^\W{UNSPACED}]"
@@ -38,7 +38,8 @@ def subject_pattern(subject: str) -> re.Pattern[str] | None:
     spaces, a no-break space, a line break), with a possessive ending ("Berge's", "Berges'"), and a plural one
     ("Houston toads") when its last word is a common noun (lowercase): "Williams" must not name "William". Letters of
     a script written without spaces (Chinese, Japanese, Thai...) do not bound a name: "東京タワーの高さは?" names
-    東京タワー, and "Tokyo Towerの高さは?" Tokyo Tower. None for an empty subject."""
+    東京タワー, and "Tokyo Towerの高さは?" Tokyo Tower; without word boundaries to go by, 京都 is also named in
+    "東京都の人口は?", and the scope decider alone tells them apart. None for an empty subject."""
     words = fold(subject).split()
     if not words:
         return None

@@ -30,11 +30,17 @@ MAX_KNOWN = 100_000  # texts whose kinds are kept (edits' questions recur with e
 Encode = Callable[[list[str]], np.ndarray]
 
 NUMBER_KIND = "NUM"  # TREC's class of numbers, dates, sizes and spans of time
-# What an answer to a NUM question ("When", "How many", "How old") states: a digit, a month, a number word or a span of time.
+# What an answer to a NUM question ("When", "How many", "How old") states: a digit (any script's), a number word, a
+# date or a span of time, an era. Only a miss costs: a NUM question would leave an edit that does answer it.
 NUMBER_WORDS = re.compile(
-    r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|hundred|thousand|"
-    r"million|billion|dozen|first|second|third|century|centuries|decade|decades|year|years|bc|ad|bce|ce|january|"
-    r"february|march|april|may|june|july|august|september|october|november|december|spring|summer|autumn|fall|winter)\b",
+    r"\d|[〇一二三四五六七八九十百千万億]|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
+    r"(?:thir|four|fif|six|seven|eigh|nine)teen(?:th)?|(?:twen|thir|for|fif|six|seven|eigh|nine)t(?:y|ieth)|"
+    r"(?:hundred|thousand|million|billion|trillion|dozen|score)s?|half|once|twice|first|second|third|"
+    r"(?:four|fif|six|seven|eigh|nin|ten|eleven|twelf|hundred|thousand|million)th|"
+    r"(?:second|minute|hour|day|night|week|fortnight|month|year|decade|century|centurie|millenni(?:um|a)|age|era|"
+    r"epoch|period|dynasty|reign|war|revolution|renaissance|percent|noon|midnight|eve)s?|bc|ad|bce|ce|"
+    r"monday|tuesday|wednesday|thursday|friday|saturday|sunday|january|february|march|april|may|june|july|august|"
+    r"september|october|november|december|spring|summer|autumn|fall|winter)\b",
     flags=re.IGNORECASE)
 
 

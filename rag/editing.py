@@ -54,9 +54,10 @@ class EditMatch:
     resolved: str | None = None
 
 
-# The most of a passage a reader reads beside a question: the span reader reads 256 tokens in all (question, title
-# and passage), the generative reader 192 tokens of each passage.
-FACT_WINDOW_TOKENS = 160
+# A window of a long fact, in the index encoder's tokens: well inside what each reader reads of a passage beside its
+# question (the span reader 256 tokens in all, question and title too; the generative readers 192 of their own
+# tokens, which the same text takes a few more of).
+FACT_WINDOW_TOKENS = 128
 
 
 @dataclass(frozen=True)

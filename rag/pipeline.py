@@ -1,6 +1,7 @@
 """Question in, answer with its sources out: retrieve the top-k passages, then let the reader answer."""
 from __future__ import annotations
 
+import copy
 import functools
 import time
 import warnings
@@ -143,6 +144,14 @@ class Pipeline:
         return cls(index, loaded, scope=decider,
                    two_hop=load_two_hop(index.manifest.encoder, dim=index.manifest.dim) if use_two_hop else None,
                    answer_types=answer_types)
+
+    @functools.cached_property
+    def _fact_tokenizer(self) -> Any:
+        """A copy of the index encoder's tokenizer, which cuts long edit facts into windows (None without one). Only a
+        question read from an edit loads it. A copy: a fast tokenizer's truncation is a setting of the object, and
+        the index's writer encodes with it truncated on another thread (Index._chunk_tokenizer says the same)."""
+        tokenizer = getattr(self.index.encoder, "tokenizer", None) if self.index is not None else None
+        return copy.deepcopy(tokenizer) if tokenizer is not None else None
 
     def _answer_kinds(self) -> AnswerKinds | None:
         """The answer-type classifier over the index's encoder, for the edit router; None without one."""
@@ -299,14 +308,13 @@ class Pipeline:
         plain = [i for i, e in enumerate(answering) if e is None and i not in unresolved]
         edited = [i for i, e in enumerate(answering) if e is not None and not e.answer]
         with self._adapted(adapter):
-            tokenizer = getattr(self.index.encoder, "tokenizer", None) if self.index is not None else None
             for group, contexts in ((plain, [passages[i][:k] for i in plain]),
-                                    (edited, [EditPassage.windows(answering[i], tokenizer) for i in edited])):
+                                    (edited, [EditPassage.windows(answering[i], self._fact_tokenizer) for i in edited])):
                 if group:
                     for i, text in zip(group, self.reader.generate([asked[i] for i in group], contexts)):
                         texts[i] = text
             if unresolved:
-                contexts = [[*EditPassage.windows(edits[i], tokenizer), *passages[i]] for i in unresolved]
+                contexts = [[*EditPassage.windows(edits[i], self._fact_tokenizer), *passages[i]] for i in unresolved]
                 for i, text in zip(unresolved, self._beyond_reader().generate([questions[i] for i in unresolved], contexts)):
                     texts[i] = text
         t3 = time.perf_counter()

@@ -90,20 +90,23 @@ def split_first_hop(question: str, subject: str | None) -> tuple[str, str] | Non
     or None where it has none. Whether a question has a first hop is a matter of its wording alone.
 
     The first hop is taken to be the noun phrase that opens with the last "the" before the subject in its
-    sentence (not one that is part of the subject's own name, as in "the Eiffel Tower") and runs to the end
+    sentence (not one that is part of the subject's own name, as in "the Eiffel Tower", nor one that only says what
+    kind of place the subject is, as in "the town of Gospić": `APPOSITION`) and runs to the end
     of the subject's clause (",", ";", "?" or the end). Where the subject occurs more than once, the last
     occurrence that has such a phrase is used. None when there is no subject, no such phrase, nothing of the
-    sentence would be left before it, what is left only names the phrase ("What is the name of the state in
-    which X is located?" asks for the first hop itself), or the phrase only says what kind of place the subject is
-    ("Which country is the town of Gospić in?" asks the edit's own question)."""
+    sentence would be left before it, or what is left only names the phrase ("What is the name of the state in
+    which X is located?" asks for the first hop itself). "Which country is the town of Gospić in?" has none: it asks
+    the question of an edit of where Gospić is."""
     question = unicodedata.normalize("NFC", question)  # the positions subject_spans gives
     for at, after in reversed(subject_spans(question, subject)):
         sentence = max(question.rfind(mark, 0, at) for mark in ".!?") + 1
         opens = [sentence + m.start() for m in re.finditer(r"\bthe\b", question[sentence:at], flags=re.IGNORECASE)
                  if question[sentence + m.end() : at].strip()]
+        if opens and APPOSITION.fullmatch(question[opens[-1] : at]):
+            opens.pop()  # "the town of Gospić" only names the subject: a first hop may open before it
         if IDENTITY_HOP.search(question[: opens[-1]] if opens else ""):
             return None
-        if not opens or not question[sentence : opens[-1]].strip() or APPOSITION.fullmatch(question[opens[-1] : at]):
+        if not opens or not question[sentence : opens[-1]].strip():
             continue
         stop = re.search(r"[,;?]", question[after:])
         end = after + stop.start() if stop else len(question)

@@ -10,7 +10,7 @@ import pytest
 
 from indexer.encoder import TextEncoder
 import rag.answer_type
-from rag.answer_type import AnswerTypeClassifier, load_answer_types, question_heads
+from rag.answer_type import AnswerTypeClassifier, load_answer_types, question_heads, states_number
 from trainer.cli import main_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,3 +107,17 @@ def test_rag_train_answer_type_on_tiny_data(tmp_path: Path, tiny_encoder_path: s
                          (["--zsre-fold", "0/1"], "train on one fold"), (["--max-paraphrase-conflicts", "1.5"], "is a share")):
         assert main_train([*argv[:2], str(tmp_path / "bad.json"), *argv[3:], *bad]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
+
+
+@pytest.mark.parametrize("answer", ["1972", "March", "fifteen", "sixty", "the 19th century", "twentieth century", "several weeks",
+                                    "a fortnight", "Ming dynasty", "World War II", "the Middle Ages", "Monday", "noon", "twice",
+                                    "half", "thousands", "三百"])
+def test_answers_that_can_answer_when_or_how_many(answer: str) -> None:
+    """A question asking for a number or a date stays in the scope of an edit whose answer is one of these."""
+    assert states_number(answer)
+
+
+@pytest.mark.parametrize("answer", ["European Space Agency", "Croatia", "Ada Brightwater", "uniform", "Smith", "Elizabeth",
+                                    "North", "endangered"])
+def test_answers_that_cannot(answer: str) -> None:
+    assert not states_number(answer)

@@ -8,6 +8,7 @@ import pytest
 
 from indexer.corpus import CorpusError, FieldMap, read_documents
 from indexer.records import Document
+from trainer.shared_data import SHARED_DATA
 
 RECORDS = [
     {"id": "1", "title": "Aaron", "text": 'Aaron ( or ; "Ahärôn") is a prophet.\tHe had a rod.'},
@@ -15,7 +16,7 @@ RECORDS = [
     {"id": "3", "title": "", "text": "No title here."},
 ]
 EXPECTED = [Document(id=r["id"], title=r["title"], text=r["text"]) for r in RECORDS]
-WIKI_NQ = Path("/work/shared/data/corpus/wiki-nq.jsonl.gz")
+WIKI_NQ = SHARED_DATA / "corpus" / "wiki-nq.jsonl.gz"
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:

@@ -29,6 +29,8 @@ def test_any_whitespace_between_a_subjects_words_names_it(question: str) -> None
     ("Who designed 東京タワー's antenna?", "東京タワー", True),
     ("Where is Tokyo Towerの?", "Tokyo Tower", True),  # a spaced name followed by a script without spaces
     ("Where is Tokyo Towers?", "Tokyo Tower", False),  # ... but still bounded by its own script's letters
+    ("東京都の人口は?", "京都", True),  # no word boundaries to go by: the scope decider tells them apart
+    ("人々はどこに住んでいますか?", "人", True),  # the iteration mark 々 is a letter of the script
 ])
 def test_the_other_rules_are_kept(question: str, subject: str, named: bool) -> None:
     assert bool(subject_spans(question, subject)) is named

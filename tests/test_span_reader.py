@@ -16,6 +16,7 @@ from indexer.index import Index, build_index
 from rag.span_reader import MARKER_FILE, SCORINGS, PassageSpan, SpanReader, choose_answer, is_span_reader
 from trainer.qa_data import ContextPassage, QARecord
 from trainer.span_data import SpanDataConfig, SpanExample, locate_answer, make_example, make_span_data, mix_records, read_span_data
+from trainer.shared_data import SHARED_DATA
 from trainer.span_training import SpanTrainingConfig, span_loss, span_targets, train_span_reader
 
 P = ContextPassage
@@ -200,7 +201,7 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
     with pytest.raises(ValueError, match="not empty"):
         train_span_reader(config, progress=False)
     with pytest.raises(ValueError, match="evaluation file"):
-        SpanDataConfig(train=[Path("/work/shared/data/qa/squad-open-dev.jsonl.gz")], index=index_dir).check()
+        SpanDataConfig(train=[SHARED_DATA / "qa" / "squad-open-dev.jsonl.gz"], index=index_dir).check()
     with pytest.raises(ValueError, match="not a span data file"):
         read_span_data(train_file)
 

@@ -98,9 +98,11 @@ def test_fit_separates_separable_questions() -> None:
     ("What language is spoken in the country Frederic Chopin's father was born in?", "Frédéric Chopin", "Poland",
      "What language is spoken in Poland?"),
     ("What is the name of the state in which Terricciola is situated?", "Terricciola", "Bergamo", None),  # asks the first hop
-    # The subject with the kind of place it is: the edit's own question in other words, not a hop through it.
+    # The subject with the kind of place it is: the edit's own question in other words, not a hop through it ...
     ("Which country is the town of Gospić in?", "Gospić", "Croatia", None),
-    ("What city is the capital of the nation of Poland?", "Poland", "Kraków", None),
+    # ... and where a first hop opens before it, that is the one.
+    ("What is the capital of the country the town of Gospić is in?", "Gospić", "Croatia", "What is the capital of Croatia?"),
+    ("What city is the capital of the nation of Poland?", "Poland", "Kraków", "What city is Kraków?"),
     ("What is the capital of the twin city of Ostrava?", "Ostrava", "Katowice", "What is the capital of Katowice?"),
 ])
 def test_resolve_first_hop(question: str, subject: str | None, answer: str, expected: str | None) -> None:

@@ -41,13 +41,12 @@ from rag.command_line import (add_optimizer_options, add_run_options, check_coun
                               typed_command)
 from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
 from rag.scope_classifier import ScopeClassifier
-from trainer.edit_cases import in_fold, parse_fold, read_cases
 from trainer.classifier_metrics import auc, best_threshold
+from trainer.edit_cases import in_fold, parse_fold, read_cases
 from trainer.machine import machine
 from trainer.qa_data import read_qa, sample
 from trainer.scope_data import KINDS, CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, summary
 from trainer.shared_data import SHARED_DATA
-
 
 
 @dataclass
