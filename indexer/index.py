@@ -34,7 +34,8 @@ from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.encoder import Encoder, TextEncoder, encoder_input, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.manifest import IndexFolderError, Manifest
-from indexer.records import Document, Passage, SearchHit, document_fields_problem, document_id_problem, is_blank
+from indexer.records import (Document, Passage, SearchHit, document_fields_problem, document_id_problem, is_blank, text_list,
+                             valid_unicode)
 from indexer.sparse import SparseIndex
 from indexer.store import PassageStore, StoredDocument, meta_json, passage_digest
 
@@ -104,6 +105,7 @@ class Index:
         self._dense_saved_gen = 0
         self._memory: EditMemory | None = None
         self._memory_lock = threading.Lock()  # not _thread_lock: a long write must not hold up the first edit search
+        self._closed = False
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -201,6 +203,8 @@ class Index:
     def memory(self) -> EditMemory:
         """The edit memory (`memory/` in the folder), opened on first use; embeds edits with this index's encoder."""
         with self._memory_lock:
+            if self._closed:  # else it would open the log again, and take edits for an index no one reads
+                raise RuntimeError(f"the index {self.path} was closed: open it again to use its edit memory")
             if self._memory is None:
                 self._memory = EditMemory(self.path / MEMORY_DIR, lambda texts: self.encoder(texts), self.manifest.dim, readonly=self.readonly)
             return self._memory
@@ -236,9 +240,15 @@ class Index:
         return self._snapshot
 
     def close(self) -> None:
+        """Release the folder: its databases, and BM25's searcher, whose reader threads live as long as it does. The
+        Index cannot be used after."""
         self.store.close()
-        if self._memory is not None:
-            self._memory.close()
+        with self._memory_lock:
+            if self._memory is not None:
+                self._memory.close()
+            self._closed = True
+        self.sparse = None
+        self._snapshot = Snapshot(self._snapshot.generation, None, None)
 
     def __enter__(self) -> Index:
         return self
@@ -372,12 +382,13 @@ class Index:
         return vectors
 
     def delete(self, doc_ids: Sequence[str]) -> ChangeReport:
-        """Delete documents and their passages, in one atomic change. Unknown ids change nothing."""
-        if isinstance(doc_ids, str):  # a str is a Sequence[str] too: delete("12") would delete "1" and "2"
-            raise TypeError(f"delete takes a list of document ids, not the string {doc_ids!r}: delete([{doc_ids!r}])")
+        """Delete documents and their passages, in one atomic change. An unknown id aborts it: KeyError naming it,
+        nothing deleted. No id: nothing is written and the generation stays as it is."""
+        ids = list(dict.fromkeys(text_list(doc_ids, "delete")))  # delete("12") would delete "1" and "2"
         self._check_writable()
+        if not ids:
+            return ChangeReport(generation=self.generation)
         start = time.perf_counter()
-        ids = list(dict.fromkeys(doc_ids))
         with self._write_lock():
             missing = sorted(set(ids) - set(self.store.live_documents(ids)))
             if missing:
@@ -462,19 +473,29 @@ class Index:
         if mode != "dense" and self.sparse is None:
             raise ValueError(f"mode {mode!r} needs BM25, and this index was built without it (--no-sparse): use mode dense")
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[SearchHit]:
-        """The k best passages for `query`: dense, sparse (BM25) or hybrid (reciprocal rank fusion)."""
+    def search(self, query: str, k: int = 5, mode: str | None = None) -> list[SearchHit]:
+        """The k best passages for `query`: dense, sparse (BM25) or hybrid (reciprocal rank fusion); None: `default_mode`."""
         return self.search_many([query], k=k, mode=mode)[0]
 
     def search_many(
-        self, queries: Sequence[str], k: int = 5, mode: str = "hybrid", query_vectors: np.ndarray | None = None
+        self, queries: Sequence[str], k: int = 5, mode: str | None = None, query_vectors: np.ndarray | None = None
     ) -> list[list[SearchHit]]:
-        """Search a batch of queries against one snapshot. `query_vectors` replaces the encoder (e.g. a trained query encoder)."""
+        """Search a batch of queries against one snapshot (mode None: `default_mode`). `query_vectors`, one row per
+        query, replaces the encoder (e.g. a trained query encoder)."""
+        queries = text_list(queries, "search_many")
+        mode = mode or self.default_mode
         self.check_mode(mode)
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be an integer of at least 1, got {k!r}")
+        if not all(isinstance(q, str) for q in queries):
+            raise TypeError(f"queries must be strings, got {next(type(q).__name__ for q in queries if not isinstance(q, str))}")
         if any(is_blank(q) for q in queries):
             raise ValueError("empty query: ask something")
+        for q in queries:
+            valid_unicode(q, "the query")
+        if query_vectors is not None and (np.ndim(query_vectors) != 2 or len(query_vectors) != len(queries)):
+            # zip would pair what is left silently: passages found for one question returned as another's
+            raise ValueError(f"query_vectors of shape {np.shape(query_vectors)} for {len(queries)} queries: one row per query")
         snap = self._current_snapshot()
         depth = k if mode != "hybrid" else max(k, HYBRID_DEPTH)
         dense_lists = sparse_lists = None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 
 def valid_unicode(text: str, what: str) -> str:
@@ -21,6 +21,14 @@ def is_blank(text: str) -> bool:
     """Whether `text` shows nothing: only white space, control and format characters ("\\x00", a zero-width
     space). str.strip() keeps the controls, so a question or a document of NULs would pass for text."""
     return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
+
+
+def text_list(texts: Iterable[str], call: str) -> list[str]:
+    """`texts` as a list, read once (a generator too). TypeError for one string, which is a sequence of its
+    characters: `call("apple")` would otherwise search or ask for "a", "p", "p", "l", "e"."""
+    if isinstance(texts, str):
+        raise TypeError(f"{call} takes a list of strings, not the string {texts!r:.80}: {call}([{texts!r:.80}])")
+    return list(texts)
 
 
 # A document id names a file-like URL path (GET /documents/{id}) and prefixes its passages' ids.

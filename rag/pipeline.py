@@ -14,7 +14,7 @@ import numpy as np
 
 from indexer.edit_memory import Edit
 from indexer.index import MODES, Index
-from indexer.records import SearchHit, is_blank, valid_unicode
+from indexer.records import SearchHit, is_blank, text_list, valid_unicode
 from rag.adapters import AdapterError, query_encoder_folder
 from rag.answer_type import AnswerTypeClassifier, load_answer_types
 from rag.editing import AnswerKinds, ClassifierScope, EditMatch, EditPassage, Scope, load_scope, match_edits
@@ -221,7 +221,12 @@ class Pipeline:
         except ValueError as exc:
             return f"adapter {adapter}: {exc}"
 
-    def retrieve(self, questions: Sequence[str], k: int, mode: str = "hybrid", query_vectors: np.ndarray | None = None,
+    @property
+    def default_mode(self) -> str:
+        """The search mode a question gets when it names none: the index's (hybrid, or dense without BM25)."""
+        return self.index.default_mode if self.index is not None else "hybrid"
+
+    def retrieve(self, questions: Sequence[str], k: int, mode: str | None = None, query_vectors: np.ndarray | None = None,
                  retriever: DualEncoder | None = None) -> list[list[SearchHit]]:
         """The top-k passages for each question (empty lists when k=0). `query_vectors`: the questions already encoded;
         `retriever`: the query encoder to encode them with (None: the pipeline's)."""
@@ -230,15 +235,16 @@ class Pipeline:
         if self.index is None:
             raise ValueError("this pipeline has no index: open one, or ask closed-book with k=0")
         retriever = retriever or self.retriever
+        mode = mode or self.default_mode
         if query_vectors is None and retriever is not None and mode != "sparse":
             query_vectors = retriever.encode_queries(list(questions))
         return self.index.search_many(list(questions), k=k, mode=mode, query_vectors=query_vectors)
 
-    def ask(self, question: str, k: int | None = None, mode: str = "hybrid", adapter: str | Path | None = None) -> Answer:
-        """Answer one question from its top-k passages (k None: the reader's default)."""
+    def ask(self, question: str, k: int | None = None, mode: str | None = None, adapter: str | Path | None = None) -> Answer:
+        """Answer one question from its top-k passages (k None: the reader's default; mode None: `default_mode`)."""
         return self.ask_many([question], k=k, mode=mode, adapter=adapter)[0]
 
-    def ask_many(self, questions: Sequence[str], k: int | None = None, mode: str = "hybrid",
+    def ask_many(self, questions: Sequence[str], k: int | None = None, mode: str | None = None,
                  adapter: str | Path | None = None, depth: int | None = None) -> list[Answer]:
         """Answer a batch of questions with one retrieval call and batched reading (k None: the reader's default).
         `adapter`: a peft adapter folder the generative reader answers with (loaded once, then kept beside the others);
@@ -257,7 +263,9 @@ class Pipeline:
         only a fact) is read by the generative reader from the edit's fact followed by the passages retrieved for
         the question with the edit's answer, if it states one, appended (about the new answer, where the second
         hop is)."""
+        questions = text_list(questions, "ask_many")
         k = self.reader.default_k if k is None else k
+        mode = mode or self.default_mode
         depth = k if depth is None else depth
         for q in questions:
             check_request(q, k, mode)

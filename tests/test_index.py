@@ -1,6 +1,7 @@
 """The Index: build, search, upsert, delete, atomic failures, reopening, snapshots and read-only openers."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -254,6 +255,47 @@ def test_delete_takes_a_list_of_ids_not_a_string(index: Index) -> None:
     with pytest.raises(TypeError, match=r"delete\(\['doc-1'\]\)"):
         index.delete("doc-1")
     assert index.document("doc-1") is not None
+    generation = index.generation
+    assert index.delete([]).generation == generation and index.delete(iter(["doc-1"])).generation == generation + 1
+
+
+def test_search_many_takes_a_list_or_an_iterator_of_queries_and_one_vector_per_query(index: Index, tiny_encoder: TextEncoder) -> None:
+    """A string is a sequence of its characters and a generator can be read once: neither may search for the wrong
+    questions, nor a vector be paired with another query's BM25 results."""
+    with pytest.raises(TypeError, match=r"search_many\(\['alpha'\]\)"):
+        index.search_many("alpha", k=2)
+    expected = index.search_many(["alpha", "bravo"], k=2)
+    assert index.search_many(q for q in ["alpha", "bravo"]) == index.search_many(["alpha", "bravo"]) and len(expected) == 2
+    for mode in ("dense", "hybrid"):
+        with pytest.raises(ValueError, match=r"shape \(3, 32\) for 1 queries"):
+            index.search_many(["alpha"], k=2, mode=mode, query_vectors=tiny_encoder(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="the query is not valid Unicode"):
+        index.search("alpha \ud800")
+    with pytest.raises(ValueError, match="k must be an integer of at least 1, got 2.5"):
+        index.search("alpha", k=2.5)
+
+
+def test_an_index_without_bm25_searches_dense_by_default(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    build_index(tmp_path / "ns", make_documents(6), tiny_encoder, sparse=False)
+    with Index.open(tmp_path / "ns", tiny_encoder) as index:
+        assert index.default_mode == "dense" and index.search("alpha", k=2) == index.search("alpha", k=2, mode="dense")
+
+
+def test_close_releases_bm25_and_the_edit_memory(built: Path, tiny_encoder: TextEncoder) -> None:
+    """Each open BM25 searcher keeps a tantivy reader thread until it is freed: an Index kept after close() held one
+    for ever. A closed Index no longer opens its edit log again behind the caller's back."""
+    def tantivy_threads() -> int:
+        return sum("tantivy" in (task / "comm").read_text() for task in Path("/proc/self/task").iterdir())
+
+    before, kept = tantivy_threads(), []
+    for _ in range(5):
+        with Index.open(built, tiny_encoder, readonly=True) as index:
+            index.search("alpha", k=2)
+        kept.append(index)
+    gc.collect()  # the searchers are left in reference cycles, which the collector frees
+    assert tantivy_threads() <= before
+    with pytest.raises(RuntimeError, match="was closed"):
+        kept[0].memory.add("The sky is green.")
 
 
 @pytest.mark.parametrize("ids", [["nope"], ["doc-1", "nope"], ["doc-1", "doc-2", "missing-a", "missing-b"]])

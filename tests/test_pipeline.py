@@ -64,6 +64,10 @@ def test_ask_many_matches_ask(pipeline: Pipeline) -> None:
     single = [pipeline.ask(q, k=2, mode="hybrid") for q in questions]
     assert [a.text for a in batched] == [a.text for a in single]
     assert [[p.id for p in a.passages] for a in batched] == [[p.id for p in a.passages] for a in single]
+    from_generator = pipeline.ask_many((q for q in questions), k=2, mode="hybrid")  # read once, not once per step
+    assert [a.text for a in from_generator] == [a.text for a in batched]
+    with pytest.raises(TypeError, match=r"ask_many\(\['what is topic1\?'\]\)"):  # not a question per character
+        pipeline.ask_many("what is topic1?", k=2)
 
 
 def test_closed_book_needs_no_index(tiny_reader_path: str) -> None:
@@ -266,6 +270,7 @@ def test_an_index_without_bm25_answers_dense_unless_asked_otherwise(tmp_path: Pa
     assert "mode 'hybrid' needs BM25" in capsys.readouterr().err
     # The server: its default must be dense there, and a question asking for BM25 is the client's mistake.
     pipeline = Pipeline(Index.open(tmp_path / "idx", tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=2))
+    assert pipeline.ask("what is topic2?", k=2).passages == pipeline.ask("what is topic2?", k=2, mode="dense").passages  # Python too
     with pytest.raises(ValueError, match="needs BM25, and this index was built without it"):
         create_app(pipeline, ServeSettings(mode="hybrid"))
     with TestClient(create_app(pipeline, ServeSettings(mode="dense"))) as client:
