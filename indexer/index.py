@@ -588,6 +588,10 @@ def _validate_document(doc: Document, seen: set[str]) -> None:
         raise ValueError(problem)
     if not isinstance(doc.text, str) or is_blank(doc.text):
         raise ValueError(f"document {doc.id!r} has no text")
+    if not isinstance(doc.title, str):  # bytes were stored and served back as b'...'
+        raise ValueError(f"document {doc.id!r} has a title of type {type(doc.title).__name__}, not a string ('' for none)")
+    if not isinstance(doc.meta, dict) or not all(isinstance(key, str) for key in doc.meta):
+        raise ValueError(f"document {doc.id!r}: meta must be a dict with string keys (JSON's), got {doc.meta!r:.80}")
     problem = document_fields_problem(doc.title, doc.meta)
     if problem:
         raise ValueError(f"document {doc.id!r} has {problem}")

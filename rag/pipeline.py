@@ -71,7 +71,7 @@ def check_request(question: str, k: int, mode: str) -> None:
     if not isinstance(question, str) or is_blank(question):
         raise ValueError("empty question: ask something")
     valid_unicode(question, "the question")
-    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_K:  # True is an int to Python, not a k
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 0 <= k <= MAX_K:  # True is an int to Python, not a k
         raise ValueError(f"k must be an integer from 0 (closed book) to {MAX_K}, got {k!r}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")

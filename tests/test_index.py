@@ -334,6 +334,9 @@ BAD = {
     "empty id": Document(" ", "Bad", "text without an id"),
     "dot id": Document(".", "Bad", "an id no URL path can name"),
     "control character in id": Document("a\x1fb", "Bad", "an id no URL path can carry"),
+    "bytes title": Document("bad", b"Bad", "a title served back as b'Bad'"),  # type: ignore[arg-type]
+    "no metadata dict": Document("bad", "Bad", "metadata of None", None),  # type: ignore[arg-type]
+    "non-string metadata key": Document("bad", "Bad", "a key JSON cannot write", {1: "a"}),  # type: ignore[dict-item]
     "duplicate id": Document("doc-2", "Again", "doc-2 a second time in one call"),
     "long title": Document("bad", "T" * (MAX_TITLE_CHARS + 1), "a title each passage would carry"),
     "deep metadata": Document("bad", "Bad", "metadata no JSON serialiser writes back", {"m": nested(MAX_META_DEPTH + 1)}),

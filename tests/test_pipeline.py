@@ -64,6 +64,7 @@ def test_ask_many_matches_ask(pipeline: Pipeline) -> None:
     single = [pipeline.ask(q, k=2, mode="hybrid") for q in questions]
     assert [a.text for a in batched] == [a.text for a in single]
     assert [[p.id for p in a.passages] for a in batched] == [[p.id for p in a.passages] for a in single]
+    assert pipeline.ask(questions[0], k=np.int64(2), mode="hybrid").text == single[0].text  # as Index.search takes it
     from_generator = pipeline.ask_many((q for q in questions), k=2, mode="hybrid")  # read once, not once per step
     assert [a.text for a in from_generator] == [a.text for a in batched]
     with pytest.raises(TypeError, match=r"ask_many\(\['what is topic1\?'\]\)"):  # not a question per character
