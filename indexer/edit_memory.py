@@ -230,6 +230,10 @@ class EditMemory:
             for row, fact, question, answer, subject, created, sup, _vec in rows
         }
         active = [(row, vec) for row, *_, vec in rows if edits[row].active]
+        wrong = next((len(vec) // 4 for _, vec in active if len(vec) != 4 * self.dim), None)
+        if wrong is not None:  # FAISS would stop the process on an assertion at the first search
+            raise IndexFolderError(f"{self.path} holds {wrong}-d edit vectors, and this memory was opened for {self.dim}-d "
+                                   "ones: open it with the index it belongs to (its manifest's encoder)")
         dense = None
         if active:
             dense = DenseIndex.create(self.dim, "flat")

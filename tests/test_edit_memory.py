@@ -247,6 +247,13 @@ def test_a_damaged_log_is_refused_by_name_for_readers_and_writers(tmp_path: Path
         assert [name for (name,) in other.execute("SELECT name FROM sqlite_master")] == ["notes"]  # no tables added
 
 
+def test_a_log_of_other_sized_vectors_is_refused_by_name(tmp_path: Path) -> None:
+    """Opened for the wrong encoder's dimension, the memory used to fail its first search on a FAISS assertion."""
+    EditMemory(tmp_path / "memory", fake_encode, DIM).add("The Eiffel Tower is in Rome.")
+    with pytest.raises(IndexFolderError, match=f"holds {DIM}-d edit vectors, and this memory was opened for 8-d ones"):
+        EditMemory(tmp_path / "memory", fake_encode, 8, readonly=True).search(np.zeros((1, 8), np.float32), 1)
+
+
 def test_a_log_with_no_tables_yet_is_empty_for_a_reader(tmp_path: Path) -> None:
     """A writer creates the file, then its tables: a reader in between sees no edits, not an error."""
     (tmp_path / "memory").mkdir()
