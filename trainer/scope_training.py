@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -33,8 +32,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
@@ -43,6 +40,7 @@ from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
 from rag.scope_classifier import ScopeClassifier
 from trainer.classifier_metrics import auc, best_threshold
 from trainer.edit_cases import in_fold, parse_fold, read_cases
+from trainer.fit import fit
 from trainer.machine import machine
 from trainer.qa_data import read_qa, sample
 from trainer.scope_data import KINDS, CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, summary
@@ -201,43 +199,29 @@ def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -
 
     model = ScopeClassifier.from_encoder(config.encoder, device=device, seed=config.seed, max_length=config.max_length)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)
-    autocast = lambda: torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.bf16)  # noqa: E731
     # Over the pairs as trained, repeats included: positives weighted to count as much as negatives.
     positives = sum(p.label for p in train_pairs)
     pos_weight = (len(train_pairs) - positives) / positives
     quick = val_pairs[: config.val_quick]
     config.out.mkdir(parents=True, exist_ok=True)
     curve: list[dict[str, Any]] = []
-    running = None
-    train_started = time.time()
+
+    def batch_at(step: int) -> list[ScopePair]:
+        # The pairs are already in a seeded random order: walk through them, wrapping around.
+        lo = (step - 1) * config.batch_size
+        return [train_pairs[(lo + i) % len(train_pairs)] for i in range(config.batch_size)]
+
+    def check(step: int, running: float | None) -> None:
+        if quick:
+            scores = model.scores([p.edit_text for p in quick], [p.question for p in quick])
+            curve.append({"step": step, "loss": running, "val_auc": round(auc(scores, np.array([p.label for p in quick])), 4)})
+            log.write(json.dumps({"val_quick": curve[-1]}) + "\n")
+
     with open(config.out / "metrics.jsonl", "w") as log:
-        bar = tqdm(range(1, config.steps + 1), desc="train scope classifier", unit="step", disable=not progress)
-        for step in bar:
-            # The pairs are already in a seeded random order: walk through them, wrapping around.
-            lo = (step - 1) * config.batch_size
-            batch = [train_pairs[(lo + i) % len(train_pairs)] for i in range(config.batch_size)]
-            lr = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
-            with autocast():
-                loss = scope_loss(model, batch, pos_weight)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = loss.item()
-            running = value if running is None else 0.98 * running + 0.02 * value
-            bar.set_postfix(loss=f"{running:.3f}")
-            log.write(json.dumps({"step": step, "loss": round(value, 5), "lr": lr,
-                                  "seconds": round(time.time() - train_started, 2)}) + "\n")
-            log.flush()
-            if config.val_every and step % config.val_every == 0 and step < config.steps and quick:
-                scores = model.scores([p.edit_text for p in quick], [p.question for p in quick])
-                point = {"step": step, "loss": running, "val_auc": round(auc(scores, np.array([p.label for p in quick])), 4)}
-                curve.append(point)
-                log.write(json.dumps({"val_quick": point}) + "\n")
-    train_seconds = time.time() - train_started
+        fitted = fit(model, batch_at, lambda batch: (scope_loss(model, batch, pos_weight), {}), log, steps=config.steps,
+                     lr=config.lr, weight_decay=config.weight_decay, warmup=config.warmup, bf16=config.bf16,
+                     desc="train scope classifier", progress=progress, check=check, check_every=config.val_every)
+    running, train_seconds = fitted.final_loss, fitted.seconds
 
     val_started = time.time()
     scores = model.scores([p.edit_text for p in val_pairs], [p.question for p in val_pairs])

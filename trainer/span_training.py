@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
 import sys
@@ -25,13 +24,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from indexer.encoder import DEFAULT_ENCODER
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
                               typed_command)
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
+from trainer.fit import fit
 from trainer.machine import machine
 from trainer.qa_metrics import exact_match, f1_score
 from trainer.span_data import DevQuestion, SpanExample, read_span_data
@@ -200,44 +198,35 @@ def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict
         reader = SpanReader.from_encoder(config.encoder, device=device, seed=config.seed, max_length=config.max_length,
                                          max_answer_tokens=config.max_answer_tokens)
     reader.train()
-    optimizer = torch.optim.AdamW(reader.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)
-    autocast = lambda: torch.autocast(reader.device.type, dtype=torch.bfloat16, enabled=config.bf16)  # noqa: E731
     config.out.mkdir(parents=True, exist_ok=True)
     order = list(range(len(examples)))
     random.Random(config.seed).shuffle(order)
     curve: list[dict[str, Any]] = []
-    running = None
     truncated = 0
-    train_started = time.time()
+
+    def batch_at(step: int) -> list[SpanExample]:
+        return [examples[order[((step - 1) * config.batch_size + i) % len(order)]] for i in range(config.batch_size)]
+
+    def loss_of(batch: list[SpanExample]) -> tuple[torch.Tensor, dict[str, Any]]:
+        nonlocal truncated
+        loss, parts = span_loss(reader, batch)
+        truncated += parts["truncated"]
+        return loss, parts
+
+    def check(step: int, running: float | None) -> None:
+        reader.save_pretrained(config.out / "checkpoint")
+        (config.out / "checkpoint" / "step.json").write_text(json.dumps({"step": step}) + "\n")
+        if config.dev_quick and dev:
+            with torch.autocast(reader.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                quick = dev_sweep(reader, dev, ks=(5,), scorings=("joint",), limit=config.dev_quick)
+            curve.append({"step": step, "loss": running, **quick["by_setting"]["k=5 scoring=joint"]})
+            log.write(json.dumps({"step": step, "dev_quick": curve[-1]}) + "\n")
+
     with open(config.out / "metrics.jsonl", "w") as log:
-        bar = tqdm(range(1, config.steps + 1), desc="train span reader", unit="step", disable=not progress)
-        for step in bar:
-            batch = [examples[order[((step - 1) * config.batch_size + i) % len(order)]] for i in range(config.batch_size)]
-            lr = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
-            with autocast():
-                loss, parts = span_loss(reader, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(reader.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = loss.item()
-            truncated += parts["truncated"]
-            running = value if running is None else 0.98 * running + 0.02 * value
-            bar.set_postfix(loss=f"{running:.3f}")
-            log.write(json.dumps({"step": step, "loss": value, **parts, "lr": lr,
-                                  "seconds": round(time.time() - train_started, 2)}) + "\n")
-            log.flush()
-            if config.dev_every and step % config.dev_every == 0 and step < config.steps:
-                reader.save_pretrained(config.out / "checkpoint")
-                (config.out / "checkpoint" / "step.json").write_text(json.dumps({"step": step}) + "\n")
-                if config.dev_quick and dev:
-                    with autocast():
-                        quick = dev_sweep(reader, dev, ks=(5,), scorings=("joint",), limit=config.dev_quick)
-                    curve.append({"step": step, "loss": running, **quick["by_setting"]["k=5 scoring=joint"]})
-                    log.write(json.dumps({"step": step, "dev_quick": curve[-1]}) + "\n")
-    train_seconds = time.time() - train_started
+        fitted = fit(reader, batch_at, loss_of, log, steps=config.steps, lr=config.lr, weight_decay=config.weight_decay,
+                     warmup=config.warmup, bf16=config.bf16, desc="train span reader", progress=progress, check=check,
+                     check_every=config.dev_every)
+    running, train_seconds = fitted.final_loss, fitted.seconds
 
     dev_started = time.time()
     sweep = dev_sweep(reader, dev, ks=DEV_KS) if dev else {"by_setting": {}, "best": {}}

@@ -1,0 +1,56 @@
+"""The training loop the span reader and the scope classifier share: AdamW with linear warm-up and decay, gradient
+clipping, optional bf16 autocast, a smoothed loss on the progress bar, a metrics line per step and a periodic check."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import IO, Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+Batch = Sequence[Any]
+
+
+@dataclass
+class FitResult:
+    """What the loop leaves for the run's record."""
+
+    final_loss: float | None  # the smoothed loss after the last step
+    seconds: float  # the loop's wall time, checks included
+
+
+def fit(model: torch.nn.Module, batch_at: Callable[[int], Batch], loss_of: Callable[[Batch], tuple[torch.Tensor, dict[str, Any]]],
+        log: IO[str], *, steps: int, lr: float, weight_decay: float, warmup: float, bf16: bool, desc: str,
+        progress: bool = True, check: Callable[[int, float | None], None] | None = None, check_every: int = 0) -> FitResult:
+    """Train `model` for `steps` steps on `batch_at(step)` (1-based), minimising the loss `loss_of(batch)` returns with
+    the parts to log beside it, one JSON line per step in `log`. Every `check_every` steps but the last,
+    `check(step, smoothed loss)` runs (a checkpoint, a quick dev score it may log too)."""
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup * steps), steps)
+    result = FitResult(None, 0.0)
+    started = time.time()
+    bar = tqdm(range(1, steps + 1), desc=desc, unit="step", disable=not progress)
+    for step in bar:
+        batch = batch_at(step)
+        lr_now = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, parts = loss_of(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        result.final_loss = value if result.final_loss is None else 0.98 * result.final_loss + 0.02 * value
+        bar.set_postfix(loss=f"{result.final_loss:.3f}")
+        log.write(json.dumps({"step": step, "loss": value, **parts, "lr": lr_now, "seconds": round(time.time() - started, 2)}) + "\n")
+        log.flush()
+        if check is not None and check_every and step % check_every == 0 and step < steps:
+            check(step, result.final_loss)
+    result.seconds = time.time() - started
+    return result
