@@ -8,11 +8,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 from indexer.interrupt import interrupt_on_sigterm
 from indexer.manifest import IndexFolderError
+
+Config = TypeVar("Config")
 
 
 def run_command(prog: str, args: argparse.Namespace) -> int:
@@ -65,6 +68,13 @@ def check_warmup(warmup: float) -> None:
     """Raise ValueError unless --warmup (add_optimizer_options) is a share of the steps, from 0 to below 1."""
     if not 0 <= warmup < 1:
         raise ValueError(f"--warmup is a share of the steps, from 0 to below 1; got {warmup}")
+
+
+def config_from_args(cls: type[Config], args: argparse.Namespace, **given: Any) -> Config:
+    """A `cls` config (a dataclass) from the options named as its fields; `given` sets those an option spells
+    otherwise (--no-nq, a comma-separated list). A field with neither keeps its default."""
+    options = {f.name: getattr(args, f.name) for f in fields(cls) if f.init and hasattr(args, f.name)}  # type: ignore[arg-type]
+    return cls(**(options | given))
 
 
 def check_new_folder(out: Path, hint: str = "choose a new folder") -> None:

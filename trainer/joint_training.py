@@ -53,8 +53,8 @@ from tqdm.auto import tqdm
 from indexer.index import Index
 from indexer.records import SearchHit
 from rag.adapters import adapter_kind
-from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
-                              typed_command)
+from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
+                              run_command, typed_command)
 from rag.fid_reader import FiDReader, is_fid_reader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import MAX_K, Pipeline
@@ -784,16 +784,7 @@ def _run(args: argparse.Namespace) -> int:
         for option in ("index", "train", "out"):
             if getattr(args, option) is None:
                 raise ValueError(f"--{option} is required (unless --resume RUN_DIR)")
-        config = JointTrainingConfig(
-            index=args.index, train=_train_files(args.train), out=args.out, loss=args.loss, dev=args.dev,
-            reader=args.reader, adapter=args.adapter, method=args.method, lora_rank=args.lora_rank, top_k=args.top_k, refresh=args.refresh,
-            candidates=args.candidates, candidates_from=args.candidates_from, reader_first=args.reader_first,
-            query_side_only=args.query_side_only, in_batch_negatives=args.in_batch_negatives, tau=args.tau, temperature=args.temperature, steps=args.steps,
-            batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, retriever_lr=args.retriever_lr, warmup=args.warmup,
-            max_passage_tokens=args.max_passage_tokens, dev_size=args.dev_size, held_out_share=args.held_out_share, dev_eval=args.dev_eval, eval_every=args.eval_every,
-            save_every=args.save_every, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, bf16=args.bf16,
-            threads=args.threads, device=args.device,
-        )
+        config = config_from_args(JointTrainingConfig, args, train=_train_files(args.train))
         record = train_joint(config)
     print(json.dumps({k: record.get(k) for k in ("steps", "dev_before", "dev_after", "refresh_seconds", "export")}))
     return 0

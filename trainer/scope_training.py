@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
-from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
-                              typed_command)
+from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
+                              run_command, typed_command)
 from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
 from rag.scope_classifier import ScopeClassifier
 from trainer.classifier_metrics import auc, best_threshold
@@ -344,17 +344,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = ScopeTrainingConfig(
-        out=args.out, train=args.train, val=args.val, nq_train=None if args.no_nq else args.nq_train,
-        nq_val=None if args.no_nq else args.nq_val,
-        also_train=None if args.no_also_train else args.also_train, also_train_fold=args.also_train_fold,
-        also_train_repeat=args.also_train_repeat, encoder=args.encoder, cases=args.cases, val_cases=args.val_cases,
-        near_depth=args.near_depth, near_per_question=args.near_per_question,
-        relation_paraphrase=args.relation_paraphrase, other_relation=args.other_relation,
-        nq_per_case=args.nq_per_case, answer_types=None if args.no_answer_types else args.answer_types, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-        weight_decay=args.weight_decay, max_length=args.max_length, val_every=args.val_every, val_quick=args.val_quick,
-        seed=args.seed, bf16=args.bf16, threads=args.threads, device=args.device,
-    )
+    config = config_from_args(ScopeTrainingConfig, args, nq_train=None if args.no_nq else args.nq_train,
+                              nq_val=None if args.no_nq else args.nq_val,
+                              also_train=None if args.no_also_train else args.also_train,
+                              answer_types=None if args.no_answer_types else args.answer_types)
     record = train_scope_classifier(config)
     clf, sim = record["classifier"]["val"], record["similarity"]["val"]
     print(json.dumps({"out": str(args.out), "train_seconds": record["train_seconds"], "threshold": record["threshold"],

@@ -26,8 +26,8 @@ from typing import Any, Sequence
 import torch
 
 from indexer.encoder import DEFAULT_ENCODER
-from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
-                              typed_command)
+from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
+                              run_command, typed_command)
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
 from trainer.fit import fit
 from trainer.machine import machine
@@ -322,12 +322,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = SpanTrainingConfig(
-        data=args.data, out=args.out, encoder=args.encoder, init=args.init, steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, warmup=args.warmup, max_length=args.max_length, max_answer_tokens=args.max_answer_tokens,
-        dev_every=args.dev_every, dev_quick=args.dev_quick, seed=args.seed, bf16=args.bf16, threads=args.threads,
-        device=args.device,
-    )
+    config = config_from_args(SpanTrainingConfig, args)
     record = train_span_reader(config)
     print(json.dumps({"out": str(args.out), "train_seconds": record["train_seconds"], "chosen": record["chosen"],
                       "dev_best": record["dev"]["best"]}))
