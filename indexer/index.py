@@ -231,6 +231,14 @@ class Index:
         if version != self._data_version and self._thread_lock.acquire(blocking=False):
             try:
                 searcher, target = self._sparse_reached()
+                if target < self.store.generation:
+                    # Committed, not yet published: its writer is at it, or died at it. With the lock free it is dead,
+                    # and this writer finishes its work as opening for writing would; else nothing would until the
+                    # next write, and the change would stay unseen, yet found by a delete.
+                    with self._process_lock() as held:
+                        if held:
+                            self._publish_derived(self.store.generation)
+                            searcher, target = self._snapshot.sparse, self._snapshot.generation
                 if target > self._snapshot.generation:
                     self._snapshot = Snapshot(target, self._dense_moved(self._snapshot, target), searcher)
                 if target >= self.store.generation:  # else the other writer's BM25 part is still catching up: look again
@@ -260,18 +268,28 @@ class Index:
     @contextmanager
     def _write_lock(self, timeout: float = 600.0) -> Iterator[None]:
         """One writer at a time, across threads and processes."""
-        with self._thread_lock, open(self.path / LOCK_FILE, "a") as fh:
+        with self._thread_lock:
             deadline = time.monotonic() + timeout
             while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise IndexFolderError(f"{self.path}: another process is writing to this index; try again later")
-                    time.sleep(0.05)
+                with self._process_lock() as held:
+                    if held:
+                        yield
+                        return
+                if time.monotonic() > deadline:
+                    raise IndexFolderError(f"{self.path}: another process is writing to this index; try again later")
+                time.sleep(0.05)
+
+    @contextmanager
+    def _process_lock(self) -> Iterator[bool]:
+        """The folder's lock file, held for the block if no other process holds it (True), else not waited for."""
+        with open(self.path / LOCK_FILE, "a") as fh:
             try:
-                yield
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -293,6 +294,9 @@ def test_close_releases_bm25_and_the_edit_memory(built: Path, tiny_encoder: Text
             index.search("alpha", k=2)
         kept.append(index)
     gc.collect()  # the searchers are left in reference cycles, which the collector frees
+    deadline = time.monotonic() + 5.0  # and their threads end on their own time
+    while tantivy_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert tantivy_threads() <= before
     with pytest.raises(RuntimeError, match="was closed"):
         kept[0].memory.add("The sky is green.")

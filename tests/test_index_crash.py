@@ -197,14 +197,19 @@ def test_kill_inside_the_write_protocol(forkserver, base_index: Path, tiny_encod
                                         tiny_encoder_path: str, tmp_path: Path, hook: str) -> None:
     """Step 1 adds c1 and rewrites c0; the kill lands at a chosen point of its publication.
     The FAISS file is rewritten on every change, so it can be ahead of tantivy when the kill lands."""
+    server = Index.open(base_index, tiny_encoder)  # a writer open all along, as the server is
     writer = Round(forkserver, base_index, tiny_encoder_path, tmp_path / "hook.log", start=0, hook=hook, hook_step=1,
                    checkpoint_fraction=0.0)
     writer.wait_for(lambda lines: any(line.startswith("HOOK ") for line in lines), f"the {hook} hook")
     writer.kill()
     acks = writer.acks()
     assert acks == [2]  # step 0 acknowledged, step 1 not
-    gen = recover_and_check(base_index, tiny_encoder, acked=acks[-1])
     committed = hook != "before-commit"
+    # The open writer serves what was committed at its next read, finishing the dead writer's work: it used to stay
+    # on the older generation until the next write, while a delete already found the newer one's documents.
+    with server:
+        assert check_index(server, acks[-1]) == (3 if committed else 2)
+    gen = recover_and_check(base_index, tiny_encoder, acked=acks[-1])
     assert gen == (3 if committed else 2)
     with Index.open(base_index, tiny_encoder, readonly=True) as index:
         assert index.document("c0").meta == {"version": 1 if committed else 0}
