@@ -145,6 +145,8 @@ class EditMemory:
             except sqlite3.DatabaseError as exc:
                 db.close()
                 if isinstance(exc, sqlite3.OperationalError):  # locked, read-only, out of space: not the log's fault
+                    if "readonly" in str(exc):
+                        raise _read_only(self.path, exc) from exc
                     raise
                 raise IndexFolderError(f"{self.path}: not a readable edit log ({exc}): move it aside to start with no "
                                        "edits, or put back a copy") from exc
@@ -375,10 +377,18 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
         db.execute("COMMIT")
-    except BaseException:
+    except BaseException as exc:
         if db.in_transaction:
             db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+            raise _read_only(Path(db.execute("PRAGMA database_list").fetchone()[2]), exc) from exc
         raise
+
+
+def _read_only(path: Path, exc: sqlite3.OperationalError) -> IndexFolderError:
+    """The error for an edit log on a read-only file or folder (SQLite's WAL writes beside the log even to read it)."""
+    return IndexFolderError(f"{path}: the edit log is read-only ({exc}): make the index folder writable to change or "
+                            "read its edits")
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:

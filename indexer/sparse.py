@@ -11,6 +11,8 @@ from typing import Iterable
 
 import tantivy
 
+from indexer.manifest import IndexFolderError
+
 from indexer.store import StoredPassage
 
 MARKER_ROW = -1
@@ -41,7 +43,14 @@ class SparseIndex:
             self.path.mkdir(parents=True, exist_ok=True)
             self.index = tantivy.Index(_schema(), path=str(self.path), reuse=True)
         elif self.path.is_dir() and tantivy.Index.exists(str(self.path)):
-            self.index = tantivy.Index.open(str(self.path))
+            try:
+                self.index = tantivy.Index.open(str(self.path))
+            except ValueError as exc:
+                if "Lockfile" not in str(exc):
+                    raise
+                # tantivy writes a lock file to read, too: a read-only folder (a mount, a copy without write permission)
+                raise IndexFolderError(f"{self.path}: BM25's index writes a lock file even to be read, and cannot here "
+                                       f"({exc}): make the folder writable, or copy the index where it is") from None
 
     def searcher(self) -> tantivy.Searcher | None:
         """A snapshot of the last commit: later commits do not change what it sees (None: no index yet)."""

@@ -131,6 +131,9 @@ class PassageStore:
                 self.db.executescript(SCHEMA)
             self.db.execute("SELECT value FROM meta LIMIT 1")  # a damaged or foreign file fails here, not mid-search
         except sqlite3.DatabaseError as exc:
+            if "readonly" in str(exc):  # WAL mode writes its shared-memory file beside the store, even to read
+                raise IndexFolderError(f"{self.path}: the folder is read-only ({exc}), and SQLite writes beside the store "
+                                       "even to read it: make the folder writable, or copy the index where it is") from exc
             raise IndexFolderError(f"{self.path}: not a readable index store ({exc}); rebuild the index with `rag-index build`") from exc
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -395,3 +396,29 @@ def test_kill_during_a_build_leaves_no_staging_folder(tmp_path: Path, tiny_encod
         assert build.wait(60) == 130
     assert "interrupted; no index was made" in build.stderr.read()
     assert_no_index(tmp_path)
+
+
+def test_a_read_only_index_folder_is_named_as_such(built: Path) -> None:
+    """SQLite (in WAL mode) and tantivy write beside their files even to read, and an edit cannot go into a read-only
+    log: these used to say "rebuild the index", or give a raw tantivy error or a traceback. Root ignores file permissions, so as root the commands run without
+    that privilege (setpriv); as anyone else chmod is enough."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("as root, a read-only folder needs setpriv to drop the permission override")
+        prefix = ["setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+    memory = Index.open_memory(built)
+    memory.add("An edit made while the folder could be written.")
+    memory.close()
+    for path in [built, *built.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        for argv, message in [(["stats", "--index", str(built)], "the folder is read-only"),
+                              (["edit", "add", "--index", str(built), "--fact", "X is Y."], "the edit log is read-only")]:
+            done = subprocess.run([*prefix, sys.executable, "-m", "indexer.cli", *argv], capture_output=True, text=True, env=env,
+                                  timeout=120)
+            assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    finally:
+        for path in [built, *built.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
