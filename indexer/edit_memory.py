@@ -170,11 +170,26 @@ class EditMemory:
             db.execute("PRAGMA synchronous = FULL")  # an acknowledged edit survives power loss
             db.executescript(SCHEMA)
             if "last_edit" not in _columns(db, "revocations"):  # a log from before it was kept
-                with _transaction(db):  # one writer adds it: another may be opening the same log
+                with self._transaction(db):  # one writer adds it: another may be opening the same log
                     if "last_edit" not in _columns(db, "revocations"):
                         db.execute("ALTER TABLE revocations ADD COLUMN last_edit INTEGER")
         db.execute("SELECT row FROM edits LIMIT 1")  # a damaged file fails here, not at the first question
         return True
+
+    @contextmanager
+    def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:
+        """BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any failure. Only while a transaction is open: SQLite ends one
+        itself on some errors (a full disk, an interrupt), and a ROLLBACK then would raise over the error that matters."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+                raise _read_only(self.path, exc) from exc
+            raise
 
     def close(self) -> None:
         if self._db is not None:
@@ -322,7 +337,7 @@ class EditMemory:
             raise ValueError(f"the encoder gave a vector of shape {vector.shape}; this memory holds {self.dim}-d vectors")
         db = self._writable()
         with self._lock:
-            with _transaction(db):
+            with self._transaction(db):
                 state = self._current(db)
                 replaced = self._replaced(state, question, supersedes)
                 created = time.time()
@@ -354,7 +369,7 @@ class EditMemory:
         row = edit_row(id)
         db = self._writable()
         with self._lock:
-            with _transaction(db):
+            with self._transaction(db):
                 edit = self._current(db).edits.get(row)
                 if edit is None:
                     raise EditNotFound(f"no edit {id!r}: see `rag-index edit list`")
@@ -367,22 +382,6 @@ class EditMemory:
             self._state = self._read(db)
             self._data_version = version
             return self._state.edits[row]
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any failure. Only while a transaction is open: SQLite ends one
-    itself on some errors (a full disk, an interrupt), and a ROLLBACK then would raise over the error that matters."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException as exc:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
-            raise _read_only(Path(db.execute("PRAGMA database_list").fetchone()[2]), exc) from exc
-        raise
 
 
 def _read_only(path: Path, exc: sqlite3.OperationalError) -> IndexFolderError:

@@ -505,11 +505,11 @@ class Index:
         self.check_mode(mode)
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be an integer of at least 1, got {k!r}")
-        if not all(isinstance(q, str) for q in queries):
-            raise TypeError(f"queries must be strings, got {next(type(q).__name__ for q in queries if not isinstance(q, str))}")
-        if any(is_blank(q) for q in queries):
-            raise ValueError("empty query: ask something")
         for q in queries:
+            if not isinstance(q, str):
+                raise TypeError(f"queries must be strings, got {type(q).__name__}")
+            if is_blank(q):
+                raise ValueError("empty query: ask something")
             valid_unicode(q, "the query")
         if query_vectors is not None and (np.ndim(query_vectors) != 2 or len(query_vectors) != len(queries)):
             # zip would pair what is left silently: passages found for one question returned as another's

@@ -12,7 +12,6 @@ from typing import Iterable
 import tantivy
 
 from indexer.manifest import IndexFolderError
-
 from indexer.store import StoredPassage
 
 MARKER_ROW = -1

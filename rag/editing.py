@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
+from indexer.chunking import chunk_tokens
 from indexer.edit_memory import Edit, EditMemory, question_key
 from indexer.encoder import DEFAULT_ENCODER, same_encoder
-from indexer.chunking import chunk_tokens
 from indexer.names import subject_spans
 from indexer.records import Document
 from rag.answer_type import NUMBER_KIND, states_number
