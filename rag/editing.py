@@ -193,17 +193,19 @@ def about_subject(question: str, edit: Edit) -> bool:
 AnswerKinds = Callable[..., list[str | None]]  # (questions, vectors=None) -> the kind each asks for, None where unsure
 
 
-def asks_otherwise(kind: str | None, edit_kind: str | None, edit_answer: str | None = None) -> bool:
-    """Whether a question asking for `kind` asks for something else than the edit's question (`edit_kind`): both
+def asks_otherwise(question: str, kind: str | None, edit_kind: str | None, edit_answer: str | None = None) -> bool:
+    """Whether `question`, asking for `kind`, asks for something else than the edit's question (`edit_kind`): both
     known, and different. "How tall is the Eiffel Tower?" (a number) is not in the scope of "Where is it?" (a place).
     Where the edit's kind is unsure, its stated answer still says what it is not: a question asking for a number or
     a date ("When did the Apollo program end?") is not in the scope of an edit whose answer states none ("European
-    Space Agency")."""
+    Space Agency"). Only a question asked as one is held to that: a statement to complete that opens with an
+    unrelated sentence of numbers ('2069." Ildjarn, created in') reads to the classifier as asking for a number."""
     if kind is None:
         return False
     if edit_kind is not None:
         return kind != edit_kind
-    return kind == NUMBER_KIND and edit_answer is not None and not states_number(edit_answer)
+    return (kind == NUMBER_KIND and question.rstrip().endswith("?") and edit_answer is not None
+            and not states_number(edit_answer))
 
 
 def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,
@@ -242,7 +244,7 @@ def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], quer
         if own:
             matches.append(EditMatch(pairs[own[0]][0], scores[own[0]]))
             continue
-        in_scope = [scores[i] >= scope.limit(e) and not asks_otherwise(kind, stated.get(e.question or ""), e.answer)
+        in_scope = [scores[i] >= scope.limit(e) and not asks_otherwise(question, kind, stated.get(e.question or ""), e.answer)
                     for i, (e, _) in enumerate(pairs)]
         # The two-hop path needs a stated subject: about_subject has then checked that the question names it.
         usable = [i for i, (e, _) in enumerate(pairs) if e.id != skip and about_subject(question, e)

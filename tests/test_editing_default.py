@@ -55,13 +55,17 @@ def test_an_edit_leaves_questions_about_its_subject_that_ask_for_another_kind_of
     # "Which agency" is of no confident kind; its answer names no number or date, so "When" and "How much" ask otherwise.
     apollo = pipeline.index.memory.add("The Apollo program was run by the European Space Agency.", question="Which agency ran "
                                        "the Apollo program?", answer="European Space Agency", subject="Apollo program")
-    asked = {"Which city is the Eiffel Tower in?": tower, "where is the eiffel tower located": tower, "How tall is the Eiffel Tower?": None,
+    # A statement to complete is not held to the number check, however many numbers open it (a CounterFact paraphrase).
+    native = pipeline.index.memory.add("Ferdinand de Saussure is native to Philadelphia.", question="Ferdinand de Saussure is native "
+                                       "to", answer="Philadelphia", subject="Ferdinand de Saussure")
+    asked = {"More than 205,000 individual negatives and growing. Ferdinand de Saussure was born in": native,
+             "Which city is the Eiffel Tower in?": tower, "where is the eiffel tower located": tower, "How tall is the Eiffel Tower?": None,
              "When was the Eiffel Tower built?": None, "What is Barack Obama's birthplace?": born, "When was Barack Obama born?": None,
              "Who is Barack Obama's wife?": None, "Who ran the Apollo program?": apollo, "When did the Apollo program end?": None,
              "How much did the Apollo program cost?": None}
     answers = pipeline.ask_many(list(asked), k=2)
     assert {a.question: a.edit for a in answers} == asked
-    assert answers[0].text == "Rome" and answers[2].text != "Rome"
+    assert answers[1].text == "Rome" and answers[3].text != "Rome"
     pipeline.answer_types = None  # what the gate changes: the scope classifier alone claims them
     assert all(a.edit == tower for a in pipeline.ask_many(["How tall is the Eiffel Tower?", "When was the Eiffel Tower built?"], k=2))
 
