@@ -1,5 +1,6 @@
-"""The training loop the span reader and the scope classifier share: AdamW with linear warm-up and decay, gradient
-clipping, optional bf16 autocast, a smoothed loss on the progress bar, a metrics line per step and a periodic check."""
+"""The training loop the decoder reader, the span reader and the scope classifier share: AdamW with linear warm-up and
+decay, gradient accumulation and clipping, optional bf16 autocast, a smoothed loss on the progress bar, a metrics line
+per step and a periodic check."""
 from __future__ import annotations
 
 import json
@@ -24,28 +25,33 @@ class FitResult:
 
 
 def fit(model: torch.nn.Module, batch_at: Callable[[int], Batch], loss_of: Callable[[Batch], tuple[torch.Tensor, dict[str, Any]]],
-        log: IO[str], *, steps: int, lr: float, weight_decay: float, warmup: float, bf16: bool, desc: str,
+        log: IO[str], *, steps: int, lr: float, weight_decay: float, warmup: float, bf16: bool, desc: str, grad_accum: int = 1,
         progress: bool = True, check: Callable[[int, float | None], None] | None = None, check_every: int = 0) -> FitResult:
-    """Train `model` for `steps` steps on `batch_at(step)` (1-based), minimising the loss `loss_of(batch)` returns with
-    the parts to log beside it, one JSON line per step in `log`. Every `check_every` steps but the last,
-    `check(step, smoothed loss)` runs (a checkpoint, a quick dev score it may log too)."""
+    """Train `model`'s trainable parameters for `steps` steps of `grad_accum` micro-batches each, `batch_at(n)` being
+    the n-th micro-batch (1-based), minimising the loss `loss_of(batch)` returns with the parts to log beside it. Each
+    step writes one JSON line in `log`: its loss and each part, means over its micro-batches. Every `check_every`
+    steps but the last, `check(step, smoothed loss)` runs (a checkpoint, a quick dev score it may log too)."""
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # a LoRA model's frozen base has no optimizer state
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup * steps), steps)
     result = FitResult(None, 0.0)
     started = time.time()
     bar = tqdm(range(1, steps + 1), desc=desc, unit="step", disable=not progress)
     for step in bar:
-        batch = batch_at(step)
         lr_now = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, parts = loss_of(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        value, parts = 0.0, {}
+        for micro in range((step - 1) * grad_accum + 1, step * grad_accum + 1):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, micro_parts = loss_of(batch_at(micro))
+            (loss / grad_accum).backward()
+            value += loss.item() / grad_accum
+            for name, part in micro_parts.items():
+                parts[name] = parts.get(name, 0) + part / grad_accum
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
         result.final_loss = value if result.final_loss is None else 0.98 * result.final_loss + 0.02 * value
         bar.set_postfix(loss=f"{result.final_loss:.3f}")
         log.write(json.dumps({"step": step, "loss": value, **parts, "lr": lr_now, "seconds": round(time.time() - started, 2)}) + "\n")

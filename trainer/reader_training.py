@@ -8,17 +8,13 @@ peft adapter (LoRA) or a whole model (full) that `--adapter` / `--reader` accept
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from indexer.index import Index
 from rag.command_line import check_new_folder
@@ -26,6 +22,7 @@ from rag.fid_reader import FiDReader, GenerativeReader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
 from trainer.evaluate import evaluate_qa
+from trainer.fit import fit
 from trainer.machine import machine
 from trainer.qa_data import QARecord, read_qa, sample, split_train_dev
 from trainer.reader_data import ReaderExample, build_examples
@@ -112,41 +109,22 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     check_new_folder(config.out)
     check_training_files(config.train)
     torch.manual_seed(config.seed)
-    started = time.time()
     with Index.open(config.index, readonly=True) as index:
         train_records, dev_records = load_train_dev(config.train, config.steps * config.batch_size * config.grad_accum,
                                                    config.dev_size, config.seed)
         examples = build_examples(index, train_records, config.k, seed=config.seed, mode=index.default_mode, progress=progress)
         reader = load_generative_reader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
-        params = trainable_parameters(reader, config.method, config.lora_rank)
+        trainable_parameters(reader, config.method, config.lora_rank)
         reader.model.train()
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-        schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)
         config.out.mkdir(parents=True, exist_ok=True)
-        log = open(config.out / "metrics.jsonl", "w")
-        autocast = torch.autocast(reader.device.type, dtype=torch.bfloat16, enabled=config.bf16)
-        bar = tqdm(range(config.steps), desc="train reader", unit="step", disable=not progress)
-        cursor, running = 0, None
-        for step in bar:
-            value = 0.0  # the step's loss: the mean over its micro-batches
-            lr = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
-            for _ in range(config.grad_accum):
-                batch = [examples[(cursor + i) % len(examples)] for i in range(config.batch_size)]
-                cursor += config.batch_size
-                with autocast:
-                    loss = answer_nll(reader, batch) / config.grad_accum
-                loss.backward()
-                value += loss.item()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            running = value if running is None else 0.95 * running + 0.05 * value
-            bar.set_postfix(loss=f"{running:.3f}")
-            log.write(json.dumps({"step": step + 1, "loss": value, "lr": lr, "seconds": time.time() - started}) + "\n")
-            log.flush()
-        log.close()
-        train_seconds = time.time() - started
+
+        def batch_at(micro: int) -> list[ReaderExample]:
+            return [examples[((micro - 1) * config.batch_size + i) % len(examples)] for i in range(config.batch_size)]
+
+        with open(config.out / "metrics.jsonl", "w") as log:
+            fitted = fit(reader.model, batch_at, lambda batch: (answer_nll(reader, batch), {}), log, steps=config.steps, lr=config.lr,
+                         weight_decay=0.0, warmup=config.warmup, bf16=config.bf16, desc="train reader", grad_accum=config.grad_accum,
+                         progress=progress)
         reader.model.eval()
         reader.model.save_pretrained(config.out)
         if config.method == "full":
@@ -163,8 +141,8 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
             "train": [str(p) for p in config.train],
             "examples": len(examples),
             "examples_with_gold_passage": sum(e.gold_position is not None for e in examples),
-            "train_seconds": round(train_seconds, 1),
-            "final_loss": running,
+            "train_seconds": round(fitted.seconds, 1),
+            "final_loss": fitted.final_loss,
             "dev": dev_summary,
             "machine": machine() | {"device": str(reader.device), "bf16": config.bf16},
         }
