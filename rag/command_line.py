@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 from indexer.interrupt import interrupt_on_sigterm
 from indexer.manifest import IndexFolderError
@@ -26,14 +28,23 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
         return args.run(args)
     except (IndexFolderError, ValueError, RuntimeError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        _print_notes(prog, exc)
         return 2
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename is not None else ""
         print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        _print_notes(prog, exc)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"{prog}: interrupted", file=sys.stderr)
+        _print_notes(prog, exc)
         return 130
+
+
+def _print_notes(prog: str, exc: BaseException) -> None:
+    """What the code on the way out added to the exception (`new_run_folder`: what became of --out)."""
+    for note in getattr(exc, "__notes__", []):
+        print(f"{prog}: {note}", file=sys.stderr)
 
 
 def typed_command(module: str) -> list[str]:
@@ -84,6 +95,28 @@ def check_new_folder(out: Path, hint: str = "choose a new folder") -> None:
         raise ValueError(f"--out {out} is a file, not a folder: choose a new folder")
     if out.is_dir() and any(out.iterdir()):
         raise ValueError(f"--out {out} is not empty: {hint}")
+
+
+@contextmanager
+def new_run_folder(out: Path, keep: str | None = None, hint: str = "") -> Iterator[Path]:
+    """Create --out `out` for a run, and leave it as it was found if the run does not finish (an error, Ctrl-C,
+    SIGTERM): the same command can then run again. Where the run has written `keep` in it by then (a checkpoint), the
+    folder is left as it is instead, and the exception gets a note saying where `keep` is and, in `hint`, what it is
+    good for. ValueError, before anything is touched, unless `out` is new or empty (`check_new_folder`)."""
+    check_new_folder(out)
+    existed = out.is_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException as exc:
+        if keep is not None and (out / keep).exists():
+            exc.add_note(f"the unfinished run's {keep} is kept in {out / keep}{hint}")
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            if existed:
+                out.mkdir()
+            exc.add_note(f"the unfinished run's files are removed from {out}")
+        raise
 
 
 def add_optimizer_options(parser: argparse.ArgumentParser, defaults: Any, batch_unit: str) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -600,6 +601,40 @@ def test_a_failed_start_leaves_out_as_it_was(argv: list[str], message: str, topi
     (tmp_path / "empty").mkdir()
     assert main_train(["joint", *argv, "--out", str(tmp_path / "empty")]) == 2
     assert not any((tmp_path / "empty").iterdir())
+
+
+def test_a_stopped_run_keeps_its_folder_only_once_it_has_a_checkpoint(topic_index: Path, qa_file: Path, tiny_reader_path: str,
+                                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C (or SIGTERM) before the first checkpoint leaves no folder, so the same command runs again; after it, the
+    folder stays for --resume, which finishes the run."""
+    run = tmp_path / "run"
+    argv = ["joint", "--index", str(topic_index), "--train", str(qa_file), "--reader", tiny_reader_path, "--top-k", "2", "--steps", "3",
+            "--batch-size", "1", "--save-every", "2", "--dev-size", "4", "--dev-eval", "0", "--device", "cpu", "--threads", "1",
+            "--out", str(run)]
+    step = JointTrainer.step
+
+    def ctrl_c_at(n: int) -> Callable[..., Any]:
+        calls = []
+
+        def stepped(self: JointTrainer, micro: Any) -> Any:
+            calls.append(micro)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return step(self, micro)
+        return stepped
+
+    with monkeypatch.context() as patch:
+        patch.setattr(JointTrainer, "step", ctrl_c_at(2))
+        assert main_train(argv) == 130
+        # The progress bar is closed first: the last lines say what happened.
+        assert capsys.readouterr().err.endswith(f"rag-train: interrupted\nrag-train: the unfinished run's files are removed from {run}\n")
+        assert not run.exists()
+        patch.setattr(JointTrainer, "step", ctrl_c_at(3))
+        assert main_train(argv) == 130
+    assert f"checkpoint.pt is kept in {run / CHECKPOINT}: `rag-train joint --resume {run}` carries on from it" in capsys.readouterr().err
+    assert torch.load(run / CHECKPOINT, weights_only=False)["step"] == 2
+    assert main_train(["joint", "--resume", str(run)]) == 0 and (run / "export" / "encoder").is_dir()
 
 
 def test_out_must_be_a_folder(topic_index: Path, qa_file: Path, tiny_reader_path: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

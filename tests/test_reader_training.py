@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import make_documents, write_topic_qa
 from indexer.index import Index, build_index
@@ -15,7 +16,7 @@ from rag.reader import DecoderReader
 from trainer.cli import main_train
 from trainer.qa_data import QARecord, split_by_article, split_train_dev
 from trainer.reader_data import build_examples
-from trainer.reader_training import ReaderTrainingConfig, train_reader
+from trainer.reader_training import ReaderTrainingConfig, answer_nll, train_reader
 
 
 def test_examples_hold_the_gold_passage_at_a_random_position(topic_index: Path) -> None:
@@ -86,6 +87,30 @@ def test_lora_cli_writes_an_adapter_that_loads(topic_index: Path, tiny_reader_pa
     assert record["config"]["method"] == "lora" and record["config"]["steps"] == 3 and record["train_seconds"] > 0
     adapted = DecoderReader(tiny_reader_path, adapter=out, device="cpu", max_new_tokens=4)
     assert isinstance(adapted.generate(["which topic is number 1?"], [[]])[0], str)
+
+
+def test_an_interrupted_run_leaves_no_folder_behind(topic_index: Path, tiny_reader_path: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C (or SIGTERM) in the middle of training: exit status 130, --out removed, and the same command then runs."""
+    import trainer.reader_training
+
+    out = tmp_path / "lora"
+    argv = ["reader", "--train", str(write_topic_qa(tmp_path / "qa.jsonl.gz")), "--index", str(topic_index), "--out", str(out),
+            "--reader", tiny_reader_path, "--steps", "3", "--batch-size", "2", "--dev-size", "4", "--dev-eval", "0", "--device", "cpu"]
+    calls = []
+
+    def interrupted_on_the_second_step(*args: object) -> torch.Tensor:
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return answer_nll(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.reader_training, "answer_nll", interrupted_on_the_second_step)
+        assert main_train(argv) == 130
+    assert f"rag-train: the unfinished run's files are removed from {out}" in capsys.readouterr().err
+    assert len(calls) == 2 and not out.exists()
+    assert main_train(argv) == 0 and (out / "adapter_config.json").is_file()
 
 
 @pytest.mark.parametrize("argv, message", [

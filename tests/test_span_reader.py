@@ -156,8 +156,10 @@ def test_mix_takes_files_in_turn() -> None:
     assert len(mixed) == 10 and sum(r.id.startswith("s") for r in mixed) == 3
 
 
-def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_path: str, tmp_path: Path) -> None:
-    """Data made with the index, then a few training steps from the file alone: checkpoints, dev sweep, a loadable folder."""
+def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Data made with the index, then a few training steps from the file alone: checkpoints, dev sweep, a loadable folder;
+    a run interrupted after its first checkpoint leaves that checkpoint, from which a new run trains on."""
     index_dir = tmp_path / "idx"
     build_index(index_dir, make_documents(12), tiny_encoder)
     train_file = tmp_path / "tiny-train.jsonl.gz"
@@ -200,6 +202,22 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
     assert loaded.config.scoring == record["chosen"]["scoring"]
     with pytest.raises(ValueError, match="not empty"):
         train_span_reader(config, progress=False)
+
+    from trainer import span_training
+
+    def ctrl_c(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    argv = ["--data", str(data_file), "--out", str(tmp_path / "cut"), "--encoder", tiny_encoder_path, "--steps", "4", "--batch-size", "2",
+            "--max-length", "64", "--dev-every", "2", "--dev-quick", "2", "--device", "cpu"]
+    with monkeypatch.context() as patch:
+        patch.setattr(span_training, "dev_sweep", ctrl_c)  # Ctrl-C in the quick dev check that follows the first checkpoint
+        assert span_training.main(argv) == 130
+    kept = tmp_path / "cut" / "checkpoint"
+    assert f"the unfinished run's checkpoint is kept in {kept}: `rag-train span-reader --init` it" in capsys.readouterr().err
+    assert json.loads((kept / "step.json").read_text()) == {"step": 2}
+    assert span_training.main([*argv[:3], str(tmp_path / "on"), *argv[4:], "--init", str(kept)]) == 0
+    assert SpanReader.from_pretrained(tmp_path / "on").config.scoring in SCORINGS
     with pytest.raises(ValueError, match="evaluation file"):
         SpanDataConfig(train=[SHARED_DATA / "qa" / "squad-open-dev.jsonl.gz"], index=index_dir).check()
     with pytest.raises(ValueError, match="not a span data file"):

@@ -32,8 +32,8 @@ from transformers import get_linear_schedule_with_warmup
 from indexer.encoder import encoder_input
 from indexer.index import Index
 from rag.adapters import QUERY_ENCODER
-from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, run_command,
-                              typed_command)
+from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, new_run_folder,
+                              run_command, typed_command)
 from rag.models import GENERATIVE_READER, resolve_reader_path
 from rag.rank_classification import choice_scores
 from rag.reader import DecoderReader
@@ -197,23 +197,23 @@ def train_fewshot(config: FewShotConfig) -> dict:
         losses.append(loss.item())
     train_seconds = time.perf_counter() - started
     reader.model.eval()
-    config.out.mkdir(parents=True, exist_ok=True)
-    reader.model.save_pretrained(config.out)
-    if config.method == "full":
-        reader.tokenizer.save_pretrained(config.out)
-    if query_side is not None:
-        query_side.encoder.save_query_encoder(config.out / QUERY_ENCODER)
-    record = {
-        "task": task.name, "method": config.method, "shots": config.shots, "seed": config.seed, "retrieval": retrieval,
-        "k": config.k if retrieval else 0, "index": str(config.index) if retrieval and config.index else None,
-        "query_encoder": QUERY_ENCODER if query_side is not None else None,
-        "reader": config.reader, "lr": lr, "steps": config.steps, "batch_size": config.batch_size,
-        "train_seconds": round(train_seconds, 2), "trainable_parameters": sum(p.numel() for p in params),
-        "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-        "saved_bytes": sum(f.stat().st_size for f in config.out.rglob("*") if f.is_file()),
-        "threads": torch.get_num_threads(), "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-    }
-    (config.out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    with new_run_folder(config.out):  # a save cut short leaves no half adapter
+        reader.model.save_pretrained(config.out)
+        if config.method == "full":
+            reader.tokenizer.save_pretrained(config.out)
+        if query_side is not None:
+            query_side.encoder.save_query_encoder(config.out / QUERY_ENCODER)
+        record = {
+            "task": task.name, "method": config.method, "shots": config.shots, "seed": config.seed, "retrieval": retrieval,
+            "k": config.k if retrieval else 0, "index": str(config.index) if retrieval and config.index else None,
+            "query_encoder": QUERY_ENCODER if query_side is not None else None,
+            "reader": config.reader, "lr": lr, "steps": config.steps, "batch_size": config.batch_size,
+            "train_seconds": round(train_seconds, 2), "trainable_parameters": sum(p.numel() for p in params),
+            "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+            "saved_bytes": sum(f.stat().st_size for f in config.out.rglob("*") if f.is_file()),
+            "threads": torch.get_num_threads(), "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        }
+        (config.out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -37,26 +37,26 @@ def fit(model: torch.nn.Module, batch_at: Callable[[int], Batch], loss_of: Calla
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup * steps), steps)
     result = FitResult(None, 0.0)
     started = time.time()
-    bar = tqdm(range(1, steps + 1), desc=desc, unit="step", disable=not progress)
-    for step in bar:
-        lr_now = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
-        value, parts = 0.0, {}
-        for micro in range((step - 1) * grad_accum + 1, step * grad_accum + 1):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, micro_parts = loss_of(batch_at(micro))
-            (loss / grad_accum).backward()
-            value += loss.item() / grad_accum
-            for name, part in micro_parts.items():
-                parts[name] = parts.get(name, 0) + part / grad_accum
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        result.final_loss = value if result.final_loss is None else 0.98 * result.final_loss + 0.02 * value
-        bar.set_postfix(loss=f"{result.final_loss:.3f}")
-        log.write(json.dumps({"step": step, "loss": value, **parts, "lr": lr_now, "seconds": round(time.time() - started, 2)}) + "\n")
-        log.flush()
-        if check is not None and check_every and step % check_every == 0 and step < steps:
-            check(step, result.final_loss)
+    with tqdm(range(1, steps + 1), desc=desc, unit="step", disable=not progress) as bar:  # closed before an error prints
+        for step in bar:
+            lr_now = schedule.get_last_lr()[0]  # this step's (after it, the next one's)
+            value, parts = 0.0, {}
+            for micro in range((step - 1) * grad_accum + 1, step * grad_accum + 1):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss, micro_parts = loss_of(batch_at(micro))
+                (loss / grad_accum).backward()
+                value += loss.item() / grad_accum
+                for name, part in micro_parts.items():
+                    parts[name] = parts.get(name, 0) + part / grad_accum
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.final_loss = value if result.final_loss is None else 0.98 * result.final_loss + 0.02 * value
+            bar.set_postfix(loss=f"{result.final_loss:.3f}")
+            log.write(json.dumps({"step": step, "loss": value, **parts, "lr": lr_now, "seconds": round(time.time() - started, 2)}) + "\n")
+            log.flush()
+            if check is not None and check_every and step % check_every == 0 and step < steps:
+                check(step, result.final_loss)
     result.seconds = time.time() - started
     return result

@@ -39,7 +39,7 @@ import resource
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -54,7 +54,7 @@ from indexer.index import Index
 from indexer.records import SearchHit
 from rag.adapters import adapter_kind
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
-                              run_command, typed_command)
+                              new_run_folder, run_command, typed_command)
 from rag.fid_reader import FiDReader, is_fid_reader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import MAX_K, Pipeline
@@ -575,7 +575,7 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
     if state and state["world_size"] != ranks:  # before the generation files, which are per rank of that many
         raise ValueError(f"the checkpoint was written by {state['world_size']} processes: resume with as many, not {ranks}")
     torch.manual_seed(config.seed)
-    with Index.open(config.index, readonly=True) as index:
+    with Index.open(config.index, readonly=True) as index, ExitStack() as on_exit:
         if state and state.get("index_generation", index.generation) != index.generation:
             # Its passages and the run's re-embedded vectors would no longer agree: not the run it was.
             raise ValueError(f"{config.index} changed since the run stopped (generation {state['index_generation']} then, "
@@ -583,8 +583,10 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
         train, dev = run_records(config, ranks, index)
         trainer = JointTrainer(config, index, generation=state["generation"] if state else 0)
         if rank == 0:
-            # Only now: a start that failed above leaves --out as it was, so the same command can run again.
-            out.mkdir(parents=True, exist_ok=True)
+            # Only now: a start that failed above leaves --out as it was, so the same command can run again; so does a
+            # run stopped before its first checkpoint.
+            if not resume:
+                on_exit.enter_context(new_run_folder(out, keep=CHECKPOINT, hint=f": `rag-train joint --resume {out}` carries on from it"))
             (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
         step, cursor = 0, 0
         if state:
@@ -617,39 +619,38 @@ def _run_steps(config: JointTrainingConfig, trainer: JointTrainer, train: list[Q
         if dev and step == 0:
             _log(log, {"step": 0, "dev": trainer.evaluate(dev)})
         last_step = min(config.steps, stop_after) if stop_after is not None else config.steps
-        bar = tqdm(range(step, last_step), desc=f"joint {config.loss}", unit="step", disable=not progress)
-        for step in range(step + 1, last_step + 1):
-            micro = []
-            for _ in range(config.grad_accum):
-                # Each rank its own slice of the global batch.
-                begin = cursor + rank * config.batch_size
-                micro.append([train[(begin + i) % len(train)] for i in range(config.batch_size)])
-                cursor += config.batch_size * ranks
-            trainer.take_reader_tokens()  # drop what a dev evaluation read
-            lr = trainer.schedule.get_last_lr()[0]  # the reader's rate this step uses (after it, the next step's)
-            step_started = time.perf_counter()
-            losses = trainer.step(micro)
-            step_seconds = time.perf_counter() - step_started
-            row: dict[str, Any] = {"step": step, **losses, "lr": lr,
-                                   "generation": trainer.search_index.generation, "seconds": round(time.time() - started, 3),
-                                   "step_seconds": round(step_seconds, 3),
-                                   "reader_tokens_per_second": round(trainer.take_reader_tokens() / step_seconds, 1),
-                                   "peak_memory_mib": peak_memory_mib(trainer.device)}
-            if (trainer.refresh.kind == "every" and step % trainer.refresh.n == 0 and step < config.steps
-                    and trainer.encoder_has_moved()):
-                row["refresh"] = trainer.search_index.refresh(trainer.retriever, progress=progress)
-                trainer.refresh_seconds += row["refresh"]["seconds"]
-                trainer.refresh_passages += row["refresh"]["passages"]
-            row["refresh_seconds_total"] = round(trainer.refresh_seconds, 3)
-            row["refresh_passages_total"] = trainer.refresh_passages
-            _log(log, row)
-            if dev and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-                _log(log, {"step": step, "dev": trainer.evaluate(dev)})
-            if (config.save_every and step % config.save_every == 0) or step == last_step:
-                trainer.save_checkpoint(step, cursor)
-            bar.update(1)
-            bar.set_postfix(nll=f"{losses['reader_nll']:.3f}", ret=f"{losses['retriever_loss']:.3f}")
-        bar.close()
+        with tqdm(range(step, last_step), desc=f"joint {config.loss}", unit="step", disable=not progress) as bar:  # closed before an error prints
+            for step in range(step + 1, last_step + 1):
+                micro = []
+                for _ in range(config.grad_accum):
+                    # Each rank its own slice of the global batch.
+                    begin = cursor + rank * config.batch_size
+                    micro.append([train[(begin + i) % len(train)] for i in range(config.batch_size)])
+                    cursor += config.batch_size * ranks
+                trainer.take_reader_tokens()  # drop what a dev evaluation read
+                lr = trainer.schedule.get_last_lr()[0]  # the reader's rate this step uses (after it, the next step's)
+                step_started = time.perf_counter()
+                losses = trainer.step(micro)
+                step_seconds = time.perf_counter() - step_started
+                row: dict[str, Any] = {"step": step, **losses, "lr": lr,
+                                       "generation": trainer.search_index.generation, "seconds": round(time.time() - started, 3),
+                                       "step_seconds": round(step_seconds, 3),
+                                       "reader_tokens_per_second": round(trainer.take_reader_tokens() / step_seconds, 1),
+                                       "peak_memory_mib": peak_memory_mib(trainer.device)}
+                if (trainer.refresh.kind == "every" and step % trainer.refresh.n == 0 and step < config.steps
+                        and trainer.encoder_has_moved()):
+                    row["refresh"] = trainer.search_index.refresh(trainer.retriever, progress=progress)
+                    trainer.refresh_seconds += row["refresh"]["seconds"]
+                    trainer.refresh_passages += row["refresh"]["passages"]
+                row["refresh_seconds_total"] = round(trainer.refresh_seconds, 3)
+                row["refresh_passages_total"] = trainer.refresh_passages
+                _log(log, row)
+                if dev and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                    _log(log, {"step": step, "dev": trainer.evaluate(dev)})
+                if (config.save_every and step % config.save_every == 0) or step == last_step:
+                    trainer.save_checkpoint(step, cursor)
+                bar.update(1)
+                bar.set_postfix(nll=f"{losses['reader_nll']:.3f}", ret=f"{losses['retriever_loss']:.3f}")
         if step < config.steps:
             return step, None
         # A finished run resumed keeps its final evaluation rather than logging a second one. Only rank 0 read the

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from indexer.index import Index
-from rag.command_line import check_new_folder
+from rag.command_line import check_new_folder, new_run_folder
 from rag.fid_reader import FiDReader, GenerativeReader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
@@ -105,18 +105,18 @@ def trainable_parameters(reader: GenerativeReader, method: str, lora_rank: int, 
 
 
 def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
-    """Train, save to `config.out`, evaluate on the held-out dev questions; returns the run's record."""
+    """Train, save to `config.out`, evaluate on the held-out dev questions; returns the run's record. A run that does
+    not finish leaves --out as it found it."""
     check_new_folder(config.out)
     check_training_files(config.train)
     torch.manual_seed(config.seed)
-    with Index.open(config.index, readonly=True) as index:
+    with Index.open(config.index, readonly=True) as index, new_run_folder(config.out):
         train_records, dev_records = load_train_dev(config.train, config.steps * config.batch_size * config.grad_accum,
                                                    config.dev_size, config.seed)
         examples = build_examples(index, train_records, config.k, seed=config.seed, mode=index.default_mode, progress=progress)
         reader = load_generative_reader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
         trainable_parameters(reader, config.method, config.lora_rank)
         reader.model.train()
-        config.out.mkdir(parents=True, exist_ok=True)
 
         def batch_at(micro: int) -> list[ReaderExample]:
             return [examples[((micro - 1) * config.batch_size + i) % len(examples)] for i in range(config.batch_size)]

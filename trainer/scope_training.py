@@ -35,7 +35,7 @@ import torch
 
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
-                              run_command, typed_command)
+                              new_run_folder, run_command, typed_command)
 from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
 from rag.scope_classifier import ScopeClassifier
 from trainer.classifier_metrics import auc, best_threshold
@@ -172,9 +172,14 @@ def _read_pairs(config: ScopeTrainingConfig, encode: CachedEncoder, progress: bo
 def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -> dict[str, Any]:
     """Make the pairs, calibrate the similarity threshold, train, choose the threshold, save to `config.out`.
 
-    Returns the run's record (also written to `training.json`).
+    Returns the run's record (also written to `training.json`). A run that does not finish leaves --out as it found it.
     """
     config.check()
+    with new_run_folder(config.out):
+        return _train_scope_classifier(config, progress)
+
+
+def _train_scope_classifier(config: ScopeTrainingConfig, progress: bool) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -203,7 +208,6 @@ def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -
     positives = sum(p.label for p in train_pairs)
     pos_weight = (len(train_pairs) - positives) / positives
     quick = val_pairs[: config.val_quick]
-    config.out.mkdir(parents=True, exist_ok=True)
     curve: list[dict[str, Any]] = []
 
     def batch_at(step: int) -> list[ScopePair]:

@@ -27,7 +27,7 @@ import torch
 
 from indexer.encoder import DEFAULT_ENCODER
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
-                              run_command, typed_command)
+                              new_run_folder, run_command, typed_command)
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
 from trainer.fit import fit
 from trainer.machine import machine
@@ -175,9 +175,16 @@ def _mean(values: Sequence[float]) -> float:
 def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict[str, Any]:
     """Train, checkpoint every `dev_every` steps, save to `config.out`, choose k and scoring on the dev questions.
 
-    Returns the run's record (also written to `training.json`).
+    Returns the run's record (also written to `training.json`). A run that does not finish leaves --out as it found
+    it, or, once a checkpoint is written, with the checkpoint (`new_run_folder`).
     """
     config.check()
+    with new_run_folder(config.out, keep="checkpoint",
+                        hint=": `rag-train span-reader --init` it, with a new --out, to train on from there"):
+        return _train_span_reader(config, progress)
+
+
+def _train_span_reader(config: SpanTrainingConfig, progress: bool) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -198,7 +205,6 @@ def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict
         reader = SpanReader.from_encoder(config.encoder, device=device, seed=config.seed, max_length=config.max_length,
                                          max_answer_tokens=config.max_answer_tokens)
     reader.train()
-    config.out.mkdir(parents=True, exist_ok=True)
     order = list(range(len(examples)))
     random.Random(config.seed).shuffle(order)
     curve: list[dict[str, Any]] = []
