@@ -66,7 +66,7 @@ def check_counts(settings: Any, at_least_one: Sequence[str] = (), at_least_zero:
     for bound, names in ((1, at_least_one), (0, at_least_zero)):
         for name in names:
             value = getattr(settings, name)
-            if value < bound:
+            if not value >= bound:  # also refuses NaN
                 wanted = "at least 1" if bound == 1 else "0 or more"
                 raise ValueError(f"--{name.replace('_', '-')} must be {wanted}, got {value}")
     for name in positive:

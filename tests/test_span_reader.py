@@ -216,7 +216,8 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
     kept = tmp_path / "cut" / "checkpoint"
     assert f"the unfinished run's checkpoint is kept in {kept}: `rag-train span-reader --init` it" in capsys.readouterr().err
     assert json.loads((kept / "step.json").read_text()) == {"step": 2}
-    assert span_training.main([*argv[:3], str(tmp_path / "on"), *argv[4:], "--init", str(kept)]) == 0
+    assert span_training.main([*argv[:3], str(tmp_path / "on"), *argv[4:], "--init", str(kept), "--weight-decay", "0.05"]) == 0
+    assert json.loads((tmp_path / "on" / "training.json").read_text())["config"]["weight_decay"] == 0.05
     assert SpanReader.from_pretrained(tmp_path / "on").config.scoring in SCORINGS
     with pytest.raises(ValueError, match="evaluation file"):
         SpanDataConfig(train=[SHARED_DATA / "qa" / "squad-open-dev.jsonl.gz"], index=index_dir).check()
@@ -238,6 +239,8 @@ def test_command_lines_report_mistakes(tmp_path: Path, capsys: pytest.CaptureFix
     assert "is a file, not a folder" in capsys.readouterr().err
     assert span_training.main(["--data", str(tmp_path / "d.jsonl.gz"), "--out", str(tmp_path / "o"), "--warmup", "1"]) == 2
     assert "--warmup is a share of the steps" in capsys.readouterr().err
+    assert span_training.main(["--data", str(tmp_path / "d.jsonl.gz"), "--out", str(tmp_path / "o"), "--weight-decay", "nan"]) == 2
+    assert "--weight-decay must be 0 or more, got nan" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:  # argparse's own check: exit status 2, the choices named
         span_data.main(["--train", "x", "--index", "i", "--out", "o", "--mode", "bm25"])
     assert refused.value.code == 2 and "argument --mode: invalid choice: 'bm25'" in capsys.readouterr().err

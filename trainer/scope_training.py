@@ -90,8 +90,8 @@ class ScopeTrainingConfig:
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
-        check_counts(self, at_least_one=("steps", "batch_size", "also_train_repeat"), at_least_zero=("val_every", "val_quick", "threads"),
-                     positive=("lr",))
+        check_counts(self, at_least_one=("steps", "batch_size", "also_train_repeat"),
+                     at_least_zero=("val_every", "val_quick", "threads", "weight_decay"), positive=("lr",))
         for name in ("cases", "val_cases"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

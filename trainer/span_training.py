@@ -64,7 +64,8 @@ class SpanTrainingConfig:
 
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
-        check_counts(self, at_least_one=("steps", "batch_size"), at_least_zero=("dev_every", "dev_quick", "threads"), positive=("lr",))
+        check_counts(self, at_least_one=("steps", "batch_size"), at_least_zero=("dev_every", "dev_quick", "threads", "weight_decay"),
+                     positive=("lr",))
         check_warmup(self.warmup)
         if not Path(self.data).is_file():
             raise ValueError(f"span data file not found: {self.data} (python -m trainer.span_data makes one)")
@@ -318,6 +319,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--encoder", default=d.encoder, help="encoder to start from")
     add("--init", type=Path, default=None, help="continue training this span reader folder (default: a fresh head on --encoder)")
     add_optimizer_options(parser, d, "questions")
+    add("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     add("--max-length", type=int, default=d.max_length, help="tokens per question + passage")
     add("--max-answer-tokens", type=int, default=d.max_answer_tokens, help="longest answer in tokens")
     add("--dev-every", type=int, default=d.dev_every, help="steps between checkpoints and quick dev checks")
