@@ -5,20 +5,20 @@ Reads (`/ask`, `GET /documents/...`, `GET /edits...`, `/stats`, `/health`, `/met
 need `Authorization: Bearer <token>` when the server has a token. Questions go through the micro-batcher
 (serve/batching.py); writes (documents and edits) run one at a time in their own thread. The index
 publishes a change by swapping its snapshot, so a question never waits for a write and never sees half
-of one. Routes are grouped by area: answering, documents, edits, operations.
+of one. Routes are grouped by area: answering, documents, edits, operations; the bodies they take and give
+are in serve/schemas.py.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator, Callable, Literal
+from typing import Annotated, Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -26,21 +26,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
-from indexer.edit_memory import MAX_TEXT_CHARS, Edit, EditNotFound
-from indexer.index import ChangeReport
+from indexer.edit_memory import EditNotFound
+from indexer.index import ChangeReport, Index
 from indexer.manifest import IndexFolderError
-from indexer.names import unnamed_subject
-from indexer.records import (MAX_DOCUMENT_ID_CHARS, Document, document_id_problem, has_control_characters, is_blank,
-                             valid_unicode)
+from indexer.records import Document, has_control_characters
 from rag.adapters import check_adapter_folder
 from rag.pipeline import MAX_K, Pipeline, check_request
 from serve.batching import MicroBatcher, Overloaded
 from serve.body import BodyGuard
 from serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from serve.schemas import ERRORS, AskRequest, AskResponse, DocumentOut, EditDetail, EditIn, EditList, EditOut, PassageOut, UpsertRequest
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("rag.serve")
@@ -61,194 +59,6 @@ class ServeSettings:
     max_documents: int = 1000
     max_body_bytes: int = 16 * 1024 * 1024
     adapter_root: Path | None = None  # /ask may name adapter folders inside it; None: /ask takes no adapter
-
-
-# -- request and response bodies -------------------------------------------------------------------
-
-def _check_meta(meta: dict[str, Any]) -> None:
-    """ValueError naming the field of a document's metadata that cannot be stored as JSON: a string or key with an
-    unpaired surrogate, or NaN/Infinity (which Python's JSON parser lets through though JSON has no such numbers)."""
-    todo: list[tuple[str, Any]] = [("meta", meta)]  # a stack, not recursion: the parser allows deep nesting
-    while todo:
-        where, value = todo.pop()
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{where}: {value!r} is not a JSON number (JSON has no NaN or Infinity)")
-        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-        for key, item in items:
-            todo.append((f"{where}.{key}", item))
-        # The strings here: the value itself, or an object's keys (its values are checked in their turn).
-        texts = [value] if isinstance(value, str) else list(value) if isinstance(value, dict) else []
-        for text in texts:
-            valid_unicode(text, where)
-
-
-Text = Annotated[str, AfterValidator(lambda text: valid_unicode(text, "the text"))]
-
-
-class AskRequest(BaseModel):
-    """A question; k and mode default to the server's --k and --mode."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    question: Text = Field(description="the question")
-    k: int | None = Field(None, ge=0, le=MAX_K, description="passages to read (0: closed book)")
-    mode: Literal["dense", "sparse", "hybrid"] | None = Field(None, description="retrieval mode")
-    adapter: Text | None = Field(None, description="a peft adapter folder (e.g. from `rag-train fewshot`), relative to the "
-                                                   "server's --adapters folder, that the generative reader answers with; "
-                                                   "loaded on first use, then kept beside the others")
-
-
-class PassageOut(BaseModel):
-    id: str
-    doc_id: str
-    title: str
-    text: str
-    score: float
-
-
-class EditOut(BaseModel):
-    """A stated fact that overrides the documents for the questions it is about."""
-
-    id: str = Field(description="e1, e2, ...")
-    fact: str
-    question: str | None = Field(description="the question it answers, if stated")
-    answer: str | None = Field(description="the answer to that question, if stated")
-    subject: str | None = Field(description="what the fact is about, if stated")
-    created_at: str = Field(description="when it was made (ISO 8601, UTC)")
-    supersedes: str | None = Field(description="the edit this one replaced")
-    revoked_at: str | None = Field(description="when it was revoked (ISO 8601, UTC)")
-    superseded_by: str | None = Field(description="the edit that replaced this one")
-    active: bool = Field(description="neither revoked nor superseded: questions about it are answered from it")
-    warning: str | None = Field(None, description="what looks wrong with the edit as stated: a subject that neither "
-                                "its fact nor its question names (a typo, most likely); null when nothing does")
-
-    @classmethod
-    def of(cls, edit: Edit) -> EditOut:
-        return cls(**edit.to_json(), warning=unnamed_subject(edit.fact, edit.question, edit.subject))
-
-
-class AskResponse(BaseModel):
-    """The answer, the passages it was read from (best first), and where the time went (ms). When the
-    question is about an edit, the answer was read from that edit alone (`edit`), not from the passages;
-    when it asks beyond the edit, it was asked again with the edit's answer in place of its first hop (`asked_as`)."""
-
-    question: str
-    answer: str
-    passages: list[PassageOut]
-    edit: EditOut | None = Field(description="the edit the answer was read from, or null")
-    asked_as: str | None = Field(None, description="the question the reader was asked instead, when the question asked "
-                                                   "beyond `edit` and the edit's answer took the place of its first hop")
-    beyond: bool = Field(False, description="the question asks beyond `edit` (a second hop from its answer): the "
-                                            "answer follows from the edit but is not the one it states")
-    answered_by: EditOut | None = Field(None, description="the edit that answered the question as asked instead "
-                                                          "(`asked_as`), if one did; null otherwise")
-    timings: dict[str, float]
-    batch_size: int = Field(description="questions answered together in this one's micro-batch")
-
-
-def _document_id(value: str) -> str:
-    """`value` if GET and DELETE /documents/{id} can name it, else ValueError saying why not."""
-    problem = document_id_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-def _document_text(value: str) -> str:
-    if is_blank(value):
-        raise ValueError("the text must not be blank")
-    return value
-
-
-class DocumentIn(BaseModel):
-    """A document to add or replace. Fields other than id, title and text are kept as its metadata."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-    # Checked in code (see EditText): a Field pattern would report an unpaired surrogate as "unable to parse raw data".
-    id: Annotated[Text, AfterValidator(_document_id)] = Field(
-        description="document id: no '#' (passage ids use it), no control characters, no leading or trailing space, "
-                    "not '.' or '..'", json_schema_extra={"minLength": 1, "maxLength": MAX_DOCUMENT_ID_CHARS})
-    title: Text = ""
-    text: Annotated[Text, AfterValidator(_document_text)] = Field(description="the text; must not be blank",
-                                                                   json_schema_extra={"minLength": 1})
-
-    @model_validator(mode="before")
-    @classmethod
-    def _encodable_meta(cls, data: Any) -> Any:
-        # Before pydantic reads the fields: it reports a metadata key with an unpaired surrogate without naming it.
-        if isinstance(data, dict):
-            _check_meta({k: v for k, v in data.items() if k not in ("id", "title", "text")})
-        return data
-
-
-class UpsertRequest(BaseModel):
-    """A batch of documents, written as one atomic change."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    documents: list[DocumentIn] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _unique_ids(self) -> UpsertRequest:
-        seen: set[str] = set()
-        for doc in self.documents:
-            if doc.id in seen:
-                raise ValueError(f"document id {doc.id!r} appears twice in one batch")
-            seen.add(doc.id)
-        return self
-
-
-class DocumentOut(BaseModel):
-    id: str
-    title: str
-    text: str
-    meta: dict[str, Any]
-    version: int
-    passage_ids: list[str]
-
-
-def _edit_text(value: str) -> str:
-    if is_blank(value):
-        raise ValueError("must not be blank")
-    if len(value) > MAX_TEXT_CHARS:
-        raise ValueError(f"{len(value):,} characters; at most {MAX_TEXT_CHARS:,}")
-    return value
-
-
-# Checked in code, not with Field(max_length=, pattern=): a length or pattern check refuses an unpaired
-# surrogate as "unable to parse raw data" before valid_unicode could say what and where it is.
-EditText = Annotated[Text, AfterValidator(_edit_text), Field(json_schema_extra={"minLength": 1, "maxLength": MAX_TEXT_CHARS})]
-
-
-class EditIn(BaseModel):
-    """A fact to state. By default it replaces the active edit that asks the same question, if any."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    fact: EditText = Field(description="the fact, in a sentence: what the reader reads instead of the documents")
-    question: EditText | None = Field(None, description="the question it answers; questions like it are answered from it")
-    answer: EditText | None = Field(None, description="the answer to `question` (needs `question`)")
-    subject: EditText | None = Field(None, description="what the fact is about, e.g. a name; when given, only questions "
-                                    "that name it can be in the edit's scope")
-    supersedes: Text | None = Field(None, description="id of the active edit this one replaces")
-
-    @model_validator(mode="after")
-    def _answer_needs_question(self) -> EditIn:
-        if self.answer is not None and self.question is None:
-            raise ValueError("an answer needs its question: give `question` too, or state the answer in `fact`")
-        return self
-
-
-class EditDetail(EditOut):
-    history: list[EditOut] = Field(description="every edit about the same thing, this one included, oldest first")
-
-
-class EditList(BaseModel):
-    edits: list[EditOut]
-
-
-class ErrorOut(BaseModel):
-    error: str
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 415, 422, 503)}
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -279,6 +89,35 @@ def shutting_down(advice: str) -> HTTPException:
     return HTTPException(503, f"the server is shutting down: {advice}", headers={"Retry-After": "1"})
 
 
+class Writes:
+    """Changes (documents and edits) run one at a time in a thread of their own, in the order they came, so a write
+    never blocks the event loop and two never interleave. Their errors come back as HTTP errors."""
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
+
+    async def run(self, fn: Callable[..., Any], *args: Any, missing: str | None = None) -> Any:
+        """`fn(*args)` after the changes before it. 409 for the index folder, 422 for what the request asks
+        (ValueError), 404 with the message `missing` for what it names that does not exist (LookupError; a 500
+        where no `missing` is given)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except asyncio.CancelledError:  # see shutting_down; the thread goes on, and the server waits for it
+            raise shutting_down("the change may still have been made: look before making it again") from None
+        except IndexFolderError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except LookupError as exc:
+            if missing is None:
+                raise
+            raise HTTPException(404, missing) from exc
+
+    def close(self) -> None:
+        """Wait for a write under way to finish, so its client's change is not cut short."""
+        self._thread.shutdown(wait=True)
+
+
 def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
                on_ready: Callable[[], None] | None = None) -> FastAPI:
     """The server over `pipeline`, whose index must be writable. `on_ready` runs once it can take requests."""
@@ -291,7 +130,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
                            max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue)
     metrics = Metrics(index.stats, lambda: batcher.pending)
     batcher.observe = metrics.observe_batch
-    writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
+    writes = Writes()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -302,32 +141,23 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
             yield
         finally:
             await batcher.stop()
-            writes.shutdown(wait=True)  # a write under way finishes, so its client's change is not cut short
+            writes.close()
 
     app = FastAPI(title="rag-serve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Retrieval-augmented question answering over an index you can update while it serves.")
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _add_error_handlers(app)
+    guarded = [Depends(_token_check(settings.token))]
+    for router in (_answering_routes(index, settings, batcher), _document_routes(index, settings, writes, guarded),
+                   _edit_routes(index, writes, guarded), _operation_routes(pipeline, index, settings, batcher, metrics)):
+        app.include_router(router)
+    _add_pages(app)
+    return app
 
-    async def write(fn: Callable[..., Any], *args: Any, missing: str | None = None) -> Any:
-        """Run a change in the writes thread, after the ones before it. Its errors as HTTP errors: 409 for the
-        index folder, 422 for what the request asks (ValueError), 404 with the message `missing` for what it
-        names that does not exist (LookupError; a 500 where no `missing` is given)."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(writes, fn, *args)
-        except asyncio.CancelledError:  # see shutting_down; the thread goes on, and the server waits for it
-            raise shutting_down("the change may still have been made: look before making it again") from None
-        except IndexFolderError as exc:
-            raise HTTPException(409, str(exc)) from exc
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from exc
-        except LookupError as exc:
-            if missing is None:
-                raise
-            raise HTTPException(404, missing) from exc
 
-    # -- answering ---------------------------------------------------------------------------
+def _answering_routes(index: Index, settings: ServeSettings, batcher: MicroBatcher) -> APIRouter:
+    """POST /ask."""
     answering = APIRouter(tags=["answering"])
 
     @answering.post("/ask", response_model=AskResponse, responses=ERRORS)
@@ -365,20 +195,29 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
                            beyond=answer.beyond, answered_by=None if answer.answered_by is None else EditOut.of(answer.answered_by),
                            timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
 
-    # -- documents ---------------------------------------------------------------------------
+    return answering
+
+
+def _token_check(token: str | None) -> Callable[..., None]:
+    """The dependency that guards writes: with a `token`, a request needs the header `Authorization: Bearer <token>`."""
+
     def require_token(authorization: Annotated[str | None, Header(description="Bearer <token>")] = None) -> None:
-        if settings.token is None:
+        if token is None:
             return
         # Starlette decodes header bytes as latin-1: encoding back gives the bytes the client sent. Only HTTP's spaces
         # and tabs are stripped: str.strip() would also take \x85 and \xa0, bytes of UTF-8 letters (à is C3 A0).
         scheme, _, credentials = (authorization or "").strip(" \t").partition(" ")
         # The scheme's case does not matter (RFC 9110).
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip(" \t").encode("latin-1"), settings.token.encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip(" \t").encode("latin-1"), token.encode()):
             raise HTTPException(401, "writes need the header Authorization: Bearer <token> with this server's token",
                                 headers={"WWW-Authenticate": "Bearer"})
 
+    return require_token
+
+
+def _document_routes(index: Index, settings: ServeSettings, writes: Writes, guarded: list[Any]) -> APIRouter:
+    """POST /documents (guarded), GET and DELETE (guarded) /documents/{id}."""
     documents = APIRouter(prefix="/documents", tags=["documents"])
-    guarded = [Depends(require_token)]
 
     @documents.post("", response_model=ChangeReport, responses=ERRORS, dependencies=guarded)
     async def upsert(body: UpsertRequest) -> ChangeReport:
@@ -387,7 +226,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
             raise HTTPException(413, f"{len(body.documents):,} documents in one batch; this server takes at most "
                                      f"{settings.max_documents:,} (--max-documents): send several batches")
         docs = [Document(d.id, d.title, d.text, dict(d.model_extra or {})) for d in body.documents]
-        return await write(index.upsert, docs)
+        return await writes.run(index.upsert, docs)
 
     @documents.get("/{doc_id:path}", response_model=DocumentOut, responses=ERRORS)
     def get_document(doc_id: str) -> DocumentOut:
@@ -401,9 +240,13 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     @documents.delete("/{doc_id:path}", response_model=ChangeReport, responses=ERRORS, dependencies=guarded)
     async def delete_document(doc_id: str) -> ChangeReport:
         """Delete a document and its passages in one atomic change."""
-        return await write(index.delete, [doc_id], missing=f"no document with id {doc_id!r}; nothing was deleted")
+        return await writes.run(index.delete, [doc_id], missing=f"no document with id {doc_id!r}; nothing was deleted")
 
-    # -- edits -------------------------------------------------------------------------------
+    return documents
+
+
+def _edit_routes(index: Index, writes: Writes, guarded: list[Any]) -> APIRouter:
+    """POST /edits (guarded), GET /edits, GET and DELETE (guarded) /edits/{id}."""
     edits = APIRouter(prefix="/edits", tags=["edits"])
 
     def no_edit(edit_id: str) -> str:
@@ -416,8 +259,8 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         question. Acknowledged once durable. Answering uses edits only when the server has a scope decider
         (`scope` in /health)."""
         missing = f"no edit {body.supersedes!r} to supersede: GET /edits lists the active ones"
-        return EditOut.of(await write(index.memory.add, body.fact, body.question, body.answer, body.subject,
-                                      body.supersedes, missing=missing))
+        return EditOut.of(await writes.run(index.memory.add, body.fact, body.question, body.answer, body.subject,
+                                           body.supersedes, missing=missing))
 
     @edits.get("", response_model=EditList, responses=ERRORS)
     def list_edits(every: Annotated[bool, Query(alias="all", description="also revoked and superseded ones")] = False) -> EditList:
@@ -438,9 +281,13 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
     async def revoke_edit(edit_id: str) -> EditOut:
         """Revoke an edit: questions about it are answered as before it was made (or from the edit it had
         replaced). Returns the revoked edit; 404 for an unknown id, 422 for an edit already revoked."""
-        return EditOut.of(await write(index.memory.revoke, edit_id, missing=no_edit(edit_id)))
+        return EditOut.of(await writes.run(index.memory.revoke, edit_id, missing=no_edit(edit_id)))
 
-    # -- operations --------------------------------------------------------------------------
+    return edits
+
+
+def _operation_routes(pipeline: Pipeline, index: Index, settings: ServeSettings, batcher: MicroBatcher, metrics: Metrics) -> APIRouter:
+    """GET /health (and HEAD), /stats, /metrics."""
     operations = APIRouter(tags=["operations"])
 
     @operations.get("/health")
@@ -464,10 +311,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None,
         """Metrics in Prometheus text format."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    for router in (answering, documents, edits, operations):
-        app.include_router(router)
-    _add_pages(app)
-    return app
+    return operations
 
 
 def _add_pages(app: FastAPI) -> None:
