@@ -1,10 +1,15 @@
-"""A run's --out folder: left as it was found when the run does not finish, unless a checkpoint is worth keeping."""
+"""A run's --out folder is left as it was found when the run does not finish, unless a checkpoint is worth keeping; Ctrl-C
+ends a command with a line, not a traceback."""
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from rag import console_scripts
 from rag.command_line import new_run_folder
 
 
@@ -33,3 +38,24 @@ def test_a_finished_run_keeps_its_files(tmp_path: Path) -> None:
     with new_run_folder(tmp_path / "r1", keep="checkpoint") as out:
         (out / "model.safetensors").write_bytes(b"weights")
     assert (tmp_path / "r1" / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_ctrl_c_while_a_command_imports_prints_a_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """torch and transformers take seconds to import: a Ctrl-C then ends the command as it does later on."""
+    def ctrl_c(name: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", ctrl_c)
+    assert console_scripts.rag_train() == 130
+    assert capsys.readouterr().err == "rag-train: interrupted\n"
+
+
+
+def test_the_installed_commands_start() -> None:
+    """The console scripts the install made (beside this Python) run their command lines."""
+    names = ("rag-index", "rag-eval", "rag-train", "rag-serve")
+    started = [subprocess.Popen([str(Path(sys.executable).parent / name), "--help"], stdout=subprocess.PIPE, text=True) for name in names]
+    for name, process in zip(names, started):
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == 0 and out.startswith(f"usage: {name} ")
