@@ -91,7 +91,8 @@ def test_lora_cli_writes_an_adapter_that_loads(topic_index: Path, tiny_reader_pa
 
 def test_an_interrupted_run_leaves_no_folder_behind(topic_index: Path, tiny_reader_path: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    """Ctrl-C (or SIGTERM) in the middle of training: exit status 130, --out removed, and the same command then runs."""
+    """Ctrl-C (or SIGTERM) in the middle of training: exit status 130, --out removed, and the same command then runs.
+    Once the reader is trained and saved, it stays."""
     import trainer.reader_training
 
     out = tmp_path / "lora"
@@ -105,12 +106,21 @@ def test_an_interrupted_run_leaves_no_folder_behind(topic_index: Path, tiny_read
             raise KeyboardInterrupt
         return answer_nll(*args)
 
+    def ctrl_c(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
     with monkeypatch.context() as patch:
         patch.setattr(trainer.reader_training, "answer_nll", interrupted_on_the_second_step)
         assert main_train(argv) == 130
     assert f"rag-train: the unfinished run's files are removed from {out}" in capsys.readouterr().err
     assert len(calls) == 2 and not out.exists()
     assert main_train(argv) == 0 and (out / "adapter_config.json").is_file()
+    # Cut short in its dev evaluation, a run keeps the reader it trained.
+    argv[argv.index(str(out))], argv[argv.index("--dev-eval") + 1] = str(tmp_path / "evaluated"), "2"
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.reader_training, "evaluate_qa", ctrl_c)
+        assert main_train(argv) == 130
+    assert (tmp_path / "evaluated" / "adapter_config.json").is_file() and not (tmp_path / "evaluated" / "training.json").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
