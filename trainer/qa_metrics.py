@@ -16,17 +16,20 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+def _golds(answers: Sequence[str]) -> list[str]:
+    """The normalised gold answers, leaving out those that normalise to nothing: "" (some TriviaQA and NQ records list
+    one among their aliases) or "The" is no answer to an open question, and an empty prediction must not match it."""
+    return [gold for gold in map(normalize_answer, answers) if gold]
+
+
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
     """1.0 when the normalised prediction equals a normalised gold answer."""
     pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(a) for a in answers))
+    return float(pred in _golds(answers))
 
 
-def _f1(prediction: str, answer: str) -> float:
-    pred, gold = normalize_answer(prediction).split(), normalize_answer(answer).split()
+def _f1(pred: list[str], gold: list[str]) -> float:
     common = sum((collections.Counter(pred) & collections.Counter(gold)).values())
-    if not pred or not gold:  # SQuAD v2.0's rule: both empty ("a" against "The") agree, as their EM says (v1.1 gives 0)
-        return float(pred == gold)
     if common == 0:
         return 0.0
     precision, recall = common / len(pred), common / len(gold)
@@ -35,10 +38,11 @@ def _f1(prediction: str, answer: str) -> float:
 
 def f1_score(prediction: str, answers: Sequence[str]) -> float:
     """Best token-overlap F1 of the prediction against any gold answer."""
-    return max((_f1(prediction, a) for a in answers), default=0.0)
+    pred = normalize_answer(prediction).split()
+    return max((_f1(pred, gold.split()) for gold in _golds(answers)), default=0.0)
 
 
 def contains_answer(text: str, answers: Sequence[str]) -> bool:
     """Whether a normalised gold answer appears, on word boundaries, in the normalised text."""
     padded = f" {normalize_answer(text)} "
-    return any(f" {normalize_answer(a)} " in padded for a in answers if normalize_answer(a))
+    return any(f" {gold} " in padded for gold in _golds(answers))
