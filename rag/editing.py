@@ -16,6 +16,7 @@ answer in place of its first hop ("What is the capital of Iraq?"), or reads it w
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
@@ -178,6 +179,16 @@ def asks_question(edit: Edit) -> bool:
     return (edit.question or "").rstrip().endswith("?")
 
 
+# A wh-word among the first three words: "when did ...", "in what year ...", "for how long ...".
+WH_OPENING = re.compile(r"^\W*(?:\S+\s+){0,2}?(?:what|which|who|whom|whose|when|where|why|how)\b", re.IGNORECASE)
+
+
+def asked_as_question(text: str) -> bool:
+    """Whether `text` asks a question, ending in "?" or opening with a wh-word ("when did the apollo program end",
+    as NQ's questions come), rather than being a statement to complete ("Ferdinand de Saussure was born in")."""
+    return text.rstrip().endswith("?") or bool(WH_OPENING.match(text))
+
+
 def names_subject(question: str, subject: str | None) -> bool:
     """Whether `question` names `subject`: as whole words, ignoring case and accents, with a possessive ending
     or (a common noun's) plural one (indexer.names.subject_pattern)."""
@@ -198,14 +209,14 @@ def asks_otherwise(question: str, kind: str | None, edit_kind: str | None, edit_
     known, and different. "How tall is the Eiffel Tower?" (a number) is not in the scope of "Where is it?" (a place).
     Where the edit's kind is unsure, its stated answer still says what it is not: a question asking for a number or
     a date ("When did the Apollo program end?") is not in the scope of an edit whose answer states none ("European
-    Space Agency"). Only a question asked as one is held to that: a statement to complete that opens with an
-    unrelated sentence of numbers ('2069." Ildjarn, created in') reads to the classifier as asking for a number."""
+    Space Agency"). Only a question asked as one (`asked_as_question`) is held to that: a statement to complete that
+    opens with an unrelated sentence of numbers ('2069." Ildjarn, created in') reads to the classifier as asking for a
+    number."""
     if kind is None:
         return False
     if edit_kind is not None:
         return kind != edit_kind
-    return (kind == NUMBER_KIND and question.rstrip().endswith("?") and edit_answer is not None
-            and not states_number(edit_answer))
+    return kind == NUMBER_KIND and asked_as_question(question) and edit_answer is not None and not states_number(edit_answer)
 
 
 def match_edits(memory: EditMemory, scope: Scope, questions: Sequence[str], query_vectors: np.ndarray,
