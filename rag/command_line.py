@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence, TypeVar
 
@@ -60,9 +60,9 @@ def typed_command(module: str) -> list[str]:
 
 def check_counts(settings: Any, at_least_one: Sequence[str] = (), at_least_zero: Sequence[str] = (),
                  positive: Sequence[str] = ()) -> None:
-    """Raise ValueError naming the option (`--batch-size`) when a setting of `settings` is below its bound: an integer
-    below 1 (`at_least_one`) or below 0 (`at_least_zero`), or a number that is not above 0 (`positive`: learning rates,
-    temperatures)."""
+    """Raise ValueError naming the option (`--batch-size`) when a setting of `settings` is below its bound: a count
+    below 1 (`at_least_one`), a number below 0 or NaN (`at_least_zero`: counts, a weight decay), or a number that is not
+    above 0 (`positive`: learning rates, temperatures)."""
     for bound, names in ((1, at_least_one), (0, at_least_zero)):
         for name in names:
             value = getattr(settings, name)
@@ -97,24 +97,44 @@ def check_new_folder(out: Path, hint: str = "choose a new folder") -> None:
         raise ValueError(f"--out {out} is not empty: {hint}")
 
 
+@dataclass
+class RunFolder:
+    """A run's --out while the run goes on (`new_run_folder`)."""
+
+    path: Path
+    saved: bool = False  # the run's model is saved: a failure from here on leaves the folder as it is
+
+
 @contextmanager
-def new_run_folder(out: Path, keep: str | None = None, hint: str = "") -> Iterator[Path]:
+def new_run_folder(out: Path, keep: str | None = None, kept: str = "") -> Iterator[RunFolder]:
     """Create --out `out` for a run, and leave it as it was found if the run does not finish (an error, Ctrl-C,
-    SIGTERM): the same command can then run again. Where the run has written `keep` in it by then (a checkpoint), the
-    folder is left as it is instead, and the exception gets a note saying where `keep` is and, in `hint`, what it is
-    good for. ValueError, before anything is touched, unless `out` is new or empty (`check_new_folder`)."""
+    SIGTERM), so that the same command can run again. The folder stays as it is instead once the run has set
+    `saved`, or once `keep`, a path in it, exists (the file a checkpoint writes last); the exception then gets a note
+    saying so (`kept` for a checkpoint: where it is and what it is good for). ValueError, before anything is touched,
+    unless `out` is new or empty (`check_new_folder`), or when another process makes it meanwhile."""
     check_new_folder(out)
     existed = out.is_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    if not existed:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir()  # claims it: of two runs given the same new --out, one is refused here
+        except FileExistsError:
+            raise ValueError(f"--out {out} was made by another process meanwhile: choose a new folder") from None
+    run = RunFolder(out)
     try:
-        yield out
+        yield run
     except BaseException as exc:
-        if keep is not None and (out / keep).exists():
-            exc.add_note(f"the unfinished run's {keep} is kept in {out / keep}{hint}")
+        if run.saved:
+            exc.add_note(f"the run's model is saved in {out}; what the run writes after it is missing")
+        elif keep is not None and (out / keep).exists():
+            exc.add_note(kept)
         else:
-            shutil.rmtree(out, ignore_errors=True)
-            if existed:
-                out.mkdir()
+            # A folder that was there is emptied, not removed: it may be a link or a mount point, with its own owner and mode.
+            for child in list(out.iterdir()) if existed else [out]:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
             exc.add_note(f"the unfinished run's files are removed from {out}")
         raise
 

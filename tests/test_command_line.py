@@ -25,19 +25,55 @@ def test_an_unfinished_run_leaves_out_as_it_was(tmp_path: Path, made_by_the_user
     assert stopped.value.__notes__ == [f"the unfinished run's files are removed from {out}"]
 
 
-def test_a_checkpoint_is_kept_with_what_it_is_good_for(tmp_path: Path) -> None:
+def test_a_whole_checkpoint_is_kept_with_what_it_is_good_for(tmp_path: Path) -> None:
     out = tmp_path / "r1"
-    with pytest.raises(ValueError) as failed, new_run_folder(out, keep="checkpoint", hint=": --init it"):
+    with pytest.raises(KeyboardInterrupt), new_run_folder(out, keep="checkpoint/step.json", kept="kept: --init it"):
+        (out / "checkpoint").mkdir()  # stopped while the first checkpoint was written: not whole, not kept
+        raise KeyboardInterrupt
+    assert not out.exists()
+    with pytest.raises(ValueError) as failed, new_run_folder(out, keep="checkpoint/step.json", kept="kept: --init it"):
         (out / "checkpoint").mkdir()
+        (out / "checkpoint" / "step.json").write_text("{}")
         raise ValueError("out of disk")
-    assert (out / "checkpoint").is_dir()
-    assert failed.value.__notes__ == [f"the unfinished run's checkpoint is kept in {out / 'checkpoint'}: --init it"]
+    assert (out / "checkpoint" / "step.json").is_file() and failed.value.__notes__ == ["kept: --init it"]
 
 
-def test_a_finished_run_keeps_its_files(tmp_path: Path) -> None:
-    with new_run_folder(tmp_path / "r1", keep="checkpoint") as out:
+def test_a_saved_model_stays_whatever_fails_after_it(tmp_path: Path) -> None:
+    out = tmp_path / "r1"
+    with pytest.raises(KeyboardInterrupt) as stopped, new_run_folder(out) as run:
         (out / "model.safetensors").write_bytes(b"weights")
-    assert (tmp_path / "r1" / "model.safetensors").read_bytes() == b"weights"
+        run.saved = True
+        raise KeyboardInterrupt  # in the dev evaluation that follows
+    assert (out / "model.safetensors").read_bytes() == b"weights"
+    assert stopped.value.__notes__ == [f"the run's model is saved in {out}; what the run writes after it is missing"]
+
+
+def test_a_linked_out_folder_is_emptied_not_removed(tmp_path: Path) -> None:
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "disk")
+    with pytest.raises(KeyboardInterrupt) as stopped, new_run_folder(tmp_path / "out"):
+        (tmp_path / "out" / "metrics.jsonl").write_text("{}\n")
+        (tmp_path / "out" / "checkpoint").mkdir()
+        raise KeyboardInterrupt
+    assert (tmp_path / "out").is_symlink() and list((tmp_path / "disk").iterdir()) == []
+    assert stopped.value.__notes__ == [f"the unfinished run's files are removed from {tmp_path / 'out'}"]
+
+
+def test_a_new_folder_another_run_made_meanwhile_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs given the same new --out: the second to make it stops there, and never removes the first one's files."""
+    out = tmp_path / "runs" / "r1"
+    mkdir = Path.mkdir
+
+    def the_other_run_makes_it_meanwhile(self: Path, *args: object, **kwargs: object) -> None:
+        mkdir(self, *args, **kwargs)
+        if self == out.parent and not out.exists():  # after this run looked, before it made --out
+            mkdir(out)
+            (out / "metrics.jsonl").write_text("the other run's\n")
+
+    monkeypatch.setattr(Path, "mkdir", the_other_run_makes_it_meanwhile)
+    with pytest.raises(ValueError, match="was made by another process meanwhile"), new_run_folder(out):
+        pass
+    assert (out / "metrics.jsonl").read_text() == "the other run's\n"
 
 
 def test_ctrl_c_while_a_command_imports_prints_a_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch,

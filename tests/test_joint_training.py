@@ -632,7 +632,7 @@ def test_a_stopped_run_keeps_its_folder_only_once_it_has_a_checkpoint(topic_inde
         assert not run.exists()
         patch.setattr(JointTrainer, "step", ctrl_c_at(3))
         assert main_train(argv) == 130
-    assert f"checkpoint.pt is kept in {run / CHECKPOINT}: `rag-train joint --resume {run}` carries on from it" in capsys.readouterr().err
+    assert f"the last checkpoint is kept in {run / CHECKPOINT}: `rag-train joint --resume {run}` carries on from it" in capsys.readouterr().err
     assert torch.load(run / CHECKPOINT, weights_only=False)["step"] == 2
     assert main_train(["joint", "--resume", str(run)]) == 0 and (run / "export" / "encoder").is_dir()
 

@@ -120,6 +120,7 @@ def test_an_interrupted_run_leaves_no_folder_behind(topic_index: Path, tiny_read
     with monkeypatch.context() as patch:
         patch.setattr(trainer.reader_training, "evaluate_qa", ctrl_c)
         assert main_train(argv) == 130
+    assert f"the run's model is saved in {tmp_path / 'evaluated'}" in capsys.readouterr().err
     assert (tmp_path / "evaluated" / "adapter_config.json").is_file() and not (tmp_path / "evaluated" / "training.json").exists()
 
 

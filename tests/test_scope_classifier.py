@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from rag.scope_classifier import CONFIG_FILE, SHIPPED, ScopeClassifier, is_scope
 from trainer.edit_cases import EditCase, Probe, in_fold, read_cases
 from trainer.scope_data import CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, relations
 from trainer.classifier_metrics import auc, best_threshold
+from trainer import scope_training
 from trainer.scope_training import ScopeTrainingConfig, main, scope_loss, train_scope_classifier
 
 EDITS = ["The mother tongue of Danielle Darrieux is English.", "The twin city of Wellington is Sheffield.", "Toko Yasuda plays the piano."]
@@ -282,6 +284,15 @@ def test_train_end_to_end(tiny_encoder_path: str, tmp_path: Path, capsys: pytest
     # The shipped answer-type classifier reads MiniLM's vectors, not the tiny encoder's: said before anything is made.
     assert main(["--out", str(tmp_path / "other"), "--train", str(train), "--val", str(val), "--no-nq", "--encoder", tiny_encoder_path]) == 2
     assert "--no-answer-types" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    assert main(["--out", str(tmp_path / "other"), "--train", str(train), "--val", str(val), "--no-nq", "--weight-decay", "-0.1"]) == 2
+    assert "--weight-decay must be 0 or more, got -0.1" in capsys.readouterr().err
+    # A run that fails once its folder is made leaves nothing there (here its first step fails).
+    failing = replace(config, out=tmp_path / "failed")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scope_training, "scope_loss", lambda *args: 1 / 0)
+        with pytest.raises(ZeroDivisionError) as failed:
+            train_scope_classifier(failing, progress=False)
+    assert not failing.out.exists() and failed.value.__notes__ == [f"the unfinished run's files are removed from {failing.out}"]
 
 
 @pytest.mark.skipif(not is_scope_classifier(SHIPPED), reason="no shipped scope classifier")

@@ -214,7 +214,7 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
         patch.setattr(span_training, "dev_sweep", ctrl_c)  # Ctrl-C in the quick dev check that follows the first checkpoint
         assert span_training.main(argv) == 130
     kept = tmp_path / "cut" / "checkpoint"
-    assert f"the unfinished run's checkpoint is kept in {kept}: `rag-train span-reader --init` it" in capsys.readouterr().err
+    assert f"the last checkpoint is kept in {kept}: `rag-train span-reader --init` it" in capsys.readouterr().err
     assert json.loads((kept / "step.json").read_text()) == {"step": 2}
     assert span_training.main([*argv[:3], str(tmp_path / "on"), *argv[4:], "--init", str(kept), "--weight-decay", "0.05"]) == 0
     assert json.loads((tmp_path / "on" / "training.json").read_text())["config"]["weight_decay"] == 0.05

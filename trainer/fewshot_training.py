@@ -197,12 +197,13 @@ def train_fewshot(config: FewShotConfig) -> dict:
         losses.append(loss.item())
     train_seconds = time.perf_counter() - started
     reader.model.eval()
-    with new_run_folder(config.out):  # a save cut short leaves no half adapter
+    with new_run_folder(config.out) as run:  # a save cut short leaves no half adapter
         reader.model.save_pretrained(config.out)
         if config.method == "full":
             reader.tokenizer.save_pretrained(config.out)
         if query_side is not None:
             query_side.encoder.save_query_encoder(config.out / QUERY_ENCODER)
+        run.saved = True
         record = {
             "task": task.name, "method": config.method, "shots": config.shots, "seed": config.seed, "retrieval": retrieval,
             "k": config.k if retrieval else 0, "index": str(config.index) if retrieval and config.index else None,

@@ -47,7 +47,9 @@ def fit(model: torch.nn.Module, batch_at: Callable[[int], Batch], loss_of: Calla
                 (loss / grad_accum).backward()
                 value += loss.item() / grad_accum
                 for name, part in micro_parts.items():
-                    parts[name] = parts.get(name, 0) + part / grad_accum
+                    parts[name] = parts.get(name, 0) + part
+            if grad_accum > 1:  # the mean over the micro-batches; one micro-batch's parts stay as they were (a count an int)
+                parts = {name: total / grad_accum for name, total in parts.items()}
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()

@@ -586,7 +586,8 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
             # Only now: a start that failed above leaves --out as it was, so the same command can run again; so does a
             # run stopped before its first checkpoint.
             if not resume:
-                on_exit.enter_context(new_run_folder(out, keep=CHECKPOINT, hint=f": `rag-train joint --resume {out}` carries on from it"))
+                on_exit.enter_context(new_run_folder(out, keep=CHECKPOINT, kept=f"the last checkpoint is kept in {out / CHECKPOINT}: "
+                                                                                 f"`rag-train joint --resume {out}` carries on from it"))
             (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
         step, cursor = 0, 0
         if state:

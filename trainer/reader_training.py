@@ -106,31 +106,30 @@ def trainable_parameters(reader: GenerativeReader, method: str, lora_rank: int, 
 
 def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
     """Train, save to `config.out`, evaluate on the held-out dev questions; returns the run's record. A run that does
-    not finish training leaves --out as it found it."""
+    not finish training leaves --out as it found it (`new_run_folder`)."""
     check_new_folder(config.out)
     check_training_files(config.train)
     torch.manual_seed(config.seed)
-    with Index.open(config.index, readonly=True) as index:
-        # Once saved, the trained reader stays, whatever becomes of its dev evaluation (minutes of generation).
-        with new_run_folder(config.out):
-            train_records, dev_records = load_train_dev(config.train, config.steps * config.batch_size * config.grad_accum,
-                                                       config.dev_size, config.seed)
-            examples = build_examples(index, train_records, config.k, seed=config.seed, mode=index.default_mode, progress=progress)
-            reader = load_generative_reader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
-            trainable_parameters(reader, config.method, config.lora_rank)
-            reader.model.train()
+    with Index.open(config.index, readonly=True) as index, new_run_folder(config.out) as run:
+        train_records, dev_records = load_train_dev(config.train, config.steps * config.batch_size * config.grad_accum,
+                                                   config.dev_size, config.seed)
+        examples = build_examples(index, train_records, config.k, seed=config.seed, mode=index.default_mode, progress=progress)
+        reader = load_generative_reader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
+        trainable_parameters(reader, config.method, config.lora_rank)
+        reader.model.train()
 
-            def batch_at(micro: int) -> list[ReaderExample]:
-                return [examples[((micro - 1) * config.batch_size + i) % len(examples)] for i in range(config.batch_size)]
+        def batch_at(micro: int) -> list[ReaderExample]:
+            return [examples[((micro - 1) * config.batch_size + i) % len(examples)] for i in range(config.batch_size)]
 
-            with open(config.out / "metrics.jsonl", "w") as log:
-                fitted = fit(reader.model, batch_at, lambda batch: (answer_nll(reader, batch), {}), log, steps=config.steps, lr=config.lr,
-                             weight_decay=0.0, warmup=config.warmup, bf16=config.bf16, desc="train reader", grad_accum=config.grad_accum,
-                             progress=progress)
-            reader.model.eval()
-            reader.model.save_pretrained(config.out)
-            if config.method == "full":
-                reader.tokenizer.save_pretrained(config.out)
+        with open(config.out / "metrics.jsonl", "w") as log:
+            fitted = fit(reader.model, batch_at, lambda batch: (answer_nll(reader, batch), {}), log, steps=config.steps, lr=config.lr,
+                         weight_decay=0.0, warmup=config.warmup, bf16=config.bf16, desc="train reader", grad_accum=config.grad_accum,
+                         progress=progress)
+        reader.model.eval()
+        reader.model.save_pretrained(config.out)
+        if config.method == "full":
+            reader.tokenizer.save_pretrained(config.out)
+        run.saved = True  # the trained reader stays, whatever becomes of its dev evaluation (minutes of generation)
         if config.method == "lora":
             reader.model = reader.model.merge_and_unload()
         dev_summary = {}

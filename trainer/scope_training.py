@@ -35,7 +35,7 @@ import torch
 
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
-                              new_run_folder, run_command, typed_command)
+                              RunFolder, new_run_folder, run_command, typed_command)
 from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
 from rag.scope_classifier import ScopeClassifier
 from trainer.classifier_metrics import auc, best_threshold
@@ -175,11 +175,11 @@ def train_scope_classifier(config: ScopeTrainingConfig, progress: bool = True) -
     Returns the run's record (also written to `training.json`). A run that does not finish leaves --out as it found it.
     """
     config.check()
-    with new_run_folder(config.out):
-        return _train_scope_classifier(config, progress)
+    with new_run_folder(config.out) as run:
+        return _train_scope_classifier(config, progress, run)
 
 
-def _train_scope_classifier(config: ScopeTrainingConfig, progress: bool) -> dict[str, Any]:
+def _train_scope_classifier(config: ScopeTrainingConfig, progress: bool, run: RunFolder) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -210,9 +210,9 @@ def _train_scope_classifier(config: ScopeTrainingConfig, progress: bool) -> dict
     quick = val_pairs[: config.val_quick]
     curve: list[dict[str, Any]] = []
 
-    def batch_at(step: int) -> list[ScopePair]:
+    def batch_at(micro: int) -> list[ScopePair]:
         # The pairs are already in a seeded random order: walk through them, wrapping around.
-        lo = (step - 1) * config.batch_size
+        lo = (micro - 1) * config.batch_size
         return [train_pairs[(lo + i) % len(train_pairs)] for i in range(config.batch_size)]
 
     def check(step: int, running: float | None) -> None:
@@ -238,6 +238,7 @@ def _train_scope_classifier(config: ScopeTrainingConfig, progress: bool) -> dict
     model.config.similarity_encoder = config.encoder
     classifier = {"val": pair_metrics(scores, val_pairs, threshold), "val_at_0.5": pair_metrics(scores, val_pairs, 0.5)}
     model.save_pretrained(config.out)
+    run.saved = True
     record = {
         "command": config.command,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "command"},

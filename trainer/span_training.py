@@ -27,7 +27,7 @@ import torch
 
 from indexer.encoder import DEFAULT_ENCODER
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
-                              new_run_folder, run_command, typed_command)
+                              RunFolder, new_run_folder, run_command, typed_command)
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
 from trainer.fit import fit
 from trainer.machine import machine
@@ -37,6 +37,8 @@ from trainer.span_data import DevQuestion, SpanExample, read_span_data
 # Logit given to tokens that can never be a start or end (question, title, padding); finite, so no NaN.
 MASKED_LOGIT = -1e4
 DEV_KS = (1, 2, 3, 5, 8, 10)
+CHECKPOINT = "checkpoint"  # in --out, every --dev-every steps; removed once the run ends
+CHECKPOINT_STEP = "step.json"  # written last: a checkpoint without it is not whole
 
 
 @dataclass
@@ -173,6 +175,18 @@ def _mean(values: Sequence[float]) -> float:
 
 # -- training --------------------------------------------------------------------------------------
 
+def save_checkpoint(reader: SpanReader, out: Path, step: int) -> None:
+    """The reader as of `step` in `out`/checkpoint, in place of the one before. Written beside it and swapped in, so that
+    a run stopped while it writes keeps the checkpoint before (`step.json`, written last, says a checkpoint is whole)."""
+    fresh, old = out / f"{CHECKPOINT}.new", out / f"{CHECKPOINT}.old"
+    reader.save_pretrained(fresh)
+    (fresh / CHECKPOINT_STEP).write_text(json.dumps({"step": step}) + "\n")
+    if (out / CHECKPOINT).exists():
+        (out / CHECKPOINT).rename(old)
+    fresh.rename(out / CHECKPOINT)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict[str, Any]:
     """Train, checkpoint every `dev_every` steps, save to `config.out`, choose k and scoring on the dev questions.
 
@@ -180,12 +194,14 @@ def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict
     it, or, once a checkpoint is written, with the checkpoint (`new_run_folder`).
     """
     config.check()
-    with new_run_folder(config.out, keep="checkpoint",
-                        hint=": `rag-train span-reader --init` it, with a new --out, to train on from there"):
-        return _train_span_reader(config, progress)
+    checkpoint = config.out / CHECKPOINT
+    with new_run_folder(config.out, keep=f"{CHECKPOINT}/{CHECKPOINT_STEP}",
+                        kept=f"the last checkpoint is kept in {checkpoint}: `rag-train span-reader --init` it, with a new --out, "
+                             "to train on from there") as run:
+        return _train_span_reader(config, progress, run)
 
 
-def _train_span_reader(config: SpanTrainingConfig, progress: bool) -> dict[str, Any]:
+def _train_span_reader(config: SpanTrainingConfig, progress: bool, run: RunFolder) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -211,8 +227,8 @@ def _train_span_reader(config: SpanTrainingConfig, progress: bool) -> dict[str, 
     curve: list[dict[str, Any]] = []
     truncated = 0
 
-    def batch_at(step: int) -> list[SpanExample]:
-        return [examples[order[((step - 1) * config.batch_size + i) % len(order)]] for i in range(config.batch_size)]
+    def batch_at(micro: int) -> list[SpanExample]:
+        return [examples[order[((micro - 1) * config.batch_size + i) % len(order)]] for i in range(config.batch_size)]
 
     def loss_of(batch: list[SpanExample]) -> tuple[torch.Tensor, dict[str, Any]]:
         nonlocal truncated
@@ -221,8 +237,7 @@ def _train_span_reader(config: SpanTrainingConfig, progress: bool) -> dict[str, 
         return loss, parts
 
     def check(step: int, running: float | None) -> None:
-        reader.save_pretrained(config.out / "checkpoint")
-        (config.out / "checkpoint" / "step.json").write_text(json.dumps({"step": step}) + "\n")
+        save_checkpoint(reader, config.out, step)
         if config.dev_quick and dev:
             with torch.autocast(reader.device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 quick = dev_sweep(reader, dev, ks=(5,), scorings=("joint",), limit=config.dev_quick)
@@ -240,7 +255,8 @@ def _train_span_reader(config: SpanTrainingConfig, progress: bool) -> dict[str, 
     if sweep["best"]:
         reader.config.scoring, reader.config.k = sweep["best"]["scoring"], sweep["best"]["k"]
     reader.save_pretrained(config.out)
-    shutil.rmtree(config.out / "checkpoint", ignore_errors=True)
+    run.saved = True
+    shutil.rmtree(config.out / CHECKPOINT, ignore_errors=True)
     record = {
         "command": config.command,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "command"},
@@ -279,7 +295,8 @@ def training_markdown(record: dict[str, Any], earlier: str = "") -> str:
         f"over {made['index']}); " + (", ".join(f"{n} questions of {name}" for name, n in record["dev_questions"].items())
                                          or "no questions") + f" held out as dev (seed {made['seed']}).",
         f"- Steps: {cfg['steps']} x {cfg['batch_size']} questions ({record['epochs']} epochs), lr {cfg['lr']} "
-        f"(warm-up {cfg['warmup']}, linear decay), max length {cfg['max_length']}, bf16 autocast {cfg['bf16']}"
+        f"(warm-up {cfg['warmup']}, linear decay), AdamW weight decay {cfg['weight_decay']}, max length {cfg['max_length']}, "
+        f"bf16 autocast {cfg['bf16']}"
         + (f", continued from {cfg['init']}." if cfg.get("init") else f", from {cfg['encoder']}."),
         f"- Time: data {record['data_seconds']} s, training {record['train_seconds']} s, dev sweep {record['dev_seconds']} s.",
         f"- Machine: {record['machine']['cpu']} ({record['machine']['cpus']} CPUs, {record['machine']['torch_threads']} torch "
