@@ -69,12 +69,17 @@ def probes_of(cases: Sequence[EditCase], measured: Sequence[int], seed: int) -> 
     return probes
 
 
-def routed_to_own(probes: Sequence[tuple[int, str, str]], routed: Sequence[str | None], own: Sequence[str]) -> dict[str, Any]:
-    """Per probe kind: how many, and the share routed to the case's own edit."""
+def routed_to_own(probes: Sequence[tuple[int, str, str]], routed: Sequence[str | None], beyond: Sequence[str | None],
+                  own: Sequence[str]) -> dict[str, Any]:
+    """Per probe kind: how many, the share routed to the case's own edit (answered with it), and the share taken to
+    ask beyond it (`beyond`: asked again with its answer in place of a first hop, or read with its fact in view), which
+    changes the answer too."""
     out = {}
     for kind in KINDS:
-        hits = [edit == own[case] for (case, _, k), edit in zip(probes, routed) if k == kind]
-        out[kind] = {"n": len(hits), "routed_to_own_edit": round(float(np.mean(hits)), 4) if hits else None}
+        mine = [(case, to, past) for (case, _, k), to, past in zip(probes, routed, beyond) if k == kind]
+        out[kind] = {"n": len(mine),
+                     "routed_to_own_edit": round(float(np.mean([to == own[case] for case, to, _ in mine])), 4) if mine else None,
+                     "beyond_own_edit": round(float(np.mean([past == own[case] for case, _, past in mine])), 4) if mine else None}
     return out
 
 
@@ -129,11 +134,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, kinds in (("without_answer_types", None), ("with_answer_types", functools.partial(answer_types.kinds, encode=encoder))):
             started = time.perf_counter()
             routed: list[str | None] = []
+            beyond: list[str | None] = []
             for lo in range(0, len(questions), 256):
                 matches = match_edits(memory, scope, questions[lo : lo + 256], vectors[lo : lo + 256], two_hop=two_hop, answer_kinds=kinds)
                 # A match that asks beyond its edit is not answered with it (it is rewritten or read with the edit in view).
                 routed += [m.edit.id if m is not None and not m.beyond else None for m in matches]
-            result[name] = routed_to_own(probes, routed, own) | {"ms_per_question": round(1000 * (time.perf_counter() - started) / len(questions), 2)}
+                beyond += [m.edit.id if m is not None and m.beyond else None for m in matches]
+            result[name] = routed_to_own(probes, routed, beyond, own) | {"ms_per_question": round(1000 * (time.perf_counter() - started) / len(questions), 2)}
             log(name, result[name])
         memory.close()
     write_result(out, result, machine_info())
