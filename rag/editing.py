@@ -179,14 +179,17 @@ def asks_question(edit: Edit) -> bool:
     return (edit.question or "").rstrip().endswith("?")
 
 
-# A wh-word among the first three words: "when did ...", "in what year ...", "for how long ...".
-WH_OPENING = re.compile(r"^\W*(?:\S+\s+){0,2}?(?:what|which|who|whom|whose|when|where|why|how)\b", re.IGNORECASE)
+# A wh-word first, or after a preposition: "when did ...", "in what year ...", "for how long ...". Not later: CounterFact's
+# statements to complete say "Jozef Tomko, who has the position of". Possessive (++, *+): linear on any input.
+WH_OPENING = re.compile(r"^\W*+(?:(?:in|on|at|by|for|from|during|since|until|to|of|after|before)\s++)?"
+                        r"(?:what|which|who|whom|whose|when|where|why|how)\b", re.IGNORECASE)
 
 
 def asked_as_question(text: str) -> bool:
     """Whether `text` asks a question, ending in "?" or opening with a wh-word ("when did the apollo program end",
-    as NQ's questions come), rather than being a statement to complete ("Ferdinand de Saussure was born in")."""
-    return text.rstrip().endswith("?") or bool(WH_OPENING.match(text))
+    as NQ's questions come), rather than being a statement to complete ("Ferdinand de Saussure was born in", or one
+    that opens with a clause: "When Sedat Alp was killed, the locals held a")."""
+    return text.rstrip().endswith("?") or (WH_OPENING.match(text) is not None and "," not in text)
 
 
 def names_subject(question: str, subject: str | None) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_documents
 from indexer.encoder import TextEncoder, same_encoder
 from indexer.index import Index, build_index
-from rag.editing import ClassifierScope, EditPassage, SimilarityScope, load_scope
+from rag.editing import ClassifierScope, EditPassage, SimilarityScope, asked_as_question, load_scope
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from rag.span_reader import SpanReader
@@ -355,3 +355,14 @@ def test_a_rewritten_question_is_never_answered_by_the_edit_that_rewrote_it(pipe
     got = pipeline.ask(question, k=3, mode="sparse")
     assert got.edit == edit and got.beyond and got.asked_as == rewritten and got.answered_by is None  # read from passages
     assert got.text == pipeline.reader.generate([rewritten], [pipeline.retrieve([rewritten], 3, "sparse")[0]])[0]
+
+
+@pytest.mark.parametrize("text, asked", [
+    ("when did the apollo program end", True), ("in what year did it end", True), ("How much did it cost?", True),
+    ("What?", True), ("Ferdinand de Saussure was born in", False), ("Jozef Tomko, who has the position of", False),
+    ("More than 205,000 individual negatives and growing. Ferdinand de Saussure was born in", False),
+    ("When Sedat Alp was killed, the locals held a", False), ("Whatever happened to the Apollo program is", False),
+])
+def test_a_question_is_told_from_a_statement_to_complete(text: str, asked: bool) -> None:
+    """The number check of asks_otherwise holds questions only: NQ asks without "?", CounterFact's prompts are statements."""
+    assert asked_as_question(text) == asked
