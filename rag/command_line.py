@@ -9,7 +9,7 @@ import argparse
 import os
 import shutil
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence, TypeVar
@@ -105,21 +105,26 @@ class RunFolder:
     saved: bool = False  # the run's model is saved: a failure from here on leaves the folder as it is
 
 
+RUNNING = ".running"  # in --out while a run writes there: another run's check finds the folder taken
+
+
 @contextmanager
 def new_run_folder(out: Path, keep: str | None = None, kept: str = "") -> Iterator[RunFolder]:
     """Create --out `out` for a run, and leave it as it was found if the run does not finish (an error, Ctrl-C,
     SIGTERM), so that the same command can run again. The folder stays as it is instead once the run has set
     `saved`, or once `keep`, a path in it, exists (the file a checkpoint writes last); the exception then gets a note
     saying so (`kept` for a checkpoint: where it is and what it is good for). ValueError, before anything is touched,
-    unless `out` is new or empty (`check_new_folder`), or when another process makes it meanwhile."""
+    unless `out` is new or empty (`check_new_folder`) and no other run has taken it meanwhile."""
     check_new_folder(out)
-    existed = out.is_dir()
-    if not existed:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            out.mkdir()  # claims it: of two runs given the same new --out, one is refused here
-        except FileExistsError:
-            raise ValueError(f"--out {out} was made by another process meanwhile: choose a new folder") from None
+    if out.is_symlink() and not out.exists():
+        raise ValueError(f"--out {out} is a link to {os.readlink(out)}, which does not exist: make that folder or choose another")
+    made = [folder for folder in (*reversed(out.parents), out) if not folder.exists()]  # outermost first
+    try:  # both claim it: of two runs given the same --out, the second is refused here or by check_new_folder
+        for folder in made:
+            folder.mkdir(exist_ok=folder != out)
+        (out / RUNNING).open("x").close()
+    except FileExistsError:
+        raise ValueError(f"--out {out} was taken by another run meanwhile: choose a new folder") from None
     run = RunFolder(out)
     try:
         yield run
@@ -127,16 +132,33 @@ def new_run_folder(out: Path, keep: str | None = None, kept: str = "") -> Iterat
         if run.saved:
             exc.add_note(f"the run's model is saved in {out}; what the run writes after it is missing")
         elif keep is not None and (out / keep).exists():
-            exc.add_note(kept)
+            exc.add_note(kept or f"{out / keep} is kept")
         else:
-            # A folder that was there is emptied, not removed: it may be a link or a mount point, with its own owner and mode.
-            for child in list(out.iterdir()) if existed else [out]:
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-            exc.add_note(f"the unfinished run's files are removed from {out}")
+            try:
+                _remove_run(out, made)
+                exc.add_note(f"the unfinished run's files are removed from {out}")
+            except OSError as error:  # the run's own error is the one to report
+                exc.add_note(f"the unfinished run's files could not all be removed from {out}: {error}")
         raise
+    finally:
+        with suppress(OSError):  # never in place of the run's own error
+            (out / RUNNING).unlink(missing_ok=True)
+
+
+def _remove_run(out: Path, made: list[Path]) -> None:
+    """What a run wrote in `out`, and the folders it made (`made`, outermost first) where they are left empty. A folder
+    that was there is emptied, not removed: it may be a link or a mount point, with its own owner and mode."""
+    if not made:
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    for folder in reversed(made):
+        if folder == out:
+            shutil.rmtree(out)
+        elif not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def add_optimizer_options(parser: argparse.ArgumentParser, defaults: Any, batch_unit: str) -> None:

@@ -3,6 +3,7 @@ ends a command with a line, not a traceback."""
 from __future__ import annotations
 
 import importlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,31 @@ def test_an_unfinished_run_leaves_out_as_it_was(tmp_path: Path, made_by_the_user
     with pytest.raises(KeyboardInterrupt) as stopped, new_run_folder(out):
         (out / "metrics.jsonl").write_text("{}\n")
         raise KeyboardInterrupt
-    assert out.is_dir() == made_by_the_user and not (out / "metrics.jsonl").exists()
+    # The folders the run made go too (runs/ as well as runs/r1), those it found stay (emptied).
+    assert out.is_dir() == (tmp_path / "runs").is_dir() == made_by_the_user and not (out / "metrics.jsonl").exists()
     assert stopped.value.__notes__ == [f"the unfinished run's files are removed from {out}"]
+
+
+def test_a_folder_a_run_is_writing_is_refused_to_another(tmp_path: Path) -> None:
+    with new_run_folder(tmp_path / "r1") as run:
+        with pytest.raises(ValueError, match="is not empty"), new_run_folder(tmp_path / "r1"):
+            pass
+        (run.path / "model.safetensors").write_bytes(b"weights")
+    assert [p.name for p in (tmp_path / "r1").iterdir()] == ["model.safetensors"]  # what marked it taken is gone
+
+
+def test_a_clean_up_that_fails_keeps_the_runs_own_error(tmp_path: Path) -> None:
+    out = tmp_path / "r1"
+    with pytest.raises(KeyboardInterrupt) as stopped, new_run_folder(out):
+        shutil.rmtree(out)  # gone under the run (a removed disk)
+        raise KeyboardInterrupt
+    assert stopped.value.__notes__[0].startswith(f"the unfinished run's files could not all be removed from {out}: ")
+
+
+def test_a_link_to_nothing_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="is a link to .*nowhere, which does not exist"), new_run_folder(tmp_path / "out"):
+        pass
 
 
 def test_a_whole_checkpoint_is_kept_with_what_it_is_good_for(tmp_path: Path) -> None:
@@ -71,7 +95,7 @@ def test_a_new_folder_another_run_made_meanwhile_is_refused(tmp_path: Path, monk
             (out / "metrics.jsonl").write_text("the other run's\n")
 
     monkeypatch.setattr(Path, "mkdir", the_other_run_makes_it_meanwhile)
-    with pytest.raises(ValueError, match="was made by another process meanwhile"), new_run_folder(out):
+    with pytest.raises(ValueError, match="was taken by another run meanwhile"), new_run_folder(out):
         pass
     assert (out / "metrics.jsonl").read_text() == "the other run's\n"
 

@@ -6,6 +6,7 @@ import gzip
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from rag.span_reader import MARKER_FILE, SCORINGS, PassageSpan, SpanReader, choo
 from trainer.qa_data import ContextPassage, QARecord
 from trainer.span_data import SpanDataConfig, SpanExample, locate_answer, make_example, make_span_data, mix_records, read_span_data
 from trainer.shared_data import SHARED_DATA
-from trainer.span_training import SpanTrainingConfig, span_loss, span_targets, train_span_reader
+from trainer.span_training import SpanTrainingConfig, dev_sweep, span_loss, span_targets, train_span_reader
 
 P = ContextPassage
 PASSAGES = [
@@ -205,17 +206,23 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
 
     from trainer import span_training
 
-    def ctrl_c(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
+    sweeps = []
 
-    argv = ["--data", str(data_file), "--out", str(tmp_path / "cut"), "--encoder", tiny_encoder_path, "--steps", "4", "--batch-size", "2",
+    def ctrl_c_in_the_second(*args: object, **kwargs: object) -> Any:
+        sweeps.append(args)
+        if len(sweeps) == 2:
+            raise KeyboardInterrupt
+        return dev_sweep(*args, **kwargs)
+
+    argv = ["--data", str(data_file), "--out", str(tmp_path / "cut"), "--encoder", tiny_encoder_path, "--steps", "6", "--batch-size", "2",
             "--max-length", "64", "--dev-every", "2", "--dev-quick", "2", "--device", "cpu"]
     with monkeypatch.context() as patch:
-        patch.setattr(span_training, "dev_sweep", ctrl_c)  # Ctrl-C in the quick dev check that follows the first checkpoint
+        patch.setattr(span_training, "dev_sweep", ctrl_c_in_the_second)  # Ctrl-C in the quick dev check after the second checkpoint
         assert span_training.main(argv) == 130
     kept = tmp_path / "cut" / "checkpoint"
     assert f"the last checkpoint is kept in {kept}: `rag-train span-reader --init` it" in capsys.readouterr().err
-    assert json.loads((kept / "step.json").read_text()) == {"step": 2}
+    assert json.loads((kept / "step.json").read_text()) == {"step": 4}  # the second, swapped in for the first
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["checkpoint", "metrics.jsonl"]
     assert span_training.main([*argv[:3], str(tmp_path / "on"), *argv[4:], "--init", str(kept), "--weight-decay", "0.05"]) == 0
     assert json.loads((tmp_path / "on" / "training.json").read_text())["config"]["weight_decay"] == 0.05
     assert SpanReader.from_pretrained(tmp_path / "on").config.scoring in SCORINGS

@@ -178,13 +178,21 @@ def _mean(values: Sequence[float]) -> float:
 def save_checkpoint(reader: SpanReader, out: Path, step: int) -> None:
     """The reader as of `step` in `out`/checkpoint, in place of the one before. Written beside it and swapped in, so that
     a run stopped while it writes keeps the checkpoint before (`step.json`, written last, says a checkpoint is whole)."""
-    fresh, old = out / f"{CHECKPOINT}.new", out / f"{CHECKPOINT}.old"
+    current, fresh, old = out / CHECKPOINT, out / f"{CHECKPOINT}.new", out / f"{CHECKPOINT}.old"
+    for leftover in (fresh, old):  # of a save cut short
+        if leftover.exists():
+            shutil.rmtree(leftover)
     reader.save_pretrained(fresh)
     (fresh / CHECKPOINT_STEP).write_text(json.dumps({"step": step}) + "\n")
-    if (out / CHECKPOINT).exists():
-        (out / CHECKPOINT).rename(old)
-    fresh.rename(out / CHECKPOINT)
-    shutil.rmtree(old, ignore_errors=True)
+    if current.exists():
+        current.rename(old)
+    try:
+        fresh.rename(current)
+    finally:
+        if not current.exists() and old.exists():  # stopped between the two renames: the one before stays
+            old.rename(current)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict[str, Any]:
