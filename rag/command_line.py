@@ -6,6 +6,7 @@ import neither FAISS nor tantivy.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import sys
@@ -105,7 +106,38 @@ class RunFolder:
     saved: bool = False  # the run's model is saved: a failure from here on leaves the folder as it is
 
 
-RUNNING = ".running"  # in --out while a run writes there: another run's check finds the folder taken
+RUNNING = ".running"  # in --out while a run writes there, locked: another run into the folder is refused
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold `out`/.running locked while a run writes in `out` (a new run, or one resumed there); ValueError when another
+    run holds it. A lock, not the file alone: one left by a run killed outright holds nothing."""
+    marker = out / RUNNING
+    handle = open(marker, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(f"another run is writing in {out} (it holds {marker}): wait for it to end, or choose another folder") from None
+    try:
+        yield
+    finally:
+        with suppress(OSError):  # never in place of the run's own error
+            marker.unlink()
+        handle.close()
+
+
+@contextmanager
+def resumed_run_folder(out: Path, kept: str) -> Iterator[None]:
+    """A run carried on in its folder `out`: locked as `run_lock` does, and an exception that ends it gets the note
+    `kept` (where its checkpoint is, and how to carry on again)."""
+    with run_lock(out):
+        try:
+            yield
+        except BaseException as exc:
+            exc.add_note(kept)
+            raise
 
 
 @contextmanager
@@ -119,30 +151,28 @@ def new_run_folder(out: Path, keep: str | None = None, kept: str = "") -> Iterat
     if out.is_symlink() and not out.exists():
         raise ValueError(f"--out {out} is a link to {os.readlink(out)}, which does not exist: make that folder or choose another")
     made = [folder for folder in (*reversed(out.parents), out) if not folder.exists()]  # outermost first
-    try:  # both claim it: of two runs given the same --out, the second is refused here or by check_new_folder
+    try:
         for folder in made:
             folder.mkdir(exist_ok=folder != out)
-        (out / RUNNING).open("x").close()
-    except FileExistsError:
+    except FileExistsError:  # of two runs given the same new --out, the second to make it
         raise ValueError(f"--out {out} was taken by another run meanwhile: choose a new folder") from None
     run = RunFolder(out)
-    try:
-        yield run
-    except BaseException as exc:
-        if run.saved:
-            exc.add_note(f"the run's model is saved in {out}; what the run writes after it is missing")
-        elif keep is not None and (out / keep).exists():
-            exc.add_note(kept or f"{out / keep} is kept")
-        else:
-            try:
-                _remove_run(out, made)
-                exc.add_note(f"the unfinished run's files are removed from {out}")
-            except OSError as error:  # the run's own error is the one to report
-                exc.add_note(f"the unfinished run's files could not all be removed from {out}: {error}")
-        raise
-    finally:
-        with suppress(OSError):  # never in place of the run's own error
-            (out / RUNNING).unlink(missing_ok=True)
+    # Locked before the clean-up below can apply: a run that finds the folder empty but another's is refused untouched.
+    with run_lock(out):
+        try:
+            yield run
+        except BaseException as exc:
+            if run.saved:
+                exc.add_note(f"the run's model is saved in {out}; what the run writes after it is missing")
+            elif keep is not None and (out / keep).exists():
+                exc.add_note(kept or f"{out / keep} is kept")
+            else:
+                try:
+                    _remove_run(out, made)
+                    exc.add_note(f"the unfinished run's files are removed from {out}")
+                except OSError as error:  # the run's own error is the one to report
+                    exc.add_note(f"the unfinished run's files could not all be removed from {out}: {error}")
+            raise
 
 
 def _remove_run(out: Path, made: list[Path]) -> None:

@@ -6,12 +6,13 @@ import importlib
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from rag import console_scripts
-from rag.command_line import new_run_folder
+from rag.command_line import new_run_folder, resumed_run_folder, run_lock
 
 
 @pytest.mark.parametrize("made_by_the_user", [False, True])
@@ -100,13 +101,27 @@ def test_a_new_folder_another_run_made_meanwhile_is_refused(tmp_path: Path, monk
     assert (out / "metrics.jsonl").read_text() == "the other run's\n"
 
 
+def test_a_folder_a_run_holds_is_refused_to_a_resumed_run_too(tmp_path: Path) -> None:
+    with run_lock(tmp_path):
+        with pytest.raises(ValueError, match=f"another run is writing in {tmp_path}"), resumed_run_folder(tmp_path, "kept"):
+            pass
+    (tmp_path / ".running").write_text("")  # left by a run killed outright: it holds nothing
+    with pytest.raises(KeyboardInterrupt) as stopped, resumed_run_folder(tmp_path, "the last checkpoint is kept"):
+        raise KeyboardInterrupt
+    assert stopped.value.__notes__ == ["the last checkpoint is kept"] and not (tmp_path / ".running").exists()
+
+
 def test_ctrl_c_while_a_command_imports_prints_a_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """torch and transformers take seconds to import: a Ctrl-C then ends the command as it does later on."""
-    def ctrl_c(name: str) -> None:
+    def ctrl_c(*args: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(importlib, "import_module", ctrl_c)
+    assert console_scripts.rag_train() == 130
+    assert capsys.readouterr().err == "rag-train: interrupted\n"
+    # Or while the command line, imported, imports its subcommands' modules before run_command is reached.
+    monkeypatch.setattr(importlib, "import_module", lambda name: types.SimpleNamespace(main_train=ctrl_c))
     assert console_scripts.rag_train() == 130
     assert capsys.readouterr().err == "rag-train: interrupted\n"
 

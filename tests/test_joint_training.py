@@ -20,6 +20,7 @@ from indexer.cli import main as index_main
 from indexer.encoder import TextEncoder, encoder_input
 from indexer.index import Index
 from serve.cli import main as serve_main
+from rag.command_line import run_lock
 from trainer.cli import main_train
 from trainer.joint_training import CHECKPOINT, JointTrainer, JointTrainingConfig, Refresh, run_records, train_joint
 from trainer.training_index import TrainingIndex, evaluating, hide_own_elsewhere, passage_scores, rerank
@@ -634,6 +635,14 @@ def test_a_stopped_run_keeps_its_folder_only_once_it_has_a_checkpoint(topic_inde
         assert main_train(argv) == 130
     assert f"the last checkpoint is kept in {run / CHECKPOINT}: `rag-train joint --resume {run}` carries on from it" in capsys.readouterr().err
     assert torch.load(run / CHECKPOINT, weights_only=False)["step"] == 2
+    with run_lock(run):  # a run still writing there: a resume is refused, its files untouched
+        assert main_train(["joint", "--resume", str(run)]) == 2
+    assert f"another run is writing in {run}" in capsys.readouterr().err
+    with monkeypatch.context() as patch:
+        patch.setattr(JointTrainer, "step", ctrl_c_at(1))
+        assert main_train(["joint", "--resume", str(run)]) == 130
+    assert capsys.readouterr().err.endswith(f"the last checkpoint is kept in {run / CHECKPOINT}: `rag-train joint --resume {run}` "
+                                            "carries on from it\n")
     assert main_train(["joint", "--resume", str(run)]) == 0 and (run / "export" / "encoder").is_dir()
 
 

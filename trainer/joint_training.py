@@ -54,7 +54,7 @@ from indexer.index import Index
 from indexer.records import SearchHit
 from rag.adapters import adapter_kind
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
-                              new_run_folder, run_command, typed_command)
+                              new_run_folder, resumed_run_folder, run_command, typed_command)
 from rag.fid_reader import FiDReader, is_fid_reader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import MAX_K, Pipeline
@@ -585,9 +585,8 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
         if rank == 0:
             # Only now: a start that failed above leaves --out as it was, so the same command can run again; so does a
             # run stopped before its first checkpoint.
-            if not resume:
-                on_exit.enter_context(new_run_folder(out, keep=CHECKPOINT, kept=f"the last checkpoint is kept in {out / CHECKPOINT}: "
-                                                                                 f"`rag-train joint --resume {out}` carries on from it"))
+            kept = f"the last checkpoint is kept in {out / CHECKPOINT}: `rag-train joint --resume {out}` carries on from it"
+            on_exit.enter_context(resumed_run_folder(out, kept) if resume else new_run_folder(out, keep=CHECKPOINT, kept=kept))
             (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
         step, cursor = 0, 0
         if state:
