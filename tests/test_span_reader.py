@@ -223,6 +223,11 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
     assert f"the last checkpoint is kept in {kept}: `rag-train span-reader --init` it" in capsys.readouterr().err
     assert json.loads((kept / "step.json").read_text()) == {"step": 4}  # the second, swapped in for the first
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["checkpoint", "metrics.jsonl"]
+    with monkeypatch.context() as patch:  # stopped in the final dev sweep: the checkpoint has every step
+        patch.setattr(span_training, "dev_sweep", ctrl_c_in_the_second)
+        sweeps[:] = [()]  # the next sweep, the final one (no quick checks), is the second
+        assert span_training.main([*argv[:3], str(tmp_path / "swept"), *argv[4:], "--dev-quick", "0"]) == 130
+    assert json.loads((tmp_path / "swept" / "checkpoint" / "step.json").read_text()) == {"step": 6}
     assert span_training.main([*argv[:3], str(tmp_path / "on"), *argv[4:], "--init", str(kept), "--weight-decay", "0.05"]) == 0
     assert json.loads((tmp_path / "on" / "training.json").read_text())["config"]["weight_decay"] == 0.05
     assert SpanReader.from_pretrained(tmp_path / "on").config.scoring in SCORINGS

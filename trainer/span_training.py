@@ -257,6 +257,8 @@ def _train_span_reader(config: SpanTrainingConfig, progress: bool, run: RunFolde
                      warmup=config.warmup, bf16=config.bf16, desc="train span reader", progress=progress, check=check,
                      check_every=config.dev_every)
     running, train_seconds = fitted.final_loss, fitted.seconds
+    if dev:  # the dev sweep takes minutes: a run stopped there keeps every step it trained
+        save_checkpoint(reader, config.out, config.steps)
 
     dev_started = time.time()
     sweep = dev_sweep(reader, dev, ks=DEV_KS) if dev else {"by_setting": {}, "best": {}}
