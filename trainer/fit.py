@@ -16,6 +16,11 @@ from transformers import get_linear_schedule_with_warmup
 Batch = Sequence[Any]
 
 
+def cycling(items: Sequence[Any], batch_size: int) -> Callable[[int], list[Any]]:
+    """`batch_at` for `fit`: the n-th micro-batch is the next `batch_size` of `items`, in their order, wrapping around."""
+    return lambda micro: [items[((micro - 1) * batch_size + i) % len(items)] for i in range(batch_size)]
+
+
 @dataclass
 class FitResult:
     """What the loop leaves for the run's record."""

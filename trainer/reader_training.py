@@ -22,7 +22,7 @@ from rag.fid_reader import FiDReader, GenerativeReader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import Pipeline
 from trainer.evaluate import evaluate_qa
-from trainer.fit import fit
+from trainer.fit import cycling, fit
 from trainer.machine import machine
 from trainer.qa_data import QARecord, read_qa, sample, split_train_dev
 from trainer.reader_data import ReaderExample, build_examples
@@ -118,11 +118,8 @@ def train_reader(config: ReaderTrainingConfig, progress: bool = True) -> dict:
         trainable_parameters(reader, config.method, config.lora_rank)
         reader.model.train()
 
-        def batch_at(micro: int) -> list[ReaderExample]:
-            return [examples[((micro - 1) * config.batch_size + i) % len(examples)] for i in range(config.batch_size)]
-
         with open(config.out / "metrics.jsonl", "w") as log:
-            fitted = fit(reader.model, batch_at, lambda batch: (answer_nll(reader, batch), {}), log, steps=config.steps, lr=config.lr,
+            fitted = fit(reader.model, cycling(examples, config.batch_size), lambda batch: (answer_nll(reader, batch), {}), log, steps=config.steps, lr=config.lr,
                          weight_decay=0.0, warmup=config.warmup, bf16=config.bf16, desc="train reader", grad_accum=config.grad_accum,
                          progress=progress)
         reader.model.eval()

@@ -40,7 +40,7 @@ from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
 from rag.scope_classifier import ScopeClassifier
 from trainer.classifier_metrics import auc, best_threshold
 from trainer.edit_cases import in_fold, parse_fold, read_cases
-from trainer.fit import fit
+from trainer.fit import cycling, fit
 from trainer.machine import machine
 from trainer.qa_data import read_qa, sample
 from trainer.scope_data import KINDS, CachedEncoder, ScopeDataConfig, ScopePair, build_pairs, check_not_evaluation_only, summary
@@ -210,11 +210,6 @@ def _train_scope_classifier(config: ScopeTrainingConfig, progress: bool, run: Ru
     quick = val_pairs[: config.val_quick]
     curve: list[dict[str, Any]] = []
 
-    def batch_at(micro: int) -> list[ScopePair]:
-        # The pairs are already in a seeded random order: walk through them, wrapping around.
-        lo = (micro - 1) * config.batch_size
-        return [train_pairs[(lo + i) % len(train_pairs)] for i in range(config.batch_size)]
-
     def check(step: int, running: float | None) -> None:
         if quick:
             scores = model.scores([p.edit_text for p in quick], [p.question for p in quick])
@@ -222,8 +217,9 @@ def _train_scope_classifier(config: ScopeTrainingConfig, progress: bool, run: Ru
             log.write(json.dumps({"val_quick": curve[-1]}) + "\n")
 
     with open(config.out / "metrics.jsonl", "w") as log:
-        fitted = fit(model, batch_at, lambda batch: (scope_loss(model, batch, pos_weight), {}), log, steps=config.steps,
-                     lr=config.lr, weight_decay=config.weight_decay, warmup=config.warmup, bf16=config.bf16,
+        # The pairs are already in a seeded random order: walked through, wrapping around.
+        fitted = fit(model, cycling(train_pairs, config.batch_size), lambda batch: (scope_loss(model, batch, pos_weight), {}), log,
+                     steps=config.steps, lr=config.lr, weight_decay=config.weight_decay, warmup=config.warmup, bf16=config.bf16,
                      desc="train scope classifier", progress=progress, check=check, check_every=config.val_every)
     running, train_seconds = fitted.final_loss, fitted.seconds
 

@@ -29,7 +29,7 @@ from indexer.encoder import DEFAULT_ENCODER
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
                               RunFolder, new_run_folder, run_command, typed_command)
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
-from trainer.fit import fit
+from trainer.fit import cycling, fit
 from trainer.machine import machine
 from trainer.qa_metrics import exact_match, f1_score
 from trainer.span_data import DevQuestion, SpanExample, read_span_data
@@ -232,11 +232,9 @@ def _train_span_reader(config: SpanTrainingConfig, progress: bool, run: RunFolde
     reader.train()
     order = list(range(len(examples)))
     random.Random(config.seed).shuffle(order)
+    batch_at = cycling([examples[i] for i in order], config.batch_size)
     curve: list[dict[str, Any]] = []
     truncated = 0
-
-    def batch_at(micro: int) -> list[SpanExample]:
-        return [examples[order[((micro - 1) * config.batch_size + i) % len(order)]] for i in range(config.batch_size)]
 
     def loss_of(batch: list[SpanExample]) -> tuple[torch.Tensor, dict[str, Any]]:
         nonlocal truncated
