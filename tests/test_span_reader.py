@@ -228,6 +228,17 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
         sweeps[:] = [()]  # the next sweep, the final one (no quick checks), is the second
         assert span_training.main([*argv[:3], str(tmp_path / "swept"), *argv[4:], "--dev-quick", "0"]) == 130
     assert json.loads((tmp_path / "swept" / "checkpoint" / "step.json").read_text()) == {"step": 6}
+    save = SpanReader.save_pretrained
+
+    def ctrl_c_in_the_final_save(self: SpanReader, path: Path, **kwargs: Any) -> None:
+        save(self, path, **kwargs)  # the encoder written, the marker too: half a reader if it stayed
+        if Path(path) == tmp_path / "saving":
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SpanReader, "save_pretrained", ctrl_c_in_the_final_save)
+        assert span_training.main([*argv[:3], str(tmp_path / "saving"), *argv[4:], "--dev-quick", "0"]) == 130
+    assert sorted(p.name for p in (tmp_path / "saving").iterdir()) == ["checkpoint", "metrics.jsonl"]
     assert span_training.main([*argv[:3], str(tmp_path / "on"), *argv[4:], "--init", str(kept), "--weight-decay", "0.05"]) == 0
     assert json.loads((tmp_path / "on" / "training.json").read_text())["config"]["weight_decay"] == 0.05
     assert SpanReader.from_pretrained(tmp_path / "on").config.scoring in SCORINGS

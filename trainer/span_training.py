@@ -195,6 +195,21 @@ def save_checkpoint(reader: SpanReader, out: Path, step: int) -> None:
         shutil.rmtree(old)
 
 
+def save_final(reader: SpanReader, out: Path) -> None:
+    """The trained reader in `out`, beside its checkpoint. A save cut short takes back what it wrote, so that the folder
+    kept for `--init` holds the checkpoint and the logs, not half a reader."""
+    before = set(out.iterdir())
+    try:
+        reader.save_pretrained(out)
+    except BaseException:
+        for written in set(out.iterdir()) - before:
+            if written.is_dir():
+                shutil.rmtree(written)
+            else:
+                written.unlink()
+        raise
+
+
 def train_span_reader(config: SpanTrainingConfig, progress: bool = True) -> dict[str, Any]:
     """Train, checkpoint every `dev_every` steps, save to `config.out`, choose k and scoring on the dev questions.
 
@@ -262,7 +277,7 @@ def _train_span_reader(config: SpanTrainingConfig, progress: bool, run: RunFolde
     sweep = dev_sweep(reader, dev, ks=DEV_KS) if dev else {"by_setting": {}, "best": {}}
     if sweep["best"]:
         reader.config.scoring, reader.config.k = sweep["best"]["scoring"], sweep["best"]["k"]
-    reader.save_pretrained(config.out)
+    save_final(reader, config.out)
     run.saved = True
     shutil.rmtree(config.out / CHECKPOINT, ignore_errors=True)
     record = {
