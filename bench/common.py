@@ -21,7 +21,7 @@ import torch
 
 from indexer.corpus import read_documents
 from indexer.records import Document
-from trainer.machine import cpu_model
+from trainer.machine import cpu_capability, cpu_model
 from trainer.shared_data import SHARED_DATA
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -56,6 +56,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

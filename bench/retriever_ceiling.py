@@ -43,6 +43,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out, write_result
 from bench.joint_training import HELD_OUT_SHARE, TRAIN, held_out_sets, question_sets, recall
+from indexer.encoder import emulated_bf16_warning
 from indexer.index import Index
 from indexer.records import SearchHit
 from rag.retriever import DualEncoder
@@ -214,6 +215,8 @@ def main() -> None:
     if args.cloze and not args.passage_side:
         parser.error("--cloze needs --passage-side: a stored passage vector still holds the sentence its example asks with")
     out, info = results_out(parser, args, default_out(__file__)), machine_info()
+    if args.bf16 and (warning := emulated_bf16_warning("--bf16", args.device)):
+        log(f"warning: {warning}")
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
     try:

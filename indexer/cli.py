@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 
 from indexer.corpus import CorpusError, FieldMap, read_documents
 from indexer.dense import KINDS
-from indexer.encoder import DEFAULT_ENCODER, DTYPES, TextEncoder
+from indexer.encoder import DEFAULT_ENCODER, DTYPES, TextEncoder, emulated_bf16_warning
 from indexer.index import MODES, Index, build_index
 from indexer.manifest import IndexFolderError
 from indexer.names import unnamed_subject
@@ -166,6 +166,8 @@ def _build(args: argparse.Namespace) -> int:
         raise IndexFolderError(f"{args.out} already exists: choose a new --out, or use `rag-index upsert` to change it")
     skipped: list[str] = []
     documents = _documents(args.corpus, args, skipped)
+    if args.encoder_dtype == "bfloat16" and (warning := emulated_bf16_warning("--encoder-dtype bfloat16", args.device)):
+        print(f"rag-index: warning: {warning}", file=sys.stderr)
     encoder = TextEncoder(args.encoder, device=args.device, dtype=args.encoder_dtype)
     report = build_index(args.out, documents, encoder, progress=not args.quiet, dense=args.dense,
                          sparse=not args.no_sparse, chunk_words=args.chunk_words, chunk_overlap=args.chunk_overlap,

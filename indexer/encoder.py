@@ -95,6 +95,26 @@ def same_encoder(a: str, b: str) -> bool:
     return canonical(a) == canonical(b)
 
 
+def bf16_is_emulated(device: str) -> bool:
+    """Whether torch emulates bfloat16 arithmetic on `device` (a resolved name: cpu, cuda, cuda:N) instead of doing it
+    in hardware: a CPU with neither avx512_bf16 nor AMX, or a GPU without bfloat16. There bfloat16 runs several times
+    slower than float32 (an AVX2-only CPU encoded passages 7 times slower, bench/results/encoder_throughput_cpu_avx2.json)."""
+    if torch.device(device).type == "cuda":
+        return not torch.cuda.is_bf16_supported()
+    # torch's own probes of the CPU (torch.cpu has no public name for them); they ask what its kernels dispatch on
+    return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def emulated_bf16_warning(option: str, device: str | None) -> str | None:
+    """The warning for a user who asks `option` (--bf16, --encoder-dtype bfloat16) of a device that emulates bfloat16;
+    None where it is fast."""
+    resolved = resolve_device(device)
+    if not bf16_is_emulated(resolved):
+        return None
+    where = "this CPU has neither avx512_bf16 nor AMX" if torch.device(resolved).type == "cpu" else f"{resolved} has no bfloat16"
+    return f"{option}: {where}, so torch emulates bfloat16, several times slower than float32 here; leave {option} out"
+
+
 def resolve_device(device: str | None) -> str:
     """The torch device to use: None or "auto" picks CUDA when present; any other name must be one torch knows and,
     for CUDA, this machine has (else ValueError: torch would fail later, deep inside a model load)."""
