@@ -16,7 +16,7 @@ from rag.reader import DecoderReader
 from trainer.cli import main_train
 from trainer.qa_data import QARecord, split_by_article, split_train_dev
 from trainer.reader_data import build_examples
-from trainer.reader_training import ReaderTrainingConfig, answer_nll, train_reader
+from trainer.reader_training import ReaderTrainingConfig, answer_nll, load_train_dev, train_reader
 
 
 def test_examples_hold_the_gold_passage_at_a_random_position(topic_index: Path) -> None:
@@ -35,6 +35,25 @@ def test_split_train_dev_is_disjoint_and_seeded() -> None:
     train, dev = split_train_dev(records, 10, seed=3)
     assert len(dev) == 10 and len(train) == 40 and not {r.id for r in train} & {r.id for r in dev}
     assert split_train_dev(records, 10, seed=3) == (train, dev)
+
+
+def test_blank_answers_are_left_out_of_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A record whose answers are all blank teaches a reader to say nothing (nq-open-train has 20): it is left out, and a
+    blank answer listed before a real one is never the target; the other records keep their order."""
+    rows = [{"id": f"q{i}", "question": f"question {i}?", "answers": [f"a{i}"]} for i in range(10)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before, before_dev = load_train_dev([path], 100, 2, seed=3)
+    rows[4]["answers"], rows[7]["answers"] = ["", " "], ["", "a7"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, dev = load_train_dev([path], 100, 2, seed=3)
+    assert "1 training records whose answers are all blank left out" in capsys.readouterr().err
+    assert [r.id for r in train + dev] == [r.id for r in before + before_dev if r.id != "q4"]
+    assert next(r for r in train + dev if r.id == "q7").answers == ["a7"]
+    rows = [{**r, "answers": [""]} for r in rows]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="no training record has an answer that is not blank"):
+        load_train_dev([path], 100, 2, seed=3)
 
 
 def test_split_by_article_holds_out_whole_articles() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, TypeVar
 
@@ -75,6 +75,18 @@ def read_qa(path: str | Path) -> list[QARecord]:
     if not records:
         raise ValueError(f"{path}: no QA records")
     return records
+
+
+def with_answers(records: list[QARecord]) -> list[QARecord]:
+    """The records with their blank answers left out, and those left with no answer at all dropped: for training, where
+    the first answer is the reader's target and "" would teach it to say nothing (20 of nq-open-train's records have
+    only ""). Evaluation keeps them, as every record counts there (qa_metrics ignores blank gold answers)."""
+    kept = []
+    for record in records:
+        answers = [a for a in record.answers if not is_blank(a)]
+        if answers:
+            kept.append(record if answers == record.answers else replace(record, answers=answers))
+    return kept
 
 
 def sample(records: list[T], limit: int | None, seed: int = 0) -> list[T]:

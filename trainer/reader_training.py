@@ -24,7 +24,7 @@ from rag.pipeline import Pipeline
 from trainer.evaluate import evaluate_qa
 from trainer.fit import cycling, fit
 from trainer.machine import machine
-from trainer.qa_data import QARecord, read_qa, sample, split_train_dev
+from trainer.qa_data import QARecord, read_qa, sample, split_train_dev, with_answers
 from trainer.reader_data import ReaderExample, build_examples
 from trainer.scope_data import check_not_evaluation_only
 
@@ -78,7 +78,14 @@ def load_train_dev(files: list[Path], needed: int, dev_size: int, seed: int) -> 
         raise ValueError(f"--dev-size {dev_size} holds out all {len(dev)} questions of the training files: none is left "
                          "to train on; lower --dev-size or add training questions")
     random.Random(seed).shuffle(train)
-    return train[:needed], dev
+    # Blank answers left out after the split and the shuffle, so that the other records keep the order they had before.
+    usable, usable_dev = with_answers(train), with_answers(dev)
+    if left_out := len(train) + len(dev) - len(usable) - len(usable_dev):
+        print(f"{left_out} training records whose answers are all blank left out: nothing to train or check a reader on",
+              file=sys.stderr)
+    if not usable:
+        raise ValueError("no training record has an answer that is not blank: a reader needs answers to learn from")
+    return usable[:needed], usable_dev
 
 
 def trainable_parameters(reader: GenerativeReader, method: str, lora_rank: int, adapter: Path | None = None) -> list[torch.nn.Parameter]:
