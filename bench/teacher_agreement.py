@@ -29,7 +29,7 @@ from rag.models import GENERATIVE_READER
 from rag.reader import DecoderReader
 from trainer.joint_losses import retriever_log_probs
 from trainer.joint_training import JointTrainingConfig
-from trainer.qa_data import read_qa, sample
+from trainer.qa_data import read_qa, sample, with_answers
 
 TRAIN = {"squad-open-train": QA_DIR / "squad-open-train.jsonl.gz", "nq-open-train": QA_DIR / "nq-open-train.jsonl.gz"}
 
@@ -58,7 +58,8 @@ def main() -> None:
     result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("limit", "candidates", "max_passage_tokens", "tau", "temperature")}
                               | {"adapter": str(args.adapter) if args.adapter else None}}
     for name, path in TRAIN.items():
-        records = sample([r for r in read_qa(path) if r.gold_ids], args.limit, 0)
+        # Blank answers left out after sampling: the sample stays the one measured before (an answer "" teaches nothing).
+        records = with_answers(sample([r for r in read_qa(path) if r.gold_ids], args.limit, 0))
         found = index.search_many([r.question for r in records], k=args.candidates, mode="dense")
         rows = []
         for record, hits in tqdm(list(zip(records, found)), desc=name, unit="question"):

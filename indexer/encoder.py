@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -96,12 +97,16 @@ def same_encoder(a: str, b: str) -> bool:
 
 
 def bf16_is_emulated(device: str) -> bool:
-    """Whether torch emulates bfloat16 arithmetic on `device` (a resolved name: cpu, cuda, cuda:N) instead of doing it
-    in hardware: a CPU with neither avx512_bf16 nor AMX, or a GPU without bfloat16. There bfloat16 runs several times
-    slower than float32 (an AVX2-only CPU encoded passages 7 times slower, bench/results/encoder_throughput_cpu_avx2.json)."""
-    if torch.device(device).type == "cuda":
-        return not torch.cuda.is_bf16_supported()
-    # torch's own probes of the CPU (torch.cpu has no public name for them); they ask what its kernels dispatch on
+    """Whether torch is known to emulate bfloat16 arithmetic on `device` (a resolved name: cpu, cuda, cuda:N) instead of
+    doing it in hardware: an x86 CPU with neither avx512_bf16 nor AMX, or a GPU older than Ampere. There bfloat16 runs
+    several times slower than float32 (an AVX2-only CPU encoded passages 7 times slower,
+    bench/results/encoder_throughput_cpu_avx2.json). False where it cannot tell (other CPUs, other devices)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.get_device_capability(torch.device(device))[0] < 8  # bfloat16 units came with Ampere (8.0)
+    if kind != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False  # torch's CPU probes below name x86 features only: an ARM CPU with bfloat16 would read as without
+    # torch's own probes of the CPU (torch.cpu has no public name for them): what its kernels dispatch on
     return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 

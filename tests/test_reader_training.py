@@ -16,6 +16,7 @@ from rag.reader import DecoderReader
 from trainer.cli import main_train
 from trainer.qa_data import QARecord, split_by_article, split_train_dev
 from trainer.reader_data import build_examples
+from trainer.joint_training import training_order
 from trainer.reader_training import ReaderTrainingConfig, answer_nll, load_train_dev, train_reader
 
 
@@ -37,23 +38,40 @@ def test_split_train_dev_is_disjoint_and_seeded() -> None:
     assert split_train_dev(records, 10, seed=3) == (train, dev)
 
 
-def test_blank_answers_are_left_out_of_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A record whose answers are all blank teaches a reader to say nothing (nq-open-train has 20): it is left out, and a
-    blank answer listed before a real one is never the target; the other records keep their order."""
-    rows = [{"id": f"q{i}", "question": f"question {i}?", "answers": [f"a{i}"]} for i in range(10)]
+def test_blank_answers_are_left_out_of_training(topic_index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A record whose answers are all blank teaches a reader to say nothing (nq-open-train has 20): it is left out of
+    training, and a blank answer listed before a real one is never the target. The others keep their order, dev and
+    held-out articles stay what they were (the blank record may be the only one about its article), and evaluation
+    sets keep every record."""
+    rows = [{"id": f"q{i}", "question": f"which topic is number {i}?", "answers": [f"topic{i}"], "gold_ids": [f"doc-{i}"]}
+            for i in range(20)]
     path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    before, before_dev = load_train_dev([path], 100, 2, seed=3)
-    rows[4]["answers"], rows[7]["answers"] = ["", " "], ["", "a7"]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    train, dev = load_train_dev([path], 100, 2, seed=3)
-    assert "1 training records whose answers are all blank left out" in capsys.readouterr().err
-    assert [r.id for r in train + dev] == [r.id for r in before + before_dev if r.id != "q4"]
-    assert next(r for r in train + dev if r.id == "q7").answers == ["a7"]
+
+    def write() -> None:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write()
+    before, before_dev = load_train_dev([path], 100, 4, seed=3)
+    before_order, before_held = training_order(Index.open(topic_index, readonly=True), [path], 0.25, seed=3)
+    blank = "q0"  # about the article that sorts first: leaving it out before the split would change every pick
+    listed_first = next(r.id for r in before if r.id != blank)
+    for row in rows:
+        if row["id"] == blank:
+            row["answers"] = ["", " "]
+        if row["id"] == listed_first:
+            row["answers"] = ["", row["answers"][0]]
+    write()
+    train, dev = load_train_dev([path], 100, 4, seed=3)
+    assert "1 training record whose answers are all blank left out" in capsys.readouterr().err
+    assert [r.id for r in train] == [r.id for r in before if r.id != blank] and [r.id for r in dev] == [r.id for r in before_dev]
+    assert next(r for r in train if r.id == listed_first).answers == [rows[int(listed_first[1:])]["answers"][1]]
+    order, held = training_order(Index.open(topic_index, readonly=True), [path], 0.25, seed=3)
+    assert [r.id for r in held] == [r.id for r in before_held]
+    assert [r.id for r in order] == [r.id for r in before_order if r.id != blank]
     rows = [{**r, "answers": [""]} for r in rows]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write()
     with pytest.raises(ValueError, match="no training record has an answer that is not blank"):
-        load_train_dev([path], 100, 2, seed=3)
+        load_train_dev([path], 100, 4, seed=3)
 
 
 def test_split_by_article_holds_out_whole_articles() -> None:

@@ -65,7 +65,7 @@ from trainer.evaluate import evaluate_qa
 from trainer.joint_losses import adist_loss, emdr2_loss, in_batch_targets, loop_loss, pdist_loss, rag_marginal_loss
 from trainer.qa_data import QARecord, read_qa, sample, split_by_article
 from trainer.reader_data import ReaderExample
-from trainer.reader_training import answer_nll, check_training_files, load_train_dev, trainable_parameters
+from trainer.reader_training import answer_nll, check_training_files, load_train_dev, mixed_records, trainable, trainable_parameters
 from trainer.scope_data import check_not_evaluation_only
 from trainer.machine import machine
 from trainer.training_index import (CANDIDATE_SOURCES, TrainingIndex, check_candidate_source, evaluating, hide_own_elsewhere,
@@ -482,8 +482,9 @@ def split_held_out(index: Index, records: list[QARecord], share: float) -> tuple
 def training_order(index: Index, files: Sequence[Path], share: float, seed: int) -> tuple[list[QARecord], list[QARecord]]:
     """Every record of `files`, shuffled by `seed`, less those about a `share` of the articles (held out, second), in
     that order: what a joint run with --held-out-share, or with --dev, trains on, and bench/retriever_ceiling.py too."""
-    records = load_train_dev(list(files), sys.maxsize, 0, seed)[0]
-    return split_held_out(index, records, share) if share else (records, [])
+    records = mixed_records(list(files), 0, seed)[0]
+    train, held_out = split_held_out(index, records, share) if share else (records, [])
+    return trainable(train), held_out
 
 
 def run_records(config: JointTrainingConfig, ranks: int, index: Index) -> tuple[list[QARecord], list[QARecord]]:

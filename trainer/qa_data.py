@@ -80,8 +80,8 @@ def read_qa(path: str | Path) -> list[QARecord]:
 def with_answers(records: list[QARecord]) -> list[QARecord]:
     """The records with their blank answers left out, and those left with no answer at all dropped: for training, where
     the first answer is the reader's target and "" would teach it to say nothing (20 of nq-open-train's records have
-    only ""). Evaluation keeps them, as every record counts there (qa_metrics ignores blank gold answers)."""
-    kept = []
+    only ""). Evaluation sets keep them, as every record counts there (qa_metrics ignores blank gold answers)."""
+    kept: list[QARecord] = []
     for record in records:
         answers = [a for a in record.answers if not is_blank(a)]
         if answers:

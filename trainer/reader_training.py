@@ -64,9 +64,9 @@ def check_training_files(files: Sequence[Path]) -> None:
         check_not_evaluation_only(path)
 
 
-def load_train_dev(files: list[Path], needed: int, dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
-    """Train and dev records mixed from all files (dev: `dev_size` held out, shared among the files); only
-    as many train records, shuffled, as the run can use. ValueError when the hold-out leaves nothing to train on."""
+def mixed_records(files: list[Path], dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """Every record of `files`, shuffled by `seed`, and `dev_size` of them held out as dev (shared among the files).
+    ValueError when the hold-out leaves nothing to train on."""
     train: list[QARecord] = []
     dev: list[QARecord] = []
     for i, path in enumerate(files):
@@ -78,14 +78,27 @@ def load_train_dev(files: list[Path], needed: int, dev_size: int, seed: int) -> 
         raise ValueError(f"--dev-size {dev_size} holds out all {len(dev)} questions of the training files: none is left "
                          "to train on; lower --dev-size or add training questions")
     random.Random(seed).shuffle(train)
-    # Blank answers left out after the split and the shuffle, so that the other records keep the order they had before.
-    usable, usable_dev = with_answers(train), with_answers(dev)
-    if left_out := len(train) + len(dev) - len(usable) - len(usable_dev):
-        print(f"{left_out} training records whose answers are all blank left out: nothing to train or check a reader on",
+    return train, dev
+
+
+def trainable(records: list[QARecord]) -> list[QARecord]:
+    """The records a reader can train on (`with_answers`), in their order, saying on stderr how many were left out.
+    Taken after every split and shuffle, so that the others keep their places and the held-out articles stay the same
+    (the 20 blank records of nq-open-train are the only ones to ask about 15 of its articles). ValueError when none is left."""
+    kept = with_answers(records)
+    if left_out := len(records) - len(kept):
+        print(f"{left_out} training record{'s' * (left_out > 1)} whose answers are all blank left out: nothing to train a reader on",
               file=sys.stderr)
-    if not usable:
+    if not kept:
         raise ValueError("no training record has an answer that is not blank: a reader needs answers to learn from")
-    return usable[:needed], usable_dev
+    return kept
+
+
+def load_train_dev(files: list[Path], needed: int, dev_size: int, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """Train and dev records mixed from all files (`mixed_records`); only as many train records as the run can use,
+    those with an answer (`trainable`). Dev keeps every record, as an evaluation does."""
+    train, dev = mixed_records(files, dev_size, seed)
+    return trainable(train)[:needed], dev
 
 
 def trainable_parameters(reader: GenerativeReader, method: str, lora_rank: int, adapter: Path | None = None) -> list[torch.nn.Parameter]:

@@ -19,6 +19,7 @@ import random
 import shutil
 import sys
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -203,10 +204,11 @@ def save_final(reader: SpanReader, out: Path) -> None:
         reader.save_pretrained(out)
     except BaseException:
         for written in set(out.iterdir()) - before:
-            if written.is_dir():
-                shutil.rmtree(written)
-            else:
-                written.unlink()
+            with suppress(OSError):  # never in place of the error that cut the save short
+                if written.is_dir():
+                    shutil.rmtree(written)
+                else:
+                    written.unlink()
         raise
 
 
