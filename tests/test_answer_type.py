@@ -68,6 +68,13 @@ def test_kinds_are_confident_or_none_and_texts_are_encoded_once(monkeypatch: pyt
     encode.seen.clear()
     assert cached.kinds(["Where is it?", "Where is it?"], encode) == ["LOC", "LOC"] and encode.seen == []
     assert classifier(threshold=1.0).kinds(["Where is it?"], encode) == [None]  # not confident enough: no kind
+    encode.seen.clear()  # a wh-word naming a unit of time asks for a date, sure or not: it is not even encoded
+    assert classifier(threshold=1.0).kinds(["In what year was it built?", "On which dates is it open?", "What century?",
+                                            "In what city is it?"], encode) == ["NUM", "NUM", "NUM", None]
+    assert encode.seen == ["In what city is it?", "In", "In what"]
+    compounds = ["Which yearbook is it in?", "What day-care is it?", "Which Day-Lewis film?", "What day school is it?",
+                 "What date palm grows there?", "What daytime show is it?"]
+    assert classifier(threshold=1.0).kinds(compounds, encode) == [None] * len(compounds)
     monkeypatch.setattr(rag.answer_type, "MAX_KNOWN", 3)  # a full cache starts afresh without losing this call's kinds
     cached.kinds(["Where is a?", "When is b?"], encode)
     assert cached.kinds(["Where is a?", "When is c?", "When is d?"], encode) == ["LOC", "NUM", "NUM"]
