@@ -84,12 +84,13 @@ def mixed_records(files: list[Path], dev_size: int, seed: int) -> tuple[list[QAR
 def trainable(records: list[QARecord]) -> list[QARecord]:
     """The records a reader can train on (`with_answers`), in their order, saying on stderr how many were left out.
     Taken after every split and shuffle, so that the others keep their places and the held-out articles stay the same
-    (the 20 blank records of nq-open-train are the only ones to ask about 15 of its articles). ValueError when none is left."""
+    (the 20 blank records of nq-open-train are the only ones to ask about 15 of its articles). ValueError when every one
+    of them is blank."""
     kept = with_answers(records)
     if left_out := len(records) - len(kept):
         print(f"{left_out} training record{'s' * (left_out > 1)} whose answers are all blank left out: nothing to train a reader on",
               file=sys.stderr)
-    if not kept:
+    if records and not kept:  # none at all is the caller's to explain (what held them out)
         raise ValueError("no training record has an answer that is not blank: a reader needs answers to learn from")
     return kept
 
