@@ -190,6 +190,15 @@ def test_rag_eval_edits_on_a_copy(tmp_path: Path, tiny_encoder: TextEncoder, rea
     assert eval_main([*argv[:-2], "--fold", "1/2", "--extra-edits", "all"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["n"], summary["edits_in_memory"]) == (held_out, 4)
+    # Two cases asking one question in one round: the later edit replaces the earlier, whose case is not scored on it.
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(cases.read_text() + json.dumps({"id": "c9", "question": "What is topic1", "target_new": "other1",
+                                                     "subject": "topic1"}) + "\n")
+    assert eval_main([*argv[:4], str(twice), *argv[5:-4], "--predictions", str(tmp_path / "twice-rows.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["n"], summary["superseded"], summary["edits_in_memory"], summary["reliability"]) == (4, 1, 4, 1.0)
+    rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "twice-rows.jsonl").read_text().splitlines()}
+    assert rows["c1"]["superseded_by"] == rows["c9"]["edit_used"] and rows["c9"]["superseded_by"] is None
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -252,12 +261,23 @@ def test_edit_files_convert_to_canonical_cases(tmp_path: Path) -> None:
     ({"portability": {"question": 1, "answer": "a"}}, "portability must be text"),
     # Blank as the pipeline and the edit memory see it: else the case is read, then fails mid-run.
     ({"question": "\u200b"}, "question and target_new must be non-empty strings"),
+    ({"paraphrases": ["  "]}, "paraphrases must not hold blank text"),
+    ({"neighbors": [{"question": "Where was Y born?", "answer": ""}]}, "neighbors must not hold blank text"),
+    ({"paraphrases": ["X \ud800 born?"]}, "paraphrases is not valid Unicode"),
 ])
 def test_canonical_edit_records_with_fields_of_the_wrong_kind_are_refused(field: dict[str, Any], problem: str, tmp_path: Path) -> None:
     """A string where a list belongs would otherwise make each of its letters a paraphrase."""
     path = tmp_path / "cases.jsonl"
     path.write_text(json.dumps({"question": "Where was X born?", "target_new": "Oslo", **field}) + "\n")
     with pytest.raises(ValueError, match=rf"cases.jsonl:1: bad canonical edit record \({problem}"):
+        read_cases(path)
+
+
+def test_a_record_that_is_no_json_object_is_named_as_such(tmp_path: Path) -> None:
+    """temporal-ike.jsonl.gz holds a list of dated answers per line: no edit case of any format."""
+    path = tmp_path / "cases.jsonl"
+    path.write_text(json.dumps([{"query": "Tom Brady plays for _X_.", "date": "2019"}]) + "\n")
+    with pytest.raises(ValueError, match=r"cases.jsonl:1: bad canonical edit record \(a JSON list, not an object"):
         read_cases(path)
 
 

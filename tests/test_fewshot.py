@@ -9,14 +9,14 @@ import torch
 
 from conftest import make_documents
 from indexer.encoder import TextEncoder
-from indexer.index import build_index
+from indexer.index import Index, build_index
 from rag.rank_classification import rank_classify
 from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
 from trainer.cli import main as rag_eval
 from trainer.cli import main_train
-from trainer.fewshot_prompts import fitting_prompt_ids, prompt_ids
-from trainer.fewshot_tasks import BUILTIN_TASKS, FEWSHOT_ROOT, load_task
+from trainer.fewshot_prompts import fitting_prompt_ids, prompt_ids, retrieve
+from trainer.fewshot_tasks import BUILTIN_TASKS, FEWSHOT_ROOT, Example, load_task
 from trainer.fewshot_training import FewShotConfig, train_fewshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,6 +112,9 @@ def test_user_task_folder_formats(tmp_path: Path) -> None:
     ({"template": "{text}", "target": "label", "label_words": {"0": "no", "1": "yes"}}, ['{"text": "a", "label": 0', ""], "train.jsonl:1: not JSON"),
     ({"template": "{text}", "target": "label", "label_words": {"0": "no"}}, ['{"text": "a", "label": 0}'], "at least two labels"),
     ({"template": "{text}", "taget": "label"}, ['{"text": "a"}'], "needs \"template\""),
+    ({"template": "{question}", "target": "answers", "retrieval": "no"}, ['{"question": "a", "answers": ["b"]}'],
+     "retrieval must be true or false, got 'no'"),
+    ({"template": "{a}", "target": "label", "choices": "{a}"}, ['{"a": "x", "label": 0}'], "choices must be a list of at least two"),
 ])
 def test_a_bad_task_file_stops_with_file_line_and_exit_2(spec: dict, lines: list[str], message: str, tmp_path: Path,
                                                          tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:
@@ -229,3 +232,11 @@ def test_qa_with_retrieval_trains_and_reports_em_f1(tmp_path: Path, tiny_encoder
     assert main_train(["fewshot", "--task", str(task), "--no-retrieval", "--train-query-encoder", "--out", str(tmp_path / "x"),
                        "--reader", tiny_reader_path]) == 2
     assert "needs a QA task with --retrieval" in capsys.readouterr().err
+
+
+def test_retrieval_reads_an_index_built_without_bm25(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    """The index's own default search (dense there), as `rag-serve ask` has it: few-shot has no --mode to change it."""
+    build_index(tmp_path / "idx", make_documents(6), tiny_encoder, sparse=False)
+    index = Index.open(tmp_path / "idx", tiny_encoder, readonly=True)
+    [passages] = retrieve(index, [Example("which topic is number 2?", None, None, ["topic2"])], k=2)
+    assert len(passages) == 2

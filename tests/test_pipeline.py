@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -232,6 +233,29 @@ def test_rag_eval_closed_book_has_no_recall(qa_file: Path, tiny_reader_path: str
     # --predictions writes only a new file, but a device is not a file anything could lose.
     assert eval_main(["qa", "--qa", str(qa_file), "--reader", tiny_reader_path, "--k", "0", "--limit", "2", "--device", "cpu",
                       "--predictions", "/dev/null"]) == 0
+
+
+def test_rag_eval_predictions_are_made_first_and_taken_back_after_a_failure(qa_file: Path, tiny_reader_path: str, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """--predictions is made as a new file before any question is answered: a run that fails leaves none behind (it can be
+    run again as it was), and a link to nothing is taken, not followed. A bad record is named by its line; a pipe reads."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q?", "answers": ["a"]}\n{"question": "q \\ud800?", "answers": ["a"]}\n')
+    argv = ["qa", "--reader", tiny_reader_path, "--k", "0", "--device", "cpu"]
+    assert eval_main([*argv, "--qa", str(bad), "--predictions", str(tmp_path / "p.jsonl")]) == 2
+    assert f"{bad}:2: bad QA record (question is not valid Unicode" in capsys.readouterr().err
+    assert not (tmp_path / "p.jsonl").exists()
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    assert eval_main([*argv, "--qa", str(qa_file), "--predictions", str(tmp_path / "link.jsonl")]) == 2
+    assert "exists: choose a new file name" in capsys.readouterr().err and not (tmp_path / "nowhere.jsonl").exists()
+    read, write = os.pipe()
+    os.write(write, bad.read_bytes().splitlines(keepends=True)[0])
+    os.close(write)
+    try:
+        assert eval_main([*argv, "--qa", f"/dev/fd/{read}"]) == 0
+    finally:
+        os.close(read)
+    assert json.loads(capsys.readouterr().out)["n"] == 1
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Any, Iterator, Sequence
 
 from indexer.manifest import Manifest
 from rag.command_line import check_counts, run_command
@@ -24,7 +24,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     qa = commands.add_parser("qa", help="EM, F1, recall and latency on a QA file",
                              description="Answer every question of a QA file (JSON lines {id, question, answers, gold_ids?}) and print "
-                                         "{n, em, f1, recall@1, recall@5, recall@20, answer_recall@5, latency_p50_ms, latency_p95_ms}.")
+                                         "{n, em, f1, recall@1, recall@5, recall@20, answer_recall@5, latency_p50_ms, latency_p95_ms, "
+                                         "n_with_gold_ids} (recall over the n_with_gold_ids records that name their gold documents).")
     add_pipeline_arguments(qa, index_required=False)
     qa.add_argument("--qa", required=True, type=Path, help="QA file, .jsonl or .jsonl.gz")
     qa.add_argument("--limit", type=int, default=None, help="evaluate a seeded random sample of N questions")
@@ -36,8 +37,10 @@ def _eval_parser() -> argparse.ArgumentParser:
 
     edits = commands.add_parser("edits", help="reliability, generality, locality, portability and latency of knowledge edits",
                                 description="Apply the edits of an edit file to a scratch copy of the index (yours is not changed) and "
-                                            "print {n, reliability, generality, locality, portability, edit_latency_p50_ms, "
-                                            "edit_latency_p99_ms, edits_in_memory}.")
+                                            "print {n, superseded, reliability, generality, locality, locality_unrelated, "
+                                            "neighbors_naming_edited_subjects, portability, edit_latency_p50_ms, edit_latency_p99_ms, "
+                                            "edits_in_memory, scope}. A case whose edit a later case of its round replaced (the same "
+                                            "question) is counted in superseded, not in n.")
     add_pipeline_arguments(edits)
     edits.add_argument("--edits", required=True, type=Path, help="edit cases, .jsonl or .jsonl.gz")
     edits.add_argument("--format", choices=FORMATS, default=None,
@@ -71,18 +74,40 @@ def _count_or_all(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a whole number or all, got {text!r}") from None
 
 
-def _check_predictions(path: Path | None) -> None:
-    """Raise ValueError when --predictions could not be written, before the evaluation rather than after it."""
+@contextmanager
+def _predictions_file(path: Path | None) -> Iterator[IO[str] | None]:
+    """--predictions, made before the evaluation as a new file (another run cannot take it meanwhile; a link to
+    nothing counts as taken), or opened as the device or pipe it names; None without one. An evaluation that fails
+    removes the file it made, so that the same command can be run again."""
     if path is None:
+        yield None
         return
     if path.is_dir():
         raise ValueError(f"--predictions {path} is a folder: give a file name")
-    if path.is_file():  # it may be anything, a corpus file too: only a new file is written (or a device: /dev/stdout)
-        raise ValueError(f"--predictions {path} exists: choose a new file name (or delete it first)")
     if not path.parent.is_dir():
         raise ValueError(f"--predictions {path}: no folder {path.parent}; create it first or choose another file")
-    if not os.access(path.parent, os.W_OK):
-        raise ValueError(f"--predictions {path}: the folder {path.parent} is not writable; choose another")
+    made = not path.exists() or path.is_file()  # not a device (/dev/stdout) or a pipe
+    try:
+        fh = open(path, "x" if made else "w", encoding="utf-8")
+    except FileExistsError:  # it may be anything, a corpus file too: only a new file is written
+        raise ValueError(f"--predictions {path} exists: choose a new file name (or delete it first)") from None
+    except PermissionError:
+        raise ValueError(f"--predictions {path}: the folder {path.parent} is not writable; choose another") from None
+    with fh:
+        try:
+            yield fh
+        except BaseException:
+            if made:
+                fh.close()
+                path.unlink(missing_ok=True)
+            raise
+
+
+def _write_rows(fh: IO[str] | None, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The summary on stdout first (a failing --predictions write loses no figure), then the rows into `fh`."""
+    print(json.dumps(summary), flush=True)
+    if fh is not None:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def _qa(args: argparse.Namespace) -> int:
@@ -95,27 +120,20 @@ def _qa(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    _check_predictions(args.predictions)
-    records = read_qa(args.qa)
-    if args.with_gold_ids:
-        records = [r for r in records if r.gold_ids]
-        if not records:
-            raise ValueError(f"{args.qa}: no record has gold_ids (drop --with-gold-ids)")
-    records = sample(records, args.limit, args.seed)
-    pipeline = pipeline_from_args(args)
-    summary, rows = evaluate_qa(pipeline, records, k=args.k, mode=args.mode, batch_size=args.batch_size)
-    if args.predictions:
-        with open(args.predictions, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    print(json.dumps(summary))
+    with _predictions_file(args.predictions) as predictions:
+        records = read_qa(args.qa)
+        if args.with_gold_ids:
+            records = [r for r in records if r.gold_ids]
+            if not records:
+                raise ValueError(f"{args.qa}: no record has gold_ids (drop --with-gold-ids)")
+        records = sample(records, args.limit, args.seed)
+        pipeline = pipeline_from_args(args)
+        summary, rows = evaluate_qa(pipeline, records, k=args.k, mode=args.mode, batch_size=args.batch_size)
+        _write_rows(predictions, summary, rows)
     return 0
 
 
 def _edits(args: argparse.Namespace) -> int:
-    from trainer.edit_cases import in_fold, parse_fold, read_cases
-    from trainer.edit_eval import evaluate_edits, index_copy
-    from trainer.qa_data import sample
-
     check_counts(args, at_least_one=("batch_size",) + (("threads",) if args.threads is not None else ()),
                  at_least_zero=() if args.extra_edits == "all" else ("extra_edits",))
     if args.threads is not None:
@@ -128,7 +146,17 @@ def _edits(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     if args.scope == "none":
         raise ValueError("--scope none ignores the edits it would evaluate: choose auto, classifier or similarity")
-    _check_predictions(args.predictions)
+    with _predictions_file(args.predictions) as predictions:
+        summary, rows = _evaluate_edits(args)
+        _write_rows(predictions, summary, rows)
+    return 0
+
+
+def _evaluate_edits(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from trainer.edit_cases import in_fold, parse_fold, read_cases
+    from trainer.edit_eval import evaluate_edits, index_copy
+    from trainer.qa_data import sample
+
     fold = parse_fold(args.fold) if args.fold else None
     cases = read_cases(args.edits, args.format, on_error=args.on_error)
     chosen = sample([c for c in cases if fold is None or in_fold(c, fold)], args.limit, args.seed)
@@ -148,11 +176,7 @@ def _edits(args: argparse.Namespace) -> int:
         summary, rows = evaluate_edits(pipeline, chosen, batch=args.batch, extra=extra, k=args.k, mode=args.mode, batch_size=args.batch_size)
         pipeline.index.close()
     summary["scope"] = pipeline.scope.name
-    if args.predictions:
-        with open(args.predictions, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    print(json.dumps(summary))
-    return 0
+    return summary, rows
 
 
 def main_train(argv: Sequence[str] | None = None) -> int:

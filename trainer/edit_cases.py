@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from indexer.records import is_blank
+from indexer.records import is_blank, valid_unicode
 from trainer.qa_data import jsonl_lines
 
 FORMATS = ("canonical", "counterfact", "zsre")
@@ -82,7 +82,8 @@ def _zsre(raw: dict[str, Any], n: int) -> EditCase:
 
 
 def _check_case(case: EditCase) -> None:
-    """ValueError naming the first field of `case` that is not text where text is needed."""
+    """ValueError naming the first field of `case` that is not text where text is needed: checked as the file is read,
+    so that a bad record is named by its line (and --on-error skip can leave it out), not met halfway through a run."""
     if not all(isinstance(t, str) and not is_blank(t) for t in (case.question, case.target_new)):
         raise ValueError("question and target_new must be non-empty strings")
     texts = {"fact": [case.fact], "paraphrases": case.paraphrases,
@@ -91,9 +92,15 @@ def _check_case(case: EditCase) -> None:
     for name, values in texts.items():
         if not all(isinstance(t, str) for t in values):
             raise ValueError(f"{name} must be text, got {values!r:.80}")
+        if name != "fact" and any(is_blank(t) for t in values):  # each is asked, or is an answer to check
+            raise ValueError(f"{name} must not hold blank text, got {values!r:.80}")
     for name, value in (("subject", case.subject), ("target_old", case.target_old)):
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {value!r:.80}")
+    for name, values in (("question", [case.question]), ("target_new", [case.target_new]), *texts.items(),
+                         ("subject", [case.subject or ""]), ("target_old", [case.target_old or ""])):
+        for value in values:
+            valid_unicode(value, name)
 
 
 def subject_as(text: str, subject: str | None, mark: str) -> str | None:
@@ -151,7 +158,10 @@ def read_cases(path: str | Path, fmt: str | None = None, on_error: str = "stop")
     cases = []
     for n, line in jsonl_lines(path, "edit file"):
         try:
-            case = CONVERTERS[fmt](json.loads(line), n)
+            raw = json.loads(line)
+            if not isinstance(raw, dict):  # temporal-ike.jsonl.gz, say: a list of dated answers per line
+                raise ValueError(f"a JSON {type(raw).__name__}, not an object: not an edit case of any format ({', '.join(FORMATS)})")
+            case = CONVERTERS[fmt](raw, n)
             _check_case(case)
             cases.append(case)
         except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:

@@ -9,6 +9,8 @@ time (sequential editing at scale) and, after each batch, answers that batch's q
   `locality_unrelated` counts only the neighbours that name no edited subject: with many edits applied
   at once, a neighbour of one case can be about another case's edited subject, and should change;
 - portability: share of portability questions answered correctly (null when no case has one).
+A case whose edit a later case of the same round replaced (it asks the same question: `EditMemory.add` keeps the
+newer) is answered with the other case's answer, so it is left out of the metrics and counted as `superseded`.
 Edit latency is the time of `EditMemory.add`, which returns once the edit is durable and searchable:
 the next question sees it.
 """
@@ -66,25 +68,27 @@ def evaluate_edits(pipeline: Pipeline, cases: Sequence[EditCase], batch: int | N
     total = len(neighbors) + sum(1 + len(c.paraphrases) + len(c.neighbors) + (c.portability is not None) for c in cases)
     bar = tqdm(total=total, desc="edit eval", unit="question", disable=not progress)
     before = iter(_answers(pipeline, neighbors, k, mode, batch_size, bar))
-    latencies = [_timed_add(memory, c) for c in tqdm(extra, desc="extra edits", unit="edit", disable=not progress)]
+    latencies = [_timed_add(memory, c)[0] for c in tqdm(extra, desc="extra edits", unit="edit", disable=not progress)]
     subjects = {c.subject for c in extra if c.subject}
     rows: list[dict[str, Any]] = []
     for start in range(0, len(cases), batch):
         round_cases = cases[start : start + batch]
-        latencies += [_timed_add(memory, c) for c in round_cases]
+        added = [_timed_add(memory, c) for c in round_cases]
+        latencies += [ms for ms, _ in added]
         subjects |= {c.subject for c in round_cases if c.subject}
         questions = [q for c in round_cases for q in _probes(c)]
         after = iter(_answers(pipeline, questions, k, mode, batch_size, bar))
-        for case in round_cases:
-            rows.append(_score(case, after, before, subjects))
+        for case, (_, edit_id) in zip(round_cases, added):
+            rows.append(_score(case, after, before, subjects) | {"superseded_by": memory.get(edit_id).superseded_by})
     bar.close()
     return summarize(rows, latencies, len(memory)), rows
 
 
-def _timed_add(memory: EditMemory, case: EditCase) -> float:
+def _timed_add(memory: EditMemory, case: EditCase) -> tuple[float, str]:
+    """(milliseconds the add took, the new edit's id)."""
     t0 = time.perf_counter()
-    memory.add(case.fact, question=case.question, answer=case.target_new, subject=case.subject)
-    return (time.perf_counter() - t0) * 1e3
+    edit = memory.add(case.fact, question=case.question, answer=case.target_new, subject=case.subject)
+    return (time.perf_counter() - t0) * 1e3, edit.id
 
 
 def _probes(case: EditCase) -> list[str]:
@@ -118,13 +122,16 @@ def _score(case: EditCase, after: Iterator[tuple[str, str | None]], before: Iter
 
 
 def summarize(rows: Sequence[dict[str, Any]], latencies_ms: Sequence[float], edits_in_memory: int) -> dict[str, Any]:
-    """The `rag-eval edits` JSON object."""
+    """The `rag-eval edits` JSON object; `n` and the shares count the cases whose edit was not replaced (`superseded`)."""
     def share(values: list[bool]) -> float | None:
         return float(np.mean(values)) if values else None
 
+    superseded = sum(r.get("superseded_by") is not None for r in rows)
+    rows = [r for r in rows if r.get("superseded_by") is None]
     portable = [r["portable"] for r in rows if r["portable"] is not None]
     return {
         "n": len(rows),
+        "superseded": superseded,
         "reliability": share([r["reliable"] for r in rows]),
         "generality": share([g for r in rows for g in r["general"]]),
         "locality": share([loc for r in rows for loc in r["local"]]),

@@ -42,15 +42,16 @@ def fitting_prompt_ids(reader: DecoderReader, task: FewShotTask, example: Exampl
 
 def retrieve(index: Index | None, examples: Sequence[Example], k: int, query_encoder: DualEncoder | None = None,
              batch_size: int = 64) -> list[list[ContextPassage]]:
-    """The top-k passages (hybrid search) for each example's input; empty lists without an index or with k=0.
-    `query_encoder`: a trained query side whose vectors replace the index's encoder for the dense half."""
+    """The top-k passages (the index's default search: hybrid, or dense without BM25) for each example's input; empty
+    lists without an index or with k=0. `query_encoder`: a trained query side whose vectors replace the index's encoder
+    for the dense half."""
     if index is None or k == 0:
         return [[] for _ in examples]
     found: list[list[ContextPassage]] = []
     for start in range(0, len(examples), batch_size):
         texts = [e.text for e in examples[start : start + batch_size]]
         vectors = query_encoder.encode_queries(texts) if query_encoder is not None else None
-        hits = index.search_many(texts, k=k, mode="hybrid", query_vectors=vectors)
+        hits = index.search_many(texts, k=k, mode=index.default_mode, query_vectors=vectors)
         found += [[ContextPassage(h.title, h.text) for h in row] for row in hits]
     return found
 

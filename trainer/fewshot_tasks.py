@@ -197,6 +197,14 @@ def load_task(name_or_dir: str | Path) -> FewShotTask:
     words = spec.get("label_words")
     if words is not None and (not isinstance(words, dict) or len(words) < 2 or not all(isinstance(w, str) and w.strip() for w in words.values())):
         raise ValueError(f"{spec_file}: label_words must map at least two labels to non-empty words")
+    choices = spec.get("choices")
+    if choices is not None and (not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices)):
+        raise ValueError(f"{spec_file}: choices must be a list of at least two non-empty templates")
+    retrieval, instruction = spec.get("retrieval"), spec.get("instruction")
+    if retrieval is not None and not isinstance(retrieval, bool):  # "retrieval": "no" would read as true
+        raise ValueError(f"{spec_file}: retrieval must be true or false, got {retrieval!r:.40}")
+    if instruction is not None and not isinstance(instruction, str):
+        raise ValueError(f"{spec_file}: instruction must be a string, got {instruction!r:.40}")
     splits = {s: [folder / f"{s}.jsonl"] for s in ("train", "val") if (folder / f"{s}.jsonl").is_file()}
     extra = {k: spec[k] for k in ("label_words", "choices", "retrieval", "instruction") if spec.get(k) is not None}
     return FewShotTask(spec.get("name") or folder.name, spec["template"], spec["target"], splits=splits, **extra)

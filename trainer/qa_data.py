@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, TypeVar
 
-from indexer.records import is_blank
+from indexer.records import is_blank, valid_unicode
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ def jsonl_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
     """(line number, line) for every non-blank line of a .jsonl or .jsonl.gz file; ValueError "`what` not found: path"."""
     if path.is_dir():
         raise ValueError(f"{what} {path} is a folder: give a .jsonl or .jsonl.gz file")
-    if not path.is_file():
+    if not path.exists():  # not is_file(): a pipe (<(zcat ...)) is read as well
         raise ValueError(f"{what} not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
     n = 0
@@ -66,6 +66,9 @@ def read_qa(path: str | Path) -> list[QARecord]:
                 raise ValueError("empty question")
             if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
                 raise ValueError("answers must be a non-empty list of strings")
+            valid_unicode(raw["question"], "question")  # here, named by its line, not halfway through an evaluation
+            for answer in answers:
+                valid_unicode(answer, "an answer")
             if not isinstance(gold_ids, list) or not all(isinstance(g, (str, int)) and not isinstance(g, bool) for g in gold_ids):
                 raise ValueError("gold_ids must be a list of document ids")
             records.append(QARecord(str(raw.get("id", n)), raw["question"], answers, [str(g) for g in gold_ids]))
