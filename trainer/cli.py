@@ -153,6 +153,8 @@ def _edits(args: argparse.Namespace) -> int:
 
 
 def _evaluate_edits(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The summary and rows of `rag-eval edits`: the chosen cases (--fold, --limit) and --extra-edits, on a scratch copy
+    of --index."""
     from trainer.edit_cases import in_fold, parse_fold, read_cases
     from trainer.edit_eval import evaluate_edits, index_copy
     from trainer.qa_data import sample
