@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,23 @@ def test_canonical_edit_records_with_fields_of_the_wrong_kind_are_refused(field:
     path.write_text(json.dumps({"question": "Where was X born?", "target_new": "Oslo", **field}) + "\n")
     with pytest.raises(ValueError, match=rf"cases.jsonl:1: bad canonical edit record \({problem}"):
         read_cases(path)
+
+
+def test_an_edit_file_can_come_through_a_pipe(tmp_path: Path) -> None:
+    """`--edits <(zcat f.jsonl.gz)`: a pipe is read once, whole; its format is not guessed from a first line read
+    before (that line would be lost), so a CounterFact pipe needs --format, and says so."""
+    line = json.dumps({"case_id": 1, "prompt": "X is in", "target_new": "Oslo", "subject": "X", "rephrase_prompt": "X lies in",
+                       "locality_prompt": "Y is in", "locality_ground_truth": "Rome"}) + "\n"
+
+    def pipe() -> str:
+        read, write = os.pipe()
+        os.write(write, (line * 2).encode())
+        os.close(write)
+        return f"/dev/fd/{read}"
+
+    assert [c.id for c in read_cases(pipe(), "counterfact")] == ["1", "1"]
+    with pytest.raises(ValueError, match="a pipe is read as canonical unless --format says otherwise"):
+        read_cases(pipe())
 
 
 def test_a_record_that_is_no_json_object_is_named_as_such(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     add_pipeline_arguments(edits)
     edits.add_argument("--edits", required=True, type=Path, help="edit cases, .jsonl or .jsonl.gz")
     edits.add_argument("--format", choices=FORMATS, default=None,
-                       help="canonical, counterfact or zsre (default: from the fields of its first record, else its name)")
+                       help="canonical, counterfact or zsre (default: from the fields of its first record, else its name; give it for a pipe)")
     edits.add_argument("--limit", type=int, default=None, help="evaluate a seeded random sample of N cases")
     edits.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
     edits.add_argument("--batch", type=int, default=None, help="edits applied before each evaluation round (default: all at once)")

@@ -132,10 +132,10 @@ CONVERTERS: dict[str, Callable[[dict[str, Any], int], EditCase]] = {"canonical":
 
 def guess_format(path: str | Path) -> str:
     """The format of an edit file, from the fields of its first record (CounterFact's `prompt`, zsRE's `src`),
-    else from its name (counterfact*, zsre*); canonical when neither tells."""
+    else from its name (counterfact*, zsre*); canonical when neither tells (a pipe: give --format)."""
     path = Path(path)
-    try:
-        first = json.loads(next((line for _, line in jsonl_lines(path, "edit file")), "{}"))
+    try:  # not a pipe's first line: it can be read only once, and read_cases reads it all
+        first = json.loads(next((line for _, line in jsonl_lines(path, "edit file")), "{}")) if path.is_file() else None
     except (OSError, UnicodeDecodeError, ValueError):  # a missing file or bad JSON: read_cases reports it
         first = None
     if isinstance(first, dict):
@@ -150,6 +150,7 @@ def read_cases(path: str | Path, fmt: str | None = None, on_error: str = "stop")
     """All cases of an edit file. A malformed line raises ValueError naming file:line and what is wrong,
     or with on_error="skip" is left out with a warning on stderr (zsre-1k has two records without a new answer)."""
     path = Path(path)
+    unread = fmt is None and not path.is_file()  # a pipe: its format was guessed from its name alone
     fmt = fmt or guess_format(path)
     if on_error not in ("stop", "skip"):
         raise ValueError(f"on_error must be stop or skip, got {on_error!r}")
@@ -166,7 +167,7 @@ def read_cases(path: str | Path, fmt: str | None = None, on_error: str = "stop")
             cases.append(case)
         except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
             what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
-            message = f"{path}:{n}: bad {fmt} edit record ({what})"
+            message = f"{path}:{n}: bad {fmt} edit record ({what}{'; a pipe is read as canonical unless --format says otherwise' if unread else ''})"
             if on_error == "stop":
                 raise ValueError(f"{message}; --on-error skip leaves such records out") from exc
             print(f"skipped {message}", file=sys.stderr)
