@@ -265,6 +265,9 @@ def test_edit_files_convert_to_canonical_cases(tmp_path: Path) -> None:
     ({"paraphrases": ["  "]}, "paraphrases must not hold blank text"),
     ({"neighbors": [{"question": "Where was Y born?", "answer": ""}]}, "neighbors must not hold blank text"),
     ({"paraphrases": ["X \ud800 born?"]}, "paraphrases is not valid Unicode"),
+    ({"subject": " "}, "subject must be left out or name something"),
+    ({"fact": "  "}, "fact must not hold blank text"),
+    ({"question": "Where was X born? " * 120}, "question is 2160 characters; an edit's limit is 2000"),
 ])
 def test_canonical_edit_records_with_fields_of_the_wrong_kind_are_refused(field: dict[str, Any], problem: str, tmp_path: Path) -> None:
     """A string where a list belongs would otherwise make each of its letters a paraphrase."""

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -235,19 +236,36 @@ def test_rag_eval_closed_book_has_no_recall(qa_file: Path, tiny_reader_path: str
                       "--predictions", "/dev/null"]) == 0
 
 
-def test_rag_eval_predictions_are_made_first_and_taken_back_after_a_failure(qa_file: Path, tiny_reader_path: str, tmp_path: Path,
-                                                                           capsys: pytest.CaptureFixture) -> None:
-    """--predictions is made as a new file before any question is answered: a run that fails leaves none behind (it can be
-    run again as it was), and a link to nothing is taken, not followed. A bad record is named by its line; a pipe reads."""
+def test_rag_eval_predictions_are_never_half_written_nor_overwritten(qa_file: Path, tiny_reader_path: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """--predictions appears whole once the run is done: a run that fails leaves none (it can be run again as it was), a
+    file made meanwhile by another run stays as it is, and a link to nothing is taken, not followed. A bad record is
+    named by its line; a pipe reads."""
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "q?", "answers": ["a"]}\n{"question": "q \\ud800?", "answers": ["a"]}\n')
+    bad.write_text('{"question": "q?", "answers": ["a"]}\n{"id": "x\\ud800", "question": "q?", "answers": ["a"]}\n')
     argv = ["qa", "--reader", tiny_reader_path, "--k", "0", "--device", "cpu"]
     assert eval_main([*argv, "--qa", str(bad), "--predictions", str(tmp_path / "p.jsonl")]) == 2
-    assert f"{bad}:2: bad QA record (question is not valid Unicode" in capsys.readouterr().err
+    assert f"{bad}:2: bad QA record (id is not valid Unicode" in capsys.readouterr().err
     assert not (tmp_path / "p.jsonl").exists()
     (tmp_path / "link.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
     assert eval_main([*argv, "--qa", str(qa_file), "--predictions", str(tmp_path / "link.jsonl")]) == 2
     assert "exists: choose a new file name" in capsys.readouterr().err and not (tmp_path / "nowhere.jsonl").exists()
+
+    import trainer.evaluate
+
+    evaluate_qa = trainer.evaluate.evaluate_qa
+
+    def another_run_writes_first(*args: Any, **kwargs: Any) -> Any:
+        (tmp_path / "taken.jsonl").write_text("another run's rows\n")
+        return evaluate_qa(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.evaluate, "evaluate_qa", another_run_writes_first)
+    assert eval_main([*argv, "--qa", str(qa_file), "--limit", "2", "--predictions", str(tmp_path / "taken.jsonl")]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n"] == 2 and "was made by something else during this run" in err
+    assert (tmp_path / "taken.jsonl").read_text() == "another run's rows\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no part file left beside it
+    monkeypatch.undo()
     read, write = os.pipe()
     os.write(write, bad.read_bytes().splitlines(keepends=True)[0])
     os.close(write)

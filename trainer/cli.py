@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import contextmanager
+import os
+import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from indexer.manifest import Manifest
 from rag.command_line import check_counts, run_command
@@ -74,40 +75,42 @@ def _count_or_all(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a whole number or all, got {text!r}") from None
 
 
-@contextmanager
-def _predictions_file(path: Path | None) -> Iterator[IO[str] | None]:
-    """--predictions, made before the evaluation as a new file (another run cannot take it meanwhile; a link to
-    nothing counts as taken), or opened as the device or pipe it names; None without one. An evaluation that fails
-    removes the file it made, so that the same command can be run again."""
+def _check_predictions(path: Path | None) -> None:
+    """Raise ValueError when --predictions could not be written, before the evaluation rather than after it: it must be
+    a new file in a writable folder, or a device or pipe (/dev/null). A link to nothing counts as taken."""
     if path is None:
-        yield None
         return
     if path.is_dir():
         raise ValueError(f"--predictions {path} is a folder: give a file name")
+    if path.is_file() or (path.is_symlink() and not path.exists()):  # anything, a corpus file too: only a new file is written
+        raise ValueError(f"--predictions {path} exists: choose a new file name (or delete it first)")
     if not path.parent.is_dir():
         raise ValueError(f"--predictions {path}: no folder {path.parent}; create it first or choose another file")
-    made = not path.exists() or path.is_file()  # not a device (/dev/stdout) or a pipe
-    try:
-        fh = open(path, "x" if made else "w", encoding="utf-8")
-    except FileExistsError:  # it may be anything, a corpus file too: only a new file is written
-        raise ValueError(f"--predictions {path} exists: choose a new file name (or delete it first)") from None
-    except PermissionError:
-        raise ValueError(f"--predictions {path}: the folder {path.parent} is not writable; choose another") from None
-    with fh:
-        try:
-            yield fh
-        except BaseException:
-            if made:
-                fh.close()
-                path.unlink(missing_ok=True)
-            raise
+    if not path.exists() and not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--predictions {path}: the folder {path.parent} is not writable; choose another")
 
 
-def _write_rows(fh: IO[str] | None, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """The summary on stdout first (a failing --predictions write loses no figure), then the rows into `fh`."""
+def _write_rows(path: Path | None, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The summary on stdout, then the rows into --predictions `path`. A new file is written beside it and linked in
+    whole, so that a run stopped meanwhile leaves no part of one, and a file made meanwhile (another run's) stays."""
     print(json.dumps(summary), flush=True)
-    if fh is not None:
-        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if path is None:
+        return
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    if path.exists() and not path.is_file():  # a device or a pipe, as _check_predictions let through
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+        return
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".part",
+                                     delete=False) as fh:
+        fh.writelines(lines)
+    try:
+        os.link(fh.name, path)  # never onto an existing file, unlike a rename
+    except FileExistsError:
+        raise ValueError(f"--predictions {path} was made by something else during this run: the rows were not written "
+                         "(the summary above stands)") from None
+    finally:
+        os.unlink(fh.name)
 
 
 def _qa(args: argparse.Namespace) -> int:
@@ -120,16 +123,16 @@ def _qa(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    with _predictions_file(args.predictions) as predictions:
-        records = read_qa(args.qa)
-        if args.with_gold_ids:
-            records = [r for r in records if r.gold_ids]
-            if not records:
-                raise ValueError(f"{args.qa}: no record has gold_ids (drop --with-gold-ids)")
-        records = sample(records, args.limit, args.seed)
-        pipeline = pipeline_from_args(args)
-        summary, rows = evaluate_qa(pipeline, records, k=args.k, mode=args.mode, batch_size=args.batch_size)
-        _write_rows(predictions, summary, rows)
+    _check_predictions(args.predictions)
+    records = read_qa(args.qa)
+    if args.with_gold_ids:
+        records = [r for r in records if r.gold_ids]
+        if not records:
+            raise ValueError(f"{args.qa}: no record has gold_ids (drop --with-gold-ids)")
+    records = sample(records, args.limit, args.seed)
+    pipeline = pipeline_from_args(args)
+    summary, rows = evaluate_qa(pipeline, records, k=args.k, mode=args.mode, batch_size=args.batch_size)
+    _write_rows(args.predictions, summary, rows)
     return 0
 
 
@@ -146,9 +149,9 @@ def _edits(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     if args.scope == "none":
         raise ValueError("--scope none ignores the edits it would evaluate: choose auto, classifier or similarity")
-    with _predictions_file(args.predictions) as predictions:
-        summary, rows = _evaluate_edits(args)
-        _write_rows(predictions, summary, rows)
+    _check_predictions(args.predictions)
+    summary, rows = _evaluate_edits(args)
+    _write_rows(args.predictions, summary, rows)
     return 0
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from indexer.edit_memory import MAX_TEXT_CHARS
 from indexer.records import is_blank, valid_unicode
 from trainer.qa_data import jsonl_lines
 
@@ -92,15 +93,20 @@ def _check_case(case: EditCase) -> None:
     for name, values in texts.items():
         if not all(isinstance(t, str) for t in values):
             raise ValueError(f"{name} must be text, got {values!r:.80}")
-        if name != "fact" and any(is_blank(t) for t in values):  # each is asked, or is an answer to check
+        if any(is_blank(t) for t in values):  # each is asked, is an answer to check, or is the edit's fact
             raise ValueError(f"{name} must not hold blank text, got {values!r:.80}")
     for name, value in (("subject", case.subject), ("target_old", case.target_old)):
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {value!r:.80}")
-    for name, values in (("question", [case.question]), ("target_new", [case.target_new]), *texts.items(),
+    if case.subject is not None and is_blank(case.subject):
+        raise ValueError("subject must be left out or name something, got blank text")
+    for name, values in (("id", [case.id]), ("question", [case.question]), ("target_new", [case.target_new]), *texts.items(),
                          ("subject", [case.subject or ""]), ("target_old", [case.target_old or ""])):
         for value in values:
             valid_unicode(value, name)
+    for name, value in (("question", case.question), ("target_new", case.target_new), ("fact", case.fact), ("subject", case.subject)):
+        if value is not None and len(value) > MAX_TEXT_CHARS:  # what the edit memory takes
+            raise ValueError(f"{name} is {len(value)} characters; an edit's limit is {MAX_TEXT_CHARS}")
 
 
 def subject_as(text: str, subject: str | None, mark: str) -> str | None:

@@ -10,7 +10,8 @@ time (sequential editing at scale) and, after each batch, answers that batch's q
   at once, a neighbour of one case can be about another case's edited subject, and should change;
 - portability: share of portability questions answered correctly (null when no case has one).
 A case whose edit a later case of the same round replaced (it asks the same question: `EditMemory.add` keeps the
-newer) is answered with the other case's answer, so it is left out of the metrics and counted as `superseded`.
+newer) is answered with the other case's answer, so it is counted as `superseded` and left out of n, reliability,
+generality and portability; its neighbours, unrelated to either edit, still count for locality.
 Edit latency is the time of `EditMemory.add`, which returns once the edit is durable and searchable:
 the next question sees it.
 """
@@ -122,18 +123,18 @@ def _score(case: EditCase, after: Iterator[tuple[str, str | None]], before: Iter
 
 
 def summarize(rows: Sequence[dict[str, Any]], latencies_ms: Sequence[float], edits_in_memory: int) -> dict[str, Any]:
-    """The `rag-eval edits` JSON object; `n` and the shares count the cases whose edit was not replaced (`superseded`)."""
+    """The `rag-eval edits` JSON object; `n`, reliability, generality and portability count the cases whose edit was not
+    replaced (`superseded`), locality every case's neighbours."""
     def share(values: list[bool]) -> float | None:
         return float(np.mean(values)) if values else None
 
-    superseded = sum(r.get("superseded_by") is not None for r in rows)
-    rows = [r for r in rows if r.get("superseded_by") is None]
-    portable = [r["portable"] for r in rows if r["portable"] is not None]
+    scored = [r for r in rows if r.get("superseded_by") is None]
+    portable = [r["portable"] for r in scored if r["portable"] is not None]
     return {
-        "n": len(rows),
-        "superseded": superseded,
-        "reliability": share([r["reliable"] for r in rows]),
-        "generality": share([g for r in rows for g in r["general"]]),
+        "n": len(scored),
+        "superseded": len(rows) - len(scored),
+        "reliability": share([r["reliable"] for r in scored]),
+        "generality": share([g for r in scored for g in r["general"]]),
         "locality": share([loc for r in rows for loc in r["local"]]),
         "locality_unrelated": share([loc for r in rows for loc, named in zip(r["local"], r["neighbor_names_edited_subject"]) if not named]),
         "neighbors_naming_edited_subjects": sum(sum(r["neighbor_names_edited_subject"]) for r in rows),

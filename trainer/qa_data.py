@@ -66,12 +66,14 @@ def read_qa(path: str | Path) -> list[QARecord]:
                 raise ValueError("empty question")
             if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
                 raise ValueError("answers must be a non-empty list of strings")
-            valid_unicode(raw["question"], "question")  # here, named by its line, not halfway through an evaluation
-            for answer in answers:
-                valid_unicode(answer, "an answer")
             if not isinstance(gold_ids, list) or not all(isinstance(g, (str, int)) and not isinstance(g, bool) for g in gold_ids):
                 raise ValueError("gold_ids must be a list of document ids")
-            records.append(QARecord(str(raw.get("id", n)), raw["question"], answers, [str(g) for g in gold_ids]))
+            record = QARecord(str(raw.get("id", n)), raw["question"], answers, [str(g) for g in gold_ids])
+            # Here, named by its line, not halfway through an evaluation (or when its row is written).
+            for what, texts in (("id", [record.id]), ("question", [record.question]), ("an answer", answers), ("a gold id", record.gold_ids)):
+                for text in texts:
+                    valid_unicode(text, what)
+            records.append(record)
         except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
             what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
             raise ValueError(f"{path}:{n}: bad QA record ({what}); expected {{id, question, answers: [..], gold_ids?}}") from exc
