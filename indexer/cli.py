@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                                  "Without a query, read one query per line from standard input.")
     search.add_argument("--index", required=True, type=Path)
     search.add_argument("--k", type=int, default=5, help="passages per query (default 5)")
-    search.add_argument("--mode", choices=MODES, default="hybrid", help="dense, sparse (BM25) or hybrid (default)")
+    search.add_argument("--mode", choices=MODES, default=None,
+                        help="dense, sparse (BM25) or hybrid (default: hybrid, or dense on an index built with --no-sparse)")
     search.add_argument("--format", choices=("json", "text"), default="json", help="json lines (default) or text for people")
     search.add_argument("query", nargs="?", help="the query; omit to read queries from standard input")
     search.set_defaults(run=_search)

@@ -17,6 +17,7 @@ import fcntl
 import functools
 import os
 import shutil
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from indexer.edit_memory import MEMORY_DIR, EditMemory
 from indexer.encoder import Encoder, TextEncoder, encoder_input, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.manifest import IndexFolderError, Manifest
+from indexer.interrupt import interrupts_held
 from indexer.records import (Document, Passage, SearchHit, document_fields_problem, document_id_problem, is_blank, text_list,
                              valid_unicode)
 from indexer.sparse import SparseIndex
@@ -270,6 +272,7 @@ class Index:
         """One writer at a time, across threads and processes."""
         with self._thread_lock:
             deadline = time.monotonic() + timeout
+            said = False
             while True:
                 with self._process_lock() as held:
                     if held:
@@ -277,6 +280,9 @@ class Index:
                         return
                 if time.monotonic() > deadline:
                     raise IndexFolderError(f"{self.path}: another process is writing to this index; try again later")
+                if not said:  # else a wait of minutes reads as a hang
+                    print(f"waiting for another process writing to {self.path} (up to {timeout:.0f} s)", file=sys.stderr)
+                    said = True
                 time.sleep(0.05)
 
     @contextmanager
@@ -322,15 +328,13 @@ class Index:
                 bar.update(len(batch))
                 if report.documents_added or report.documents_updated:
                     self._check_trainable(gen)
-                    self.store.commit(gen)
+                    self._commit_and_publish(gen)
                 else:
                     self.store.rollback()
                     gen -= 1
             except BaseException:
-                self.store.rollback()
+                self.store.rollback()  # nothing to undo once committed
                 raise
-            if gen > self._snapshot.generation:
-                self._publish_derived(gen)
         report.generation = gen
         report.index_seconds = time.perf_counter() - start - report.encode_seconds
         return report
@@ -417,13 +421,19 @@ class Index:
                 rows = [row for row, _, _ in self.store.live_passages(ids).values()]
                 self.store.delete_rows(rows, gen)
                 self.store.delete_documents(ids, gen)
-                self.store.commit(gen)
+                self._commit_and_publish(gen)
             except BaseException:
-                self.store.rollback()
+                self.store.rollback()  # nothing to undo once committed
                 raise
-            self._publish_derived(gen)
         return ChangeReport(generation=gen, documents_deleted=len(ids), passages_removed=len(rows),
                             index_seconds=time.perf_counter() - start)
+
+    def _commit_and_publish(self, gen: int) -> None:
+        """Commit generation `gen` and publish it, with Ctrl-C held until both are done: an interrupted change is then
+        either rolled back or whole and visible, as the command line says it is."""
+        with interrupts_held():
+            self.store.commit(gen)
+            self._publish_derived(gen)
 
     def _publish_derived(self, gen: int) -> None:
         """Bring dense and sparse from the current snapshot to committed generation `gen`, persist, swap."""

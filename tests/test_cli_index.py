@@ -180,6 +180,8 @@ def test_no_sparse_index_searches_dense_only(tmp_path: Path, corpus: Path, tiny_
     assert code == 0, err
     code, stdout, _ = run(capsys, "search", "--index", out, "--mode", "dense", "topic1")
     assert code == 0 and json_lines(stdout)
+    code, plain, _ = run(capsys, "search", "--index", out, "topic1")  # no --mode: the index's own default, dense
+    assert code == 0 and plain == stdout
     for mode in ("sparse", "hybrid"):
         code, stdout, err = run(capsys, "search", "--index", out, "--mode", mode, "topic1")
         assert code == 2 and stdout == ""

@@ -1,12 +1,14 @@
 """The Index: build, search, upsert, delete, atomic failures, reopening, snapshots and read-only openers."""
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -682,6 +684,40 @@ def test_a_writer_follows_what_another_process_committed(built: Path, tiny_encod
         served.upsert([Document("own", "O", "quokka")])  # its own next write builds on both
         assert {"own", "fresh", "doc-1"} <= doc_ids(served.search("quokka axolotl capybara", k=5, mode="sparse"))
         assert served.search(exact_query(added), k=1, mode="dense")[0].id == "fresh#0"
+
+
+def test_ctrl_c_after_a_change_commits_waits_until_it_is_published(tmp_path: Path, tiny_encoder: TextEncoder,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped between commit and publish, a change was durable but unseen by readers, and the command said it was not
+    made. Ctrl-C (or SIGTERM) there now lands once the change is whole and visible; one before the commit undoes it."""
+    build_index(tmp_path / "idx", make_documents(6), tiny_encoder)
+    publish = Index._publish_derived
+
+    def ctrl_c_while_publishing(self: Index, gen: int) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # delivered here, were it not held
+        publish(self, gen)
+
+    with Index.open(tmp_path / "idx", tiny_encoder) as index:
+        monkeypatch.setattr(Index, "_publish_derived", ctrl_c_while_publishing)  # opening for writing publishes too
+        with pytest.raises(KeyboardInterrupt):
+            index.upsert([Document("new", "N", "axolotl")])
+        with pytest.raises(KeyboardInterrupt):
+            index.delete(["doc-1"])
+    monkeypatch.undo()
+    with Index.open(tmp_path / "idx", tiny_encoder, readonly=True) as reader:
+        assert [h.doc_id for h in reader.search("axolotl", mode="sparse")] == ["new"]
+        assert reader.document("doc-1") is None and reader.stats()["documents"] == 6
+
+
+def test_a_second_writer_says_it_waits(built: Path, tiny_encoder: TextEncoder, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another process's write can take minutes: a writer waiting for it says so instead of looking hung."""
+    with open(built / index_module.LOCK_FILE, "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        threading.Timer(0.3, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+        with Index.open(built, tiny_encoder) as index:
+            index.upsert([Document("late", "L", "okapi")])
+    assert f"waiting for another process writing to {built}" in capsys.readouterr().err
 
 
 def file_digest(path: Path) -> str:
