@@ -13,7 +13,6 @@ The write protocol (see ARCHITECTURE.md, "Index directory"):
 from __future__ import annotations
 
 import copy
-import fcntl
 import functools
 import os
 import shutil
@@ -36,6 +35,7 @@ from indexer.encoder import Encoder, TextEncoder, encoder_input, resolve_device
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.manifest import IndexFolderError, Manifest
 from indexer.interrupt import interrupts_held
+from indexer.locks import file_lock
 from indexer.records import (Document, Passage, SearchHit, document_fields_problem, document_id_problem, is_blank, text_list,
                              valid_unicode)
 from indexer.sparse import SparseIndex
@@ -237,7 +237,7 @@ class Index:
                     # Committed, not yet published: its writer is at it, or died at it. With the lock free it is dead,
                     # and this writer finishes its work as opening for writing would; else nothing would until the
                     # next write, and the change would stay unseen, yet found by a delete.
-                    with self._process_lock() as held:
+                    with file_lock(self.path / LOCK_FILE) as held:
                         if held:
                             self._publish_derived(self.store.generation)
                             searcher, target = self._snapshot.sparse, self._snapshot.generation
@@ -274,7 +274,7 @@ class Index:
             deadline = time.monotonic() + timeout
             said = False
             while True:
-                with self._process_lock() as held:
+                with file_lock(self.path / LOCK_FILE) as held:
                     if held:
                         yield
                         return
@@ -284,20 +284,6 @@ class Index:
                     print(f"waiting for another process writing to {self.path} (up to {timeout:.0f} s)", file=sys.stderr)
                     said = True
                 time.sleep(0.05)
-
-    @contextmanager
-    def _process_lock(self) -> Iterator[bool]:
-        """The folder's lock file, held for the block if no other process holds it (True), else not waited for."""
-        with open(self.path / LOCK_FILE, "a") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _check_writable(self) -> None:
         if self.readonly:

@@ -6,7 +6,6 @@ import neither FAISS nor tantivy.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shutil
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence, TypeVar
 
 from indexer.interrupt import interrupt_on_sigterm
+from indexer.locks import file_lock
 from indexer.manifest import IndexFolderError
 
 Config = TypeVar("Config")
@@ -126,18 +126,14 @@ def run_lock(out: Path) -> Iterator[None]:
     """Hold `out`/.running locked while a run writes in `out` (a new run, or one resumed there); ValueError when another
     run holds it. A lock, not the file alone: one left by a run killed outright holds nothing."""
     marker = out / RUNNING
-    handle = open(marker, "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ValueError(f"another run is writing in {out} (it holds {marker}): wait for it to end, or choose another folder") from None
-    try:
-        yield
-    finally:
-        with suppress(OSError):  # never in place of the run's own error
-            marker.unlink()
-        handle.close()
+    with file_lock(marker) as held:
+        if not held:
+            raise ValueError(f"another run is writing in {out} (it holds {marker}): wait for it to end, or choose another folder")
+        try:
+            yield
+        finally:
+            with suppress(OSError):  # never in place of the run's own error
+                marker.unlink()
 
 
 @contextmanager
