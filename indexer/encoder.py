@@ -96,25 +96,25 @@ def same_encoder(a: str, b: str) -> bool:
     return canonical(a) == canonical(b)
 
 
-def bf16_is_emulated(device: str) -> bool:
-    """Whether torch is known to emulate bfloat16 arithmetic on `device` (a resolved name: cpu, cuda, cuda:N) instead of
-    doing it in hardware: an x86 CPU with neither avx512_bf16 nor AMX, or a GPU older than Ampere. There bfloat16 runs
-    several times slower than float32 (an AVX2-only CPU encoded passages 7 times slower,
-    bench/results/encoder_throughput_cpu_avx2.json). False where it cannot tell (other CPUs, other devices)."""
+def bf16_in_hardware(device: str) -> bool | None:
+    """Whether `device` (a resolved name: cpu, cuda, cuda:N) does bfloat16 arithmetic in hardware; None where torch
+    cannot tell (CPUs other than x86, other devices). Where it does not, torch emulates it: an x86 CPU with neither
+    avx512_bf16 nor AMX, or a GPU older than Ampere, runs bfloat16 several times slower than float32 (an AVX2-only CPU
+    encoded passages 7 times slower, bench/results/encoder_throughput_cpu_avx2.json)."""
     kind = torch.device(device).type
     if kind == "cuda":
-        return torch.cuda.get_device_capability(torch.device(device))[0] < 8  # bfloat16 units came with Ampere (8.0)
+        return torch.cuda.get_device_capability(torch.device(device))[0] >= 8  # bfloat16 units came with Ampere (8.0)
     if kind != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
-        return False  # torch's CPU probes below name x86 features only: an ARM CPU with bfloat16 would read as without
+        return None  # torch's CPU probes below name x86 features only: an ARM CPU with bfloat16 would read as without
     # torch's own probes of the CPU (torch.cpu has no public name for them): what its kernels dispatch on
-    return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def emulated_bf16_warning(option: str, device: str | None) -> str | None:
     """The warning for a user who asks `option` (--bf16, --encoder-dtype bfloat16) of a device that emulates bfloat16;
     None where it is fast."""
     resolved = resolve_device(device)
-    if not bf16_is_emulated(resolved):
+    if bf16_in_hardware(resolved) is not False:
         return None
     where = "this CPU has neither avx512_bf16 nor AMX" if torch.device(resolved).type == "cpu" else f"{resolved} has no bfloat16"
     return f"{option}: {where}, so torch emulates bfloat16, several times slower than float32 here; leave {option} out"

@@ -16,7 +16,7 @@ import torch
 
 from conftest import make_documents, write_jsonl
 from indexer.cli import main
-from indexer.encoder import bf16_is_emulated
+from indexer.encoder import bf16_in_hardware
 from indexer.index import Index
 
 HIT_KEYS = {"id", "doc_id", "title", "text", "score"}
@@ -136,7 +136,7 @@ def test_bfloat16_build_finds_what_a_float32_build_finds(tmp_path: Path, corpus:
     code, stdout, err = run(capsys, "build", "--out", tmp_path / "bf16", "--corpus", corpus, "--encoder", tiny_encoder_path,
                             "--encoder-dtype", "bfloat16", "--quiet")
     assert code == 0, err
-    assert ("--encoder-dtype bfloat16: this CPU has neither avx512_bf16 nor AMX" in err) is bf16_is_emulated("cpu")
+    assert ("--encoder-dtype bfloat16: this CPU has neither avx512_bf16 nor AMX" in err) is (bf16_in_hardware("cpu") is False)
     for index in (built, tmp_path / "bf16"):
         code, stdout, _ = run(capsys, "search", "--index", index, "--mode", "dense", "--k", "1", "topic7 " + "hotel " * 5)
         assert json_lines(stdout)[0]["doc_id"] == "doc-7"

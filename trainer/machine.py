@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from indexer.encoder import bf16_is_emulated
+from indexer.encoder import bf16_in_hardware
 
 
 def cpu_model() -> str:
@@ -22,7 +22,7 @@ def cpu_model() -> str:
 def cpu_capability() -> str:
     """The instruction set torch's CPU kernels dispatch on ("AVX2", "AVX512", ...) and whether it has bfloat16 in
     hardware: runs on two machines called "AMD EPYC" differ by tens of times under --bf16."""
-    bf16 = "emulated" if bf16_is_emulated("cpu") else "native"
+    bf16 = {True: "native", False: "emulated", None: "unknown"}[bf16_in_hardware("cpu")]
     return f"{torch.backends.cpu.get_cpu_capability()}, bfloat16 {bf16}"
 
 
