@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from indexer.encoder import resolve_device
@@ -12,8 +13,11 @@ from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.pipeline import MAX_K, TWO_HOP_KINDS, Pipeline
 
 
-def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool = True) -> None:
-    """--index, --k, --mode, --reader, --adapter, --query-encoder, --constrain, --scope, --two-hop, --device."""
+def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool = True,
+                           scopes: Sequence[str] = SCOPE_KINDS) -> None:
+    """--index, --k, --mode, --reader, --adapter, --query-encoder, --constrain, --scope, --two-hop, --device.
+
+    `scopes` are the --scope choices the command accepts (`rag-eval edits` has no use for none)."""
     parser.add_argument("--index", type=Path, required=index_required, help="index folder (built by `rag-index build`)")
     parser.add_argument("--k", type=int, default=None,
                         help="passages given to the reader; 0 answers closed-book (default: the reader's own, chosen on dev data)")
@@ -30,9 +34,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
                         help="embed questions with this encoder folder (e.g. export/encoder of `rag-train joint --query-side-only`) "
                              "against the index's own passage vectors")
     parser.add_argument("--constrain", action="store_true", help="answers must be substrings of the retrieved passages")
-    parser.add_argument("--scope", choices=SCOPE_KINDS, default="auto",
-                        help="which edits apply to a question: the trained scope classifier, a similarity threshold, "
-                             "none (ignore the edit memory), or auto (default: the classifier when shipped)")
+    none = ", none (ignore the edit memory)" if "none" in scopes else ""
+    parser.add_argument("--scope", choices=scopes, default="auto",
+                        help=f"which edits apply to a question: the trained scope classifier, a similarity threshold{none}, "
+                             "or auto (default: the classifier when shipped)")
     parser.add_argument("--two-hop", choices=TWO_HOP_KINDS, default="auto",
                         help="questions that ask beyond an edit (\"the capital of the country X is a citizen of\" after an edit "
                              "of X's citizenship): auto (default) finds them with the shipped detector and asks them again with "

@@ -203,7 +203,7 @@ def test_rag_eval_edits_on_a_copy(tmp_path: Path, tiny_encoder: TextEncoder, rea
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--scope", "none"], "--scope none ignores the edits"),
+    (["--scope", "none"], "argument --scope: invalid choice: 'none'"),
     (["--extra-edits", "9"], "only 0 cases besides"),
     (["--batch", "0"], "--batch must be at least 1"),
     (["--fold", "2/2"], "a fold is I/N with 0 <= I < N"),

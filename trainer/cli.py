@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from indexer.manifest import Manifest
 from rag.command_line import check_counts, run_command
+from rag.editing import SCOPE_KINDS
 from rag.options import add_pipeline_arguments, pipeline_from_args
 from trainer.edit_cases import FORMATS
 
@@ -42,7 +43,8 @@ def _eval_parser() -> argparse.ArgumentParser:
                                             "neighbors_naming_edited_subjects, portability, edit_latency_p50_ms, edit_latency_p99_ms, "
                                             "edits_in_memory, scope}. A case whose edit a later case of its round replaced (the same "
                                             "question) is counted in superseded, not in n.")
-    add_pipeline_arguments(edits)
+    # --scope none would ignore the very edits the command evaluates.
+    add_pipeline_arguments(edits, scopes=[kind for kind in SCOPE_KINDS if kind != "none"])
     edits.add_argument("--edits", required=True, type=Path, help="edit cases, .jsonl or .jsonl.gz")
     edits.add_argument("--format", choices=FORMATS, default=None,
                        help="canonical, counterfact or zsre (default: from the fields of its first record, else its name; give it for a pipe)")
@@ -147,8 +149,6 @@ def _edits(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
-    if args.scope == "none":
-        raise ValueError("--scope none ignores the edits it would evaluate: choose auto, classifier or similarity")
     _check_predictions(args.predictions)
     summary, rows = _evaluate_edits(args)
     _write_rows(args.predictions, summary, rows)
