@@ -6,6 +6,7 @@ import neither FAISS nor tantivy.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -69,6 +70,17 @@ def typed_command(module: str) -> list[str]:
     elif argv:
         argv[0] = os.path.basename(argv[0])
     return argv
+
+
+def finite_float(text: str) -> float:
+    """argparse type of a number option: a float, refusing nan and inf (a learning rate of inf trains NaN weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def check_counts(settings: Any, at_least_one: Sequence[str] = (), at_least_zero: Sequence[str] = (),
@@ -203,8 +215,8 @@ def add_optimizer_options(parser: argparse.ArgumentParser, defaults: Any, batch_
     """--steps, --batch-size, --lr, --warmup with `defaults`' values (a training config)."""
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"{batch_unit} per step")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (linear warm-up and decay)")
-    parser.add_argument("--warmup", type=float, default=defaults.warmup, help="share of the steps spent warming up")
+    parser.add_argument("--lr", type=finite_float, default=defaults.lr, help="peak learning rate (linear warm-up and decay)")
+    parser.add_argument("--warmup", type=finite_float, default=defaults.warmup, help="share of the steps spent warming up")
 
 
 def add_run_options(parser: argparse.ArgumentParser, defaults: Any, seed_help: str) -> None:

@@ -212,6 +212,38 @@ def test_training_refuses_settings_that_cannot_work(argv: list[str], message: st
     assert not (tmp_path / "out").exists() and (tmp_path / "FILE").read_text() == "mine"
 
 
+def test_infinite_numbers_are_refused_before_anything_runs(toy_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main_train(["fewshot", "--task", str(toy_task), "--out", str(tmp_path / "out"), "--lr", "inf"])
+    assert stop.value.code == 2 and "argument --lr: expected a finite number, got 'inf'" in capsys.readouterr().err
+
+
+def test_a_run_that_diverges_stops_with_exit_2_and_saves_nothing(toy_task: Path, tiny_reader_path: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """A learning rate far too high: the run stops at the first loss that is not finite, not with NaN weights saved."""
+    out = tmp_path / "out"
+    assert main_train(["fewshot", "--task", str(toy_task), "--shots", "4", "--steps", "4", "--batch-size", "2", "--lr", "1e30",
+                       "--out", str(out), "--reader", tiny_reader_path]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step 3: the loss is nan" in err and "try a lower --lr" in err and not out.exists()  # step 1 warms up
+
+
+def test_an_out_that_cannot_be_made_is_refused_before_training(toy_task: Path, tiny_reader_path: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Refused at once, not after the whole training: the reader is never even loaded. So is a second run into the
+    same new folder, which the first has made and locked by then."""
+    import trainer.fewshot_training
+
+    def no_reader(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the reader was loaded")
+
+    monkeypatch.setattr(trainer.fewshot_training, "DecoderReader", no_reader)
+    (tmp_path / "file").write_text("mine")
+    assert main_train(["fewshot", "--task", str(toy_task), "--shots", "4", "--out", str(tmp_path / "file" / "run"),
+                       "--reader", tiny_reader_path]) == 2
+    assert "Not a directory" in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"
+
+
 def test_qa_with_retrieval_trains_and_reports_em_f1(tmp_path: Path, tiny_encoder: TextEncoder, tiny_reader_path: str,
                                                    capsys: pytest.CaptureFixture) -> None:
     index = tmp_path / "idx"

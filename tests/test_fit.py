@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from trainer.fit import fit
+from trainer.fit import TrainingDiverged, fit
 
 INPUTS = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
 TARGETS = INPUTS @ torch.tensor([1.0, -2.0, 0.5])
@@ -44,3 +44,18 @@ def test_accumulated_micro_batches_train_as_one_batch() -> None:
     # The step's part is the mean over its micro-batches: rows 0 and 2, then 4 and 6.
     assert [row["first_row"] for row in accumulated_log] == [1.0, 5.0] and [row["step"] for row in accumulated_log] == [1, 2]
 
+
+
+@pytest.mark.parametrize("loss_of_weight, message", [
+    (lambda weight: weight.sum() * float("nan"), "training diverged at step 1: the loss is nan"),
+    # A finite loss whose gradient is not: d/dw sqrt(|0 * w|) is nan.
+    (lambda weight: (weight * 0).abs().sqrt().sum(), "the loss is 0, its gradient norm nan"),
+])
+def test_a_loss_or_gradient_that_is_not_finite_stops_the_run_before_its_step(loss_of_weight, message: str) -> None:
+    model = torch.nn.Linear(3, 1)
+    before = model.weight.detach().clone()
+    log = io.StringIO()
+    with pytest.raises(TrainingDiverged, match=message):
+        fit(model, lambda micro: micro, lambda _: (loss_of_weight(model.weight), {}), log, steps=2, lr=0.1, weight_decay=0.0,
+            warmup=0.0, bf16=False, desc="test", progress=False)
+    assert torch.equal(model.weight, before) and log.getvalue() == ""  # no NaN weights, no NaN in the metrics

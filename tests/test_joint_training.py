@@ -690,3 +690,19 @@ def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: 
     # One process cannot take the two ranks' shards of the re-embedded index: said before anything loads.
     assert main_train(["joint", "--resume", str(run)]) == 2
     assert "written by 2 processes: resume with as many, not 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lrs, message", [
+    (["--lr", "1e30"], "training diverged at step 2: the loss is nan, its gradient norm nan; try a lower --lr or --retriever-lr"),
+    (["--retriever-lr", "1e30"], "training diverged at step 2: the query vectors are not finite numbers; try a lower --retriever-lr"),
+])
+def test_a_run_that_diverges_stops_with_exit_2(lrs: list[str], message: str, topic_index: Path, qa_file: Path, tiny_reader_path: str,
+                                              tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A learning rate far too high: the run stops at the first loss or query vector that is not finite, exports no
+    NaN models, and keeps no folder (it had no checkpoint yet)."""
+    run = tmp_path / "run"
+    assert main_train(["joint", "--index", str(topic_index), "--train", str(qa_file), "--reader", tiny_reader_path, "--top-k", "2",
+                       "--steps", "4", "--batch-size", "1", "--warmup", "0", *lrs, "--dev-size", "4", "--dev-eval", "0",
+                       "--device", "cpu", "--threads", "1", "--out", str(run)]) == 2
+    assert message in capsys.readouterr().err
+    assert not run.exists()

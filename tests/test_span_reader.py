@@ -262,8 +262,11 @@ def test_command_lines_report_mistakes(tmp_path: Path, capsys: pytest.CaptureFix
     assert "is a file, not a folder" in capsys.readouterr().err
     assert span_training.main(["--data", str(tmp_path / "d.jsonl.gz"), "--out", str(tmp_path / "o"), "--warmup", "1"]) == 2
     assert "--warmup is a share of the steps" in capsys.readouterr().err
-    assert span_training.main(["--data", str(tmp_path / "d.jsonl.gz"), "--out", str(tmp_path / "o"), "--weight-decay", "nan"]) == 2
-    assert "--weight-decay must be 0 or more, got nan" in capsys.readouterr().err
+    assert span_training.main(["--data", str(tmp_path / "d.jsonl.gz"), "--out", str(tmp_path / "o"), "--weight-decay", "-1"]) == 2
+    assert "--weight-decay must be 0 or more, got -1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # nan and inf: argparse's own check, by the option's type
+        span_training.main(["--data", str(tmp_path / "d.jsonl.gz"), "--out", str(tmp_path / "o"), "--weight-decay", "nan"])
+    assert refused.value.code == 2 and "argument --weight-decay: expected a finite number, got 'nan'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:  # argparse's own check: exit status 2, the choices named
         span_data.main(["--train", "x", "--index", "i", "--out", "o", "--mode", "bm25"])
     assert refused.value.code == 2 and "argument --mode: invalid choice: 'bm25'" in capsys.readouterr().err

@@ -29,7 +29,7 @@ import torch
 
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.answer_type import AnswerTypeClassifier
-from rag.command_line import check_counts, run_command, typed_command
+from rag.command_line import finite_float, check_counts, run_command, typed_command
 from trainer.edit_cases import EditCase, in_fold, parse_fold, read_cases
 from trainer.qa_data import jsonl_lines
 from trainer.scope_data import check_not_evaluation_only
@@ -140,10 +140,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--counterfact-cases", type=int, default=2000, help="counterfact-train cases whose paraphrases set the threshold")
     parser.add_argument("--zsre", type=Path, default=SHARED_DATA / "editing/zsre-1k.jsonl.gz")
     parser.add_argument("--zsre-fold", default="0/2", help="the fold of --zsre that sets the threshold (rag-train scope's); the others are measured")
-    parser.add_argument("--max-paraphrase-conflicts", type=float, default=0.002,
+    parser.add_argument("--max-paraphrase-conflicts", type=finite_float, default=0.002,
                         help="share of paraphrase pairs the threshold may give two different confident kinds (default %(default)s)")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="the index encoder whose vectors the classifier reads")
-    parser.add_argument("--weight-decay", type=float, default=3e-4)
+    parser.add_argument("--weight-decay", type=finite_float, default=3e-4)
     parser.add_argument("--steps", type=int, default=500, help="L-BFGS iterations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")

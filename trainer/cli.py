@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from indexer.manifest import Manifest
-from rag.command_line import check_counts, run_command
+from rag.command_line import finite_float, check_counts, run_command
 from rag.editing import SCOPE_KINDS
 from rag.options import add_pipeline_arguments, pipeline_from_args
 from trainer.edit_cases import FORMATS
@@ -230,7 +230,7 @@ def _train_parser() -> argparse.ArgumentParser:
     reader.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
     reader.add_argument("--batch-size", type=int, default=4, help="questions per forward pass (default 4)")
     reader.add_argument("--grad-accum", type=int, default=1, help="forward passes per step (default 1)")
-    reader.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, linear warm-up and decay (default 5e-4)")
+    reader.add_argument("--lr", type=finite_float, default=5e-4, help="peak learning rate, linear warm-up and decay (default 5e-4)")
     reader.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default 16)")
     reader.add_argument("--max-passage-tokens", type=int, default=160, help="passage truncation (default 160)")
     reader.add_argument("--dev-size", type=int, default=200, help="questions held out of the training files (default 200)")

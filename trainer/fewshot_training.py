@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import get_linear_schedule_with_warmup
@@ -32,14 +33,15 @@ from transformers import get_linear_schedule_with_warmup
 from indexer.encoder import encoder_input
 from indexer.index import Index
 from rag.adapters import QUERY_ENCODER
-from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, new_run_folder,
-                              run_command, typed_command)
+from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, finite_float,
+                              new_run_folder, run_command, typed_command)
 from rag.models import GENERATIVE_READER, resolve_reader_path
 from rag.rank_classification import choice_scores
 from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
 from trainer.fewshot_prompts import DEFAULT_INDEX, open_index, prompt_ids, retrieve
 from trainer.fewshot_tasks import Example, FewShotTask, load_task
+from trainer.fit import check_finite
 from trainer.qa_data import ContextPassage
 from trainer.reader_data import ReaderExample
 from trainer.reader_training import LORA_TARGETS, answer_nll
@@ -158,46 +160,22 @@ def train_fewshot(config: FewShotConfig) -> dict:
         raise ValueError("--train-query-encoder trains the retriever: it needs a QA task with --retrieval")
     shots = task.shots(config.shots, config.seed)
     index = open_index(task, retrieval, config.index)
-    passages = retrieve(index, shots, config.k if retrieval else 0)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    reader = DecoderReader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
-    params = add_method(reader, config, task)
-    lr = DEFAULT_LR[config.method] if config.lr is None else config.lr
-    groups = [{"params": params, "lr": lr}]
-    query_side = QuerySide.start(index, passages) if config.train_query_encoder and index is not None else None
-    if query_side is not None:
-        groups.append({"params": list(query_side.encoder.query_model.parameters()), "lr": config.query_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)
-    autocast = torch.autocast(reader.device.type, dtype=torch.bfloat16, enabled=config.bf16)
-    pairs = list(zip(shots, passages))
-    rng = random.Random(config.seed)
-    order: list[int] = []
-    losses: list[float] = []
-    reader.model.train()
-    started = time.perf_counter()
-    for _ in range(config.steps):
-        positions: list[int] = []
-        while len(positions) < min(config.batch_size, len(pairs)):
-            if not order:  # a new epoch over the shots, in a new order
-                order = rng.sample(range(len(pairs)), len(pairs))
-            positions.append(order.pop())
-        batch = [pairs[i] for i in positions]
-        with autocast:
-            loss = example_loss(reader, task, batch)
-            if query_side is not None:
-                loss = loss + query_side.loss(reader, batch, positions, config.tau, config.temperature)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    train_seconds = time.perf_counter() - started
-    reader.model.eval()
-    with new_run_folder(config.out) as run:  # a save cut short leaves no half adapter
+    # Taken before the work: a second run into the same folder, or an --out that cannot be made, is refused at once.
+    with new_run_folder(config.out) as run:  # a run or a save cut short leaves no half adapter
+        passages = retrieve(index, shots, config.k if retrieval else 0)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        reader = DecoderReader(config.reader, device=config.device, max_passage_tokens=config.max_passage_tokens)
+        params = add_method(reader, config, task)
+        lr = DEFAULT_LR[config.method] if config.lr is None else config.lr
+        groups = [{"params": params, "lr": lr}]
+        query_side = QuerySide.start(index, passages) if config.train_query_encoder and index is not None else None
+        if query_side is not None:
+            groups.append({"params": list(query_side.encoder.query_model.parameters()), "lr": config.query_lr})
+        started = time.perf_counter()
+        losses = _train(reader, task, list(zip(shots, passages)), groups, query_side, config)
+        train_seconds = time.perf_counter() - started
         reader.model.save_pretrained(config.out)
         if config.method == "full":
             reader.tokenizer.save_pretrained(config.out)
@@ -216,6 +194,39 @@ def train_fewshot(config: FewShotConfig) -> dict:
         }
         (config.out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _train(reader: DecoderReader, task: FewShotTask, pairs: list[tuple[Example, list[ContextPassage]]], groups: list[dict[str, Any]],
+           query_side: QuerySide | None, config: FewShotConfig) -> list[float]:
+    """`config.steps` AdamW steps over the shots (`pairs`, with their passages) in seeded epochs; each step's loss.
+    TrainingDiverged where a loss or gradient stops being finite."""
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * config.steps), config.steps)
+    autocast = torch.autocast(reader.device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    losses: list[float] = []
+    reader.model.train()
+    for step in range(1, config.steps + 1):
+        positions: list[int] = []
+        while len(positions) < min(config.batch_size, len(pairs)):
+            if not order:  # a new epoch over the shots, in a new order
+                order = rng.sample(range(len(pairs)), len(pairs))
+            positions.append(order.pop())
+        batch = [pairs[i] for i in positions]
+        with autocast:
+            loss = example_loss(reader, task, batch)
+            if query_side is not None:
+                loss = loss + query_side.loss(reader, batch, positions, config.tau, config.temperature)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], 1.0)
+        check_finite(step, loss.item(), float(grad_norm), "try a lower --lr" + (" or --query-lr" if query_side else ""))
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    reader.model.eval()
+    return losses
 
 
 def read_record(folder: Path) -> dict:
@@ -242,7 +253,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--k", type=int, default=d.k, help="passages per question with --retrieval")
     add("--train-query-encoder", action="store_true",
         help="with --retrieval: also train the retriever's query encoder (query-side, perplexity distillation)")
-    add("--query-lr", type=float, default=d.query_lr, help="learning rate of the query encoder")
+    add("--query-lr", type=finite_float, default=d.query_lr, help="learning rate of the query encoder")
     add("--out", required=True, type=Path, help="output folder (new or empty): the adapter and fewshot.json")
     add("--reader", default=d.reader, help="base causal LM")
     add_optimizer_options(parser, d, "examples")

@@ -21,6 +21,18 @@ def cycling(items: Sequence[Any], batch_size: int) -> Callable[[int], list[Any]]
     return lambda micro: [items[((micro - 1) * batch_size + i) % len(items)] for i in range(batch_size)]
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or its gradient is no longer a finite number: the weights are past saving, so the run stops."""
+
+
+def check_finite(step: int, loss: float, grad_norm: float, advice: str = "try a lower --lr") -> None:
+    """Raise TrainingDiverged unless this step's loss and gradient norm (before clipping) are finite numbers. Called
+    before the optimizer steps: a run whose loss turns NaN stops there, never saving NaN weights as its model."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise TrainingDiverged(f"training diverged at step {step}: the loss is {loss:g}, its gradient norm {grad_norm:g}; "
+                               f"{advice}")
+
+
 @dataclass
 class FitResult:
     """What the loop leaves for the run's record."""
@@ -55,7 +67,7 @@ def fit(model: torch.nn.Module, batch_at: Callable[[int], Batch], loss_of: Calla
                     parts[name] = parts.get(name, 0) + part
             if grad_accum > 1:  # the mean over the micro-batches; one micro-batch's parts stay as they were (a count an int)
                 parts = {name: total / grad_accum for name, total in parts.items()}
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            check_finite(step, value, float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)

@@ -54,7 +54,7 @@ from indexer.index import Index
 from indexer.records import SearchHit
 from rag.adapters import adapter_kind
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
-                              new_run_folder, resumed_run_folder, run_command, typed_command)
+                              finite_float, new_run_folder, resumed_run_folder, run_command, typed_command)
 from rag.fid_reader import FiDReader, is_fid_reader, load_generative_reader
 from rag.models import GENERATIVE_READER
 from rag.pipeline import MAX_K, Pipeline
@@ -62,6 +62,7 @@ from rag.reader import pick_device
 from rag.retriever import DualEncoder
 from trainer.distributed_search import barrier, start_distributed, world
 from trainer.evaluate import evaluate_qa
+from trainer.fit import TrainingDiverged, check_finite
 from trainer.joint_losses import adist_loss, emdr2_loss, in_batch_targets, loop_loss, pdist_loss, rag_marginal_loss
 from trainer.qa_data import QARecord, read_qa, sample, split_by_article
 from trainer.reader_data import ReaderExample
@@ -303,6 +304,9 @@ class JointTrainer:
         against the searched vectors). A rerank:L refresh waits until the encoder has moved: before, the stored
         vectors are its own."""
         k = self.config.retrieved
+        if not torch.isfinite(query).all():  # NaN weights find nothing: say why, not that the search came up short
+            raise TrainingDiverged(f"training diverged at step {self.schedule.last_epoch + 1}: the query vectors are not finite "
+                                   "numbers; try a lower --retriever-lr")
         rerank = self.refresh.kind == "rerank" and self.encoder_has_moved()
         found = self.search_index.search(query.detach().float().cpu().numpy(), self.refresh.n if rerank else k)
         if any(len(row) < k for row in found):
@@ -384,7 +388,10 @@ class JointTrainer:
             totals["retriever_loss"] += retriever_loss.item() / len(micro_batches)
         if self.world_size > 1:
             totals = self._average(totals, teach)
-        torch.nn.utils.clip_grad_norm_(self.reader_params + self.retriever_params, 1.0)
+        # Every rank has the same mean gradients and losses here, so all of them stop together.
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.reader_params + self.retriever_params, 1.0))
+        check_finite(self.schedule.last_epoch + 1, totals["reader_nll"] + totals["retriever_loss"], grad_norm,
+                     "try a lower --lr or --retriever-lr")
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -719,8 +726,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--in-batch-negatives", action="store_true",
         help="rank each question's candidates among every candidate of its micro-batch: the other questions' passages are "
              "negatives (DPR's in-batch negatives) that keep the retriever telling articles apart, at no extra encoding")
-    add("--tau", type=float, default=d.tau, help="retriever softmax temperature")
-    add("--temperature", type=float, default=d.temperature, help="T of the pdist and loop targets")
+    add("--tau", type=finite_float, default=d.tau, help="retriever softmax temperature")
+    add("--temperature", type=finite_float, default=d.temperature, help="T of the pdist and loop targets")
     add("--reader", default=d.reader, help="causal LM name or folder; or the folder of an encoder-decoder model (T5, BART), "
                                           "read Fusion-in-Decoder style, which --loss adist needs")
     add("--adapter", type=Path, default=None,
@@ -732,9 +739,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="each passage cut to this many reader tokens (default %(default)s: whole for 97%% of gold passages)")
     add_optimizer_options(parser, d, "questions in each of the --grad-accum micro-batches")
     add("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
-    add("--retriever-lr", type=float, default=d.retriever_lr, help="the encoder's peak learning rate (--lr is the reader's)")
+    add("--retriever-lr", type=finite_float, default=d.retriever_lr, help="the encoder's peak learning rate (--lr is the reader's)")
     add("--dev-size", type=int, default=d.dev_size, help="questions held out of --train when there is no --dev (nor --held-out-share)")
-    add("--held-out-share", type=float, default=d.held_out_share,
+    add("--held-out-share", type=finite_float, default=d.held_out_share,
         help="share of --train's articles (its gold documents' titles in --index), seeded, whose questions never train and, "
              "without --dev, are the dev set: dev figures then come from articles training never saw (0: none)")
     add("--dev-eval", type=int, default=d.dev_eval, help="dev questions answered before, during and after training (0: none)")

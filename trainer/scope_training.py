@@ -35,7 +35,7 @@ import torch
 
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
-                              RunFolder, new_run_folder, run_command, typed_command)
+                              finite_float, RunFolder, new_run_folder, run_command, typed_command)
 from rag.answer_type import SHIPPED as ANSWER_TYPES, AnswerTypeClassifier
 from rag.scope_classifier import ScopeClassifier
 from trainer.classifier_metrics import auc, best_threshold
@@ -330,12 +330,12 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--near-per-question", type=int, default=d.near_per_question, help="near-edit negatives per question")
     add("--relation-paraphrase", type=int, default=d.relation_paraphrase, help="same-relation template positives per case")
     add("--other-relation", type=int, default=d.other_relation, help="other-relation template negatives per case")
-    add("--nq-per-case", type=float, default=d.nq_per_case, help="NQ questions per case")
+    add("--nq-per-case", type=finite_float, default=d.nq_per_case, help="NQ questions per case")
     add("--answer-types", type=Path, default=d.answer_types,
         help="answer-type classifier: zsRE-style cases take other-relation negatives only of another kind of answer")
     add("--no-answer-types", action="store_true", help="other-relation negatives of zsRE-style cases of any kind of answer")
     add_optimizer_options(parser, d, "pairs")
-    add("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    add("--weight-decay", type=finite_float, default=d.weight_decay, help="AdamW weight decay")
     add("--max-length", type=int, default=d.max_length, help="tokens per (edit, question) pair")
     add("--val-every", type=int, default=d.val_every, help="steps between quick validation checks (0: none)")
     add("--val-quick", type=int, default=d.val_quick, help="validation pairs in a quick check")

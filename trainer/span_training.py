@@ -28,7 +28,7 @@ import torch
 
 from indexer.encoder import DEFAULT_ENCODER
 from rag.command_line import (add_optimizer_options, add_run_options, check_counts, check_new_folder, check_warmup, config_from_args,
-                              RunFolder, new_run_folder, run_command, typed_command)
+                              finite_float, RunFolder, new_run_folder, run_command, typed_command)
 from rag.span_reader import SCORINGS, EncodedPairs, PassageSpan, SpanReader, choose_answer, is_span_reader
 from trainer.fit import cycling, fit
 from trainer.machine import machine
@@ -361,7 +361,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--encoder", default=d.encoder, help="encoder to start from")
     add("--init", type=Path, default=None, help="continue training this span reader folder (default: a fresh head on --encoder)")
     add_optimizer_options(parser, d, "questions")
-    add("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    add("--weight-decay", type=finite_float, default=d.weight_decay, help="AdamW weight decay")
     add("--max-length", type=int, default=d.max_length, help="tokens per question + passage")
     add("--max-answer-tokens", type=int, default=d.max_answer_tokens, help="longest answer in tokens")
     add("--dev-every", type=int, default=d.dev_every, help="steps between checkpoints and quick dev checks")

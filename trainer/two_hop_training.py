@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
-from rag.command_line import check_counts, run_command, typed_command
+from rag.command_line import finite_float, check_counts, run_command, typed_command
 from rag.scope_classifier import SHIPPED as SHIPPED_SCOPE, ScopeClassifier
 from rag.two_hop import TwoHopDetector
 from trainer.classifier_metrics import auc, best_threshold
@@ -206,11 +206,11 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--nq", type=int, default=3000, help="NQ training questions (a third as many for validation)")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="the index encoder whose vectors the detector reads")
     parser.add_argument("--scope", type=Path, default=SHIPPED_SCOPE, help="scope classifier for the relation threshold")
-    parser.add_argument("--relation-recall", type=float, default=0.9,
+    parser.add_argument("--relation-recall", type=finite_float, default=0.9,
                         help="share of own-relation two-hop questions the relation threshold keeps (default %(default)s)")
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--lr", type=finite_float, default=0.05)
+    parser.add_argument("--weight-decay", type=finite_float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.set_defaults(run=_run)
