@@ -115,6 +115,10 @@ def test_user_task_folder_formats(tmp_path: Path) -> None:
     ({"template": "{question}", "target": "answers", "retrieval": "no"}, ['{"question": "a", "answers": ["b"]}'],
      "retrieval must be true or false, got 'no'"),
     ({"template": "{a}", "target": "label", "choices": "{a}"}, ['{"a": "x", "label": 0}'], "choices must be a list of at least two"),
+    # Two labels, one word: every record would be scored right, whatever the model says.
+    ({"template": "{text}", "target": "label", "label_words": {"0": "yes", "1": "yes "}}, ['{"text": "a", "label": 1}'],
+     "label_words must map each label to a different word"),
+    ({"template": "{a}", "target": "label", "choices": ["{a}", "{a}"]}, ['{"a": "x", "label": 1}'], "choices must be different templates"),
 ])
 def test_a_bad_task_file_stops_with_file_line_and_exit_2(spec: dict, lines: list[str], message: str, tmp_path: Path,
                                                          tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:

@@ -197,9 +197,13 @@ def load_task(name_or_dir: str | Path) -> FewShotTask:
     words = spec.get("label_words")
     if words is not None and (not isinstance(words, dict) or len(words) < 2 or not all(isinstance(w, str) and w.strip() for w in words.values())):
         raise ValueError(f"{spec_file}: label_words must map at least two labels to non-empty words")
+    if words is not None and len({w.strip() for w in words.values()}) < len(words):  # indistinguishable: every answer "right"
+        raise ValueError(f"{spec_file}: label_words must map each label to a different word, got {words!r:.200}")
     choices = spec.get("choices")
     if choices is not None and (not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices)):
         raise ValueError(f"{spec_file}: choices must be a list of at least two non-empty templates")
+    if choices is not None and len(set(choices)) < len(choices):
+        raise ValueError(f"{spec_file}: choices must be different templates, got {choices!r:.200}")
     retrieval, instruction = spec.get("retrieval"), spec.get("instruction")
     if retrieval is not None and not isinstance(retrieval, bool):  # "retrieval": "no" would read as true
         raise ValueError(f"{spec_file}: retrieval must be true or false, got {retrieval!r:.40}")
