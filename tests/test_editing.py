@@ -209,7 +209,7 @@ def test_rag_eval_edits_on_a_copy(tmp_path: Path, tiny_encoder: TextEncoder, rea
     (["--fold", "2/2"], "a fold is I/N with 0 <= I < N"),
     (["--fold", "half"], "a fold is I/N"),
     (["--extra-edits", "some"], "expected a whole number or all"),
-    (["--format", "zsre"], "bad zsre edit record"),
+    (["--format", "zsre"], "bad zsre edit record (missing field 'loc'); --on-error skip leaves such records out"),
     (["--index", "nowhere"], "nowhere: no such index folder"),
 ])
 def test_rag_eval_edits_bad_input(extra: list[str], message: str, tmp_path: Path, tiny_encoder: TextEncoder, reader_dir: Path,
@@ -273,8 +273,9 @@ def test_canonical_edit_records_with_fields_of_the_wrong_kind_are_refused(field:
     """A string where a list belongs would otherwise make each of its letters a paraphrase."""
     path = tmp_path / "cases.jsonl"
     path.write_text(json.dumps({"question": "Where was X born?", "target_new": "Oslo", **field}) + "\n")
-    with pytest.raises(ValueError, match=rf"cases.jsonl:1: bad canonical edit record \({problem}"):
+    with pytest.raises(ValueError, match=rf"cases.jsonl:1: bad canonical edit record \({problem}") as refused:
         read_cases(path)
+    assert "--on-error" not in str(refused.value)  # an option of rag-eval edits only; the trainers that read edits have none
 
 
 def test_an_edit_file_can_come_through_a_pipe(tmp_path: Path) -> None:

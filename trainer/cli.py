@@ -163,7 +163,7 @@ def _evaluate_edits(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict
     from trainer.qa_data import sample
 
     fold = parse_fold(args.fold) if args.fold else None
-    cases = read_cases(args.edits, args.format, on_error=args.on_error)
+    cases = read_cases(args.edits, args.format, on_error=args.on_error, advice="--on-error skip leaves such records out")
     chosen = sample([c for c in cases if fold is None or in_fold(c, fold)], args.limit, args.seed)
     if not chosen:
         raise ValueError(f"--fold {args.fold}: no case of {args.edits} falls in that fold")

@@ -152,9 +152,10 @@ def guess_format(path: str | Path) -> str:
     return "counterfact" if name.startswith("counterfact") else "zsre" if name.startswith("zsre") else "canonical"
 
 
-def read_cases(path: str | Path, fmt: str | None = None, on_error: str = "stop") -> list[EditCase]:
-    """All cases of an edit file. A malformed line raises ValueError naming file:line and what is wrong,
-    or with on_error="skip" is left out with a warning on stderr (zsre-1k has two records without a new answer)."""
+def read_cases(path: str | Path, fmt: str | None = None, on_error: str = "stop", advice: str = "") -> list[EditCase]:
+    """All cases of an edit file. A malformed line raises ValueError naming file:line and what is wrong, then
+    `advice` (a command's way around it: "--on-error skip leaves such records out"), or with on_error="skip" is left
+    out with a warning on stderr (zsre-1k has two records without a new answer)."""
     path = Path(path)
     unread = fmt is None and not path.is_file()  # a pipe: its format was guessed from its name alone
     fmt = fmt or guess_format(path)
@@ -175,7 +176,7 @@ def read_cases(path: str | Path, fmt: str | None = None, on_error: str = "stop")
             what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
             message = f"{path}:{n}: bad {fmt} edit record ({what}{'; a pipe is read as canonical unless --format says otherwise' if unread else ''})"
             if on_error == "stop":
-                raise ValueError(f"{message}; --on-error skip leaves such records out") from exc
+                raise ValueError(f"{message}; {advice}" if advice else message) from exc
             print(f"skipped {message}", file=sys.stderr)
     if not cases:
         raise ValueError(f"{path}: no edit records")
