@@ -135,8 +135,9 @@ def _to_document(record: dict[str, Any] | _BadRecord, fields: FieldMap) -> Docum
         raise _BadRecord(f"id field {fields.id!r} is a {type(raw_id).__name__}, not a string or an integer")
     if title is not None and not isinstance(title, str):
         raise _BadRecord(f"title field {fields.title!r} is a {type(title).__name__}, not a string")
-    doc_id = "" if raw_id is None else str(raw_id).strip()
-    if not doc_id:
+    # Not stripped: " d1 " would quietly overwrite d1, which `rag-index delete` and the server then cannot name as given.
+    doc_id = "" if raw_id is None else str(raw_id)
+    if not doc_id.strip():
         raise _BadRecord(f"missing id (field {fields.id!r}; map another field with --fields id=NAME)")
     problem = document_id_problem(doc_id)
     if problem:

@@ -100,6 +100,9 @@ def test_field_map_parse() -> None:
         # Ids the server could never be asked for by URL: GET /documents/{id} would not reach them.
         ('{"id": "..", "text": "t"}', r"document id '\.\.' must not .* be '\.' or '\.\.'"),
         ('{"id": "a\\nb", "text": "t"}', r"document id 'a\\nb' must not contain control characters"),
+        # Not stripped into another document's id: " 1 " would overwrite document 1.
+        ('{"id": " 1 ", "text": "t"}', r"document id ' 1 ' must not .* start or end with white space"),
+        ('{"id": "  ", "text": "t"}', "missing id"),
         ('{"id": "' + "i" * 513 + '", "text": "t"}', "a document id is 1 to 512 characters, not 513"),
         ('{"id": "1", "text": "again"}', r"duplicate id '1' \(first seen at line 1\)"),
         ('{"id": "x", "text": "t", "deep": ' + "[" * 100_000 + "]" * 100_000 + "}", r"invalid JSON \(arrays or objects nested too deeply\)"),
