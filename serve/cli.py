@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Sequence
 
 from rag.command_line import run_command
+from rag.models import GENERATIVE_READER
 from rag.options import add_pipeline_arguments, pipeline_from_args
 from rag.pipeline import MAX_K
+from rag.reader import DecoderReader
 
 MAX_WAIT_MS = 10_000  # a batch that waits longer for company than this only delays its first question
 TOKEN_ENV = "RAG_SERVE_TOKEN"
@@ -111,6 +113,9 @@ def _run(args: argparse.Namespace) -> int:
     # Listen before loading the models, so a taken port fails in a second, not after a minute.
     sock = _listen(args.host, args.port)
     pipeline = pipeline_from_args(args, writable=True)
+    if args.adapters is not None and not isinstance(pipeline.reader, DecoderReader):  # else every /ask naming one is refused
+        raise ValueError(f"--adapters: adapters chosen per question apply to the decoder-only reader, and --reader {args.reader} "
+                         f"is not one: add --reader {GENERATIVE_READER}, or leave --adapters out")
     _ = pipeline.index.encoder  # load the query encoder now rather than on the first question
     if args.k > args.max_k:  # the reader's default, now that it is loaded
         raise ValueError(f"the reader reads {args.k} passages by default, over --max-k {args.max_k}: pass --k too")
