@@ -114,6 +114,19 @@ def test_rag_train_answer_type_on_tiny_data(tmp_path: Path, tiny_encoder_path: s
                          (["--zsre-fold", "0/1"], "train on one fold"), (["--max-paraphrase-conflicts", "1.5"], "is a share")):
         assert main_train([*argv[:2], str(tmp_path / "bad.json"), *argv[3:], *bad]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
+    # A TREC file of another shape is named by file and line, not a KeyError's traceback.
+    (tmp_path / "qa.jsonl").write_text('{"question": "Who?", "answers": ["x"]}\n')
+    (tmp_path / "notjson.jsonl").write_text("{\n")
+    write_gz(tmp_path / "one-label.jsonl.gz", [{"question": "Who?", "label": "HUM"}])
+    for bad, message in ((["--trec", str(tmp_path / "qa.jsonl")], "qa.jsonl:1: not a TREC record: it needs \"question\" and \"label\""),
+                         (["--trec", str(tmp_path / "notjson.jsonl")], "notjson.jsonl:1: not JSON"),
+                         (["--trec", str(tmp_path / "one-label.jsonl.gz")], "at least two labels"),
+                         (["--weight-decay", "-1"], "--weight-decay must be 0 or more")):
+        assert main_train([*argv[:2], str(tmp_path / "bad.json"), *argv[3:], *bad]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
+    # An --out that cannot be written is found before the training, not after it.
+    assert main_train([*argv[:2], str(tmp_path), *argv[3:]]) == 2
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("answer", ["1972", "March", "fifteen", "sixty", "the 19th century", "twentieth century", "several weeks",

@@ -74,6 +74,23 @@ def other_subject_questions(cases: Sequence[EditCase], rng: random.Random) -> li
     return pairs
 
 
+def read_trec(path: Path) -> list[dict[str, str]]:
+    """The {question, label} records of a TREC file; ValueError naming file:line for a record of another shape, and
+    for a file with fewer than two labels (nothing to tell apart)."""
+    records = []
+    for n, line in jsonl_lines(path, "TREC file"):
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not JSON ({exc.msg}); a TREC record is {{\"question\": ..., \"label\": ...}}") from None
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) and raw[k].strip() for k in ("question", "label")):
+            raise ValueError(f"{path}:{n}: not a TREC record: it needs \"question\" and \"label\", both non-empty text")
+        records.append({"question": raw["question"], "label": raw["label"]})
+    if len({r["label"] for r in records}) < 2:
+        raise ValueError(f"{path}: the records need at least two labels to tell apart")
+    return records
+
+
 def train(args: argparse.Namespace) -> AnswerTypeClassifier:
     """Train, calibrate and return the classifier (its `training` holds the record)."""
     for path in (args.trec, args.counterfact):
@@ -82,7 +99,7 @@ def train(args: argparse.Namespace) -> AnswerTypeClassifier:
     check_not_evaluation_only(args.zsre, fold)
     rng = random.Random(args.seed)
     started = time.perf_counter()
-    trec = [json.loads(line) for _, line in jsonl_lines(args.trec, "TREC file")]
+    trec = read_trec(args.trec)
     labels = sorted({r["label"] for r in trec})
     order = list(range(len(trec)))
     rng.shuffle(order)
@@ -152,7 +169,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_counts(args, at_least_one=("counterfact_cases", "steps", "threads"))
+    check_counts(args, at_least_one=("counterfact_cases", "steps", "threads"), at_least_zero=("weight_decay",))
+    if args.out.is_dir():  # found now, not after minutes of training
+        raise ValueError(f"--out {args.out} is a folder: give the classifier file to write, e.g. {args.out / 'answer-type.json'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     if not 0.0 <= args.max_paraphrase_conflicts < 1.0:
         raise ValueError(f"--max-paraphrase-conflicts is a share, from 0 to below 1; got {args.max_paraphrase_conflicts}")
     torch.set_num_threads(args.threads)
@@ -160,7 +180,6 @@ def _run(args: argparse.Namespace) -> int:
         classifier = train(args)
     except OSError as exc:
         raise ValueError(str(exc)) from exc
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     classifier.save(args.out)
     summary: dict[str, Any] = {"out": str(args.out), "threshold": classifier.threshold,
                                **{k: classifier.training[k] for k in ("trec_held_out_accuracy", "threshold_paraphrase_conflicts", "zsre_measured_folds")}}
