@@ -31,7 +31,7 @@ from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.answer_type import AnswerTypeClassifier
 from rag.command_line import finite_float, check_counts, run_command, typed_command
 from trainer.edit_cases import EditCase, in_fold, parse_fold, read_cases
-from trainer.qa_data import jsonl_lines
+from trainer.fewshot_tasks import read_records
 from trainer.scope_data import check_not_evaluation_only
 from trainer.shared_data import SHARED_DATA
 
@@ -78,13 +78,9 @@ def read_trec(path: Path) -> list[dict[str, str]]:
     """The {question, label} records of a TREC file; ValueError naming file:line for a record of another shape, and
     for a file with fewer than two labels (nothing to tell apart)."""
     records = []
-    for n, line in jsonl_lines(path, "TREC file"):
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not JSON ({exc.msg}); a TREC record is {{\"question\": ..., \"label\": ...}}") from None
-        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) and raw[k].strip() for k in ("question", "label")):
-            raise ValueError(f"{path}:{n}: not a TREC record: it needs \"question\" and \"label\", both non-empty text")
+    for where, raw in read_records(path, "TREC file"):
+        if not all(isinstance(raw.get(k), str) and raw[k].strip() for k in ("question", "label")):
+            raise ValueError(f"{where}: not a TREC record: it needs \"question\" and \"label\", both non-empty text")
         records.append({"question": raw["question"], "label": raw["label"]})
     if len({r["label"] for r in records}) < 2:
         raise ValueError(f"{path}: the records need at least two labels to tell apart")

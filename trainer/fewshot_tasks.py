@@ -131,10 +131,11 @@ def _label_key(value: Any) -> str:
     return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
-def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(file:line, record) for every non-blank line of a .jsonl or .jsonl.gz file."""
+def read_records(path: Path, what: str = "task file") -> list[tuple[str, dict[str, Any]]]:
+    """(file:line, record) for every non-blank line of a .jsonl or .jsonl.gz file; ValueError naming file:line for a
+    line that is not a JSON object (and naming `what` for a file that cannot be read)."""
     records = []
-    for n, line in jsonl_lines(path, "task file"):
+    for n, line in jsonl_lines(path, what):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
