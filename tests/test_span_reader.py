@@ -16,7 +16,7 @@ from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
 from rag.span_reader import MARKER_FILE, SCORINGS, PassageSpan, SpanReader, choose_answer, is_span_reader
 from trainer.qa_data import ContextPassage, QARecord
-from trainer.span_data import SpanDataConfig, SpanExample, locate_answer, make_example, make_span_data, mix_records, read_span_data
+from trainer.span_data import FORMAT as SPAN_FORMAT, SpanDataConfig, SpanExample, locate_answer, make_example, make_span_data, mix_records, read_span_data
 from trainer.shared_data import SHARED_DATA
 from trainer.span_training import SpanTrainingConfig, dev_sweep, span_loss, span_targets, train_span_reader
 
@@ -246,6 +246,19 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
         SpanDataConfig(train=[SHARED_DATA / "qa" / "squad-open-dev.jsonl.gz"], index=index_dir).check()
     with pytest.raises(ValueError, match="not a span data file"):
         read_span_data(train_file)
+
+
+@pytest.mark.parametrize("answer, problem", [([5, 2], r"answer \[5, 2\] is not a span"), ([1, 9], r"answer \[1, 9\] is not a span"),
+                                             ([0.5, 2], r"answer \[0\.5, 2\] is not a span"), ([0], r"answer \[0\] is not a span")])
+def test_a_span_data_file_with_an_answer_outside_its_passage_is_refused_by_line(answer: list, problem: str, tmp_path: Path) -> None:
+    """Else training indexes past the passage's tokens (an IndexError traceback), or trains on a reversed span."""
+    path = tmp_path / "spans.jsonl.gz"
+    good = {"question": "q?", "positive": ["T", "abcdef"], "answer": [0, 3], "negatives": []}
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write(json.dumps({"format": SPAN_FORMAT, "version": 1}) + "\n" + json.dumps({"train": good}) + "\n"
+                 + json.dumps({"train": {**good, "answer": answer}}) + "\n")
+    with pytest.raises(ValueError, match=rf"spans.jsonl.gz is not a span data file .*: line 3: {problem}"):
+        read_span_data(path)
 
 
 def test_command_lines_report_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

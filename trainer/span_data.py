@@ -58,8 +58,13 @@ class SpanExample:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> SpanExample:
-        return cls(raw["question"], ContextPassage(*raw["positive"]), raw["answer"][0], raw["answer"][1],
-                   tuple(ContextPassage(*n) for n in raw["negatives"]))
+        """The example `to_json` wrote; ValueError for an answer span that is not a stretch of the positive's text."""
+        positive, answer = ContextPassage(*raw["positive"]), raw["answer"]
+        # Training's targets index the text: a span outside it fails there, a reversed one trains on nothing.
+        if not (isinstance(answer, list) and len(answer) == 2 and all(type(i) is int for i in answer)
+                and 0 <= answer[0] < answer[1] <= len(positive.text)):
+            raise ValueError(f"answer {answer!r:.40} is not a span [start, end] of the positive passage's {len(positive.text)} characters")
+        return cls(raw["question"], positive, answer[0], answer[1], tuple(ContextPassage(*n) for n in raw["negatives"]))
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,7 @@ def read_span_data(path: Path) -> SpanData:
         raise ValueError(f"span data file not found: {path}")
     examples: list[SpanExample] = []
     dev: dict[str, list[DevQuestion]] = {}
+    where = ""  # the line being read, once past the header
     try:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             header = json.loads(fh.readline())
@@ -264,17 +270,17 @@ def read_span_data(path: Path) -> SpanData:
                 raise ValueError("no span-data header")
             if header.get("version", 0) > FORMAT_VERSION:
                 raise ValueError(f"format version {header['version']} is newer than this code reads ({FORMAT_VERSION})")
-            for line in fh:
+            for n, line in enumerate(fh, 2):
+                where = f"line {n}: "
                 raw = json.loads(line)
                 if "train" in raw:
                     examples.append(SpanExample.from_json(raw["train"]))
                 else:
                     question = DevQuestion.from_json(raw["dev"])
                     dev.setdefault(question.file, []).append(question)
-    except (OSError, EOFError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not a span data file (python -m trainer.span_data writes one): {exc}") from exc
-    except ValueError as exc:
-        raise ValueError(f"{path} is not a span data file (python -m trainer.span_data writes one): {exc}") from exc
+    except (OSError, EOFError, KeyError, TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{path} is not a span data file (python -m trainer.span_data writes one): {where}{what}") from exc
     return SpanData(header, examples, dev)
 
 
