@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="FAISS index: flat (exact, default), ivf, ivfpq (trained, smaller/faster), hnsw (read-only)")
     build.add_argument("--no-sparse", action="store_true", help="skip the BM25 index (dense search only)")
     build.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder name or path (default {DEFAULT_ENCODER})")
-    build.add_argument("--chunk-words", type=int, default=100, help="words per passage, 0 = one passage per document (default 100)")
+    build.add_argument("--chunk-words", type=int, default=None, help="words per passage, 0 = one passage per document (default 100)")
     build.add_argument("--chunk-overlap", type=int, default=0, help="words shared by consecutive passages (default 0)")
     build.add_argument("--chunk-tokens", type=int, default=0, help="chunk by N encoder tokens instead of words (RETRO-style); at most what the encoder reads (256 for the default)")
     build.add_argument("--device", default="auto",
@@ -165,14 +165,16 @@ def _report(report: dict, skipped: list[str]) -> None:
 def _build(args: argparse.Namespace) -> int:
     if args.out.exists():
         raise IndexFolderError(f"{args.out} already exists: choose a new --out, or use `rag-index upsert` to change it")
+    if args.chunk_tokens and args.chunk_words is not None:  # one of them would be ignored without a word
+        raise ValueError("give --chunk-words or --chunk-tokens, not both: a passage is cut by words or by encoder tokens")
     skipped: list[str] = []
     documents = _documents(args.corpus, args, skipped)
     if args.encoder_dtype == "bfloat16" and (warning := emulated_bf16_warning("--encoder-dtype bfloat16", args.device)):
         print(f"rag-index: warning: {warning}", file=sys.stderr)
     encoder = TextEncoder(args.encoder, device=args.device, dtype=args.encoder_dtype)
-    report = build_index(args.out, documents, encoder, progress=not args.quiet, dense=args.dense,
-                         sparse=not args.no_sparse, chunk_words=args.chunk_words, chunk_overlap=args.chunk_overlap,
-                         chunk_tokens=args.chunk_tokens, device=args.device)
+    chunk_words = 100 if args.chunk_words is None else args.chunk_words
+    report = build_index(args.out, documents, encoder, progress=not args.quiet, dense=args.dense, sparse=not args.no_sparse,
+                         chunk_words=chunk_words, chunk_overlap=args.chunk_overlap, chunk_tokens=args.chunk_tokens, device=args.device)
     _report({"index": str(args.out), **report.to_json()}, skipped)
     if not report.documents_added:
         print(f"rag-index: warning: {args.out} holds no documents: no record could be read; `rag-index upsert` can add some",

@@ -229,6 +229,15 @@ def test_on_error_skip_skips_and_reports(tmp_path: Path, tiny_encoder_path: str,
     assert json.loads(stdout)["documents"] == 3
 
 
+def test_words_and_tokens_per_passage_together_are_refused(tmp_path: Path, corpus: Path, tiny_encoder_path: str,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """Else --chunk-words is ignored without a word: the passages are cut by tokens."""
+    code, _, err = run(capsys, "build", "--out", tmp_path / "idx", "--corpus", corpus, "--encoder", tiny_encoder_path,
+                       "--chunk-words", "5", "--chunk-tokens", "16", "--quiet")
+    assert code == 2 and "give --chunk-words or --chunk-tokens, not both" in err
+    assert_no_index(tmp_path)
+
+
 @pytest.mark.parametrize("chunking", [["--chunk-words", "0"], ["--chunk-tokens", "16"]])
 def test_an_overlap_that_would_be_ignored_is_refused(tmp_path: Path, corpus: Path, tiny_encoder_path: str,
                                                      capsys: pytest.CaptureFixture, chunking: list[str]) -> None:

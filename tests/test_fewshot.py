@@ -205,6 +205,7 @@ def test_eval_refuses_an_adapter_config_without_a_peft_type(toy_task: Path, tmp_
     (["--warmup", "5"], "--warmup is a share of the steps, from 0 to below 1; got 5.0"),
     (["--query-lr", "-1"], "--query-lr must be positive"),
     (["--out", "FILE"], "is a file, not a folder"),
+    (["--index", "FILE"], "is read only with retrieval, which toy goes without here"),  # else ignored without a word
 ])
 def test_training_refuses_settings_that_cannot_work(argv: list[str], message: str, toy_task: Path, tiny_reader_path: str, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:

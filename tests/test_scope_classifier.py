@@ -245,6 +245,18 @@ def test_evaluation_only_files_are_refused(tmp_path: Path) -> None:
         config.check()
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--no-nq", "--nq-train", "nq.jsonl.gz"], "--no-nq leaves out what --nq-train names: give one of them"),
+    (["--no-nq", "--nq-val", "nq.jsonl.gz"], "--no-nq leaves out what --nq-val names"),
+    (["--no-also-train", "--also-train", "z.jsonl.gz"], "--no-also-train leaves out what --also-train names"),
+    (["--no-answer-types", "--answer-types", "a.json"], "--no-answer-types leaves out what --answer-types names"),
+])
+def test_an_option_its_no_switch_would_ignore_is_refused(options: list[str], message: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--out", str(tmp_path / "out"), *options]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_train_end_to_end(tiny_encoder_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cases = toy_cases()
     train = _write_counterfact(tmp_path / "counterfact-train.jsonl.gz", cases[:32])

@@ -78,7 +78,7 @@ def evaluate_fewshot(config: FewShotEvalConfig) -> dict[str, Any]:
     examples = sample(task.load(config.split), config.limit, 0)
     reader, record = load_reader(config)
     retrieval = record.get("retrieval", task.retrieval) if config.retrieval is None else config.retrieval
-    index = open_index(task, retrieval, config.index or (Path(record["index"]) if record.get("index") else None))
+    index = open_index(task, retrieval, config.index or (Path(record["index"]) if retrieval and record.get("index") else None))
     shots = task.shots(config.icl, config.seed, "--icl") if config.icl else []
     own_encoder = query_encoder_folder(config.adapter) if retrieval and config.adapter is not None else None
     query_encoder = DualEncoder(str(own_encoder)) if own_encoder is not None else None

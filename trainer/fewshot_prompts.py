@@ -57,8 +57,12 @@ def retrieve(index: Index | None, examples: Sequence[Example], k: int, query_enc
 
 
 def open_index(task: FewShotTask, retrieval: bool, index: Path | None) -> Index | None:
-    """The index to retrieve from when `retrieval` is on (a QA task only), else None."""
+    """The index to retrieve from when `retrieval` is on (a QA task only), else None; ValueError for an --index that
+    would go unread."""
     if not retrieval:
+        if index is not None:
+            raise ValueError(f"--index {index} is read only with retrieval, which {task.name} goes without here: add --retrieval "
+                             "(QA tasks), or leave --index out")
         return None
     if not task.is_qa:
         raise ValueError(f"--retrieval applies to QA tasks; {task.name} is classification")

@@ -345,6 +345,11 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    defaults = ScopeTrainingConfig(out=Path())
+    for switch, options in (("no_nq", ("nq_train", "nq_val")), ("no_also_train", ("also_train",)), ("no_answer_types", ("answer_types",))):
+        given = [name for name in options if getattr(args, name) != getattr(defaults, name)]
+        if getattr(args, switch) and given:  # one of them would be ignored without a word
+            raise ValueError(f"--{switch.replace('_', '-')} leaves out what --{given[0].replace('_', '-')} names: give one of them")
     config = config_from_args(ScopeTrainingConfig, args, nq_train=None if args.no_nq else args.nq_train,
                               nq_val=None if args.no_nq else args.nq_val,
                               also_train=None if args.no_also_train else args.also_train,

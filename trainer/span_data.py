@@ -101,6 +101,9 @@ class SpanDataConfig:
     def check(self) -> None:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
         check_counts(self, at_least_one=("questions", "depth"), at_least_zero=("skip", "negatives", "dev_size"))
+        if self.negatives > self.depth:  # drawn from the top --depth passages: there would be fewer than asked for
+            raise ValueError(f"--negatives {self.negatives} are drawn from the top --depth {self.depth} passages: give --depth "
+                             f"{self.negatives} or more")
         if not self.train:
             raise ValueError("--train needs at least one QA file")
         for path in self.train:
