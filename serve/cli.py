@@ -103,7 +103,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.k is not None and args.max_k < args.k <= MAX_K:  # over MAX_K: the pipeline's options say so
         raise ValueError(f"--k {args.k} is over --max-k {args.max_k}: requests that do not say would be refused")
     if args.adapters is not None and not args.adapters.is_dir():
-        raise ValueError(f"--adapters {args.adapters}: no such folder")
+        raise ValueError(f"--adapters {args.adapters}: {'a file, not a folder' if args.adapters.exists() else 'no such folder'} "
+                         "(give the folder that holds the adapter folders)")
     if args.token is not None and not args.token.strip():  # `--token "$UNSET"` would leave writes open without a word
         raise ValueError("--token is blank: give the token writes must carry, or leave --token out")
     token = args.token or os.environ.get(TOKEN_ENV) or None

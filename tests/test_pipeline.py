@@ -342,6 +342,9 @@ def test_rag_serve_run_refuses_adapters_its_reader_cannot_take(index_dir: Path, 
     """The shipped span reader takes no adapter: refused at start, not on every /ask that names one."""
     assert serve_main(["run", "--index", str(index_dir), "--port", "0", "--adapters", str(tmp_path)]) == 2
     assert "--adapters: adapters chosen per question apply to the decoder-only reader" in capsys.readouterr().err
+    (tmp_path / "file").write_text("mine")
+    assert serve_main(["run", "--index", str(index_dir), "--port", "0", "--adapters", str(tmp_path / "file")]) == 2
+    assert "a file, not a folder (give the folder that holds the adapter folders)" in capsys.readouterr().err
 
 def test_a_file_the_system_refuses_is_an_error_message_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Read-only --out folders, a folder where a file should be: `prog: error: PATH: reason`, exit 2."""

@@ -268,6 +268,12 @@ def test_command_lines_report_mistakes(tmp_path: Path, capsys: pytest.CaptureFix
 
     assert span_data.main(["--train", str(tmp_path / "missing.jsonl.gz"), "--index", str(tmp_path), "--out", str(tmp_path / "d.gz")]) == 2
     assert "training file not found" in capsys.readouterr().err
+    # An --out that cannot be written is found before the index opens, not after minutes of retrieval.
+    (tmp_path / "train.jsonl").write_text('{"question": "q?", "answers": ["a"]}\n')
+    (tmp_path / "file").write_text("mine")
+    for out, message in ((tmp_path / "file" / "d.gz", f"{tmp_path / 'file'} is a file, not a folder"), (tmp_path, "is a folder")):
+        assert span_data.main(["--train", str(tmp_path / "train.jsonl"), "--index", str(tmp_path / "no-index"), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
     assert span_training.main(["--data", str(tmp_path / "missing.jsonl.gz"), "--out", str(tmp_path / "o")]) == 2
     assert "span data file not found" in capsys.readouterr().err
     (tmp_path / "d.jsonl.gz").write_bytes(b"")

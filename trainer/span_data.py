@@ -317,6 +317,12 @@ def _run(args: argparse.Namespace) -> int:
                             skip=args.skip, negatives=args.negatives, depth=args.depth, dev_size=args.dev_size, mode=args.mode,
                             seed=args.seed)
     config.check()
+    # Found now, not after minutes of retrieval.
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder: give the file to write, e.g. {args.out / 'span-data.jsonl.gz'}")
+    if (above := next((p for p in args.out.parents if p.exists()), None)) is not None and not above.is_dir():
+        raise ValueError(f"--out {args.out}: {above} is a file, not a folder")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with Index.open(args.index, readonly=True) as index:
         header = make_span_data(config, index, args.out)
     print(json.dumps({"out": str(args.out), "examples": header["examples"], "dev_questions": header["dev_questions"]}))
