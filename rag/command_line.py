@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from indexer.interrupt import interrupt_on_sigterm
 from indexer.locks import file_lock
@@ -118,8 +118,26 @@ def check_new_folder(out: Path, hint: str = "choose a new folder") -> None:
     `hint` says what to do instead when it holds something."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder: choose a new folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(child.name != RUNNING or not _stale(child) for child in out.iterdir()):
         raise ValueError(f"--out {out} is not empty: {hint}")
+
+
+def check_out_file(out: Path, example: str) -> None:
+    """Raise ValueError unless --out `out` names a file that can be written once its folders are made: not a folder,
+    and under no file. Checked before the work, which may take minutes; nothing is created (`example`: a file name to
+    suggest inside a folder given instead)."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the file to write, e.g. {out / example}")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"--out {out}: {above} is a file, not a folder")
+
+
+def _stale(marker: Path) -> bool:
+    """Whether a run's `.running` marker holds no lock: left by a run killed outright (SIGKILL, out of memory), which
+    wrote nothing else, so the same command may run again."""
+    with file_lock(marker) as held:
+        return held
 
 
 @dataclass
@@ -149,23 +167,24 @@ def run_lock(out: Path) -> Iterator[None]:
 
 
 @contextmanager
-def resumed_run_folder(out: Path, kept: str) -> Iterator[None]:
+def resumed_run_folder(out: Path, kept: str | Callable[[BaseException], str]) -> Iterator[None]:
     """A run carried on in its folder `out`: locked as `run_lock` does, and an exception that ends it gets the note
-    `kept` (where its checkpoint is, and how to carry on again)."""
+    `kept` (where its checkpoint is, and how to carry on again; or a function of the exception that says so)."""
     with run_lock(out):
         try:
             yield
         except BaseException as exc:
-            exc.add_note(kept)
+            exc.add_note(kept(exc) if callable(kept) else kept)
             raise
 
 
 @contextmanager
-def new_run_folder(out: Path, keep: str | None = None, kept: str = "") -> Iterator[RunFolder]:
+def new_run_folder(out: Path, keep: str | None = None, kept: str | Callable[[BaseException], str] = "") -> Iterator[RunFolder]:
     """Create --out `out` for a run, and leave it as it was found if the run does not finish (an error, Ctrl-C,
     SIGTERM), so that the same command can run again. The folder stays as it is instead once the run has set
     `saved`, or once `keep`, a path in it, exists (the file a checkpoint writes last); the exception then gets a note
-    saying so (`kept` for a checkpoint: where it is and what it is good for). ValueError, before anything is touched,
+    saying so (`kept` for a checkpoint: where it is and what it is good for; or a function of the exception that
+    says so). ValueError, before anything is touched,
     unless `out` is new or empty (`check_new_folder`) and no other run has taken it meanwhile."""
     check_new_folder(out)
     if out.is_symlink() and not out.exists():
@@ -185,7 +204,7 @@ def new_run_folder(out: Path, keep: str | None = None, kept: str = "") -> Iterat
             if run.saved:
                 exc.add_note(f"the run's model is saved in {out}; what the run writes after it is missing")
             elif keep is not None and (out / keep).exists():
-                exc.add_note(kept or f"{out / keep} is kept")
+                exc.add_note((kept(exc) if callable(kept) else kept) or f"{out / keep} is kept")
             else:
                 try:
                     _remove_run(out, made)

@@ -167,7 +167,7 @@ def load_scope(kind: str = "auto", classifier_path: str | Path = SCOPE_CLASSIFIE
         if encoder is not None and not same_encoder(encoder, chosen_for):
             raise ValueError(f"the similarity scope's threshold {threshold} is a cosine of {chosen_for}'s vectors, and this index "
                              f"encodes with {encoder}: another encoder's cosines do not compare with it. Use the scope "
-                             "classifier (--scope classifier), which reads each edit and question itself, or --scope none")
+                             "classifier (--scope classifier), which reads each edit and question itself")
         return SimilarityScope(threshold)
     if not found:
         raise ValueError(f"{classifier_path} is not a scope classifier folder (no {CONFIG_FILE}): train one with `rag-train scope`")

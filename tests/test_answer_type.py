@@ -124,9 +124,11 @@ def test_rag_train_answer_type_on_tiny_data(tmp_path: Path, tiny_encoder_path: s
                          (["--weight-decay", "-1"], "--weight-decay must be 0 or more")):
         assert main_train([*argv[:2], str(tmp_path / "bad.json"), *argv[3:], *bad]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
-    # An --out that cannot be written is found before the training, not after it.
+    # An --out that cannot be written is found before the training, not after it; a refused run makes no folder.
     assert main_train([*argv[:2], str(tmp_path), *argv[3:]]) == 2
     assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+    assert main_train([*argv[:2], str(tmp_path / "new" / "a.json"), *argv[3:], "--max-paraphrase-conflicts", "2"]) == 2
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("answer", ["1972", "March", "fifteen", "sixty", "the 19th century", "twentieth century", "several weeks",

@@ -37,6 +37,31 @@ def test_a_folder_a_run_is_writing_is_refused_to_another(tmp_path: Path) -> None
     assert [p.name for p in (tmp_path / "r1").iterdir()] == ["model.safetensors"]  # what marked it taken is gone
 
 
+def test_the_marker_of_a_run_killed_outright_does_not_block_the_same_command(tmp_path: Path) -> None:
+    """SIGKILL leaves OUT/.running, unlocked, and nothing else: the folder counts as empty. A locked one does not."""
+    out = tmp_path / "r1"
+    out.mkdir()
+    (out / ".running").write_text("")  # what `kill -9` leaves
+    with new_run_folder(out) as run:
+        (run.path / "model.safetensors").write_bytes(b"weights")
+    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
+    (tmp_path / "r2").mkdir()
+    with run_lock(tmp_path / "r2"), pytest.raises(ValueError, match="is not empty"), new_run_folder(tmp_path / "r2"):
+        pass
+
+
+def test_a_kept_note_may_depend_on_what_ended_the_run(tmp_path: Path) -> None:
+    def kept(exc: BaseException) -> str:
+        return "kept: start afresh" if isinstance(exc, ArithmeticError) else "kept: resume"
+
+    for error, note in ((ArithmeticError, "kept: start afresh"), (KeyboardInterrupt, "kept: resume")):
+        out = tmp_path / error.__name__
+        with pytest.raises(error) as stopped, new_run_folder(out, keep="ckpt", kept=kept):
+            (out / "ckpt").write_text("{}")
+            raise error
+        assert stopped.value.__notes__ == [note]
+
+
 def test_a_clean_up_that_fails_keeps_the_runs_own_error(tmp_path: Path) -> None:
     out = tmp_path / "r1"
     with pytest.raises(KeyboardInterrupt) as stopped, new_run_folder(out):

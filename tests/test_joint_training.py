@@ -706,3 +706,16 @@ def test_a_run_that_diverges_stops_with_exit_2(lrs: list[str], message: str, top
                        "--device", "cpu", "--threads", "1", "--out", str(run)]) == 2
     assert message in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_a_run_that_diverges_after_a_checkpoint_says_a_resume_would_diverge_again(topic_index: Path, qa_file: Path,
+                                                                                  tiny_reader_path: str, tmp_path: Path,
+                                                                                  capsys: pytest.CaptureFixture) -> None:
+    """A resume is exact: it would repeat the learning rates that diverged, so the note does not offer it."""
+    run = tmp_path / "run"
+    assert main_train(["joint", "--index", str(topic_index), "--train", str(qa_file), "--reader", tiny_reader_path, "--top-k", "2",
+                       "--steps", "4", "--batch-size", "1", "--warmup", "0", "--lr", "1e30", "--save-every", "1", "--dev-size", "4",
+                       "--dev-eval", "0", "--device", "cpu", "--threads", "1", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step 2" in err and "--resume` repeats the learning rates that diverged" in err
+    assert "carries on from it" not in err and (run / CHECKPOINT).is_file()

@@ -250,6 +250,8 @@ def test_evaluation_only_files_are_refused(tmp_path: Path) -> None:
     (["--no-nq", "--nq-val", "nq.jsonl.gz"], "--no-nq leaves out what --nq-val names"),
     (["--no-also-train", "--also-train", "z.jsonl.gz"], "--no-also-train leaves out what --also-train names"),
     (["--no-answer-types", "--answer-types", "a.json"], "--no-answer-types leaves out what --answer-types names"),
+    (["--no-nq", "--nq-per-case", "2"], "--no-nq leaves out what --nq-per-case names"),
+    (["--no-also-train", "--also-train-fold", "1/2"], "--no-also-train leaves out what --also-train-fold names"),
 ])
 def test_an_option_its_no_switch_would_ignore_is_refused(options: list[str], message: str, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:

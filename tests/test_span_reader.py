@@ -244,7 +244,7 @@ def test_data_then_training_end_to_end(tiny_encoder: TextEncoder, tiny_encoder_p
     assert SpanReader.from_pretrained(tmp_path / "on").config.scoring in SCORINGS
     with pytest.raises(ValueError, match="evaluation file"):
         SpanDataConfig(train=[SHARED_DATA / "qa" / "squad-open-dev.jsonl.gz"], index=index_dir).check()
-    with pytest.raises(ValueError, match="--negatives 5 are drawn from the top --depth 2 passages: give --depth 5 or more"):
+    with pytest.raises(ValueError, match=r"--negatives 5 are drawn from the top --depth 2 passages \(less the gold ones and those holding the answer\): give a --depth above 5"):
         SpanDataConfig(train=[train_file], index=index_dir, negatives=5, depth=2).check()  # else fewer, without a word
     with pytest.raises(ValueError, match="not a span data file"):
         read_span_data(train_file)

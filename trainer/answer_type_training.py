@@ -29,7 +29,7 @@ import torch
 
 from indexer.encoder import DEFAULT_ENCODER, TextEncoder
 from rag.answer_type import AnswerTypeClassifier
-from rag.command_line import finite_float, check_counts, run_command, typed_command
+from rag.command_line import check_counts, check_out_file, finite_float, run_command, typed_command
 from trainer.edit_cases import EditCase, in_fold, parse_fold, read_cases
 from trainer.fewshot_tasks import read_records
 from trainer.scope_data import check_not_evaluation_only
@@ -166,9 +166,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     check_counts(args, at_least_one=("counterfact_cases", "steps", "threads"), at_least_zero=("weight_decay",))
-    if args.out.is_dir():  # found now, not after minutes of training
-        raise ValueError(f"--out {args.out} is a folder: give the classifier file to write, e.g. {args.out / 'answer-type.json'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    check_out_file(args.out, "answer-type.json")
     if not 0.0 <= args.max_paraphrase_conflicts < 1.0:
         raise ValueError(f"--max-paraphrase-conflicts is a share, from 0 to below 1; got {args.max_paraphrase_conflicts}")
     torch.set_num_threads(args.threads)
@@ -176,6 +174,7 @@ def _run(args: argparse.Namespace) -> int:
         classifier = train(args)
     except OSError as exc:
         raise ValueError(str(exc)) from exc
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     classifier.save(args.out)
     summary: dict[str, Any] = {"out": str(args.out), "threshold": classifier.threshold,
                                **{k: classifier.training[k] for k in ("trec_held_out_accuracy", "threshold_paraphrase_conflicts", "zsre_measured_folds")}}

@@ -198,7 +198,7 @@ def load_task(name_or_dir: str | Path) -> FewShotTask:
     words = spec.get("label_words")
     if words is not None and (not isinstance(words, dict) or len(words) < 2 or not all(isinstance(w, str) and w.strip() for w in words.values())):
         raise ValueError(f"{spec_file}: label_words must map at least two labels to non-empty words")
-    if words is not None and len({w.strip() for w in words.values()}) < len(words):  # indistinguishable: every answer "right"
+    if words is not None and len({w.strip() for w in words.values()}) < len(words):  # labels sharing a word cannot be told apart
         raise ValueError(f"{spec_file}: label_words must map each label to a different word, got {words!r:.200}")
     choices = spec.get("choices")
     if choices is not None and (not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices)):

@@ -593,7 +593,12 @@ def _train(config: JointTrainingConfig, resume: bool, progress: bool, stop_after
         if rank == 0:
             # Only now: a start that failed above leaves --out as it was, so the same command can run again; so does a
             # run stopped before its first checkpoint.
-            kept = f"the last checkpoint is kept in {out / CHECKPOINT}: `rag-train joint --resume {out}` carries on from it"
+            def kept(exc: BaseException) -> str:
+                if isinstance(exc, TrainingDiverged):  # a resume is exact: it would diverge again at the same step
+                    return (f"the last checkpoint is kept in {out / CHECKPOINT}, but `--resume` repeats the learning rates "
+                            "that diverged: start a new run with lower ones")
+                return f"the last checkpoint is kept in {out / CHECKPOINT}: `rag-train joint --resume {out}` carries on from it"
+
             on_exit.enter_context(resumed_run_folder(out, kept) if resume else new_run_folder(out, keep=CHECKPOINT, kept=kept))
             (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
         step, cursor = 0, 0

@@ -346,7 +346,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     defaults = ScopeTrainingConfig(out=Path())
-    for switch, options in (("no_nq", ("nq_train", "nq_val")), ("no_also_train", ("also_train",)), ("no_answer_types", ("answer_types",))):
+    for switch, options in (("no_nq", ("nq_train", "nq_val", "nq_per_case")),
+                            ("no_also_train", ("also_train", "also_train_fold", "also_train_repeat")),
+                            ("no_answer_types", ("answer_types",))):
         given = [name for name in options if getattr(args, name) != getattr(defaults, name)]
         if getattr(args, switch) and given:  # one of them would be ignored without a word
             raise ValueError(f"--{switch.replace('_', '-')} leaves out what --{given[0].replace('_', '-')} names: give one of them")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from indexer.chunking import chunk_document
 from indexer.records import Document, SearchHit
-from rag.command_line import check_counts, run_command, typed_command
+from rag.command_line import check_counts, check_out_file, run_command, typed_command
 from trainer.qa_data import ContextPassage, QARecord, read_qa, split_train_dev
 from trainer.qa_metrics import contains_answer
 
@@ -102,8 +102,8 @@ class SpanDataConfig:
         """Raise ValueError on settings that cannot work, before anything slow starts."""
         check_counts(self, at_least_one=("questions", "depth"), at_least_zero=("skip", "negatives", "dev_size"))
         if self.negatives > self.depth:  # drawn from the top --depth passages: there would be fewer than asked for
-            raise ValueError(f"--negatives {self.negatives} are drawn from the top --depth {self.depth} passages: give --depth "
-                             f"{self.negatives} or more")
+            raise ValueError(f"--negatives {self.negatives} are drawn from the top --depth {self.depth} passages (less the gold "
+                             f"ones and those holding the answer): give a --depth above {self.negatives}")
         if not self.train:
             raise ValueError("--train needs at least one QA file")
         for path in self.train:
@@ -317,12 +317,7 @@ def _run(args: argparse.Namespace) -> int:
                             skip=args.skip, negatives=args.negatives, depth=args.depth, dev_size=args.dev_size, mode=args.mode,
                             seed=args.seed)
     config.check()
-    # Found now, not after minutes of retrieval.
-    if args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a folder: give the file to write, e.g. {args.out / 'span-data.jsonl.gz'}")
-    if (above := next((p for p in args.out.parents if p.exists()), None)) is not None and not above.is_dir():
-        raise ValueError(f"--out {args.out}: {above} is a file, not a folder")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    check_out_file(args.out, "span-data.jsonl.gz")  # now, not after minutes of retrieval
     with Index.open(args.index, readonly=True) as index:
         header = make_span_data(config, index, args.out)
     print(json.dumps({"out": str(args.out), "examples": header["examples"], "dev_questions": header["dev_questions"]}))
