@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Sequence
 
 from rag.command_line import run_command
+from rag.fid_reader import is_fid_reader
 from rag.models import GENERATIVE_READER
 from rag.options import add_pipeline_arguments, pipeline_from_args
 from rag.pipeline import MAX_K
-from rag.reader import DecoderReader
+from rag.span_reader import is_span_reader
 
 MAX_WAIT_MS = 10_000  # a batch that waits longer for company than this only delays its first question
 TOKEN_ENV = "RAG_SERVE_TOKEN"
@@ -105,6 +106,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.adapters is not None and not args.adapters.is_dir():
         raise ValueError(f"--adapters {args.adapters}: {'a file, not a folder' if args.adapters.exists() else 'no such folder'} "
                          "(give the folder that holds the adapter folders)")
+    if args.adapters is not None and (is_span_reader(args.reader) or is_fid_reader(args.reader)):
+        # Refused now, before the models load, rather than on every /ask that names an adapter.
+        raise ValueError(f"--adapters: adapters chosen per question apply to the decoder-only reader, and --reader {args.reader} "
+                         f"is not one: add --reader {GENERATIVE_READER}, or leave --adapters out")
     if args.token is not None and not args.token.strip():  # `--token "$UNSET"` would leave writes open without a word
         raise ValueError("--token is blank: give the token writes must carry, or leave --token out")
     token = args.token or os.environ.get(TOKEN_ENV) or None
@@ -114,9 +119,6 @@ def _run(args: argparse.Namespace) -> int:
     # Listen before loading the models, so a taken port fails in a second, not after a minute.
     sock = _listen(args.host, args.port)
     pipeline = pipeline_from_args(args, writable=True)
-    if args.adapters is not None and not isinstance(pipeline.reader, DecoderReader):  # else every /ask naming one is refused
-        raise ValueError(f"--adapters: adapters chosen per question apply to the decoder-only reader, and --reader {args.reader} "
-                         f"is not one: add --reader {GENERATIVE_READER}, or leave --adapters out")
     _ = pipeline.index.encoder  # load the query encoder now rather than on the first question
     if args.k > args.max_k:  # the reader's default, now that it is loaded
         raise ValueError(f"the reader reads {args.k} passages by default, over --max-k {args.max_k}: pass --k too")
