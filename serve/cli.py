@@ -103,13 +103,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-k must be from 0 to {MAX_K}, got {args.max_k}")
     if args.k is not None and args.max_k < args.k <= MAX_K:  # over MAX_K: the pipeline's options say so
         raise ValueError(f"--k {args.k} is over --max-k {args.max_k}: requests that do not say would be refused")
-    if args.adapters is not None and not args.adapters.is_dir():
-        raise ValueError(f"--adapters {args.adapters}: {'a file, not a folder' if args.adapters.exists() else 'no such folder'} "
-                         "(give the folder that holds the adapter folders)")
-    if args.adapters is not None and (is_span_reader(args.reader) or is_fid_reader(args.reader)):
-        # Refused now, before the models load, rather than on every /ask that names an adapter.
-        raise ValueError(f"--adapters: adapters chosen per question apply to the decoder-only reader, and --reader {args.reader} "
-                         f"is not one: add --reader {GENERATIVE_READER}, or leave --adapters out")
+    if args.adapters is not None:
+        if not args.adapters.is_dir():
+            raise ValueError(f"--adapters {args.adapters}: {'a file, not a folder' if args.adapters.exists() else 'no such folder'} "
+                             "(give the folder that holds the adapter folders)")
+        if is_span_reader(args.reader) or is_fid_reader(args.reader):  # now, not on every /ask that names an adapter
+            raise ValueError(f"--adapters: adapters chosen per question apply to the decoder-only reader, and --reader "
+                             f"{args.reader} is not one: add --reader {GENERATIVE_READER}, or leave --adapters out")
     if args.token is not None and not args.token.strip():  # `--token "$UNSET"` would leave writes open without a word
         raise ValueError("--token is blank: give the token writes must carry, or leave --token out")
     token = args.token or os.environ.get(TOKEN_ENV) or None

@@ -219,12 +219,12 @@ def _train(reader: DecoderReader, task: FewShotTask, pairs: list[tuple[Example, 
             if query_side is not None:
                 loss = loss + query_side.loss(reader, batch, positions, config.tau, config.temperature)
         loss.backward()
+        losses.append(loss.item())
         grad_norm = torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], 1.0)
-        check_finite(step, loss.item(), float(grad_norm), "try a lower --lr" + (" or --query-lr" if query_side else ""))
+        check_finite(step, losses[-1], float(grad_norm), "try a lower --lr" + (" or --query-lr" if query_side else ""))
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
     reader.model.eval()
     return losses
 
