@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(run=_build, interrupted="no index was made (the folder appears only when a build completes)")
 
     upsert = commands.add_parser("upsert", help="add or replace documents", description=
-                                 "Add or replace documents in one atomic change. Only passages whose text changed are re-encoded.")
+                                 "Add or replace documents in one atomic change. Only passages whose title or text changed are re-encoded.")
     upsert.add_argument("--index", required=True, type=Path)
     upsert.add_argument("files", nargs="+", metavar="FILE", help="corpus files with the new document versions")
     _add_reading_options(upsert)
@@ -100,7 +100,7 @@ def _add_edit_commands(commands: argparse._SubParsersAction) -> None:
                                "in their scope, live as soon as they are added, revocable. Each command prints JSON.")
     verbs = edit.add_subparsers(required=True, metavar="VERB")
     add = verbs.add_parser("add", help="add an edit; prints it, with its id", description=
-                           "Add an edit. It replaces --supersedes, or else the active edit with the same question. Prints the edit as JSON.")
+                           "Add an edit. It replaces --supersedes, and also the active edit that asks the same question, if any: one question has one active edit. Prints the edit as JSON.")
     add.add_argument("--index", required=True, type=Path)
     add.add_argument("--fact", required=True, help='the fact, a sentence: "The Eiffel Tower is in Rome."')
     add.add_argument("--question", default=None, help="a question the fact answers")

@@ -3,9 +3,9 @@
 Adapters of one kind (LoRA, (IA)³, prompt tuning: peft cannot mix kinds in one PeftModel) share one
 PeftModel and are switched with `set_adapter`. Each kind wraps its own copy of the base model's module
 tree whose parameters are the base's own tensors, so the weights exist once, no kind sees another's
-injected layers, and the plain base stays plain. Nothing is ever merged: merging would write into the
-shared weights. Not thread-safe: one thread at a time may choose an adapter and run the model (the
-server answers in a single model thread).
+injected layers, and the plain base stays plain. Nothing in the bank is ever merged: merging would write
+into the shared weights (`load_merged`, for a reader's one fixed --adapter, does merge). Not thread-safe:
+one thread at a time may choose an adapter and run the model (the server answers in a single model thread).
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
     `scopes` are the --scope choices the command accepts (`rag-eval edits` has no use for none)."""
     parser.add_argument("--index", type=Path, required=index_required, help="index folder (built by `rag-index build`)")
     parser.add_argument("--k", type=int, default=None,
-                        help="passages given to the reader; 0 answers closed-book (default: the reader's own, chosen on dev data)")
+                        help="passages given to the reader; 0 answers closed-book (default: the reader's own: the span reader's, chosen on "
+                             "dev data; 5 for a causal LM; 10 for a Fusion-in-Decoder reader)")
     parser.add_argument("--mode", choices=MODES, default=None,
                         help="retrieval: dense, sparse (BM25) or hybrid (default: hybrid, or dense on an index built with --no-sparse)")
     parser.add_argument("--reader", default=DEFAULT_READER,
@@ -42,7 +43,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, index_required: bool
                         help="questions that ask beyond an edit (\"the capital of the country X is a citizen of\" after an edit "
                              "of X's citizenship): auto (default) finds them with the shipped detector and asks them again with "
                              "the edit's answer in place of their first hop (\"the capital of Iraq\"), or has the generative reader "
-                             "read the edit and passages about its answer; none gives them no special reading")
+                             "read the edit and passages about its answer; none gives them no special reading. Only with the scope "
+                             "classifier: with --scope similarity they get none either")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
 
 

@@ -2,7 +2,8 @@
 
 `generate` answers a batch of questions greedily and stops at the first newline or end of turn, so
 answers stay short. `score` returns log p(answer | question, passage_k) for every passage in one
-batched forward pass; the trainer's losses are built on it (and on `answer_logprobs`).
+batched forward pass; the trainers' losses are built on `read_logprobs`, which it wraps, and on
+`answer_logprobs`.
 """
 from __future__ import annotations
 

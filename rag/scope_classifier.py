@@ -1,9 +1,9 @@
 """Scope classifier for knowledge edits: is a question within the scope of an edit? (SERAC's classifier)
 
 A cross-encoder on the MiniLM encoder reads the pair `[CLS] edit text [SEP] question [SEP]` and gives one
-logit; sigmoid(logit) is the probability that the edit decides the question's answer. It is the second
-of the two scope decisions of the edit router (rag/editing.py): the first, cheaper one compares the
-cosine similarity of the question and the edit's key with `similarity_threshold`; the classifier
+logit; sigmoid(logit) is the probability that the edit decides the question's answer. It is one of
+the edit router's two alternative deciders (rag/editing.py); the other, the similarity baseline, compares
+the cosine similarity of the question and the edit's key with `similarity_threshold`. The classifier
 reads both texts together, so it can tell "the mother tongue of Danielle Darrieux" (in scope of an edit
 about her mother tongue) from "the birthplace of Danielle Darrieux" or "the mother tongue of Gwen
 Stefani" (out of scope), which embeddings of similar sentences cannot.

@@ -77,12 +77,14 @@ class EditOut(BaseModel):
 class AskResponse(BaseModel):
     """The answer, the passages it was read from (best first), and where the time went (ms). When the
     question is about an edit, the answer was read from that edit alone (`edit`), not from the passages;
-    when it asks beyond the edit, it was asked again with the edit's answer in place of its first hop (`asked_as`)."""
+    when it asks beyond the edit (`beyond`), it was asked again with the edit's answer in place of its first hop
+    (`asked_as`) or read from the edit's fact with passages, and `edit` is the edit its first hop goes through."""
 
     question: str
     answer: str
     passages: list[PassageOut]
-    edit: EditOut | None = Field(description="the edit the answer was read from, or null")
+    edit: EditOut | None = Field(description="the edit the question is about (with `beyond`: the edit its first hop "
+                                                     "goes through), or null")
     asked_as: str | None = Field(None, description="the question the reader was asked instead, when the question asked "
                                                    "beyond `edit` and the edit's answer took the place of its first hop")
     beyond: bool = Field(False, description="the question asks beyond `edit` (a second hop from its answer): the "

@@ -1,4 +1,4 @@
-"""`rag-eval` (answer quality) and `rag-train` (training; its commands arrive with issues 6-8)."""
+"""`rag-eval` (answer quality) and `rag-train` (training the system's models)."""
 from __future__ import annotations
 
 import argparse
@@ -212,14 +212,15 @@ def _train_parser() -> argparse.ArgumentParser:
                         help="train the answer-type classifier that keeps an edit to questions asking what it answers",
                         description=answer_type_training.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands.add_parser("joint", parents=[joint_training.build_parser(add_help=False)], help="joint retriever-reader training",
-                        description="Train the retriever from the reader (loss emdr2, pdist, loop or rag) while the reader trains "
+                        description="Train the retriever from the reader (loss emdr2, pdist, loop, adist or rag) while the reader trains "
                                     "on the retrieved passages; checkpoints resume exactly; exports an encoder and a reader. "
                                     "The same as python -m trainer.joint_training.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     reader = commands.add_parser(
         "reader", help="RAG-tune the generative reader (LoRA or full)",
         description="Supervised reader finetuning with retrieved passages: each question with its top-k passages (the gold "
                     "passage kept among them at a random position) and the short answer as the target. Holds out "
-                    "--dev-size questions of the training files and reports EM on them at the end.")
+                    "--dev-size questions of the training files and reports `rag-eval qa` metrics on a seeded sample of "
+                    "--dev-eval of them at the end.")
     reader.add_argument("--train", required=True, help="QA training files, comma-separated (never an evaluation-only file)")
     reader.add_argument("--index", required=True, type=Path, help="index to retrieve passages from")
     reader.add_argument("--out", required=True, type=Path, help="output folder: a peft adapter (lora) or a model (full)")

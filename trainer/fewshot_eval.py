@@ -44,7 +44,7 @@ class FewShotEvalConfig:
     split: str = "val"
     adapter: Path | None = None  # a peft adapter folder or a whole model folder (method full)
     icl: int = 0  # shots in the prompt
-    seed: int = 0  # seed of the in-context shots: the same sample `rag-train fewshot --seed` trains on
+    seed: int = 0  # seed of the in-context shots: the sample `rag-train fewshot --seed` trains on when K is its --shots
     limit: int | None = None  # a fixed seeded (0) sample of the split, the same for every method
     retrieval: bool | None = None  # None: the adapter's setting, else the task's
     index: Path | None = None
@@ -138,7 +138,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     way = parser.add_mutually_exclusive_group()
     way.add_argument("--adapter", type=Path, default=None, help="a folder written by `rag-train fewshot` (an adapter, or a model)")
     way.add_argument("--icl", type=int, default=d.icl, metavar="K", help="in-context learning: K training examples in the prompt")
-    add("--seed", type=int, default=d.seed, help="seed of the --icl shots (the same sample `rag-train fewshot --seed` trains on)")
+    add("--seed", type=int, default=d.seed, help="seed of the --icl shots (the sample `rag-train fewshot --seed` trains on when K is its --shots)")
     add("--limit", type=int, default=None, help="evaluate a fixed seeded sample of N examples of the split")
     add("--retrieval", action=argparse.BooleanOptionalAction, default=None,
         help="QA: retrieved passages in the prompt (default: the adapter's setting, else the task's)")

@@ -12,8 +12,8 @@ by perplexity distillation, as Atlas does: over each question's retrieved passag
 distribution softmax(s_k / tau) learns the reader's softmax(log p(answer | question, d_k) / T).
 
 The output folder is a peft adapter (or, for `full`, a whole model) plus `fewshot.json`: the task,
-method, shots, seed, settings, training time and size, so `rag-eval fewshot --adapter DIR` and the
-server know what it is.
+method, shots, seed, settings, training time and size, so `rag-eval fewshot --adapter DIR` knows what
+it is.
 """
 from __future__ import annotations
 
@@ -241,7 +241,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.fewshot_training", add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Finetune the decoder reader on N examples of a task (LoRA, (IA)3, prompt tuning "
-                                                 "or full) and save a small adapter that --adapter and /ask load. Learning rate "
+                                                 "or full) and save a small adapter that --adapter and /ask load (full: a whole model, loaded with "
+                                                 "--reader). Learning rate "
                                                  f"by method unless --lr: {DEFAULT_LR}.")
     add = parser.add_argument
     add("--task", required=True, help="a built-in task (superglue-boolq/-rte/-cb/-copa/-wic, sst2, trec, nq-open) or a task folder")

@@ -713,7 +713,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The arguments of `python -m trainer.joint_training` (and of `rag-train joint`, which takes them as a parent)."""
     d = JointTrainingConfig(index=Path(), train=[], out=Path())
     parser = argparse.ArgumentParser(prog="python -m trainer.joint_training", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     add_help=add_help, description="Joint retriever-reader training (EMDR^2, PDist, LOOP, RAG).")
+                                     add_help=add_help, description="Joint retriever-reader training (EMDR^2, PDist, LOOP, ADist, RAG).")
     add = parser.add_argument
     add("--index", type=Path, help="index to train with (only read); its encoder is where the retriever starts")
     add("--train", help="QA training files, comma-separated (never an evaluation-only file)")
