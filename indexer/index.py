@@ -45,6 +45,7 @@ STORE_FILE = "passages.sqlite"
 DENSE_FILE = "dense.faiss"
 SPARSE_DIR = "sparse"
 LOCK_FILE = "write.lock"
+WRITE_WAIT_SECONDS = 600.0  # how long a writer waits for another process's write before it gives up
 MODES = ("dense", "sparse", "hybrid")
 # The FAISS file is rewritten once this share of its rows changed since it was last written;
 # smaller changes are replayed from the store on open, so a one-document upsert stays cheap.
@@ -268,8 +269,9 @@ class Index:
 
     # -- writing -------------------------------------------------------------------------------
     @contextmanager
-    def _write_lock(self, timeout: float = 600.0) -> Iterator[None]:
-        """One writer at a time, across threads and processes."""
+    def _write_lock(self) -> Iterator[None]:
+        """One writer at a time, across threads and processes; IndexFolderError after WRITE_WAIT_SECONDS of waiting."""
+        timeout = WRITE_WAIT_SECONDS
         with self._thread_lock:
             deadline = time.monotonic() + timeout
             said = False

@@ -54,9 +54,14 @@ def test_short_document_is_one_passage_with_normalised_whitespace() -> None:
     assert word_counts(chunk_words(make_doc(100), words=100)) == [100]
 
 
-def test_chunking_is_stable() -> None:
-    doc = make_doc(333)
-    assert chunk_words(doc, words=50, overlap=10) == chunk_words(doc, words=50, overlap=10)
+def test_an_edit_at_the_end_leaves_the_earlier_passages_as_they_were() -> None:
+    """What lets an upsert re-encode only what changed: windows start at fixed word offsets, so words appended to a
+    document change its last passages only."""
+    before = chunk_words(make_doc(333), words=50, overlap=10)
+    assert [p.text.split()[0] for p in before] == [f"w{start}" for start in range(0, 290, 40)]
+    assert word_counts(before) == [50] * 7 + [53]  # a ninth window would add 3 new words (< 50 // 4): merged
+    after = chunk_words(make_doc(400), words=50, overlap=10)
+    assert after[:7] == before[:7] and after[7] != before[7]
 
 
 @pytest.mark.parametrize("words, overlap", [(0, 0), (-1, 0), (10, 10), (10, -1)])

@@ -388,6 +388,20 @@ def test_edit_commands_add_list_revoke_and_warn_of_an_unnamed_subject(built: Pat
     assert code == 2 and stdout == "" and "needs its question" in err
     code, stdout, err = run(capsys, "edit", "revoke", "--index", built, "e1")
     assert code == 2 and "already revoked" in err
+    # --supersedes replaces a named edit whatever it asks; history shows the chain, oldest first, from any link.
+    code, stdout, _ = run(capsys, "edit", "add", "--index", built, "--fact", "The Louvre is in Nice.", "--subject", "Louvre",
+                          "--supersedes", "e2")
+    assert code == 0 and json.loads(stdout)["supersedes"] == "e2"
+    code, stdout, _ = run(capsys, "edit", "list", "--index", built)
+    assert [e["id"] for e in json_lines(stdout)] == ["e3"]
+    code, stdout, _ = run(capsys, "edit", "history", "--index", built, "e2")
+    assert code == 0 and [(e["id"], e["superseded_by"]) for e in json_lines(stdout)] == [("e2", "e3"), ("e3", None)]
+    code, stdout, err = run(capsys, "edit", "history", "--index", built, "e9")
+    assert code == 2 and stdout == "" and "no edit 'e9'" in err
+    code, stdout, err = run(capsys, "edit", "add", "--index", built, "--fact", "X is in Y.", "--supersedes", "e2")
+    assert code == 2 and stdout == "" and "edit e2 is no longer active (superseded by e3)" in err  # nothing added
+    code, stdout, _ = run(capsys, "edit", "list", "--index", built, "--all")
+    assert [e["id"] for e in json_lines(stdout)] == ["e1", "e2", "e3"]
 
 
 def test_kill_during_a_build_leaves_no_staging_folder(tmp_path: Path, tiny_encoder_path: str) -> None:

@@ -1,7 +1,6 @@
 """The edit memory: an append-only log of edits with revocation, replacement, search, durability and crash safety."""
 from __future__ import annotations
 
-import hashlib
 import signal
 import sqlite3
 import subprocess
@@ -21,43 +20,33 @@ from indexer.index import Index, build_index
 from indexer.manifest import IndexFolderError
 from rag.pipeline import check_request
 
-DIM = 16
-
-
-def fake_encode(texts: list[str]) -> np.ndarray:
-    """A deterministic unit vector per text: equal texts search each other at cosine 1."""
-    rows = []
-    for text in texts:
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-        v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
-        rows.append(v / np.linalg.norm(v))
-    return np.stack(rows)
+DIM = 32  # the tiny encoder's (tests/conftest.py)
 
 
 @pytest.fixture()
-def memory(tmp_path: Path) -> EditMemory:
-    return EditMemory(tmp_path / "memory", fake_encode, DIM)
+def memory(tmp_path: Path, tiny_encoder: TextEncoder) -> EditMemory:
+    return EditMemory(tmp_path / "memory", tiny_encoder, DIM)
 
 
-def test_add_is_searchable_at_once_and_persists(memory: EditMemory, tmp_path: Path) -> None:
+def test_add_is_searchable_at_once_and_persists(memory: EditMemory, tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     edit = memory.add("The Eiffel Tower is in Rome.", question="Where is the Eiffel Tower?", answer="Rome", subject="Eiffel Tower")
     assert edit.id == "e1" and edit.active and edit.created_at.endswith("+00:00")
     other = memory.add("Water boils at 90 degrees.")
-    [[(found, score)]] = memory.search(fake_encode(["Where is the Eiffel Tower?"]), k=1)
+    [[(found, score)]] = memory.search(tiny_encoder(["Where is the Eiffel Tower?"]), k=1)
     assert found == edit and score == pytest.approx(1.0)
-    assert [e.id for e, _ in memory.search(fake_encode(["Water boils at 90 degrees."]), k=2)[0]][0] == other.id
+    assert [e.id for e, _ in memory.search(tiny_encoder(["Water boils at 90 degrees."]), k=2)[0]][0] == other.id
     memory.close()
-    again = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    again = EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True)
     assert again.list() == [edit, other] and len(again) == 2 and again.get("e1") == edit
 
 
-def test_revoke_and_supersede_keep_the_history(memory: EditMemory) -> None:
+def test_revoke_and_supersede_keep_the_history(memory: EditMemory, tiny_encoder: TextEncoder) -> None:
     first = memory.add("Rome is the capital of Italy.", question="What is the capital of Italy?", answer="Rome")
     # Same question up to case and punctuation: the new edit replaces the old one by itself.
     second = memory.add("Milan is the capital of Italy.", question="what is the capital of italy", answer="Milan")
     assert second.supersedes == first.id and memory.get(first.id).superseded_by == second.id
     assert [e.id for e in memory.list()] == [second.id]
-    hits = memory.search(fake_encode(["What is the capital of Italy?"]), k=5)[0]
+    hits = memory.search(tiny_encoder(["What is the capital of Italy?"]), k=5)[0]
     assert [e.id for e, _ in hits] == [second.id]  # the replaced edit is no longer searched
     # Revoking the replacement brings the replaced edit back.
     revoked = memory.revoke(second.id)
@@ -69,11 +58,11 @@ def test_revoke_and_supersede_keep_the_history(memory: EditMemory) -> None:
     assert [e.id for e in memory.list()] == [third.id]
     memory.revoke(third.id)
     memory.revoke(first.id)
-    assert memory.list() == [] and len(memory) == 0 and memory.search(fake_encode(["x"]), k=3) == [[]]
+    assert memory.list() == [] and len(memory) == 0 and memory.search(tiny_encoder(["x"]), k=3) == [[]]
 
 
 def test_revoking_an_edit_already_replaced_by_question_keeps_what_it_had_replaced_replaced(memory: EditMemory,
-                                                                                            tmp_path: Path) -> None:
+                                                                                            tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     """e3 names e0 to supersede and asks e2's question, so it replaces both; e2 had replaced e1. Revoking e2 later must
     not bring e1 back beside e3: e3 took e2's place in e1's chain, as if it had named e2."""
     e1 = memory.add("Rome is the capital of Italy.")
@@ -84,11 +73,11 @@ def test_revoking_an_edit_already_replaced_by_question_keeps_what_it_had_replace
     memory.revoke(e2.id)
     assert [e.id for e in memory.list()] == [e3.id]
     memory.close()  # and read afresh from the log, as another process reads it
-    again = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    again = EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True)
     assert [e.id for e in again.list()] == [e3.id] and again.get(e1.id).superseded_by == e3.id
 
 
-def test_an_edit_made_after_a_revoke_does_not_replace_what_the_revoked_one_had(memory: EditMemory, tmp_path: Path) -> None:
+def test_an_edit_made_after_a_revoke_does_not_replace_what_the_revoked_one_had(memory: EditMemory, tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     """e2 superseded e1 and was revoked, bringing e1 back; e3, made later with e2's question, replaces nothing (no active
     edit asks it), so e1 stays active beside it, in this memory and in the log read afresh."""
     e1 = memory.add("Rome is the capital of Italy.")
@@ -97,16 +86,16 @@ def test_an_edit_made_after_a_revoke_does_not_replace_what_the_revoked_one_had(m
     e3 = memory.add("Turin is the capital of Italy.", question="What is the capital of Italy?", answer="Turin")
     assert e3.supersedes is None and [e.id for e in memory.list()] == [e1.id, e3.id]
     memory.close()
-    again = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    again = EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True)
     assert [e.id for e in again.list()] == [e1.id, e3.id]
 
 
-def test_which_edits_came_before_a_revoke_does_not_hang_on_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_which_edits_came_before_a_revoke_does_not_hang_on_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_encoder: TextEncoder) -> None:
     """A clock that stands still (or steps back) cannot order a revoke among the edits: the log keeps the order itself.
     e3 replaced e2 by its question before e2's revoke, so e1 (which e2 had superseded) stays replaced; e4, made after
     e5's revoke, replaced nothing, so e5's own predecessor comes back."""
     monkeypatch.setattr(time, "time", lambda: 1000.0)
-    memory = EditMemory(tmp_path / "memory", fake_encode, DIM)
+    memory = EditMemory(tmp_path / "memory", tiny_encoder, DIM)
     e1 = memory.add("Rome is the capital of Italy.")
     e2 = memory.add("Milan is the capital of Italy.", question="What is the capital of Italy?", supersedes=e1.id)
     e0 = memory.add("Paris is the capital of France.", question="What is the capital of France?")
@@ -119,22 +108,22 @@ def test_which_edits_came_before_a_revoke_does_not_hang_on_the_clock(tmp_path: P
     expected = [e3.id, f1.id, f3.id]
     assert [e.id for e in memory.list()] == expected
     memory.close()
-    assert [e.id for e in EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True).list()] == expected
+    assert [e.id for e in EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True).list()] == expected
 
 
 @pytest.mark.parametrize("revoked", ["before e3", "after e3"])
-def test_a_log_from_before_revokes_kept_their_place_is_read_by_their_times_and_upgraded(tmp_path: Path, revoked: str) -> None:
+def test_a_log_from_before_revokes_kept_their_place_is_read_by_their_times_and_upgraded(tmp_path: Path, revoked: str, tiny_encoder: TextEncoder) -> None:
     """Logs written before `last_edit` was kept: their revokes are ordered by the clock. e2 superseded e1; e3 names e0
     and asks e2's question, so the log links it to e0 alone. Revoked after e3 was made, e2 passes e3 on to e1;
     revoked before, e3 replaced nothing of e2's and e1 is back. A read-only opener reads such a log as it is; a writer
     adds the column, and later revokes record it."""
-    memory = EditMemory(tmp_path / "memory", fake_encode, DIM)
+    memory = EditMemory(tmp_path / "memory", tiny_encoder, DIM)
     e1 = memory.add("Rome is the capital of Italy.")
     e2 = memory.add("Milan is the capital of Italy.", question="What is the capital of Italy?", supersedes=e1.id)
     e0 = memory.add("Paris is the capital of France.", question="What is the capital of France?")
     e3 = memory.add("Turin is the capital of Italy.", question="What is the capital of Italy?", supersedes=e0.id)
     memory.close()
-    made = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    made = EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True)
     when = made.get(e3.id).created_at
     made.close()
     at = datetime.fromisoformat(when).timestamp() + (1.0 if revoked == "after e3" else -1.0)
@@ -143,8 +132,8 @@ def test_a_log_from_before_revokes_kept_their_place_is_read_by_their_times_and_u
                      f"revoked_at REAL NOT NULL); INSERT INTO revocations VALUES ({int(e2.id[1:])}, {at});")
     db.close()
     expected = [e3.id] if revoked == "after e3" else [e1.id, e3.id]
-    assert [e.id for e in EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True).list()] == expected
-    writer = EditMemory(tmp_path / "memory", fake_encode, DIM)
+    assert [e.id for e in EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True).list()] == expected
+    writer = EditMemory(tmp_path / "memory", tiny_encoder, DIM)
     assert [e.id for e in writer.list()] == expected
     writer.revoke(e3.id)
     columns = [row[1] for row in sqlite3.connect(tmp_path / "memory" / EDITS_FILE).execute("PRAGMA table_info(revocations)")]
@@ -167,7 +156,7 @@ def test_a_revoke_whose_reread_fails_is_read_again_by_the_next_call(memory: Edit
     assert not memory.get(edit.id).active and memory.list() == []
 
 
-def test_bad_edits_are_refused_and_change_nothing(memory: EditMemory, tmp_path: Path) -> None:
+def test_bad_edits_are_refused_and_change_nothing(memory: EditMemory, tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     memory.add("A fact.", question="Q?")
     for kwargs, message in [
         (dict(fact="  "), "fact must be a non-empty string"),
@@ -189,7 +178,7 @@ def test_bad_edits_are_refused_and_change_nothing(memory: EditMemory, tmp_path: 
         memory.get("e2")
     assert len(memory.list(include_inactive=True)) == 1
     with pytest.raises(PermissionError):
-        EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True).add("z")
+        EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True).add("z")
 
 
 def test_an_error_after_sqlite_ended_the_transaction_itself_is_the_one_reported(
@@ -208,59 +197,59 @@ def test_an_error_after_sqlite_ended_the_transaction_itself_is_the_one_reported(
     assert memory.list() == [] and memory.add("The Eiffel Tower is in Rome.").id == "e1"
 
 
-def test_a_reader_sees_another_writers_edits(tmp_path: Path) -> None:
-    writer = EditMemory(tmp_path / "memory", fake_encode, DIM)
-    reader = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+def test_a_reader_sees_another_writers_edits(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    writer = EditMemory(tmp_path / "memory", tiny_encoder, DIM)
+    reader = EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True)
     assert len(reader) == 0
     writer.add("New fact.", question="New question?")
     assert [e.fact for e in reader.list()] == ["New fact."]
     writer.revoke("e1")
     assert reader.list() == [] and reader.get("e1").revoked_at is not None
     # A second writer (another process, say) interleaves with the first: each sees the other's edits.
-    other = EditMemory(tmp_path / "memory", fake_encode, DIM)
+    other = EditMemory(tmp_path / "memory", tiny_encoder, DIM)
     other.add("Other fact.", question="Same question?")
     replacement = writer.add("Writer fact.", question="same question")
     assert replacement.supersedes == "e2" and [e.id for e in other.list()] == ["e3"]
 
 
-def test_a_missing_memory_is_empty_for_a_reader(tmp_path: Path) -> None:
-    reader = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+def test_a_missing_memory_is_empty_for_a_reader(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
+    reader = EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True)
     assert len(reader) == 0 and reader.list() == [] and not (tmp_path / "memory").exists()
-    EditMemory(tmp_path / "memory", fake_encode, DIM).add("Later fact.")
+    EditMemory(tmp_path / "memory", tiny_encoder, DIM).add("Later fact.")
     assert len(reader) == 1  # the file that appeared later is found
 
 
-def test_a_damaged_log_is_refused_by_name_for_readers_and_writers(tmp_path: Path) -> None:
+def test_a_damaged_log_is_refused_by_name_for_readers_and_writers(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     (tmp_path / "memory").mkdir()
     (tmp_path / "memory" / EDITS_FILE).write_bytes(b"garbage, not SQLite" * 100)
     for readonly in (True, False):
         with pytest.raises(IndexFolderError, match=f"{EDITS_FILE}: not a readable edit log .*move it aside"):
-            EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=readonly)
+            EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=readonly)
     assert (tmp_path / "memory" / EDITS_FILE).read_bytes() == b"garbage, not SQLite" * 100  # left as it was
     (tmp_path / "memory" / EDITS_FILE).unlink()
     with sqlite3.connect(tmp_path / "memory" / EDITS_FILE) as other:  # another program's database
         other.execute("CREATE TABLE notes (body TEXT)")
     for readonly in (True, False):
         with pytest.raises(IndexFolderError, match="it holds the tables notes, none of them edits"):
-            EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=readonly)
+            EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=readonly)
     with sqlite3.connect(tmp_path / "memory" / EDITS_FILE) as other:
         assert [name for (name,) in other.execute("SELECT name FROM sqlite_master")] == ["notes"]  # no tables added
 
 
-def test_a_log_of_other_sized_vectors_is_refused_by_name(tmp_path: Path) -> None:
+def test_a_log_of_other_sized_vectors_is_refused_by_name(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     """Opened for the wrong encoder's dimension, the memory used to fail its first search on a FAISS assertion."""
-    EditMemory(tmp_path / "memory", fake_encode, DIM).add("The Eiffel Tower is in Rome.")
+    EditMemory(tmp_path / "memory", tiny_encoder, DIM).add("The Eiffel Tower is in Rome.")
     with pytest.raises(IndexFolderError, match=f"holds {DIM}-d edit vectors, and this memory was opened for 8-d ones"):
-        EditMemory(tmp_path / "memory", fake_encode, 8, readonly=True).search(np.zeros((1, 8), np.float32), 1)
+        EditMemory(tmp_path / "memory", tiny_encoder, 8, readonly=True).search(np.zeros((1, 8), np.float32), 1)
 
 
-def test_a_log_with_no_tables_yet_is_empty_for_a_reader(tmp_path: Path) -> None:
+def test_a_log_with_no_tables_yet_is_empty_for_a_reader(tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     """A writer creates the file, then its tables: a reader in between sees no edits, not an error."""
     (tmp_path / "memory").mkdir()
     (tmp_path / "memory" / EDITS_FILE).touch()
-    reader = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)
+    reader = EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True)
     assert len(reader) == 0 and reader.list() == []
-    EditMemory(tmp_path / "memory", fake_encode, DIM).add("Later fact.")
+    EditMemory(tmp_path / "memory", tiny_encoder, DIM).add("Later fact.")
     assert len(reader) == 1
 
 
@@ -275,11 +264,9 @@ def test_index_holds_its_memory(tmp_path: Path, tiny_encoder: TextEncoder) -> No
 
 
 WRITER = """
-import sys, hashlib, numpy as np
-sys.path.insert(0, {tests!r})
-from test_edit_memory import fake_encode, DIM
 from indexer.edit_memory import EditMemory
-memory = EditMemory({folder!r}, fake_encode, DIM)
+from indexer.encoder import TextEncoder
+memory = EditMemory({folder!r}, TextEncoder({encoder!r}, device="cpu"), {dim})
 n = 0
 while True:
     n += 1
@@ -291,9 +278,9 @@ while True:
 """
 
 
-def test_killed_writer_loses_no_acknowledged_edit(tmp_path: Path) -> None:
+def test_killed_writer_loses_no_acknowledged_edit(tmp_path: Path, tiny_encoder: TextEncoder, tiny_encoder_path: str) -> None:
     folder = tmp_path / "memory"
-    code = WRITER.format(tests=str(Path(__file__).parent), folder=str(folder))
+    code = WRITER.format(folder=str(folder), encoder=tiny_encoder_path, dim=DIM)
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True)
     acked, revoked = [], []
@@ -307,14 +294,14 @@ def test_killed_writer_loses_no_acknowledged_edit(tmp_path: Path) -> None:
     db = sqlite3.connect(folder / EDITS_FILE)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
-    memory = EditMemory(folder, fake_encode, DIM)
+    memory = EditMemory(folder, tiny_encoder, DIM)
     every = {e.id: e for e in memory.list(include_inactive=True)}
     assert set(acked) <= set(every) and all(every[i].revoked_at for i in revoked)
     # The memory goes on from where the writer stopped.
     assert memory.add("after the crash").id == f"e{len(every) + 1}"
 
 
-def test_one_question_has_one_active_edit_the_newest(memory: EditMemory, tmp_path: Path) -> None:
+def test_one_question_has_one_active_edit_the_newest(memory: EditMemory, tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     q = "Where is the Eiffel Tower?"
     # A revoked replacement about another question brings back an edit whose question a newer edit has since asked.
     rome = memory.add("The Eiffel Tower is in Rome.", question=q, answer="Rome")
@@ -323,15 +310,15 @@ def test_one_question_has_one_active_edit_the_newest(memory: EditMemory, tmp_pat
     assert berlin.supersedes is None  # rome was not active: nothing to replace then
     memory.revoke(tall.id)
     assert [e.id for e in memory.list()] == [berlin.id] and memory.get(rome.id).superseded_by == berlin.id
-    assert [e.id for e, _ in memory.search(fake_encode([q]), k=5)[0]] == [berlin.id]
+    assert [e.id for e, _ in memory.search(tiny_encoder([q]), k=5)[0]] == [berlin.id]
     assert [e.id for e in memory.history(berlin.id)] == [rome.id, tall.id, berlin.id]  # why rome is not active
     # An edit that supersedes one about another question also replaces the active edit of its own question.
     colosseum = memory.add("The Colosseum is in Paris.", question="Where is the Colosseum?")
     madrid = memory.add("The Eiffel Tower is in Madrid.", question=q, answer="Madrid", supersedes=colosseum.id)
     assert madrid.supersedes == colosseum.id and [e.id for e in memory.list()] == [madrid.id]
     assert memory.get(berlin.id).superseded_by == madrid.id and memory.get(colosseum.id).superseded_by == madrid.id
-    assert [e.id for e, _ in memory.search(fake_encode([q]), k=5)[0]] == [madrid.id]
-    reader = EditMemory(tmp_path / "memory", fake_encode, DIM, readonly=True)  # the log read afresh agrees
+    assert [e.id for e, _ in memory.search(tiny_encoder([q]), k=5)[0]] == [madrid.id]
+    reader = EditMemory(tmp_path / "memory", tiny_encoder, DIM, readonly=True)  # the log read afresh agrees
     assert reader.list(include_inactive=True) == memory.list(include_inactive=True)
     # Revoking it brings back both edits it replaced.
     memory.revoke(madrid.id)
@@ -340,7 +327,7 @@ def test_one_question_has_one_active_edit_the_newest(memory: EditMemory, tmp_pat
     assert {rome.id, berlin.id, madrid.id} <= {e.id for e in memory.history(berlin.id)}
 
 
-def test_question_keys_ignore_unicode_form(memory: EditMemory, tmp_path: Path) -> None:
+def test_question_keys_ignore_unicode_form(memory: EditMemory, tmp_path: Path, tiny_encoder: TextEncoder) -> None:
     composed = "Where is Café Procope?"
     decomposed = unicodedata.normalize("NFD", composed)
     lyon = memory.add("Café Procope is in Lyon.", question=composed, answer="Lyon")
@@ -351,7 +338,7 @@ def test_question_keys_ignore_unicode_form(memory: EditMemory, tmp_path: Path) -
     assert porto.supersedes == madrid.id and [e.id for e in memory.list()] == [nice.id, porto.id]
     # A log written before keys were normalised may hold two unlinked active edits for one question: the newest wins.
     db = sqlite3.connect(tmp_path / "memory" / EDITS_FILE)
-    vector = fake_encode(["x"])[0].tobytes()
+    vector = tiny_encoder(["x"])[0].tobytes()
     with db:
         db.execute("INSERT INTO edits(fact, question, created_at, vector) VALUES ('Older.', 'Q\u00e9?', 1, ?)", (vector,))
         db.execute("INSERT INTO edits(fact, question, created_at, vector) VALUES ('Newer.', 'Qe\u0301', 2, ?)", (vector,))

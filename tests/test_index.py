@@ -720,6 +720,22 @@ def test_a_second_writer_says_it_waits(built: Path, tiny_encoder: TextEncoder, c
     assert f"waiting for another process writing to {built}" in capsys.readouterr().err
 
 
+def test_a_writer_gives_up_after_its_wait_and_changes_nothing(built: Path, tiny_encoder: TextEncoder,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "WRITE_WAIT_SECONDS", 0.3)  # ten minutes in use
+    with open(built / index_module.LOCK_FILE, "a") as other, Index.open(built, tiny_encoder) as index:
+        before = index.stats()
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(IndexFolderError, match="another process is writing to this index; try again later"):
+            index.upsert([Document("late", "L", "okapi")])
+        with pytest.raises(IndexFolderError, match="another process is writing"):
+            index.delete(["doc-1"])
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert index.stats() == before
+        index.upsert([Document("late", "L", "okapi")])  # the lock freed, the same write goes through
+        assert index.stats()["documents"] == before["documents"] + 1
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 

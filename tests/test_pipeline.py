@@ -18,9 +18,11 @@ from conftest import make_documents
 from indexer.index import Index, build_index
 from indexer.encoder import TextEncoder
 from rag.command_line import run_command
+from rag.fid_reader import FiDReader
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
 from rag.retriever import DualEncoder
+from rag.span_reader import SpanReader
 from serve.app import ServeSettings, create_app
 from serve.cli import main as serve_main
 from trainer.cli import main as eval_main
@@ -289,6 +291,19 @@ def test_rag_eval_bad_input(argv: list[str], message: str, qa_file: Path, tiny_r
     argv = [str(qa_file) if a == "QA" else a for a in argv]
     assert eval_main(["qa", "--reader", tiny_reader_path, *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_without_k_each_reader_reads_its_own_number_of_passages(index_dir: Path, tiny_reader_path: str, tiny_fid_reader_path: str,
+                                                                 tiny_encoder_path: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The span reader reads the k its training chose (kept in its folder), a causal LM 5 passages, a FiD reader 10;
+    `rag-serve ask` without --k and the Python API alike."""
+    index = Index.open(index_dir, readonly=True)
+    assert len(Pipeline(index, DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=2)).ask("what is topic2?").passages) == 5
+    assert len(Pipeline(index, FiDReader(tiny_fid_reader_path, device="cpu")).ask("what is topic2?").passages) == 10
+    SpanReader.from_encoder(tiny_encoder_path, device="cpu", max_length=64, k=7).save_pretrained(tmp_path / "span")
+    assert len(Pipeline(index, SpanReader.from_pretrained(tmp_path / "span", device="cpu")).ask("what is topic2?").passages) == 7
+    assert serve_main(["ask", "--index", str(index_dir), "--reader", str(tmp_path / "span"), "--device", "cpu", "--json", "what is topic2?"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["passages"]) == 7
 
 
 def test_rag_serve_ask(index_dir: Path, tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.encoder import TextEncoder
 from indexer.names import unnamed_subject
 from rag.editing import names_subject
 from rag.two_hop import SHIPPED, TwoHopDetector, load_two_hop, resolve_first_hop, split_first_hop
@@ -45,10 +46,17 @@ def test_detector_file_round_trips_and_bad_files_are_clear_errors(tmp_path: Path
     assert load_two_hop("enc", tmp_path / "missing.json") is None
 
 
-def test_shipped_detector_reads_the_default_encoder() -> None:
+def test_shipped_detector_tells_two_hop_questions_from_one_hop_ones() -> None:
+    """The shipped detector over the default encoder, on a few hand-written questions."""
     detector = TwoHopDetector.load(SHIPPED)
     assert detector.encoder == "all-MiniLM-L6-v2" and detector.dim == 384
-    assert detector.training["val"]["balanced_accuracy"] >= 0.95
+    two_hop = ["What is the capital of the country Danielle Darrieux is a citizen of?",
+               "Which language is spoken in the city where Ada Lovelace died?",
+               "What is the official language of the country where the Eiffel Tower is located?"]
+    one_hop = ["What is the capital of France?", "Where did Ada Lovelace die?", "Who wrote Hamlet?",
+               "What is the mother tongue of Danielle Darrieux?"]
+    found = detector.is_two_hop(TextEncoder(detector.encoder, device="cpu")(two_hop + one_hop))
+    assert found.tolist() == [True] * 3 + [False] * 4
 
 
 def test_training_questions_compose_a_second_hop_over_place_relations_only() -> None:
