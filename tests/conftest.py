@@ -8,8 +8,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import gzip
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
 import torch
@@ -118,3 +123,55 @@ def tiny_fid_reader_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     T5ForConditionalGeneration(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+class ServerProcess:
+    """`rag-serve run` in a child process on a free loopback port, with `options` and `env` added to its own."""
+
+    START_TIMEOUT = 120.0
+
+    def __init__(self, index: Path, reader: str, *options: str, env: dict[str, str] | None = None) -> None:
+        command = [sys.executable, "-c", "from serve.cli import main; raise SystemExit(main())", "run",
+                   "--index", str(index), "--reader", reader, "--device", "cpu", "--port", "0", "--log-level", "warning", *options]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+        self.lines: list[str] = []
+        self._url = ""
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip())
+            if " open http://" in line:
+                self._url = line.split(" open ", 1)[1].split()[0]
+
+    @property
+    def url(self) -> str:
+        """Its URL, once it serves (waits for it: a start takes seconds of imports)."""
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while not self._url:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                pytest.fail(f"the server did not start: {self.lines[-10:]}")
+            time.sleep(0.05)
+        return self._url
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send `sig` and wait for the exit status."""
+        self.process.send_signal(sig)
+        return self.process.wait(60)
+
+
+def hold_answers(pipeline: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make `pipeline.ask_many` wait, once called, until the first event is set (as a long generation would); the
+    second is set when a call has begun. The answers are then the real ones."""
+    release, answering = threading.Event(), threading.Event()
+    answer_many = pipeline.ask_many
+
+    def slow(questions: Sequence[str], **options: Any) -> list[Any]:
+        answering.set()
+        release.wait(30)
+        return answer_many(questions, **options)
+
+    monkeypatch.setattr(pipeline, "ask_many", slow)
+    return release, answering

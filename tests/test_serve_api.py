@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 from urllib.parse import quote
 
 import httpx
@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from conftest import make_documents
+from conftest import hold_answers, make_documents
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
 from rag.editing import SimilarityScope
@@ -441,15 +441,7 @@ def test_a_server_with_max_k_refuses_more_passages(pipeline: Pipeline) -> None:
 def test_questions_cut_off_by_shutdown_get_a_503_that_says_so(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     """uvicorn cancels the requests still running when its graceful shutdown times out, before the app's own
     shutdown runs: the client hears why, as JSON, not a bare 500."""
-    release, answering = threading.Event(), threading.Event()
-    answer_many = pipeline.ask_many
-
-    def slow(questions: Sequence[str], **options: Any) -> list[Any]:  # a generation that outlasts the shutdown
-        answering.set()
-        release.wait(30)
-        return answer_many(questions, **options)
-
-    monkeypatch.setattr(pipeline, "ask_many", slow)
+    release, answering = hold_answers(pipeline, monkeypatch)  # a generation that outlasts the shutdown
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(pipeline), log_level="critical", timeout_graceful_shutdown=0.5))

@@ -5,53 +5,18 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from conftest import make_documents
+from conftest import ServerProcess, make_documents
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
 
 TOKEN = "fault-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 N_BASE = 10
-START_TIMEOUT = 120.0
-
-
-class Server:
-    """`rag-serve run` in a child process on a free loopback port."""
-
-    def __init__(self, index: Path, reader: str) -> None:
-        command = [sys.executable, "-c", "from serve.cli import main; raise SystemExit(main())", "run",
-                   "--index", str(index), "--reader", reader, "--device", "cpu", "--port", "0", "--token", TOKEN,
-                   "--log-level", "warning"]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        self.lines: list[str] = []
-        self.url = ""
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.url:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.process.kill()
-                pytest.fail(f"the server did not start: {self.lines[-10:]}")
-            time.sleep(0.05)
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip())
-            if " open http://" in line:
-                self.url = line.split(" open ", 1)[1].split()[0]
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.process.send_signal(sig)
-        return self.process.wait(60)
 
 
 def step_documents(step: int) -> list[dict[str, str]]:
@@ -66,7 +31,7 @@ def test_kill_9_during_upserts_loses_nothing_acknowledged(tmp_path: Path, tiny_e
                                                           tiny_reader_path: str) -> None:
     path = tmp_path / "idx"
     build_index(path, make_documents(N_BASE), tiny_encoder)
-    server = Server(path, tiny_reader_path)
+    server = ServerProcess(path, tiny_reader_path, "--token", TOKEN)
     acked: list[int] = []
     kill_after = random.Random(0).randint(6, 12)
     with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -84,7 +49,7 @@ def test_kill_9_during_upserts_loses_nothing_acknowledged(tmp_path: Path, tiny_e
             step += 1
     assert server.process.wait(30) == -signal.SIGKILL
 
-    server = Server(path, tiny_reader_path)
+    server = ServerProcess(path, tiny_reader_path, "--token", TOKEN)
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for n in acked:
             doc = client.get(f"/documents/s{n}")
