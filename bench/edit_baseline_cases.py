@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     out = check_out(args.out or RESULTS_DIR / f"edit_memory_on_{args.baseline.name}")
 
-    ids = [case["id"] for case in json.loads(args.baseline.read_text())["single"]["cases"]]
+    ids = [str(case["id"]) for case in json.loads(args.baseline.read_text())["single"]["cases"]]
     rows = {str(row["id"]): row for row in map(json.loads, args.rows.read_text().splitlines())}
     missing = [i for i in ids if i not in rows]
     if missing:

@@ -100,7 +100,8 @@ def _add_edit_commands(commands: argparse._SubParsersAction) -> None:
                                "in their scope, live as soon as they are added, revocable. Each command prints JSON.")
     verbs = edit.add_subparsers(required=True, metavar="VERB")
     add = verbs.add_parser("add", help="add an edit; prints it, with its id", description=
-                           "Add an edit. It replaces --supersedes, and also the active edit that asks the same question, if any: one question has one active edit. Prints the edit as JSON.")
+                           "Add an edit. It replaces --supersedes, and also the active edit that asks the same question, "
+                           "if any: one question has one active edit. Prints the edit as JSON.")
     add.add_argument("--index", required=True, type=Path)
     add.add_argument("--fact", required=True, help='the fact, a sentence: "The Eiffel Tower is in Rome."')
     add.add_argument("--question", default=None, help="a question the fact answers")

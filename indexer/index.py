@@ -270,7 +270,8 @@ class Index:
     # -- writing -------------------------------------------------------------------------------
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
-        """One writer at a time, across threads and processes; IndexFolderError after WRITE_WAIT_SECONDS of waiting."""
+        """One writer at a time, across threads and processes; IndexFolderError once another process's write has held
+        it for WRITE_WAIT_SECONDS."""
         timeout = WRITE_WAIT_SECONDS
         with self._thread_lock:
             deadline = time.monotonic() + timeout

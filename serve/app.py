@@ -256,8 +256,8 @@ def _edit_routes(index: Index, writes: Writes, guarded: list[Any]) -> APIRouter:
     async def add_edit(body: EditIn) -> EditOut:
         """State a fact: questions about it are answered from it, ahead of the documents, as soon as this returns.
         It replaces `supersedes` (which must be active: else 422), and also the active edit that asks the same
-        question, if any: one question has one active edit. Acknowledged once durable. Answering uses edits only when the server has a scope decider
-        (`scope` in /health)."""
+        question, if any: one question has one active edit. Acknowledged once durable. Answering uses edits only
+        when the server has a scope decider (`scope` in /health)."""
         missing = f"no edit {body.supersedes!r} to supersede: GET /edits lists the active ones"
         return EditOut.of(await writes.run(index.memory.add, body.fact, body.question, body.answer, body.subject,
                                            body.supersedes, missing=missing))

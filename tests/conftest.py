@@ -161,6 +161,19 @@ class ServerProcess:
         self.process.send_signal(sig)
         return self.process.wait(60)
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Stopped whatever happened in the block (a failed assertion too): SIGTERM, then SIGKILL after a minute."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
 
 def hold_answers(pipeline: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
     """Make `pipeline.ask_many` wait, once called, until the first event is set (as a long generation would); the

@@ -726,8 +726,10 @@ def test_a_writer_gives_up_after_its_wait_and_changes_nothing(built: Path, tiny_
     with open(built / index_module.LOCK_FILE, "a") as other, Index.open(built, tiny_encoder) as index:
         before = index.stats()
         fcntl.flock(other, fcntl.LOCK_EX)
+        started = time.monotonic()
         with pytest.raises(IndexFolderError, match="another process is writing to this index; try again later"):
             index.upsert([Document("late", "L", "okapi")])
+        assert 0.3 <= time.monotonic() - started < 5  # the wait set above, not another
         with pytest.raises(IndexFolderError, match="another process is writing"):
             index.delete(["doc-1"])
         fcntl.flock(other, fcntl.LOCK_UN)

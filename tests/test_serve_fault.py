@@ -31,39 +31,39 @@ def test_kill_9_during_upserts_loses_nothing_acknowledged(tmp_path: Path, tiny_e
                                                           tiny_reader_path: str) -> None:
     path = tmp_path / "idx"
     build_index(path, make_documents(N_BASE), tiny_encoder)
-    server = ServerProcess(path, tiny_reader_path, "--token", TOKEN)
-    acked: list[int] = []
-    kill_after = random.Random(0).randint(6, 12)
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        step = 0
-        while True:
-            if len(acked) == kill_after:
-                # Kill at a random moment of the next upsert: the client sends one right away.
-                threading.Timer(random.uniform(0.0, 0.15), os.kill, (server.process.pid, signal.SIGKILL)).start()
-            try:
-                response = client.post("/documents", json={"documents": step_documents(step)}, headers=AUTH)
-            except httpx.TransportError:
-                break  # the server died with this upsert unacknowledged
-            assert response.status_code == 200, response.text
-            acked.append(step)
-            step += 1
-    assert server.process.wait(30) == -signal.SIGKILL
+    with ServerProcess(path, tiny_reader_path, "--token", TOKEN) as server:
+        acked: list[int] = []
+        kill_after = random.Random(0).randint(6, 12)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            step = 0
+            while True:
+                if len(acked) == kill_after:
+                    # Kill at a random moment of the next upsert: the client sends one right away.
+                    threading.Timer(random.uniform(0.0, 0.15), os.kill, (server.process.pid, signal.SIGKILL)).start()
+                try:
+                    response = client.post("/documents", json={"documents": step_documents(step)}, headers=AUTH)
+                except httpx.TransportError:
+                    break  # the server died with this upsert unacknowledged
+                assert response.status_code == 200, response.text
+                acked.append(step)
+                step += 1
+        assert server.process.wait(30) == -signal.SIGKILL
 
-    server = ServerProcess(path, tiny_reader_path, "--token", TOKEN)
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        for n in acked:
-            doc = client.get(f"/documents/s{n}")
-            assert doc.status_code == 200, f"acknowledged s{n} is missing"
-            if n < acked[-1]:
-                assert "second version" in doc.json()["text"], f"the acknowledged rewrite of s{n} is missing"
-        stats = client.get("/stats").json()
-        # The upsert in flight at the kill either committed whole or not at all.
-        assert stats["documents"] in (N_BASE + len(acked), N_BASE + len(acked) + 1)
-        hits = client.post("/ask", json={"question": f"streamword{acked[-1]}", "k": 1, "mode": "sparse"}).json()
-        assert hits["passages"][0]["doc_id"] == f"s{acked[-1]}"
-        # The restarted server takes writes again.
-        assert client.post("/documents", json={"documents": step_documents(step + 1)}, headers=AUTH).status_code == 200
-    assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    with ServerProcess(path, tiny_reader_path, "--token", TOKEN) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for n in acked:
+                doc = client.get(f"/documents/s{n}")
+                assert doc.status_code == 200, f"acknowledged s{n} is missing"
+                if n < acked[-1]:
+                    assert "second version" in doc.json()["text"], f"the acknowledged rewrite of s{n} is missing"
+            stats = client.get("/stats").json()
+            # The upsert in flight at the kill either committed whole or not at all.
+            assert stats["documents"] in (N_BASE + len(acked), N_BASE + len(acked) + 1)
+            hits = client.post("/ask", json={"question": f"streamword{acked[-1]}", "k": 1, "mode": "sparse"}).json()
+            assert hits["passages"][0]["doc_id"] == f"s{acked[-1]}"
+            # The restarted server takes writes again.
+            assert client.post("/documents", json={"documents": step_documents(step + 1)}, headers=AUTH).status_code == 200
+        assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
 
     with Index.open(path, tiny_encoder) as index:
         live = {p.row for p in index.store.iter_passages(index.generation)}

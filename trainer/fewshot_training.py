@@ -241,8 +241,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.fewshot_training", add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Finetune the decoder reader on N examples of a task (LoRA, (IA)3, prompt tuning "
-                                                 "or full) and save a small adapter that --adapter and /ask load (full: a whole model, loaded with "
-                                                 "--reader). Learning rate "
+                                                 "or full) and save a small adapter that --adapter and /ask load (full: a whole model, which "
+                                                 "`rag-eval fewshot --adapter` loads too, and --reader elsewhere). Learning rate "
                                                  f"by method unless --lr: {DEFAULT_LR}.")
     add = parser.add_argument
     add("--task", required=True, help="a built-in task (superglue-boolq/-rte/-cb/-copa/-wic, sst2, trec, nq-open) or a task folder")
