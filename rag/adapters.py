@@ -10,9 +10,13 @@ one thread at a time may choose an adapter and run the model (the server answers
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
+
+# Every PeftModel() reads transformers' deprecated `is_gradient_checkpointing`: peft's to change, noise above our answers.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 QUERY_ENCODER = "query_encoder"  # subfolder of an adapter trained with its query encoder (rag-train fewshot --train-query-encoder)
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # the files peft's save_pretrained writes

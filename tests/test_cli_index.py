@@ -120,6 +120,21 @@ def test_upsert_and_delete(built: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert json.loads(stdout)["documents"] == 9 and json.loads(stdout)["generation"] == 3
 
 
+def test_an_index_built_with_a_relative_encoder_folder_opens_from_anywhere(tmp_path: Path, corpus: Path, tiny_encoder_path: str,
+                                                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`--encoder runs/x/export/encoder`, as the README's tour has it: the index names the folder by its absolute path."""
+    shutil.copytree(tiny_encoder_path, tmp_path / "runs" / "encoder")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "build", "--out", "idx", "--corpus", corpus, "--encoder", "runs/encoder", "--quiet")
+    assert code == 0, err
+    monkeypatch.chdir("/")
+    code, stdout, err = run(capsys, "search", "--index", tmp_path / "idx", "--k", "1", "topic3")
+    assert code == 0, err
+    assert json_lines(stdout)[0]["doc_id"] == "doc-3"
+    code, stdout, _ = run(capsys, "stats", "--index", tmp_path / "idx")
+    assert json.loads(stdout)["encoder"] == str(tmp_path / "runs" / "encoder")
+
+
 def test_device_cpu_builds_on_the_cpu_when_cuda_is_present(tmp_path: Path, corpus: Path, tiny_encoder_path: str,
                                                           capsys: pytest.CaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:

@@ -665,6 +665,7 @@ def test_torchrun_two_cpu_processes_shard_the_index(topic_index: Path, qa_file: 
                            "--dev-size", "4", "--dev-eval", "2", "--device", "cpu", "--threads", "1", "--out", str(run)],
                           env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["export"]["encoder"] == str(run / "export" / "encoder")  # one result, rank 0's
     record = json.loads((run / "training.json").read_text())
     # One re-embedding, after step 3: step 1 is --reader-first's, step 2 warms the retriever up from learning rate 0,
     # and none follows the last.

@@ -62,7 +62,7 @@ def test_blank_answers_are_left_out_of_training(topic_index: Path, tmp_path: Pat
             row["answers"] = ["", row["answers"][0]]
     write()
     train, dev = load_train_dev([path], 100, 4, seed=3)
-    assert "1 training record whose answers are all blank left out" in capsys.readouterr().err
+    assert "left out 1 training record whose answers are all blank (nothing to learn from)" in capsys.readouterr().err
     assert [r.id for r in train] == [r.id for r in before if r.id != blank] and [r.id for r in dev] == [r.id for r in before_dev]
     assert next(r for r in train if r.id == listed_first).answers == [rows[int(listed_first[1:])]["answers"][1]]
     order, held = training_order(Index.open(topic_index, readonly=True), [path], 0.25, seed=3)

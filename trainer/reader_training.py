@@ -88,7 +88,7 @@ def trainable(records: list[QARecord]) -> list[QARecord]:
     of them is blank."""
     kept = with_answers(records)
     if left_out := len(records) - len(kept):
-        print(f"{left_out} training record{'s' * (left_out > 1)} whose answers are all blank left out: nothing to train a reader on",
+        print(f"left out {left_out} training record{'s' * (left_out > 1)} whose answers are all blank (nothing to learn from)",
               file=sys.stderr)
     if records and not kept:  # none at all is the caller's to explain (what held them out)
         raise ValueError("no training record has an answer that is not blank: a reader needs answers to learn from")
