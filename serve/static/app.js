@@ -5,10 +5,14 @@
 
 const $ = (id) => document.getElementById(id);
 
+// Each message gets a number, so that an action clears only its own ("thinking...") and not a later one's error.
+let said = 0;
+
 function say(text, ok) {
   const box = $("message");
   box.textContent = text;
   box.className = ok ? "ok" : "error";
+  return ++said;
 }
 
 async function call(method, path, body, write) {
@@ -16,7 +20,12 @@ async function call(method, path, body, write) {
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const token = $("token").value.trim();
   if (write && token) headers["Authorization"] = "Bearer " + token;
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {  // fetch's own TypeError ("Failed to fetch") says nothing a user can act on
+    throw new Error("cannot reach the server: is it still running?");
+  }
   let data = null;
   try { data = await response.json(); } catch (e) { data = null; }
   if (!response.ok) {
@@ -25,11 +34,35 @@ async function call(method, path, body, write) {
     error.status = response.status;
     throw error;
   }
+  if (data === null) throw new Error(`${response.status}: the reply was not JSON (a proxy's page, not the server's?)`);
   return data;
+}
+
+// The ids a URL path cannot carry: browsers resolve "." and ".." away (the server refuses them too).
+function addressable(id) {
+  if (id !== "." && id !== "..") return true;
+  say(`document id ${JSON.stringify(id)} cannot be used: a document id must not be '.' or '..'`, false);
+  return false;
+}
+
+// Run a write with its button disabled and a message that it runs: a slow save must not look idle, nor a
+// second click write twice.
+async function writing(button, work) {
+  button.disabled = true;
+  say("saving...", true);
+  try {
+    await work();
+    if (!$("answer-box").hidden) $("answer-stale").hidden = false;
+  } catch (e) {
+    say(e.message, false);
+  } finally {
+    button.disabled = false;
+  }
 }
 
 function showAnswer(data) {
   $("answer").textContent = data.answer || "(no answer)";
+  $("answer-stale").hidden = true;
   const edit = $("answer-edit");
   edit.hidden = !data.edit;
   edit.textContent = !data.edit ? "" : data.asked_as
@@ -76,7 +109,7 @@ async function ask(event) {
   event.preventDefault();
   const button = $("ask-button");
   button.disabled = true;
-  say("thinking...", true);
+  const thinking = say("thinking...", true);
   try {
     // An empty box or "server default" leaves k or mode out: the server's --k and --mode answer.
     const body = { question: $("question").value };
@@ -84,7 +117,7 @@ async function ask(event) {
     if ($("mode").value) body.mode = $("mode").value;
     const data = await call("POST", "/ask", body);
     showAnswer(data);
-    say("", true);
+    if (said === thinking) say("", true);  // a write's message, said meanwhile, stays
   } catch (e) {
     $("answer-box").hidden = true;  // an old answer under a new question would mislead
     say(e.message, false);
@@ -99,6 +132,7 @@ let loaded = { id: null, meta: {} };
 async function loadDocument(docId) {
   const id = docId || $("doc-id").value.trim();
   if (!id) { say("type a document id to load", false); return; }
+  if (!addressable(id)) return;
   try {
     const doc = await call("GET", "/documents/" + encodeURIComponent(id));
     $("doc-id").value = doc.id;
@@ -124,26 +158,23 @@ async function saveDocument(event) {
   event.preventDefault();
   const doc = { id: $("doc-id").value.trim(), title: $("doc-title").value, text: $("doc-text").value };
   if (doc.id === loaded.id) Object.assign(doc, loaded.meta, { id: doc.id, title: doc.title, text: doc.text });
-  try {
+  await writing($("doc-save"), async () => {
     const report = await call("POST", "/documents", { documents: [doc] }, true);
     const what = report.documents_added ? "added" : report.documents_updated ? "updated" : "unchanged";
     say(`${doc.id} ${what} (generation ${report.generation})`, true);
     refreshStats();
-  } catch (e) {
-    say(e.message, false);
-  }
+  });
 }
 
 async function deleteDocument() {
   const id = $("doc-id").value.trim();
   if (!id) { say("type the id of the document to delete", false); return; }
-  try {
+  if (!addressable(id)) return;
+  await writing($("doc-delete"), async () => {
     const report = await call("DELETE", "/documents/" + encodeURIComponent(id), undefined, true);
     say(`${id} deleted (generation ${report.generation})`, true);
     refreshStats();
-  } catch (e) {
-    say(e.message, false);
-  }
+  });
 }
 
 function element(tag, className, text) {
@@ -170,7 +201,7 @@ function editItem(edit) {
   if (edit.active) {
     const revoke = element("button", "small danger", "revoke");
     revoke.type = "button";
-    revoke.addEventListener("click", () => revokeEdit(edit.id));
+    revoke.addEventListener("click", () => revokeEdit(edit.id, revoke));
     item.append(revoke);
   }
   item.append(element("span", "edit-meta", details.join(" · ")));
@@ -195,27 +226,26 @@ async function addEdit(event) {
     const value = $("edit-" + name).value.trim();
     if (value) body[name] = value;  // an empty field means "not stated"
   }
-  try {
+  await writing($("edit-save"), async () => {
     const edit = await call("POST", "/edits", body, true);
     say(`edit ${edit.id} added` + (edit.supersedes ? ` (replaces ${edit.supersedes})` : "") +
         (edit.warning ? `; warning: ${edit.warning}` : ""), !edit.warning);
     for (const name of ["fact", "question", "answer", "subject"]) $("edit-" + name).value = "";
     refreshEdits();
     refreshStats();
-  } catch (e) {
-    say(e.message, false);
-  }
+  });
 }
 
-async function revokeEdit(id) {
-  try {
-    const edit = await call("DELETE", "/edits/" + encodeURIComponent(id), undefined, true);
-    say(`edit ${edit.id} revoked`, true);
-    refreshEdits();
-    refreshStats();
-  } catch (e) {
-    say(e.message, false);
-  }
+async function revokeEdit(id, button) {
+  await writing(button, async () => {
+    try {
+      const edit = await call("DELETE", "/edits/" + encodeURIComponent(id), undefined, true);
+      say(`edit ${edit.id} revoked` + (edit.supersedes ? `: the edit it had replaced, ${edit.supersedes}, may answer again` : ""), true);
+      refreshStats();
+    } finally {
+      refreshEdits();  // also when the revoke failed: another client may have revoked or replaced it
+    }
+  });
 }
 
 async function showDefaults() {
@@ -255,6 +285,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("ask-form").addEventListener("submit", ask);
   $("doc-form").addEventListener("submit", saveDocument);
   $("doc-load").addEventListener("click", () => loadDocument());
+  // Enter in the id box loads that document; the form's default (save) would overwrite it with what the form holds.
+  $("doc-id").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") { event.preventDefault(); loadDocument(); }
+  });
   $("doc-delete").addEventListener("click", deleteDocument);
   $("stats-refresh").addEventListener("click", refreshStats);
   $("edit-form").addEventListener("submit", addEdit);
