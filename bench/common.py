@@ -116,10 +116,15 @@ def results_out(parser: argparse.ArgumentParser, args: argparse.Namespace, defau
     return check_out(out)
 
 
+def bench_command() -> str:
+    """This bench's command line as it can be pasted back (the scripts are run with python, not executable)."""
+    return "python " + shlex.join(sys.argv)
+
+
 def write_result(path: Path, results: dict[str, Any], info: dict[str, Any]) -> None:
     """Write one JSON result file with the command line, machine info and a timestamp."""
     payload = {
-        "command": shlex.join(sys.argv),
+        "command": bench_command(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {**info, "loadavg_at_end": os.getloadavg(), "process_wall_seconds": time.perf_counter() - _WALL0,
                     "process_cpu_seconds": time.process_time() - _CPU0},
@@ -133,7 +138,7 @@ def write_result(path: Path, results: dict[str, Any], info: dict[str, Any]) -> N
 def run_stamp(info: dict[str, Any]) -> dict[str, Any]:
     """The bench command, time and machine of one run kept in a result file that later invocations add runs to
     (a file-level stamp would be overwritten by the last of them)."""
-    return {"bench_command": shlex.join(sys.argv), "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {"bench_command": bench_command(), "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": info}
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out
+from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out, write_result
 from bench.knowledge_edits import PORTABILITY
 
 READERS = ("span", "generative")
@@ -68,7 +67,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cases = [c for c in read_cases(args.edits) if c.portability is not None]
     probes = [c.portability.question for c in cases]
-    result: dict = {"command": shlex.join(["python", *sys.argv]), "machine": machine_info(), "probes": len(cases), "limit": args.limit}
+    info = machine_info()
+    result: dict = {"probes": len(cases), "limit": args.limit}
     with index_copy(args.index) as copy:
         index = Index.open(copy)
         edits = [index.memory.add(c.fact, question=c.question, answer=c.target_new, subject=c.subject) for c in cases]
@@ -105,7 +105,7 @@ def main() -> None:
                                     for c, a in list(zip(chosen, answers))[:5]]}
                 result["reading"][f"{reader}: {variant}"] = row
                 log(reader, variant, row["portability"])
-                out.write_text(json.dumps(result, indent=2) + "\n")  # after each piece: a long run can be read part-way
+                write_result(out, result, info)  # after each piece: a long run can be read part-way
 
 
 if __name__ == "__main__":

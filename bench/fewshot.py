@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS_DIR, log, machine_info, run_rag_eval, run_stamp
+from bench.common import RESULTS_DIR, check_out, log, machine_info, run_rag_eval, run_stamp
 from trainer.fewshot_tasks import load_task
 
 TASKS = ["sst2", "superglue-copa", "superglue-rte", "superglue-cb", "nq-open", "superglue-wic", "superglue-boolq", "trec"]
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "fewshot.json")
     args = parser.parse_args()
 
+    args.out = check_out(args.out)
     result = upgrade(json.loads(args.out.read_text())) if args.out.is_file() else {"runs": {}}
     settings = vars(args)
     info = machine_info()

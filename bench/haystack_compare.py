@@ -395,6 +395,8 @@ def run(args: argparse.Namespace) -> None:
     gold = {g for records in sets.values() for r in records for g in r.gold_ids}
     doc_ids, corpus = corpus_selection(args.corpus_limit, gold)
     log(f"corpus: {corpus['documents']} documents, {corpus['passages']} passages ({corpus['recall_over']})")
+    if args.work_dir:
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="haystack-compare-", dir=args.work_dir))
     cfg = {"doc_ids": doc_ids, "index": str(args.index) if args.index else None, "reader": args.reader, "adapter": args.adapter,
            "mode": args.mode, "device": args.device, "haystack_prompt": args.haystack_prompt, "work_dir": str(work_dir),

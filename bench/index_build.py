@@ -114,12 +114,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", type=Path, default=BUILD_INDEX, help="index folder to build (default %(default)s)")
     ap.add_argument("--force", action="store_true", help="delete --index first if it exists")
-    ap.add_argument("--out", type=Path, default=default_out(__file__), help="result JSON (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="result JSON (default bench/results/index_build.json; with --limit-docs N, index_build_limitN.json)")
     ap.add_argument("--compare-every", type=int, default=2,
                     help="compare with ST on every Nth slice (default %(default)s: half the cost, still paired)")
     ap.add_argument("--limit-docs", type=int, default=0, help="only the first N documents (for testing; 0 = all)")
     args = ap.parse_args()
-    out = check_out(args.out)
+    # A trial on the first N documents must not replace the full build's figures (index_update.py reads them).
+    default = default_out(__file__)
+    out = check_out(args.out or (default.with_name(f"{default.stem}_limit{args.limit_docs}.json") if args.limit_docs else default))
     if args.index.exists():
         if not args.force:
             raise SystemExit(f"{args.index} exists: pass --force to delete and rebuild it")

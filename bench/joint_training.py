@@ -173,6 +173,11 @@ def check_resumable(folder: Path, args: argparse.Namespace) -> None:
                  "pass the same settings to resume it, or another --runs folder to start afresh")
 
 
+# The settings a result file's figures depend on, kept in it as "scale".
+SCALE = ("steps", "batch_size", "top_k", "candidates", "candidates_from", "in_batch_negatives", "reader_first", "adapter",
+         "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh", "held_out_share")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="whole-corpus index, only read (default %(default)s)")
@@ -221,11 +226,16 @@ def main() -> None:
     if earlier:
         result["earlier_invocations"] = earlier
     result.setdefault("runs", {})
-    # Files written before the option trained (and measured) on every article.
-    trained_share = result.get("scale", {}).get("held_out_share", 0.0) if result["runs"] or "before" in result else args.held_out_share
-    if trained_share != args.held_out_share:
-        sys.exit(f"{out} holds runs trained with --held-out-share {trained_share}: pass that to complete it, or another --out")
-    result["scale"] = {k: getattr(args, k) for k in ("steps", "batch_size", "top_k", "candidates", "candidates_from", "in_batch_negatives", "reader_first", "adapter", "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh", "held_out_share")}
+    scale = {k: getattr(args, k) for k in SCALE}
+    # A file's figures hold for the settings that made them: a rerun may add what it lacks, never mix in other settings.
+    if result["runs"] or "before" in result:
+        kept = result.get("scale", {})
+        # A setting a file predates was at what is now its default; --held-out-share's before it: every article (0).
+        made = {k: kept.get(k, 0.0 if k == "held_out_share" else parser.get_default(k)) for k in SCALE}
+        differing = [f"--{k.replace('_', '-')} {made[k]}" for k in SCALE if made[k] != scale[k]]
+        if differing:
+            sys.exit(f"{out} holds figures made with {', '.join(differing)}: pass the same to complete it, or another --out")
+    result["scale"] = scale
     result["scale"]["note"] = (f"{args.device}: {'query side only' if not args.refresh else 'both sides, refresh ' + args.refresh}, "
                                "steps x batch-size training questions, EM on a sub-sample")
     index = Index.open(args.index, readonly=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_INDEX, RESULTS_DIR, log, machine_info, run_rag_eval, run_stamp
+from bench.common import DEFAULT_INDEX, RESULTS_DIR, check_out, log, machine_info, run_rag_eval, run_stamp
 from trainer.shared_data import SHARED_DATA
 
 EDITS_DIR = SHARED_DATA / "editing"
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--predictions", type=Path, default=Path("runs/knowledge_edits"),
                         help="folder for each run's per-case rows (default %(default)s; large, not committed)")
     args = parser.parse_args()
+    args.out = check_out(args.out)
 
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
     result["machine"] = machine_info()

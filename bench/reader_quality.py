@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_INDEX, QA_DIR, RESULTS_DIR, log, machine_info, run_rag_eval, run_stamp
+from bench.common import DEFAULT_INDEX, QA_DIR, RESULTS_DIR, log, machine_info, results_out, run_rag_eval, run_stamp
 
 SETS = {"squad-open-dev": (QA_DIR / "squad-open-dev.jsonl.gz", []),
         "nq-open-test-gold": (QA_DIR / "nq-open-test.jsonl.gz", ["--with-gold-ids"])}
@@ -39,9 +39,11 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
     parser.add_argument("--limit", type=int, default=500, help="questions per set (seeded sample, seed 0)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "reader_quality.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result file (default bench/results/reader_quality.json; with another --limit, beside it)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (OMP_NUM_THREADS)")
     args = parser.parse_args()
+    args.out = results_out(parser, args, RESULTS_DIR / "reader_quality.json")
 
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
     result["machine"] = machine_info()

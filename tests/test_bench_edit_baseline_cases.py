@@ -34,7 +34,7 @@ def test_only_the_baseline_cases_are_summarised(tmp_path: Path, monkeypatch: pyt
     summary = result["summary"]
     assert (summary["n"], summary["reliability"], summary["generality"], summary["locality"]) == (2, 1.0, 2 / 3, 1.0)
     assert "edit_latency_p50_ms" not in summary  # a run-wide figure, not the subset's
-    assert result["command"].startswith("edit_baseline_cases.py --rows")
+    assert result["command"].startswith("python edit_baseline_cases.py --rows")
 
 
 def test_a_baseline_from_another_sample_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,3 +97,41 @@ def test_a_re_embedded_corpus_is_reused_until_the_export_changes(topic_index: Pa
     stamp = vectors.stat().st_mtime
     reused = trained_index(index, tmp_path, encoder)
     assert reused.generation == 1 and vectors.stat().st_mtime == stamp
+
+
+@pytest.mark.parametrize("extra, refused", [
+    ([], None),  # the same settings: a rerun adds what the file lacks
+    (["--losses", "emdr2"], None),  # another loss at the same settings too
+    (["--steps", "3"], "holds figures made with --steps 1: pass the same to complete it, or another --out"),
+    (["--top-k", "2", "--max-passage-tokens", "48"], "holds figures made with --top-k 3, --max-passage-tokens 32"),
+])
+def test_a_result_file_is_completed_only_with_the_settings_it_was_made_with(extra: list[str], refused: str | None, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import bench.common
+    import bench.joint_training
+
+    out = tmp_path / "joint.json"
+    made = ["--steps", "1", "--top-k", "3", "--max-passage-tokens", "32", "--held-out-share", "0", "--out", str(out)]
+    scale = {"steps": 1, "batch_size": 8, "top_k": 3, "candidates": 0, "candidates_from": "dense", "in_batch_negatives": False,
+             "reader_first": 0, "adapter": None, "max_passage_tokens": 32, "retriever_lr": 2e-5, "limit": 500, "em_limit": 100,
+             "bf16": False, "device": "cpu", "refresh": None, "held_out_share": 0.0}
+    out.write_text(json.dumps({"scale": scale, "before": {}, "runs": {"pdist": {"command": "rag-train joint ..."}}}))
+    monkeypatch.setattr(bench.common, "RESULTS_DIR", tmp_path)
+
+    class Reached(Exception):
+        """The settings were taken: the bench went on to open the index."""
+
+    def reached(*_args: object, **_kwargs: object) -> None:
+        raise Reached
+
+    monkeypatch.setattr(bench.joint_training.Index, "open", reached)
+    monkeypatch.setattr(sys, "argv", ["joint_training.py", *made, *extra])
+    if refused is None:
+        with pytest.raises(Reached):
+            bench.joint_training.main()
+    else:
+        with pytest.raises(SystemExit, match=refused):
+            bench.joint_training.main()
+        assert json.loads(out.read_text())["scale"] == scale  # the file as it was

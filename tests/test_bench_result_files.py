@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import fewshot, knowledge_edits, reader_quality
+from bench import common, fewshot, knowledge_edits, reader_quality
 
 OLD_SETTINGS = {"tasks": ["sst2"], "methods": ["prompt"], "shots": 32, "seed": 0, "limit": 40, "steps": 24, "batch_size": 4,
                 "max_prompt_tokens": 1024, "threads": 1, "work": None, "out": "bench/results/fewshot.json"}
@@ -41,6 +41,7 @@ def test_old_fewshot_keys_take_the_settings_recorded_in_the_file() -> None:
 
 def test_fewshot_reruns_only_what_another_seed_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "fewshot.json"
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)  # result files must live under it
     done = {"command": "rag-eval fewshot --task sst2", "summary": {"n": 40, "accuracy": 0.4, "ms_per_example": 1.0, "tokens_per_example": 1.0}}
     out.write_text(json.dumps({"runs": {"sst2 zero-shot": done, "sst2 icl": done}, "settings": OLD_SETTINGS, "machine": {}}))
     ran = fake_runs(monkeypatch, fewshot)
@@ -59,6 +60,7 @@ def test_fewshot_reruns_only_what_another_seed_changes(tmp_path: Path, monkeypat
     (knowledge_edits, ["knowledge_edits.py", "--runs", "counterfact-1000"])])
 def test_each_run_keeps_its_own_invocation(module: Any, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "result.json"
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)  # result files must live under it
     fake_runs(monkeypatch, module)
     if module is knowledge_edits:
         monkeypatch.setattr(module, "classifier_info", lambda: {})
@@ -72,3 +74,16 @@ def test_each_run_keeps_its_own_invocation(module: Any, argv: list[str], tmp_pat
     (key, run), = json.loads(out.read_text())["runs"].items()
     assert run["bench_command"].endswith("--threads 2") and first[key]["bench_command"].endswith("--threads 1")
     assert run["timestamp"] and run["machine"] == {"cpu_count": 2}
+
+
+def test_a_trial_limit_writes_beside_the_committed_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """reader_quality.py with another --limit and no --out: the committed 500-question figures stay as they are."""
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(reader_quality, "RESULTS_DIR", tmp_path)
+    fake_runs(monkeypatch, reader_quality)
+    monkeypatch.setattr(sys, "argv", ["reader_quality.py", "--configs", "span", "--sets", "squad-open-dev", "--limit", "3"])
+    reader_quality.main()
+    assert [p.name for p in tmp_path.iterdir()] == ["reader_quality_limit3.json"]
+    monkeypatch.setattr(sys, "argv", ["reader_quality.py", "--configs", "span", "--out", "/tmp/elsewhere.json"])
+    with pytest.raises(SystemExit, match="--out must be under"):
+        reader_quality.main()
