@@ -178,6 +178,13 @@ SCALE = ("steps", "batch_size", "top_k", "candidates", "candidates_from", "in_ba
          "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh", "held_out_share")
 
 
+def same_setting(name: str, made: Any, asked: Any) -> bool:
+    """Whether a result file's setting and the one asked for now are the same: --adapter by any path to its folder."""
+    if name == "adapter" and made is not None and asked is not None:
+        return Path(made).resolve() == Path(asked).resolve()
+    return made == asked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="whole-corpus index, only read (default %(default)s)")
@@ -232,7 +239,7 @@ def main() -> None:
         kept = result.get("scale", {})
         # A setting a file predates was at what is now its default; --held-out-share's before it: every article (0).
         made = {k: kept.get(k, 0.0 if k == "held_out_share" else parser.get_default(k)) for k in SCALE}
-        differing = [f"--{k.replace('_', '-')} {made[k]}" for k in SCALE if made[k] != scale[k]]
+        differing = [f"--{k.replace('_', '-')} {made[k]}" for k in SCALE if not same_setting(k, made[k], scale[k])]
         if differing:
             sys.exit(f"{out} holds figures made with {', '.join(differing)}: pass the same to complete it, or another --out")
     result["scale"] = scale

@@ -174,8 +174,9 @@ class TextEncoder:
             raise ValueError(f"unknown encoder dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
         self.tokenizer, self.model, path = load_encoder_model(name_or_path, "encoder")
         local = os.path.isdir(path)
-        # A folder by its absolute path: an index's manifest names its encoder, and is opened from anywhere.
-        self.name = os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
+        # A folder by its absolute path: an index's manifest names its encoder, and is opened from anywhere. (Not a
+        # name that resolved elsewhere: a folder called all-MiniLM-L6-v2 here is not the default encoder.)
+        self.name = os.path.abspath(path) if str(name_or_path) == path and os.path.isdir(path) else name_or_path
         self.device = torch.device(resolve_device(device))
         self.dtype = dtype
         self.model.to(self.device, DTYPES[dtype]).eval()

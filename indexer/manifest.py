@@ -73,7 +73,10 @@ class Manifest:
 
     def check_encoder(self, name: str, dim: int, dtype: str | None = None) -> None:
         """Refuse to mix vectors of two encoders, or of two precisions (`dtype`, when the encoder has one), in one index."""
-        if (name, dim) != (self.encoder, self.dim):
+        from indexer.encoder import same_encoder  # torch and transformers: only for the callers that encode
+
+        # same_encoder: a folder by any path to it (indexes built before names were absolute hold relative ones).
+        if not same_encoder(name, self.encoder) or dim != self.dim:
             raise IndexFolderError(
                 f"this index was built with encoder {self.encoder!r} ({self.dim}-d), not {name!r} ({dim}-d): "
                 f"use --encoder {self.encoder} or build a new index"

@@ -104,6 +104,7 @@ def test_a_re_embedded_corpus_is_reused_until_the_export_changes(topic_index: Pa
     (["--losses", "emdr2"], None),  # another loss at the same settings too
     (["--steps", "3"], "holds figures made with --steps 1: pass the same to complete it, or another --out"),
     (["--top-k", "2", "--max-passage-tokens", "48"], "holds figures made with --top-k 3, --max-passage-tokens 32"),
+    (["--adapter", "runs/teacher"], "holds figures made with --adapter None"),
 ])
 def test_a_result_file_is_completed_only_with_the_settings_it_was_made_with(extra: list[str], refused: str | None, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:

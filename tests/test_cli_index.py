@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import make_documents, write_jsonl
+from indexer.records import Document
 from indexer.cli import main
 from indexer.encoder import bf16_in_hardware
 from indexer.index import Index
@@ -133,6 +134,14 @@ def test_an_index_built_with_a_relative_encoder_folder_opens_from_anywhere(tmp_p
     assert json_lines(stdout)[0]["doc_id"] == "doc-3"
     code, stdout, _ = run(capsys, "stats", "--index", tmp_path / "idx")
     assert json.loads(stdout)["encoder"] == str(tmp_path / "runs" / "encoder")
+    # An index built before kept the path as given: it still opens (and takes updates) from where it was built.
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps({**manifest, "encoder": "runs/encoder"}))
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run(capsys, "upsert", "--index", "idx", write_jsonl(tmp_path / "new.jsonl", [Document("new", "N", "okapi")]))
+    assert code == 0, err
+    code, stdout, err = run(capsys, "search", "--index", "idx", "--k", "1", "--mode", "dense", "okapi")
+    assert code == 0 and json_lines(stdout), err
 
 
 def test_device_cpu_builds_on_the_cpu_when_cuda_is_present(tmp_path: Path, corpus: Path, tiny_encoder_path: str,

@@ -803,7 +803,8 @@ def _run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--{option} is required (unless --resume RUN_DIR)")
         config = config_from_args(JointTrainingConfig, args, train=_train_files(args.train))
         record = train_joint(config)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one result for the run: rank 0's, which exported it
+    # Under torchrun (WORLD_SIZE > 1, as start_distributed reads it) one result for the run: rank 0's, which exported it.
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: record.get(k) for k in ("steps", "dev_before", "dev_after", "refresh_seconds", "export")}))
     return 0
 

@@ -5,14 +5,18 @@
 
 const $ = (id) => document.getElementById(id);
 
-// Each message gets a number, so that an action clears only its own ("thinking...") and not a later one's error.
+// Each message gets a number, so that an action clears only its own ("thinking...") and a write's success does not
+// hide the error of another action that ended while it ran.
 let said = 0;
+let lastError = 0;
 
 function say(text, ok) {
   const box = $("message");
   box.textContent = text;
   box.className = ok ? "ok" : "error";
-  return ++said;
+  said += 1;
+  if (!ok) lastError = said;
+  return said;
 }
 
 async function call(method, path, body, write) {
@@ -46,15 +50,19 @@ function addressable(id) {
 }
 
 // Run a write with its button disabled and a message that it runs: a slow save must not look idle, nor a
-// second click write twice.
+// second click write twice. `work(done)` reports its outcome through `done(text, ok)`.
 async function writing(button, work) {
   button.disabled = true;
-  say("saving...", true);
+  const started = say("saving...", true);
+  const done = (text, ok) => {
+    if (lastError > started) say(`${$("message").textContent} · then: ${text}`, false);  // keep the other's error
+    else say(text, ok);
+  };
   try {
-    await work();
+    await work(done);
     if (!$("answer-box").hidden) $("answer-stale").hidden = false;
   } catch (e) {
-    say(e.message, false);
+    done(e.message, false);
   } finally {
     button.disabled = false;
   }
@@ -158,10 +166,10 @@ async function saveDocument(event) {
   event.preventDefault();
   const doc = { id: $("doc-id").value.trim(), title: $("doc-title").value, text: $("doc-text").value };
   if (doc.id === loaded.id) Object.assign(doc, loaded.meta, { id: doc.id, title: doc.title, text: doc.text });
-  await writing($("doc-save"), async () => {
+  await writing($("doc-save"), async (done) => {
     const report = await call("POST", "/documents", { documents: [doc] }, true);
     const what = report.documents_added ? "added" : report.documents_updated ? "updated" : "unchanged";
-    say(`${doc.id} ${what} (generation ${report.generation})`, true);
+    done(`${doc.id} ${what} (generation ${report.generation})`, true);
     refreshStats();
   });
 }
@@ -170,9 +178,9 @@ async function deleteDocument() {
   const id = $("doc-id").value.trim();
   if (!id) { say("type the id of the document to delete", false); return; }
   if (!addressable(id)) return;
-  await writing($("doc-delete"), async () => {
+  await writing($("doc-delete"), async (done) => {
     const report = await call("DELETE", "/documents/" + encodeURIComponent(id), undefined, true);
-    say(`${id} deleted (generation ${report.generation})`, true);
+    done(`${id} deleted (generation ${report.generation})`, true);
     refreshStats();
   });
 }
@@ -226,9 +234,9 @@ async function addEdit(event) {
     const value = $("edit-" + name).value.trim();
     if (value) body[name] = value;  // an empty field means "not stated"
   }
-  await writing($("edit-save"), async () => {
+  await writing($("edit-save"), async (done) => {
     const edit = await call("POST", "/edits", body, true);
-    say(`edit ${edit.id} added` + (edit.supersedes ? ` (replaces ${edit.supersedes})` : "") +
+    done(`edit ${edit.id} added` + (edit.supersedes ? ` (replaces ${edit.supersedes})` : "") +
         (edit.warning ? `; warning: ${edit.warning}` : ""), !edit.warning);
     for (const name of ["fact", "question", "answer", "subject"]) $("edit-" + name).value = "";
     refreshEdits();
@@ -237,10 +245,10 @@ async function addEdit(event) {
 }
 
 async function revokeEdit(id, button) {
-  await writing(button, async () => {
+  await writing(button, async (done) => {
     try {
       const edit = await call("DELETE", "/edits/" + encodeURIComponent(id), undefined, true);
-      say(`edit ${edit.id} revoked` + (edit.supersedes ? `: the edit it had replaced, ${edit.supersedes}, may answer again` : ""), true);
+      done(`edit ${edit.id} revoked` + (edit.supersedes ? `: the edit it had replaced, ${edit.supersedes}, may answer again` : ""), true);
       refreshStats();
     } finally {
       refreshEdits();  // also when the revoke failed: another client may have revoked or replaced it
