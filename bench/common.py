@@ -105,14 +105,15 @@ def check_out(path: Path) -> Path:
     return path
 
 
-def results_out(parser: argparse.ArgumentParser, args: argparse.Namespace, default: Path) -> Path:
-    """The checked result path of a bench with --limit whose --out defaults to None: --out when given, else `default`,
-    or beside it (`name_limit20.json`) when the run is cut to another --limit than the bench's default, so a trial
-    run never overwrites the committed figures of the full one. A file named with --out is always the one written."""
+def results_out(parser: argparse.ArgumentParser, args: argparse.Namespace, default: Path, limit: str = "limit") -> Path:
+    """The checked result path of a bench with a `limit` option (--limit, or e.g. "limit_docs") whose --out defaults
+    to None: --out when given, else `default`, or beside it (`name_limit20.json`) when the run is cut to another limit
+    than the bench's default, so a trial run never overwrites the committed figures of the full one. A file named
+    with --out is always the one written."""
     out = args.out
+    value = getattr(args, limit)
     if out is None:
-        limited = args.limit != parser.get_default("limit")
-        out = default.with_name(f"{default.stem}_limit{args.limit}{default.suffix}") if limited else default
+        out = default.with_name(f"{default.stem}_limit{value}{default.suffix}") if value != parser.get_default(limit) else default
     return check_out(out)
 
 

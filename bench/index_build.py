@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CORPUS_FILES, check_out, default_out, documents, log, machine_info, write_result
+from bench.common import CORPUS_FILES, default_out, documents, log, machine_info, results_out, write_result
 from indexer.chunking import chunk_document
 from indexer.encoder import TextEncoder, encoder_input, resolve_model_path
 from indexer.index import build_index
@@ -121,8 +121,7 @@ def main() -> None:
     ap.add_argument("--limit-docs", type=int, default=0, help="only the first N documents (for testing; 0 = all)")
     args = ap.parse_args()
     # A trial on the first N documents must not replace the full build's figures (index_update.py reads them).
-    default = default_out(__file__)
-    out = check_out(args.out or (default.with_name(f"{default.stem}_limit{args.limit_docs}.json") if args.limit_docs else default))
+    out = results_out(ap, args, default_out(__file__), limit="limit_docs")
     if args.index.exists():
         if not args.force:
             raise SystemExit(f"{args.index} exists: pass --force to delete and rebuild it")

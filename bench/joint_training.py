@@ -150,6 +150,13 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def same_setting(name: str, made: Any, asked: Any) -> bool:
+    """Whether a result file's setting and the one asked for now are the same: --adapter by any path to its folder."""
+    if name == "adapter" and made is not None and asked is not None:
+        return Path(made).resolve() == Path(asked).resolve()
+    return made == asked
+
+
 def check_resumable(folder: Path, args: argparse.Namespace) -> None:
     """Exit with a message when the run in `folder` was started with settings other than this invocation's:
     `--resume` continues with the saved ones, which would silently ignore the new flags."""
@@ -160,8 +167,7 @@ def check_resumable(folder: Path, args: argparse.Namespace) -> None:
                for name in ("top_k", "candidates", "candidates_from", "in_batch_negatives", "reader_first", "held_out_share", "steps", "batch_size", "max_passage_tokens", "retriever_lr", "bf16", "device")
                if saved.get(name) != getattr(args, name)]
     # rag-train joint saves the adapter's path absolute (older runs: as given, relative to the repository, where the bench runs).
-    adapter, saved_adapter = (str(Path(path).resolve()) if path else None for path in (args.adapter, saved.get("adapter")))
-    if saved_adapter != adapter:
+    if not same_setting("adapter", saved.get("adapter"), args.adapter):
         changed.append(f"--adapter {saved.get('adapter')} there, {args.adapter} here")
     # A query-side run is saved as refresh "none", as is a both-sides run that never refreshes.
     sides = ("--query-side-only" if saved.get("query_side_only") else f"--refresh {saved.get('refresh', 'none')}",
@@ -176,13 +182,6 @@ def check_resumable(folder: Path, args: argparse.Namespace) -> None:
 # The settings a result file's figures depend on, kept in it as "scale".
 SCALE = ("steps", "batch_size", "top_k", "candidates", "candidates_from", "in_batch_negatives", "reader_first", "adapter",
          "max_passage_tokens", "retriever_lr", "limit", "em_limit", "bf16", "device", "refresh", "held_out_share")
-
-
-def same_setting(name: str, made: Any, asked: Any) -> bool:
-    """Whether a result file's setting and the one asked for now are the same: --adapter by any path to its folder."""
-    if name == "adapter" and made is not None and asked is not None:
-        return Path(made).resolve() == Path(asked).resolve()
-    return made == asked
 
 
 def main() -> None:

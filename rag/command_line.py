@@ -166,6 +166,11 @@ def run_lock(out: Path) -> Iterator[None]:
                 marker.unlink()
 
 
+def _note(kept: str | Callable[[BaseException], str], exc: BaseException) -> str:
+    """The note a run's kept checkpoint gets: `kept`, or what it says of `exc`."""
+    return kept(exc) if callable(kept) else kept
+
+
 @contextmanager
 def resumed_run_folder(out: Path, kept: str | Callable[[BaseException], str]) -> Iterator[None]:
     """A run carried on in its folder `out`: locked as `run_lock` does, and an exception that ends it gets the note
@@ -174,7 +179,7 @@ def resumed_run_folder(out: Path, kept: str | Callable[[BaseException], str]) ->
         try:
             yield
         except BaseException as exc:
-            exc.add_note(kept(exc) if callable(kept) else kept)
+            exc.add_note(_note(kept, exc))
             raise
 
 
@@ -204,7 +209,7 @@ def new_run_folder(out: Path, keep: str | None = None, kept: str | Callable[[Bas
             if run.saved:
                 exc.add_note(f"the run's model is saved in {out}; what the run writes after it is missing")
             elif keep is not None and (out / keep).exists():
-                exc.add_note((kept(exc) if callable(kept) else kept) or f"{out / keep} is kept")
+                exc.add_note(_note(kept, exc) or f"{out / keep} is kept")
             else:
                 try:
                     _remove_run(out, made)

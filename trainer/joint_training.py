@@ -304,7 +304,7 @@ class JointTrainer:
         against the searched vectors). A rerank:L refresh waits until the encoder has moved: before, the stored
         vectors are its own."""
         k = self.config.retrieved
-        diverged = torch.tensor([0.0 if bool(torch.isfinite(query).all()) else 1.0], device=query.device)
+        diverged = (~torch.isfinite(query).all()).float().reshape(1)
         if self.world_size > 1:  # the search gathers every rank's queries: all ranks stop here, or none
             dist.all_reduce(diverged, op=dist.ReduceOp.MAX)
         if diverged.item():  # NaN weights find nothing: say why, not that the search came up short
