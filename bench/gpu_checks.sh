@@ -9,6 +9,8 @@
 #           step time, reader tokens/s, peak memory (bench/joint_training.py)
 #   ceiling issue 6: recall@5 a perfect teacher reaches training both sides, corpus re-embedded after
 #           (bench/retriever_ceiling.py --passage-side; minutes here, hours on the 2-core CPU)
+#   rerank  issue 6: recall@5 a cross-encoder reranker of the dense top 20 reaches towards a perfect teacher, with more
+#           questions than the CPU trains on (bench/reranker_ceiling.py; at 600 it moved nothing there)
 #   serve   issue 4: builds indexes/default, 16 and 64 clients with and without micro-batching, span reader
 #           then the generative one (bench/serve_load.py; needs a kit packed with WITH_SERVE=1)
 # Results and the log go to bench/results/gpu (bench/results/gpu-cpu when DEVICE=cpu), and to $OUT as they are
@@ -16,7 +18,8 @@
 # Env: JOINT_STEPS (default 200), JOINT_EXTRA (more bench/joint_training.py flags, which win), JOINT_FRESH=1 (start
 # the joint run afresh; else a run a call's time limit cut off resumes from its checkpoint), ENCODE_LIMIT
 # (passages, default all), CEILING_QUESTIONS (training questions of each ceiling run, default "2000 8000"),
-# CEILING_EXTRA (more bench/retriever_ceiling.py flags), SERVE_SECONDS (default 30), PYTHON (default python3),
+# CEILING_EXTRA (more bench/retriever_ceiling.py flags), RERANK_QUESTIONS (training questions of each reranker run,
+# default "2000 8000"), RERANK_EXTRA (more bench/reranker_ceiling.py flags), SERVE_SECONDS (default 30), PYTHON (default python3),
 # DEVICE (default cuda).
 # Rehearse it without a GPU, in the project's venv (setup is skipped where everything is installed already):
 #   PYTHON=.venv/bin/python DEVICE=cpu ENCODE_LIMIT=200 JOINT_STEPS=2 \
@@ -33,8 +36,8 @@ kit=/tmp/rag-kit
 [ $# -gt 0 ] || set -- encode index joint
 for stage in "$@"; do
     case "$stage" in
-        encode | index | joint | ceiling | serve) ;;
-        *) echo "unknown stage $stage: choose from encode index joint ceiling serve" >&2; exit 2 ;;
+        encode | index | joint | ceiling | rerank | serve) ;;
+        *) echo "unknown stage $stage: choose from encode index joint ceiling rerank serve" >&2; exit 2 ;;
     esac
 done
 mkdir -p "$out"
@@ -108,6 +111,19 @@ stage_ceiling() {
     # shellcheck disable=SC2086  # both are word-split on purpose
     "$python" bench/retriever_ceiling.py --index "$index" --device "$device" --threads 8 --passage-side --candidates-from hybrid \
         --questions ${CEILING_QUESTIONS:-2000 8000} --retriever-lr 2e-5 --bf16 --out "$out/retriever_ceiling_gpu.json" ${CEILING_EXTRA:-}
+}
+
+stage_rerank() {
+    [ -f "$index/manifest.json" ] || stage_index
+    # The span reader's reordering (its encoder travels only in a WITH_SERVE=1 kit) sets the scale: trained on 22,000 questions.
+    local span=--no-span-reader
+    [ ! -f rag/readers/span-minilm/encoder/model.safetensors ] || span=
+    # shellcheck disable=SC2086  # all three are word-split on purpose
+    for n in ${RERANK_QUESTIONS:-2000 8000}; do
+        "$python" bench/reranker_ceiling.py --index "$index" --device "$device" --threads 8 --bf16 --questions "$n" \
+            --evaluation-sets $span --out "$out/reranker_ceiling_gpu_$n.json" ${RERANK_EXTRA:-}
+        keep
+    done
 }
 
 stage_serve() {

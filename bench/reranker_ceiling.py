@@ -33,7 +33,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out, write_result
 from bench.joint_training import HELD_OUT_SHARE, TRAIN, held_out_sets, question_sets
-from indexer.encoder import load_encoder_model
+from indexer.encoder import emulated_bf16_warning, load_encoder_model
 from indexer.index import Index
 from indexer.records import SearchHit
 from rag.models import DEFAULT_READER
@@ -61,9 +61,15 @@ class CrossEncoder(torch.nn.Module):
         """(len(hits),) corrections of the candidates' scores."""
         batch = self.tokenizer([question] * len(hits), [f"{h.title} {self.tokenizer.sep_token} {h.text}" for h in hits],
                                truncation="only_second", max_length=self.max_length, padding=True, return_tensors="pt")
-        hidden = self.encoder(**batch).last_hidden_state
+        batch = batch.to(self.head.weight.device)
+        hidden = self.encoder(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return self.head((hidden * mask).sum(1) / mask.sum(1)).squeeze(-1)
+
+
+def dense_scores(hits: Sequence[SearchHit], tau: float, device: str) -> torch.Tensor:
+    """The dual encoder's scores of `hits` over tau: the logits the cross-encoder corrects."""
+    return torch.tensor([h.score for h in hits], device=device) / tau
 
 
 def reranked_recall(index: Index, records: Sequence[QARecord], depth: int, score: Scorer) -> dict[str, Any]:
@@ -86,21 +92,24 @@ def train_on_gold(index: Index, records: Sequence[QARecord], args: argparse.Name
     """The cross-encoder after len(records) / batch_size steps towards the gold passages among each question's dense
     top candidates (questions whose gold is not among them teach nothing, as in joint training)."""
     torch.manual_seed(args.seed)
-    model = CrossEncoder(index.manifest.encoder, args.max_length).train()
+    model = CrossEncoder(index.manifest.encoder, args.max_length).to(args.device).train()
     # The head starts at zero, and at the encoder's rate it would stay near it: its own, higher, rate.
     optimizer = torch.optim.AdamW([{"params": model.encoder.parameters(), "lr": args.lr},
                                    {"params": model.head.parameters(), "lr": args.head_lr}], weight_decay=0.0)
     steps = len(records) // args.batch_size
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(args.warmup * steps), steps)
     taught, losses = 0, []
+    # as rag-train joint --bf16: the compute autocast, the weights and the optimizer in float32
+    autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16)
     for step in tqdm(range(steps), desc=f"{len(records)} questions", unit="step"):
         batch = records[step * args.batch_size : (step + 1) * args.batch_size]
         for record, hits in zip(batch, index.search_many([r.question for r in batch], k=args.candidates, mode="dense")):
             gold = torch.tensor([h.doc_id in record.gold_ids for h in hits])
             if gold.any():
                 taught += 1
-                scores = torch.tensor([h.score for h in hits]) / args.tau + model(record.question, hits)
-                loss = pdist_loss(scores[None], torch.where(gold, 0.0, -1e4)[None]) / len(batch)
+                with autocast:
+                    scores = dense_scores(hits, args.tau, args.device) + model(record.question, hits)
+                loss = pdist_loss(scores[None], torch.where(gold, 0.0, -1e4).to(args.device)[None]) / len(batch)
                 loss.backward()
                 losses.append(float(loss.detach()) * len(batch))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -131,6 +140,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="result JSON (default bench/results/reranker_ceiling.json; with another --limit, reranker_ceiling_limitN.json)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-span-reader", action="store_true",
+                        help="skip the shipped span reader's reordering (where its encoder is missing: the GPU kit's tree lacks it)")
+    parser.add_argument("--bf16", action="store_true", help="train and rerank with bf16 autocast (on a GPU, or a CPU with avx512_bf16)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the cross-encoders train and read")
     args = parser.parse_args()
     for name in ("questions", "batch_size", "candidates", "depth", "max_length", "limit", "threads"):
         if getattr(args, name) < 1:
@@ -138,22 +151,27 @@ def main() -> None:
     if args.depth < 5:
         parser.error("--depth must be at least 5: recall@5 is measured on the reranked top --depth")
     out, info = results_out(parser, args, default_out(__file__)), machine_info()
+    if args.bf16 and (warning := emulated_bf16_warning("--bf16", args.device)):
+        log(f"warning: {warning}")
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
     sets = held_out_sets(index, args.limit, HELD_OUT_SHARE) | (question_sets(args.limit) if args.evaluation_sets else {})
     train = training_order(index, TRAIN, HELD_OUT_SHARE, args.seed)[0][: args.questions]
-    result: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("index", "out", "threads")},
+    result: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("index", "out", "threads", "no_span_reader")},
                               "span_reader": {}, "trained": {}}
-    span_reader = SpanReader.from_pretrained(DEFAULT_READER)
-    for name, records in sets.items():
-        result["span_reader"][name] = reranked_recall(
-            index, records, args.depth, lambda q, hits: torch.tensor([s.relevance for s in span_reader.read([q], [list(hits)])[0]]))
+    autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16)
+    span_reader = None if args.no_span_reader else SpanReader.from_pretrained(DEFAULT_READER, device=args.device)
+    for name, records in sets.items() if span_reader is not None else ():
+        with autocast:
+            result["span_reader"][name] = reranked_recall(
+                index, records, args.depth, lambda q, hits: torch.tensor([s.relevance for s in span_reader.read([q], [list(hits)])[0]]))
         log("span reader", name, json.dumps(result["span_reader"][name]))
     model, result["training"] = train_on_gold(index, train, args)
     log("training", json.dumps(result["training"]))
     for name, records in sets.items():
-        result["trained"][name] = reranked_recall(
-            index, records, args.depth, lambda q, hits: torch.tensor([h.score for h in hits]) / args.tau + model(q, hits))
+        with autocast:
+            result["trained"][name] = reranked_recall(
+                index, records, args.depth, lambda q, hits: dense_scores(hits, args.tau, args.device) + model(q, hits))
         log("trained", name, json.dumps(result["trained"][name]))
         write_result(out, result, info)
 

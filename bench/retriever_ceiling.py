@@ -46,7 +46,9 @@ from bench.joint_training import HELD_OUT_SHARE, TRAIN, held_out_sets, question_
 from indexer.encoder import emulated_bf16_warning
 from indexer.index import Index
 from indexer.records import SearchHit
+from rag.models import DEFAULT_READER
 from rag.retriever import DualEncoder
+from rag.span_reader import SpanReader
 from trainer.joint_losses import pdist_loss
 from trainer.joint_training import JointTrainingConfig, training_order
 from trainer.training_index import CANDIDATE_SOURCES, TrainingIndex, check_candidate_source, passage_scores, rerank
@@ -114,10 +116,11 @@ def with_question_gold(record: QARecord, hits: list[SearchHit], search: Training
 
 
 def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespace, sets: dict[str, list[QARecord]],
-                  cloze: Sequence[ClozeExample] = ()) -> dict[str, Any]:
+                  cloze: Sequence[ClozeExample] = (), teacher: SpanReader | None = None) -> dict[str, Any]:
     """Recall on `sets` after `len(records) / batch_size` steps of pdist towards a target on the gold passages only
     (of the query side, or with `args.passage_side` of both sides and then over the re-embedded corpus), with
-    `cloze` inverse cloze examples (the corpus' own sentences) shuffled in, which add their own steps."""
+    `cloze` inverse cloze examples (the corpus' own sentences) shuffled in, which add their own steps. With a
+    `teacher`, the target is instead its relevance logits over every candidate, and every question teaches."""
     torch.manual_seed(args.seed)
     retriever = DualEncoder(index.manifest.encoder, shared=not args.separate_sides).to(args.device).train()
     optimizer = torch.optim.AdamW(retriever.parameters(), lr=args.retriever_lr, weight_decay=0.0)
@@ -149,7 +152,12 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
                                  for r, row in zip(batch, columns)], device=scores.device)
             has_gold = gold.any(-1)
             taught += sum(bool(g) for r, g in zip(batch, has_gold) if not isinstance(r, ClozeExample))
-            if has_gold.any():
+            if teacher is not None:
+                # a reader's judgment of every candidate, as joint training's teacher gives one (no gold needed)
+                relevance = [[span.relevance for span in spans] for spans in teacher.read([r.question for r in batch], found)]
+                pdist_loss(scores, torch.tensor(relevance, device=scores.device), args.tau).backward()
+                torch.nn.utils.clip_grad_norm_(retriever.parameters(), 1.0)
+            elif has_gold.any():
                 # log-probabilities of a perfect teacher: equal on the gold passages, nothing elsewhere
                 target = torch.where(gold, 0.0, -1e4)[has_gold]
                 pdist_loss(scores[has_gold], target, args.tau).backward()
@@ -191,6 +199,10 @@ def main() -> None:
     parser.add_argument("--separate-sides", action="store_true",
                         help="with --passage-side: a query and a passage encoder with weights of their own (both starting from the "
                              "index's), as DPR trains them (default: one encoder for both, as rag-train joint trains it)")
+    parser.add_argument("--teacher", choices=("gold", "span-reader"), default="gold",
+                        help="the target: all the mass on the gold passages (default, the ceiling of any teacher that only finds "
+                             "the gold), or the shipped span reader's relevance logits over every candidate (a cross-encoder "
+                             "trained on about 22,000 questions, whose softer target ranks the non-gold candidates too)")
     parser.add_argument("--tau", type=float, default=JointTrainingConfig.tau, help="temperature of p_ret = softmax(s / tau), as rag-train joint's --tau")
     parser.add_argument("--warmup", type=float, default=JointTrainingConfig.warmup, help="share of the steps the learning rate warms up over")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training order, as rag-train joint's --seed")
@@ -212,6 +224,9 @@ def main() -> None:
         parser.error("--rerank L needs --passage-side (the query side alone keeps the stored vectors fresh) and L >= --candidates")
     if args.separate_sides and not args.passage_side:
         parser.error("--separate-sides needs --passage-side: without it only the query side trains")
+    if args.teacher != "gold" and (args.cloze or args.in_batch_negatives or args.gold_in_candidates):
+        parser.error("--teacher span-reader scores each question's own candidates: drop --cloze, --in-batch-negatives and "
+                     "--gold-in-candidates")
     if args.cloze and not args.passage_side:
         parser.error("--cloze needs --passage-side: a stored passage vector still holds the sentence its example asks with")
     out, info = results_out(parser, args, default_out(__file__)), machine_info()
@@ -226,12 +241,13 @@ def main() -> None:
     sets = held_out_sets(index, args.limit, args.held_out_share) if args.held_out_share else {}
     sets |= question_sets(args.limit)
     train = training_order(index, TRAIN, args.held_out_share, args.seed)[0][:max(args.questions)]
-    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "cloze", "gold_in_candidates", "in_batch_negatives", "rerank", "retriever_lr", "passage_side", "separate_sides", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
+    result: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("batch_size", "candidates", "candidates_from", "teacher", "cloze", "gold_in_candidates", "in_batch_negatives", "rerank", "retriever_lr", "passage_side", "separate_sides", "tau", "warmup", "held_out_share", "limit", "seed", "bf16", "device")},
                               "sets": list(sets), "before": recall_of_sets(index, DualEncoder(index.manifest.encoder).to(args.device), sets), "runs": {}}
     log("before", json.dumps(result["before"]))
     cloze = cloze_examples(index, args.cloze, args.seed) if args.cloze else []
+    teacher = SpanReader.from_pretrained(DEFAULT_READER, device=args.device) if args.teacher == "span-reader" else None
     for n in args.questions:
-        result["runs"][str(n)] = train_on_gold(index, train[:n], args, sets, cloze)
+        result["runs"][str(n)] = train_on_gold(index, train[:n], args, sets, cloze, teacher)
         log(n, json.dumps(result["runs"][str(n)]))
         write_result(out, result, info)
 
