@@ -166,6 +166,7 @@ def main() -> None:
             result["span_reader"][name] = reranked_recall(
                 index, records, args.depth, lambda q, hits: torch.tensor([s.relevance for s in span_reader.read([q], [list(hits)])[0]]))
         log("span reader", name, json.dumps(result["span_reader"][name]))
+        write_result(out, result, info)  # a run stopped during the training keeps these
     model, result["training"] = train_on_gold(index, train, args)
     log("training", json.dumps(result["training"]))
     for name, records in sets.items():

@@ -14,7 +14,9 @@ they are fused with BM25's best C, as `rag-train joint --candidates-from hybrid`
 cloze examples of the corpus (a passage's sentence asks for the rest of it) train beside the questions, a signal that
 needs no question at all; --separate-sides trains a query and a passage encoder apart (DPR's layout) instead of one
 for both; --in-batch-negatives ranks each gold among every candidate of its batch (DPR's in-batch negatives);
---gold-in-candidates puts a question's gold passage among its candidates when the search missed it. It then measures recall@1/5/20 on the
+--gold-in-candidates puts a question's gold passage among its candidates when the search missed it; --teacher span-reader
+replaces the perfect teacher with a real one, the shipped span reader's relevance logits over every candidate (a
+cross-encoder, and a soft target: it ranks the other candidates too, which a gold-only target cannot). It then measures recall@1/5/20 on the
 joint-training benchmark's sets (500 seeded questions each of squad-open-dev and the gold_ids records of
 nq-open-test). So for each number of training questions it gives the ceiling of what the pdist/emdr2 losses
 can add to recall@5; bench/joint_training.py says how much of it they reach. Those sets are evaluation only:
@@ -129,7 +131,7 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
         random.Random(args.seed).shuffle(examples)
     steps = len(examples) // args.batch_size
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(args.warmup * steps), steps)
-    taught = 0
+    taught = questions_taught = 0  # questions with gold among their candidates; examples whose loss ran
     # as rag-train joint --bf16: the compute autocast, the weights and the optimizer in float32
     autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16)
     with tempfile.TemporaryDirectory() as folder:
@@ -152,6 +154,7 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
                                  for r, row in zip(batch, columns)], device=scores.device)
             has_gold = gold.any(-1)
             taught += sum(bool(g) for r, g in zip(batch, has_gold) if not isinstance(r, ClozeExample))
+            questions_taught += len(batch) if teacher is not None else int(has_gold.sum())
             if teacher is not None:
                 # a reader's judgment of every candidate, as joint training's teacher gives one (no gold needed)
                 relevance = [[span.relevance for span in spans] for spans in teacher.read([r.question for r in batch], found)]
@@ -166,7 +169,7 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
         stats: dict[str, Any] = {"steps": steps, "cloze_examples": len(cloze), "questions": len(records),
-                                 "questions_with_gold_in_candidates": taught}
+                                 "questions_with_gold_in_candidates": taught, "examples_taught": questions_taught}
         if args.passage_side:
             stats["refresh"] = search.refresh(retriever, progress=True)
         return stats | {"after": recall_of_sets(search if args.passage_side else index, retriever, sets)}
