@@ -115,7 +115,7 @@ stage_ceiling() {
 
 stage_rerank() {
     [ -f "$index/manifest.json" ] || stage_index
-    # The span reader's reordering (its encoder travels only in a WITH_SERVE=1 kit) sets the scale: trained on 22,000 questions.
+    # The span reader's reordering (its encoder travels only in a WITH_SERVE=1 kit) sets the scale: trained on about 32,000 questions.
     local span=--no-span-reader
     [ ! -f rag/readers/span-minilm/encoder/model.safetensors ] || span=
     # shellcheck disable=SC2086  # all three are word-split on purpose

@@ -10,7 +10,7 @@ a linear head; a candidate's score is the dual encoder's s / tau plus the head's
 so the untrained reranker keeps the dense order and training moves it only where the teacher says. It then reranks the
 dense top --depth of each held-out question (the training files' questions about a tenth of their articles, never
 trained on) and measures recall@1/5. For scale, it measures first how far the shipped span reader's relevance head
-(the same encoder read as a cross-encoder, trained on about 22,000 questions) reorders the same candidates.
+(the same encoder read as a cross-encoder, trained on about 32,000 questions) reorders the same candidates.
 Settings are chosen on these held-out sets; `--evaluation-sets` adds the joint bench's (evaluation only).
 
 Run: `python bench/reranker_ceiling.py --threads 2` (about 50 minutes on two cores: 150 steps of about 7 s, and

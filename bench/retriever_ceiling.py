@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--teacher", choices=("gold", "span-reader"), default="gold",
                         help="the target: all the mass on the gold passages (default, the ceiling of any teacher that only finds "
                              "the gold), or the shipped span reader's relevance logits over every candidate (a cross-encoder "
-                             "trained on about 22,000 questions, whose softer target ranks the non-gold candidates too)")
+                             "trained on about 32,000 questions, whose softer target ranks the non-gold candidates too)")
     parser.add_argument("--tau", type=float, default=JointTrainingConfig.tau, help="temperature of p_ret = softmax(s / tau), as rag-train joint's --tau")
     parser.add_argument("--warmup", type=float, default=JointTrainingConfig.warmup, help="share of the steps the learning rate warms up over")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training order, as rag-train joint's --seed")
