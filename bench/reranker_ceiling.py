@@ -33,9 +33,10 @@ from transformers import get_linear_schedule_with_warmup
 
 from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out, write_result
 from bench.joint_training import HELD_OUT_SHARE, TRAIN, held_out_sets, question_sets
-from indexer.encoder import emulated_bf16_warning, load_encoder_model
+from indexer.encoder import load_encoder_model
 from indexer.index import Index
 from indexer.records import SearchHit
+from rag.command_line import check_counts, warn_of_emulated_bf16
 from rag.models import DEFAULT_READER
 from rag.span_reader import SpanReader
 from trainer.joint_losses import pdist_loss
@@ -145,14 +146,14 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="train and rerank with bf16 autocast (on a GPU, or a CPU with avx512_bf16)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the cross-encoders train and read")
     args = parser.parse_args()
-    for name in ("questions", "batch_size", "candidates", "depth", "max_length", "limit", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        check_counts(args, at_least_one=("questions", "batch_size", "candidates", "depth", "max_length", "limit", "threads"))
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.depth < 5:
         parser.error("--depth must be at least 5: recall@5 is measured on the reranked top --depth")
     out, info = results_out(parser, args, default_out(__file__)), machine_info()
-    if args.bf16 and (warning := emulated_bf16_warning("--bf16", args.device)):
-        log(f"warning: {warning}")
+    warn_of_emulated_bf16(parser.prog, args)
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
     sets = held_out_sets(index, args.limit, HELD_OUT_SHARE) | (question_sets(args.limit) if args.evaluation_sets else {})

@@ -45,9 +45,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from bench.common import DEFAULT_INDEX, default_out, log, machine_info, results_out, write_result
 from bench.joint_training import HELD_OUT_SHARE, TRAIN, held_out_sets, question_sets, recall
-from indexer.encoder import emulated_bf16_warning
 from indexer.index import Index
 from indexer.records import SearchHit
+from rag.command_line import warn_of_emulated_bf16
 from rag.models import DEFAULT_READER
 from rag.retriever import DualEncoder
 from rag.span_reader import SpanReader
@@ -155,15 +155,16 @@ def train_on_gold(index: Index, records: list[QARecord], args: argparse.Namespac
             has_gold = gold.any(-1)
             taught += sum(bool(g) for r, g in zip(batch, has_gold) if not isinstance(r, ClozeExample))
             questions_taught += len(batch) if teacher is not None else int(has_gold.sum())
+            loss = None
             if teacher is not None:
                 # a reader's judgment of every candidate, as joint training's teacher gives one (no gold needed)
                 relevance = [[span.relevance for span in spans] for spans in teacher.read([r.question for r in batch], found)]
-                pdist_loss(scores, torch.tensor(relevance, device=scores.device), args.tau).backward()
-                torch.nn.utils.clip_grad_norm_(retriever.parameters(), 1.0)
+                loss = pdist_loss(scores, torch.tensor(relevance, device=scores.device), args.tau)
             elif has_gold.any():
                 # log-probabilities of a perfect teacher: equal on the gold passages, nothing elsewhere
-                target = torch.where(gold, 0.0, -1e4)[has_gold]
-                pdist_loss(scores[has_gold], target, args.tau).backward()
+                loss = pdist_loss(scores[has_gold], torch.where(gold, 0.0, -1e4)[has_gold], args.tau)
+            if loss is not None:
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(retriever.parameters(), 1.0)
             optimizer.step()  # skips the parameters without gradients, as rag-train joint's does
             schedule.step()
@@ -233,8 +234,7 @@ def main() -> None:
     if args.cloze and not args.passage_side:
         parser.error("--cloze needs --passage-side: a stored passage vector still holds the sentence its example asks with")
     out, info = results_out(parser, args, default_out(__file__)), machine_info()
-    if args.bf16 and (warning := emulated_bf16_warning("--bf16", args.device)):
-        log(f"warning: {warning}")
+    warn_of_emulated_bf16(parser.prog, args)
     torch.set_num_threads(args.threads)
     index = Index.open(args.index, readonly=True)
     try:

@@ -91,4 +91,3 @@ def test_questions_and_cloze_examples_share_the_steps_and_the_corpus_is_re_embed
     assert (result["steps"], result["cloze_examples"], result["questions"]) == (3, 2, 4)
     assert result["refresh"]["passages"] == 4
     assert set(result["after"]["rivers"]) == {"n", "recall@1", "recall@5", "recall@20"} and result["after"]["rivers"]["n"] == 4
-
