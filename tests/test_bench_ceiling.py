@@ -14,6 +14,7 @@ from conftest import make_documents
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
 from indexer.records import Document
+from rag.span_reader import SpanReader
 from trainer.training_index import TrainingIndex
 from trainer.qa_data import QARecord
 
@@ -91,3 +92,28 @@ def test_questions_and_cloze_examples_share_the_steps_and_the_corpus_is_re_embed
     assert (result["steps"], result["cloze_examples"], result["questions"]) == (3, 2, 4)
     assert result["refresh"]["passages"] == 4
     assert set(result["after"]["rivers"]) == {"n", "recall@1", "recall@5", "recall@20"} and result["after"]["rivers"]["n"] == 4
+
+
+def test_a_span_reader_teacher_teaches_every_question_the_gold_target_only_those_with_gold(
+        topic_index: Path, tmp_path: Path, tiny_encoder_path: str) -> None:
+    index = Index.open(topic_index, readonly=True)
+    # Gold documents the index does not hold: the gold-only target has nothing to put its mass on.
+    records = [QARecord(f"q{i}", f"which topic is number {i}?", [f"topic{i}"], [f"gone-{i}"]) for i in range(4)]
+    args = argparse.Namespace(seed=0, retriever_lr=1e-3, batch_size=2, warmup=0.0, bf16=False, device="cpu", rerank=0,
+                              candidates=3, candidates_from="dense", passage_side=False, separate_sides=False, tau=0.05,
+                              in_batch_negatives=False, gold_in_candidates=False)
+    gold_only = retriever_ceiling.train_on_gold(index, records, args, {"topics": records})
+    assert (gold_only["questions_with_gold_in_candidates"], gold_only["examples_taught"]) == (0, 0)
+    SpanReader.from_encoder(tiny_encoder_path, device="cpu", seed=0, max_length=64).save_pretrained(tmp_path / "span")
+    taught = retriever_ceiling.train_on_gold(index, records, args, {"topics": records},
+                                             teacher=SpanReader.from_pretrained(tmp_path / "span"))
+    assert (taught["questions_with_gold_in_candidates"], taught["examples_taught"]) == (0, 4)
+
+
+def test_a_span_reader_teacher_ranks_only_its_own_candidates(topic_index: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["retriever_ceiling.py", "--index", str(topic_index), "--teacher", "span-reader",
+                                      "--in-batch-negatives"])
+    with pytest.raises(SystemExit) as stopped:
+        retriever_ceiling.main()
+    assert stopped.value.code == 2 and "--teacher span-reader scores each question's own candidates" in capsys.readouterr().err

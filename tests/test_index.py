@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -687,8 +688,18 @@ def test_a_writer_follows_what_another_process_committed(built: Path, tiny_encod
         assert served.search(exact_query(added), k=1, mode="dense")[0].id == "fresh#0"
 
 
+@pytest.fixture()
+def ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal. A shell without job control starts its background jobs (`cmd &`
+    in a script) with SIGINT ignored, and Python then leaves it ignored: a suite run that way would see no Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_after_a_change_commits_waits_until_it_is_published(tmp_path: Path, tiny_encoder: TextEncoder,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   ctrl_c_raises: None) -> None:
     """Stopped between commit and publish, a change was durable but unseen by readers, and the command said it was not
     made. Ctrl-C (or SIGTERM) there now lands once the change is whole and visible; one before the commit undoes it."""
     build_index(tmp_path / "idx", make_documents(6), tiny_encoder)
