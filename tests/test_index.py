@@ -694,7 +694,7 @@ def ctrl_c_raises() -> Iterator[None]:
     in a script) with SIGINT ignored, and Python then leaves it ignored: a suite run that way would see no Ctrl-C."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
-    signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)  # None: set outside Python
 
 
 def test_ctrl_c_after_a_change_commits_waits_until_it_is_published(tmp_path: Path, tiny_encoder: TextEncoder,
