@@ -22,7 +22,7 @@ from rag.fid_reader import FiDReader, is_fid_reader
 from rag.models import DEFAULT_READER, GENERATIVE_READER
 from rag.reader import DecoderReader, PassageText
 from rag.retriever import DualEncoder
-from rag.span_reader import SpanReader, is_span_reader
+from rag.span_reader import ReadAnswer, SpanReader, is_span_reader
 from rag.two_hop import TwoHopDetector, load_two_hop
 
 if TYPE_CHECKING:
@@ -42,7 +42,9 @@ class Answer:
     so the answer follows from the edit but is not the one it states. `asked_as`: the question the reader was
     asked instead, when the edit's answer could take the place of its first hop ("What is the capital of Iraq?");
     it is answered as any question is, and `edit` stays the one whose answer took that place; `answered_by` is the
-    edit in the rewritten question's scope that answered it, if one did (another edit changed the capital of Iraq)."""
+    edit in the rewritten question's scope that answered it, if one did (another edit changed the capital of Iraq).
+    `source`: the id of the passage the answer was read out of, where the reader can tell (the span reader takes it
+    from one passage; a generative reader writes it from them all) and the answer came from the passages at all."""
 
     question: str
     text: str
@@ -52,6 +54,7 @@ class Answer:
     asked_as: str | None = None
     beyond: bool = False
     answered_by: Edit | None = None
+    source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +65,7 @@ class Answer:
             "asked_as": self.asked_as,
             "beyond": self.beyond,
             "answered_by": self.answered_by.to_json() if self.answered_by else None,
+            "source": self.source,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -179,6 +183,12 @@ class Pipeline:
                 warnings.warn(f"the generative reader for two-hop questions did not load ({exc}); the pipeline's reader reads them")
                 self.edit_reader = self.reader
         return self.edit_reader
+
+    def _read(self, questions: list[str], contexts: list[list[SearchHit]]) -> list[ReadAnswer]:
+        """The reader's answers, each with the index of the passage it was read out of where the reader can tell."""
+        if isinstance(self.reader, SpanReader):
+            return self.reader.answer(questions, contexts)
+        return [ReadAnswer(text, None) for text in self.reader.generate(questions, contexts)]
 
     def _decoder_reader(self) -> DecoderReader:
         if not isinstance(self.reader, DecoderReader):
@@ -315,17 +325,21 @@ class Pipeline:
         texts = [answering[i].answer if i in stated else "" for i in range(len(questions))]
         plain = [i for i, e in enumerate(answering) if e is None and i not in unresolved]
         edited = [i for i, e in enumerate(answering) if e is not None and not e.answer]
+        sources: list[str | None] = [None for _ in questions]
         with self._adapted(adapter):
-            for group, contexts in ((plain, [passages[i][:k] for i in plain]),
-                                    (edited, [EditPassage.windows(answering[i], self._fact_tokenizer) for i in edited])):
-                if group:
-                    for i, text in zip(group, self.reader.generate([asked[i] for i in group], contexts)):
-                        texts[i] = text
+            if plain:
+                for i, read in zip(plain, self._read([asked[i] for i in plain], [passages[i][:k] for i in plain])):
+                    texts[i] = read.text
+                    sources[i] = None if read.passage is None else passages[i][read.passage].id
+            if edited:
+                contexts = [EditPassage.windows(answering[i], self._fact_tokenizer) for i in edited]
+                for i, text in zip(edited, self.reader.generate([asked[i] for i in edited], contexts)):
+                    texts[i] = text
             if unresolved:
                 contexts = [[*EditPassage.windows(edits[i], self._fact_tokenizer), *passages[i]] for i in unresolved]
                 for i, text in zip(unresolved, self._beyond_reader().generate([questions[i] for i in unresolved], contexts)):
                     texts[i] = text
         t3 = time.perf_counter()
         timings = {"edit_ms": (t1 - t0) * 1e3, "retrieve_ms": (t2 - t1) * 1e3, "read_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
-        return [Answer(q, text, hits, dict(timings), edit, asked_as, i in beyond, answering[i] if asked_as else None)
+        return [Answer(q, text, hits, dict(timings), edit, asked_as, i in beyond, answering[i] if asked_as else None, sources[i])
                 for i, (q, text, hits, edit, asked_as) in enumerate(zip(questions, texts, passages, edits, rewritten))]

@@ -125,11 +125,19 @@ class PassageSpan:
         raise ValueError(f"unknown scoring {scoring!r}: choose one of {', '.join(SCORINGS)}")
 
 
-def choose_answer(question_spans: Sequence[PassageSpan], passages: Sequence[PassageText], scoring: str) -> str:
-    """The answer text of the best passage under `scoring`; "" when no passage has a span."""
+@dataclass(frozen=True)
+class ReadAnswer:
+    """An answer and the passage it was read from: its index among the passages read (None: no passage had a span)."""
+
+    text: str
+    passage: int | None
+
+
+def choose_answer(question_spans: Sequence[PassageSpan], passages: Sequence[PassageText], scoring: str) -> ReadAnswer:
+    """The answer text of the best passage under `scoring`, and that passage; ("", None) when no passage has a span."""
     usable = [s for s in question_spans if s.end_char > s.start_char]
     if not usable:
-        return ""
+        return ReadAnswer("", None)
     texts = [passages[s.passage].text[s.start_char : s.end_char].strip() for s in usable]
     scores = torch.tensor([s.score(scoring) for s in usable], dtype=torch.float64)
     if scoring == "joint-vote":
@@ -141,7 +149,8 @@ def choose_answer(question_spans: Sequence[PassageSpan], passages: Sequence[Pass
         # Each passage's score becomes its answer's total, so the best-scored spelling of the winner is returned.
         scores = torch.tensor([votes[" ".join(t.lower().split())] for t in texts], dtype=torch.float64) + 1e-9 * torch.softmax(scores, 0)
     # Ties go to the earlier (better retrieved) passage: argmax keeps the first maximum.
-    return texts[int(torch.argmax(scores))]
+    best = int(torch.argmax(scores))
+    return ReadAnswer(texts[best], usable[best].passage)
 
 
 class SpanReader(torch.nn.Module):
@@ -305,7 +314,11 @@ class SpanReader(torch.nn.Module):
             self.train(was_training)
         return out
 
-    def generate(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[str]:
-        """One answer per question: the best span over its passages ("" when it has none)."""
+    def answer(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[ReadAnswer]:
+        """One answer per question, the best span over its passages, with the passage it was read from."""
         spans = self.read(questions, passages)
         return [choose_answer(s, ps, self.config.scoring) for s, ps in zip(spans, passages)]
+
+    def generate(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[str]:
+        """One answer per question: the best span over its passages ("" when it has none)."""
+        return [a.text for a in self.answer(questions, passages)]

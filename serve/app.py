@@ -193,7 +193,7 @@ def _answering_routes(index: Index, settings: ServeSettings, batcher: MicroBatch
                            passages=[PassageOut(**p.to_json()) for p in answer.passages],
                            edit=None if answer.edit is None else EditOut.of(answer.edit), asked_as=answer.asked_as,
                            beyond=answer.beyond, answered_by=None if answer.answered_by is None else EditOut.of(answer.answered_by),
-                           timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
+                           source=answer.source, timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
 
     return answering
 

@@ -91,6 +91,9 @@ class AskResponse(BaseModel):
                                             "answer follows from the edit but is not the one it states")
     answered_by: EditOut | None = Field(None, description="the edit that answered the question as asked instead "
                                                           "(`asked_as`), if one did; null otherwise")
+    source: str | None = Field(None, description="the id of the passage the answer was read out of (one of `passages`), "
+                                                 "where the reader can tell: the span reader can, a generative reader "
+                                                 "cannot; null then, and for an answer from an edit")
     timings: dict[str, float]
     batch_size: int = Field(description="questions answered together in this one's micro-batch")
 

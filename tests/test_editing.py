@@ -47,12 +47,14 @@ def test_in_scope_questions_read_the_edit_and_others_are_unchanged(pipeline: Pip
     edit = pipeline.index.memory.add("Topic four is now called zeta omega.", question="tell me about topic4", answer="zeta omega")
     after = pipeline.ask_many(QUESTIONS, k=3, mode="sparse")
     assert after[1].edit == edit and after[1].text == "zeta omega"  # the stated answer takes precedence
+    assert after[1].source is None and before[1].source in {p.id for p in before[1].passages}  # the edit is the source
     assert after[1].to_json()["edit"]["id"] == edit.id
     fact_only = pipeline.index.memory.add("Topic seven is now called kappa.", question="what is topic7?")
     read = pipeline.ask("what is topic7?", k=3, mode="sparse")
-    assert read.edit == fact_only and read.text in fact_only.fact  # no stated answer: read from the fact alone
+    assert read.edit == fact_only and read.text in fact_only.fact and read.source is None  # read from the fact alone
     for old, new in ((before[0], after[0]), (before[2], after[2])):
         assert new.edit is None and new.text == old.text and [p.id for p in new.passages] == [p.id for p in old.passages]
+        assert new.source == old.source
     pipeline.index.memory.revoke(edit.id)
     pipeline.index.memory.revoke(fact_only.id)
     revoked = pipeline.ask_many(QUESTIONS, k=3, mode="sparse")

@@ -178,7 +178,8 @@ def test_rag_eval_qa_prints_metrics(index_dir: Path, qa_file: Path, tiny_reader_
     out, _ = capsys.readouterr()
     assert code == 0
     summary = json.loads(out)
-    expected = {"n", "em", "f1", "recall@1", "recall@5", "recall@20", "answer_recall@5", "latency_p50_ms", "latency_p95_ms"}
+    expected = {"n", "em", "f1", "recall@1", "recall@5", "recall@20", "answer_recall@5", "source_gold", "latency_p50_ms",
+                "latency_p95_ms"}
     assert expected <= set(summary) and summary["n"] == 7 and summary["n_with_gold_ids"] == 6
     # Sparse search puts the document naming topic{i} first: every gold document is found at rank 1.
     assert summary["recall@1"] == 1.0
@@ -187,6 +188,20 @@ def test_rag_eval_qa_prints_metrics(index_dir: Path, qa_file: Path, tiny_reader_
     # Each gold passage contains its answer "topic{i}"; the last question's answer "x" is in no passage.
     assert summary["answer_recall@5"] == pytest.approx(6 / 7)
     assert all(1 <= len(r["passages"]) <= 2 for r in rows)  # BM25 returns only passages sharing a word
+    assert summary["source_gold"] is None and all(r["source"] is None for r in rows)  # a generative reader names none
+
+
+def test_rag_eval_qa_scores_the_passages_a_span_reader_cites(index_dir: Path, qa_file: Path, tiny_encoder_path: str,
+                                                             tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    SpanReader.from_encoder(tiny_encoder_path, device="cpu", seed=0, max_length=64).save_pretrained(tmp_path / "span")
+    predictions = tmp_path / "pred.jsonl"
+    assert eval_main(["qa", "--index", str(index_dir), "--qa", str(qa_file), "--reader", str(tmp_path / "span"), "--k", "1",
+                      "--mode", "sparse", "--device", "cpu", "--predictions", str(predictions)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    # One passage read, and sparse search ranks the gold one first: every answer cites it.
+    assert summary["recall@1"] == 1.0 and summary["source_gold"] == 1.0
+    assert all(r["source"] == r["passages"][0] and r["source_is_gold"] for r in rows if r["has_gold_ids"])
 
 
 def test_rag_eval_qa_answers_as_the_pipeline_reads_without_edits(pipeline: Pipeline, qa_file: Path) -> None:
@@ -304,6 +319,24 @@ def test_without_k_each_reader_reads_its_own_number_of_passages(index_dir: Path,
     assert len(Pipeline(index, SpanReader.from_pretrained(tmp_path / "span", device="cpu")).ask("what is topic2?").passages) == 7
     assert serve_main(["ask", "--index", str(index_dir), "--reader", str(tmp_path / "span"), "--device", "cpu", "--json", "what is topic2?"]) == 0
     assert len(json.loads(capsys.readouterr().out)["passages"]) == 7
+
+
+def test_a_span_readers_answer_names_the_passage_it_was_read_from(index_dir: Path, tiny_encoder_path: str,
+                                                                 pipeline: Pipeline, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    index = Index.open(index_dir, readonly=True)
+    span = Pipeline(index, SpanReader.from_encoder(tiny_encoder_path, device="cpu", seed=0, max_length=64))
+    # depth 6, k 2: the answer comes from the two passages read, never from the four only listed.
+    for answer in span.ask_many(["what is topic2?", "what is topic5?", "what is topic9?"], k=2, depth=6):
+        read = {p.id: p.text for p in answer.passages[:2]}
+        assert answer.source in read and answer.text and answer.text in read[answer.source]
+        assert answer.to_json()["source"] == answer.source
+    assert pipeline.ask("what is topic2?", k=2).source is None  # a generative reader writes from all of them
+    SpanReader.from_encoder(tiny_encoder_path, device="cpu", seed=0, max_length=64).save_pretrained(tmp_path / "span")
+    assert serve_main(["ask", "--index", str(index_dir), "--reader", str(tmp_path / "span"), "--device", "cpu", "--k", "3",
+                       "what is topic2?"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(", the answer's source)" in line for line in lines) == 1 and lines[1].startswith("  [")
 
 
 def test_rag_serve_ask(index_dir: Path, tiny_reader_path: str, capsys: pytest.CaptureFixture) -> None:

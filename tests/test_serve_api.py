@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
 
@@ -19,6 +20,7 @@ from indexer.index import Index, build_index
 from rag.editing import SimilarityScope
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
+from rag.span_reader import SpanReader
 from serve.app import ServeSettings, create_app
 
 TOKEN = "s3cret-token"
@@ -74,10 +76,21 @@ def test_ask_answers_with_passages_and_timings(client: TestClient, pipeline: Pip
     assert body["passages"][0]["doc_id"] == "doc-3" and len(body["passages"]) == 2
     assert set(body["passages"][0]) == {"id", "doc_id", "title", "text", "score"}
     assert body["edit"] is None and body["asked_as"] is None and body["beyond"] is False and body["answered_by"] is None
+    assert body["source"] is None  # a generative reader writes its answer from all the passages
     assert {"edit_ms", "retrieve_ms", "read_ms", "total_ms", "queue_ms", "server_ms"} <= set(body["timings"])
     assert body["answer"] == pipeline.ask("what is topic3?", k=2, mode="hybrid").text
     assert ask(client, "who?", k=0)["passages"] == []  # closed book
     assert len(ask(client, "what is topic5?")["passages"]) == 5  # the server's default k
+
+
+def test_a_span_readers_answer_names_the_passage_it_was_read_from(tmp_path: Path, tiny_encoder: TextEncoder,
+                                                                 tiny_encoder_path: str) -> None:
+    build_index(tmp_path / "idx", make_documents(N_DOCS), tiny_encoder)
+    reader = SpanReader.from_encoder(tiny_encoder_path, device="cpu", seed=0, max_length=64)
+    with TestClient(create_app(Pipeline(Index.open(tmp_path / "idx", tiny_encoder), reader), ServeSettings())) as span_client:
+        body = ask(span_client, "what is topic3?", k=3)
+    texts = {p["id"]: p["text"] for p in body["passages"]}
+    assert body["source"] in texts and body["answer"] and body["answer"] in texts[body["source"]]
 
 
 def test_concurrent_questions_share_batches_grouped_by_k_and_mode(client: TestClient, pipeline: Pipeline) -> None:

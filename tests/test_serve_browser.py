@@ -27,6 +27,7 @@ from indexer.index import Index, build_index
 from rag.editing import SimilarityScope
 from rag.pipeline import Pipeline
 from rag.reader import DecoderReader
+from rag.span_reader import SpanReader
 from serve.app import ServeSettings, create_app
 
 TOKEN = "page-token"
@@ -41,6 +42,18 @@ def server_url(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncod
     # Only an edit's own question is in its scope: with a tiny random encoder, any two questions look alike.
     pipeline = Pipeline(Index.open(path, tiny_encoder), DecoderReader(tiny_reader_path, device="cpu", max_new_tokens=4),
                         scope=SimilarityScope(0.9999))
+    yield from serving(pipeline)
+
+
+@pytest.fixture(scope="module")
+def span_server_url(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: TextEncoder, tiny_encoder_path: str) -> Iterator[str]:
+    path = tmp_path_factory.mktemp("page-span") / "idx"
+    build_index(path, make_documents(N_DOCS), tiny_encoder)
+    yield from serving(Pipeline(Index.open(path, tiny_encoder), SpanReader.from_encoder(tiny_encoder_path, device="cpu", max_length=64)))
+
+
+def serving(pipeline: Pipeline) -> Iterator[str]:
+    """The page's URL while a server answers with `pipeline`."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(pipeline, ServeSettings(token=TOKEN)), log_level="warning"))
@@ -142,6 +155,14 @@ def test_the_page_asks_and_edits_documents(browser: WebDriver, server_url: str, 
     fill(browser, "question", "x" * 2100)
     press(browser, "ask-button", "413")
     browser.save_screenshot(str(tmp_path / "page.png"))  # for a person looking into a failure
+
+
+def test_the_page_marks_the_passage_a_span_reader_read_its_answer_from(browser: WebDriver, span_server_url: str) -> None:
+    browser.get(span_server_url)
+    sources = ask(browser, "what is topic3?", k=3, mode="hybrid")
+    marked = browser.find_elements(By.CSS_SELECTOR, "#sources li.answer-source")
+    assert len(sources) == 3 and len(marked) == 1
+    assert "the answer's source" in marked[0].text and text_of(browser, "answer") in marked[0].text
 
 
 def test_the_page_adds_shows_and_revokes_an_edit(browser: WebDriver, server_url: str, tmp_path: Path) -> None:

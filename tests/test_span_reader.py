@@ -14,7 +14,7 @@ import torch
 from conftest import make_documents
 from indexer.encoder import TextEncoder
 from indexer.index import Index, build_index
-from rag.span_reader import MARKER_FILE, SCORINGS, PassageSpan, SpanReader, choose_answer, is_span_reader
+from rag.span_reader import MARKER_FILE, SCORINGS, PassageSpan, ReadAnswer, SpanReader, choose_answer, is_span_reader
 from trainer.qa_data import ContextPassage, QARecord
 from trainer.span_data import FORMAT as SPAN_FORMAT, SpanDataConfig, SpanExample, locate_answer, make_example, make_span_data, mix_records, read_span_data
 from trainer.shared_data import SHARED_DATA
@@ -38,12 +38,13 @@ def reader(tiny_encoder_path: str) -> SpanReader:
     return SpanReader.from_encoder(tiny_encoder_path, device="cpu", seed=0, max_length=64, max_answer_tokens=8)
 
 
-def test_answers_are_substrings_of_the_passage_text(reader: SpanReader) -> None:
-    answers = reader.generate(QUESTIONS, PASSAGES)
-    assert len(answers) == 4 and answers[2] == ""
+def test_answers_are_substrings_of_the_passage_they_name(reader: SpanReader) -> None:
+    answers = reader.answer(QUESTIONS, PASSAGES)
+    assert len(answers) == 4 and answers[2] == ReadAnswer("", None)
     for answer, passages in zip(answers, PASSAGES):
         if passages:
-            assert answer and any(answer in p.text for p in passages)
+            assert answer.text and answer.text in passages[answer.passage].text
+    assert reader.generate(QUESTIONS, PASSAGES) == [a.text for a in answers]
     # Every passage's best span lies in its text (not the title or question) and within the length limit.
     for spans, passages in zip(reader.read(QUESTIONS, PASSAGES), PASSAGES):
         assert len(spans) == len(passages)
@@ -91,9 +92,10 @@ def test_vote_lets_agreeing_passages_win() -> None:
     passages = [P("", "Answer: Lyon."), P("", "It is Paris."), P("", "paris, says another.")]
     spans = [PassageSpan(0, 8, 12, 5.0, 0.0, -0.1, 1.0), PassageSpan(1, 6, 11, 4.0, 0.0, -0.2, 0.5),
              PassageSpan(2, 0, 5, 4.0, 0.0, -0.3, 0.5)]
-    assert choose_answer(spans, passages, "joint") == "Lyon"
-    assert choose_answer(spans, passages, "joint-vote") == "Paris"  # 2 x ~0.27 beats ~0.45; the better-scored spelling
-    assert choose_answer([], [], "joint-vote") == ""
+    assert choose_answer(spans, passages, "joint") == ReadAnswer("Lyon", 0)
+    # 2 x ~0.27 beats ~0.45; the better-scored spelling, and the passage it was read from
+    assert choose_answer(spans, passages, "joint-vote") == ReadAnswer("Paris", 1)
+    assert choose_answer([], [], "joint-vote") == ReadAnswer("", None)
 
 
 def test_locate_answer_respects_words_and_spacing() -> None:

@@ -26,8 +26,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     qa = commands.add_parser("qa", help="EM, F1, recall and latency on a QA file",
                              description="Answer every question of a QA file (JSON lines {id, question, answers, gold_ids?}) and print "
-                                         "{n, em, f1, recall@1, recall@5, recall@20, answer_recall@5, latency_p50_ms, latency_p95_ms, "
-                                         "n_with_gold_ids} (recall over the n_with_gold_ids records that name their gold documents).")
+                                         "{n, em, f1, recall@1, recall@5, recall@20, answer_recall@5, source_gold, latency_p50_ms, "
+                                         "latency_p95_ms, n_with_gold_ids} (recall over the n_with_gold_ids records that name their gold "
+                                         "documents; source_gold: how often the passage a span reader read its answer from is a gold one).")
     add_pipeline_arguments(qa, index_required=False)
     qa.add_argument("--qa", required=True, type=Path, help="QA file, .jsonl or .jsonl.gz")
     qa.add_argument("--limit", type=int, default=None, help="evaluate a seeded random sample of N questions")

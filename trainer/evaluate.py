@@ -30,7 +30,8 @@ def evaluate_qa(
     apply, as the pipeline's scope decider and two-hop detector say). Retrieval goes to depth max(20, k) once per
     question, so recall@20 costs no extra search; the reader sees the top k. Latency is the whole answer, per
     question (batch time / batch size). recall@n counts a question found when a top-n passage belongs to a gold
-    document (`gold_ids`).
+    document (`gold_ids`); source_gold, over the questions with gold_ids whose answer names the passage it was read
+    from, the share where that passage belongs to a gold document (None for a reader that names none).
     """
     depth = max(max(RECALL_CUTOFFS), k) if k else 0
     rows: list[dict[str, Any]] = []
@@ -44,6 +45,7 @@ def evaluate_qa(
             answer, found = answered.text, answered.passages
             gold = set(record.gold_ids)
             first_gold = next((i for i, h in enumerate(found) if h.doc_id in gold), None) if gold else None
+            source = next((h for h in found if h.id == answered.source), None)
             rows.append({
                 "id": record.id,
                 "question": record.question,
@@ -56,6 +58,8 @@ def evaluate_qa(
                 "answer_in_top5": any(contains_answer(h.text, record.answers) for h in found[:5]),
                 "passages": [h.id for h in found[:k]],
                 "edit": answered.edit.id if answered.edit else None,
+                "source": answered.source,
+                "source_is_gold": source is not None and source.doc_id in gold,
             })
         bar.update(len(batch))
     bar.close()
@@ -74,6 +78,9 @@ def summarize(rows: Sequence[dict[str, Any]], latencies: Sequence[float], retrie
         hit = [r["first_gold_rank"] is not None and r["first_gold_rank"] < cutoff for r in with_gold]
         summary[f"recall@{cutoff}"] = float(np.mean(hit)) if retrieval and with_gold else None
     summary["answer_recall@5"] = float(np.mean([r["answer_in_top5"] for r in rows])) if retrieval and rows else None
+    # Where the reader names the passage it read the answer from (the span reader): how often that is a gold one.
+    sourced = [r for r in with_gold if r["source"]]
+    summary["source_gold"] = float(np.mean([r["source_is_gold"] for r in sourced])) if sourced else None
     summary["latency_p50_ms"] = float(np.percentile(latencies, 50)) if latencies else None
     summary["latency_p95_ms"] = float(np.percentile(latencies, 95)) if latencies else None
     summary["n_with_gold_ids"] = len(with_gold)

@@ -158,7 +158,7 @@ def dev_sweep(reader: SpanReader, dev: dict[str, list[DevQuestion]], ks: Sequenc
             row: dict[str, Any] = {}
             for name, questions in dev.items():
                 found = spans[name]
-                answers = [choose_answer(s[:k], q.passages[:k], scoring) for s, q in zip(found, questions)]
+                answers = [choose_answer(s[:k], q.passages[:k], scoring).text for s, q in zip(found, questions)]
                 gold = [q.record.answers for q in questions[: len(found)]]
                 row[name] = {"n": len(found), "em": _mean([exact_match(a, g) for a, g in zip(answers, gold)]),
                              "f1": _mean([f1_score(a, g) for a, g in zip(answers, gold)])}

@@ -87,13 +87,15 @@ function showAnswer(data) {
   list.replaceChildren();
   for (const p of data.passages) {
     const item = document.createElement("li");
-    item.className = "source";
+    // The passage the answer was read out of (span reader only): marked, left in its retrieval place.
+    const readFrom = p.id === data.source;
+    item.className = readFrom ? "source answer-source" : "source";
     const title = document.createElement("span");
     title.className = "source-title";
     title.textContent = p.title || p.doc_id;
     const meta = document.createElement("span");
     meta.className = "source-meta";
-    meta.textContent = ` ${p.id} · score ${p.score.toFixed(3)} `;
+    meta.textContent = ` ${p.id} · score ${p.score.toFixed(3)}${readFrom ? " · the answer's source" : ""} `;
     const load = document.createElement("button");
     load.type = "button";
     load.className = "small";
