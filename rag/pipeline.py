@@ -6,7 +6,7 @@ import functools
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager, Protocol, Sequence
 
@@ -34,6 +34,15 @@ BEYOND_K = 3
 TWO_HOP_KINDS = ("auto", "none")
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where an answer was read: the passage (its id) and the answer's characters in its text, [start, end)."""
+
+    passage: str
+    start: int
+    end: int
+
+
 @dataclass
 class Answer:
     """An answer, the passages retrieved for it (best first), the edit it was read from when the
@@ -43,8 +52,8 @@ class Answer:
     asked instead, when the edit's answer could take the place of its first hop ("What is the capital of Iraq?");
     it is answered as any question is, and `edit` stays the one whose answer took that place; `answered_by` is the
     edit in the rewritten question's scope that answered it, if one did (another edit changed the capital of Iraq).
-    `source`: the id of the passage the answer was read out of, where the reader can tell (the span reader takes it
-    from one passage; a generative reader writes it from them all) and the answer came from the passages at all."""
+    `source`: the passage the answer was read out of and where in it, when the reader can tell (the span reader takes
+    it from one passage; a generative reader writes it from them all) and the answer came from the passages at all."""
 
     question: str
     text: str
@@ -54,7 +63,7 @@ class Answer:
     asked_as: str | None = None
     beyond: bool = False
     answered_by: Edit | None = None
-    source: str | None = None
+    source: Source | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,7 +74,7 @@ class Answer:
             "asked_as": self.asked_as,
             "beyond": self.beyond,
             "answered_by": self.answered_by.to_json() if self.answered_by else None,
-            "source": self.source,
+            "source": asdict(self.source) if self.source else None,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -325,12 +334,13 @@ class Pipeline:
         texts = [answering[i].answer if i in stated else "" for i in range(len(questions))]
         plain = [i for i, e in enumerate(answering) if e is None and i not in unresolved]
         edited = [i for i, e in enumerate(answering) if e is not None and not e.answer]
-        sources: list[str | None] = [None for _ in questions]
+        sources: list[Source | None] = [None for _ in questions]
         with self._adapted(adapter):
             if plain:
                 for i, read in zip(plain, self._read([asked[i] for i in plain], [passages[i][:k] for i in plain])):
                     texts[i] = read.text
-                    sources[i] = None if read.passage is None else passages[i][read.passage].id
+                    if read.passage is not None:
+                        sources[i] = Source(passages[i][read.passage].id, read.start, read.end)
             if edited:
                 contexts = [EditPassage.windows(answering[i], self._fact_tokenizer) for i in edited]
                 for i, text in zip(edited, self.reader.generate([asked[i] for i in edited], contexts)):

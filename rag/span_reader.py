@@ -127,18 +127,29 @@ class PassageSpan:
 
 @dataclass(frozen=True)
 class ReadAnswer:
-    """An answer and the passage it was read from: its index among the passages read (None: no passage had a span)."""
+    """An answer and where it was read: the passage's index among those read (None: no passage had a span) and the
+    answer's characters in its text, `text == passages[passage].text[start:end]`."""
 
     text: str
     passage: int | None
+    start: int = 0
+    end: int = 0
+
+
+def _stripped(text: str, start: int, end: int) -> tuple[int, int]:
+    """`text[start:end]` without its surrounding whitespace, as character offsets."""
+    span = text[start:end]
+    left = start + len(span) - len(span.lstrip())
+    return left, max(left, end - len(span) + len(span.rstrip()))
 
 
 def choose_answer(question_spans: Sequence[PassageSpan], passages: Sequence[PassageText], scoring: str) -> ReadAnswer:
-    """The answer text of the best passage under `scoring`, and that passage; ("", None) when no passage has a span."""
+    """The answer text of the best passage under `scoring`, and where it stands; ("", None) when no passage has a span."""
     usable = [s for s in question_spans if s.end_char > s.start_char]
     if not usable:
         return ReadAnswer("", None)
-    texts = [passages[s.passage].text[s.start_char : s.end_char].strip() for s in usable]
+    offsets = [_stripped(passages[s.passage].text, s.start_char, s.end_char) for s in usable]
+    texts = [passages[s.passage].text[a:b] for s, (a, b) in zip(usable, offsets)]
     scores = torch.tensor([s.score(scoring) for s in usable], dtype=torch.float64)
     if scoring == "joint-vote":
         weights = torch.softmax(scores, 0).tolist()
@@ -150,7 +161,7 @@ def choose_answer(question_spans: Sequence[PassageSpan], passages: Sequence[Pass
         scores = torch.tensor([votes[" ".join(t.lower().split())] for t in texts], dtype=torch.float64) + 1e-9 * torch.softmax(scores, 0)
     # Ties go to the earlier (better retrieved) passage: argmax keeps the first maximum.
     best = int(torch.argmax(scores))
-    return ReadAnswer(texts[best], usable[best].passage)
+    return ReadAnswer(texts[best], usable[best].passage, *offsets[best])
 
 
 class SpanReader(torch.nn.Module):

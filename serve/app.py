@@ -16,7 +16,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Callable
 
@@ -38,7 +38,8 @@ from rag.pipeline import MAX_K, Pipeline, check_request
 from serve.batching import MicroBatcher, Overloaded
 from serve.body import BodyGuard
 from serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
-from serve.schemas import ERRORS, AskRequest, AskResponse, DocumentOut, EditDetail, EditIn, EditList, EditOut, PassageOut, UpsertRequest
+from serve.schemas import (ERRORS, AskRequest, AskResponse, DocumentOut, EditDetail, EditIn, EditList, EditOut, PassageOut, SourceOut,
+                           UpsertRequest)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("rag.serve")
@@ -193,7 +194,8 @@ def _answering_routes(index: Index, settings: ServeSettings, batcher: MicroBatch
                            passages=[PassageOut(**p.to_json()) for p in answer.passages],
                            edit=None if answer.edit is None else EditOut.of(answer.edit), asked_as=answer.asked_as,
                            beyond=answer.beyond, answered_by=None if answer.answered_by is None else EditOut.of(answer.answered_by),
-                           source=answer.source, timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
+                           source=None if answer.source is None else SourceOut(**asdict(answer.source)),
+                           timings={name: round(ms, 2) for name, ms in timings.items()}, batch_size=answered.batch_size)
 
     return answering
 

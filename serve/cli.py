@@ -81,7 +81,7 @@ def _ask(args: argparse.Namespace) -> int:
         print(f"  (from edit {answer.edit.id}, which takes precedence over the passages: {answer.edit.fact})")
     for n, hit in enumerate(answer.passages, 1):
         snippet = hit.text if len(hit.text) <= 160 else hit.text[:157] + "..."
-        read_from = ", the answer's source" if hit.id == answer.source else ""
+        read_from = ", the answer's source" if answer.source and hit.id == answer.source.passage else ""
         print(f"  [{n}] {hit.title} ({hit.id}, score {hit.score:.3f}{read_from}): {snippet}")
     print(f"  ({answer.timings['total_ms']:.0f} ms: retrieve {answer.timings['retrieve_ms']:.0f}, read {answer.timings['read_ms']:.0f})")
     return 0

@@ -74,6 +74,14 @@ class EditOut(BaseModel):
         return cls(**edit.to_json(), warning=unnamed_subject(edit.fact, edit.question, edit.subject))
 
 
+class SourceOut(BaseModel):
+    """Where the answer was read: `text[start:end]` of passage `passage` is the answer."""
+
+    passage: str = Field(description="the passage's id")
+    start: int = Field(description="the answer's first character in the passage's text")
+    end: int = Field(description="one past its last character")
+
+
 class AskResponse(BaseModel):
     """The answer, the passages it was read from (best first), and where the time went (ms). When the
     question is about an edit, the answer was read from that edit alone (`edit`), not from the passages;
@@ -91,9 +99,10 @@ class AskResponse(BaseModel):
                                             "answer follows from the edit but is not the one it states")
     answered_by: EditOut | None = Field(None, description="the edit that answered the question as asked instead "
                                                           "(`asked_as`), if one did; null otherwise")
-    source: str | None = Field(None, description="the id of the passage the answer was read out of (one of `passages`), "
-                                                 "where the reader can tell: the span reader can, a generative reader "
-                                                 "cannot; null then, and for an answer from an edit")
+    source: SourceOut | None = Field(None, description="the passage the answer was read out of (one of `passages`) and "
+                                                       "where in its text, when the reader can tell: the span reader "
+                                                       "can, a generative reader cannot; null then, and for an answer "
+                                                       "from an edit")
     timings: dict[str, float]
     batch_size: int = Field(description="questions answered together in this one's micro-batch")
 

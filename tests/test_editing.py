@@ -47,7 +47,7 @@ def test_in_scope_questions_read_the_edit_and_others_are_unchanged(pipeline: Pip
     edit = pipeline.index.memory.add("Topic four is now called zeta omega.", question="tell me about topic4", answer="zeta omega")
     after = pipeline.ask_many(QUESTIONS, k=3, mode="sparse")
     assert after[1].edit == edit and after[1].text == "zeta omega"  # the stated answer takes precedence
-    assert after[1].source is None and before[1].source in {p.id for p in before[1].passages}  # the edit is the source
+    assert after[1].source is None and before[1].source.passage in {p.id for p in before[1].passages}  # the edit is the source
     assert after[1].to_json()["edit"]["id"] == edit.id
     fact_only = pipeline.index.memory.add("Topic seven is now called kappa.", question="what is topic7?")
     read = pipeline.ask("what is topic7?", k=3, mode="sparse")

@@ -329,8 +329,9 @@ def test_a_span_readers_answer_names_the_passage_it_was_read_from(index_dir: Pat
     # depth 6, k 2: the answer comes from the two passages read, never from the four only listed.
     for answer in span.ask_many(["what is topic2?", "what is topic5?", "what is topic9?"], k=2, depth=6):
         read = {p.id: p.text for p in answer.passages[:2]}
-        assert answer.source in read and answer.text and answer.text in read[answer.source]
-        assert answer.to_json()["source"] == answer.source
+        source = answer.source
+        assert source.passage in read and answer.text and read[source.passage][source.start : source.end] == answer.text
+        assert answer.to_json()["source"] == {"passage": source.passage, "start": source.start, "end": source.end}
     assert pipeline.ask("what is topic2?", k=2).source is None  # a generative reader writes from all of them
     SpanReader.from_encoder(tiny_encoder_path, device="cpu", seed=0, max_length=64).save_pretrained(tmp_path / "span")
     assert serve_main(["ask", "--index", str(index_dir), "--reader", str(tmp_path / "span"), "--device", "cpu", "--k", "3",

@@ -162,7 +162,15 @@ def test_the_page_marks_the_passage_a_span_reader_read_its_answer_from(browser: 
     sources = ask(browser, "what is topic3?", k=3, mode="hybrid")
     marked = browser.find_elements(By.CSS_SELECTOR, "#sources li.answer-source")
     assert len(sources) == 3 and len(marked) == 1
-    assert "the answer's source" in marked[0].text and text_of(browser, "answer") in marked[0].text
+    assert "the answer's source" in marked[0].text
+    assert marked[0].find_element(By.TAG_NAME, "mark").text == text_of(browser, "answer")  # the answer, highlighted
+    # Offsets count code points: characters beyond the BMP (two UTF-16 units each in JavaScript) before the answer.
+    text = "\U0001F600 \U0001D518 quokkas live on rottnest island"
+    httpx.post(f"{span_server_url}documents", json={"documents": [{"id": "wide", "title": "Wide", "text": text}]},
+               headers={"Authorization": f"Bearer {TOKEN}"}).raise_for_status()
+    assert ask(browser, "quokkas rottnest", k=1, mode="sparse")[0].startswith("Wide")
+    answer = text_of(browser, "answer")
+    assert answer in text and browser.find_element(By.CSS_SELECTOR, "li.answer-source mark").text == answer
 
 
 def test_the_page_adds_shows_and_revokes_an_edit(browser: WebDriver, server_url: str, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_answers_are_substrings_of_the_passage_they_name(reader: SpanReader) -> 
     assert len(answers) == 4 and answers[2] == ReadAnswer("", None)
     for answer, passages in zip(answers, PASSAGES):
         if passages:
-            assert answer.text and answer.text in passages[answer.passage].text
+            assert answer.text and answer.text == passages[answer.passage].text[answer.start : answer.end]
     assert reader.generate(QUESTIONS, PASSAGES) == [a.text for a in answers]
     # Every passage's best span lies in its text (not the title or question) and within the length limit.
     for spans, passages in zip(reader.read(QUESTIONS, PASSAGES), PASSAGES):
@@ -92,10 +92,13 @@ def test_vote_lets_agreeing_passages_win() -> None:
     passages = [P("", "Answer: Lyon."), P("", "It is Paris."), P("", "paris, says another.")]
     spans = [PassageSpan(0, 8, 12, 5.0, 0.0, -0.1, 1.0), PassageSpan(1, 6, 11, 4.0, 0.0, -0.2, 0.5),
              PassageSpan(2, 0, 5, 4.0, 0.0, -0.3, 0.5)]
-    assert choose_answer(spans, passages, "joint") == ReadAnswer("Lyon", 0)
-    # 2 x ~0.27 beats ~0.45; the better-scored spelling, and the passage it was read from
-    assert choose_answer(spans, passages, "joint-vote") == ReadAnswer("Paris", 1)
+    assert choose_answer(spans, passages, "joint") == ReadAnswer("Lyon", 0, 8, 12)
+    # 2 x ~0.27 beats ~0.45; the better-scored spelling, and where it was read
+    assert choose_answer(spans, passages, "joint-vote") == ReadAnswer("Paris", 1, 6, 11)
     assert choose_answer([], [], "joint-vote") == ReadAnswer("", None)
+    # A span with spaces around its words: the answer and its offsets leave them out.
+    spaced = choose_answer([PassageSpan(0, 5, 13, 1.0, 0.0, -0.1, 1.0)], [P("", "It is  Paris  now")], "joint")
+    assert spaced == ReadAnswer("Paris", 0, 7, 12)
 
 
 def test_locate_answer_respects_words_and_spacing() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rag.models import DEFAULT_READER, SPAN_READER
-from rag.span_reader import ReadAnswer, SpanReader, is_span_reader
+from rag.span_reader import SpanReader, is_span_reader
 from trainer.qa_data import ContextPassage as P
 
 
@@ -32,5 +32,6 @@ def test_the_shipped_reader_finds_answers(shipped: SpanReader) -> None:
                 P("Eiffel Tower", "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.")]
     answers = shipped.answer(["What is the capital of France?", "When was the Eiffel Tower completed?",
                               "What is the largest city of Germany?"], [passages] * 3)
-    # Each answer names the passage it was read from: the one that states it.
-    assert answers == [ReadAnswer("Paris", 1), ReadAnswer("1889", 2), ReadAnswer("Berlin", 0)]
+    # Each answer names the passage it was read from, the one that states it, and where in it.
+    assert [(a.text, a.passage) for a in answers] == [("Paris", 1), ("1889", 2), ("Berlin", 0)]
+    assert all(passages[a.passage].text[a.start : a.end] == a.text for a in answers)

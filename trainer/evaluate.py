@@ -45,7 +45,7 @@ def evaluate_qa(
             answer, found = answered.text, answered.passages
             gold = set(record.gold_ids)
             first_gold = next((i for i, h in enumerate(found) if h.doc_id in gold), None) if gold else None
-            source = next((h for h in found if h.id == answered.source), None)
+            source = next((h for h in found if answered.source and h.id == answered.source.passage), None)
             rows.append({
                 "id": record.id,
                 "question": record.question,
@@ -58,7 +58,7 @@ def evaluate_qa(
                 "answer_in_top5": any(contains_answer(h.text, record.answers) for h in found[:5]),
                 "passages": [h.id for h in found[:k]],
                 "edit": answered.edit.id if answered.edit else None,
-                "source": answered.source,
+                "source": source.id if source else None,
                 "source_is_gold": source is not None and source.doc_id in gold,
             })
         bar.update(len(batch))

@@ -88,7 +88,7 @@ function showAnswer(data) {
   for (const p of data.passages) {
     const item = document.createElement("li");
     // The passage the answer was read out of (span reader only): marked, left in its retrieval place.
-    const readFrom = p.id === data.source;
+    const readFrom = data.source != null && p.id === data.source.passage;
     item.className = readFrom ? "source answer-source" : "source";
     const title = document.createElement("span");
     title.className = "source-title";
@@ -103,7 +103,16 @@ function showAnswer(data) {
     load.addEventListener("click", () => loadDocument(p.doc_id));
     const text = document.createElement("p");
     text.className = "source-text";
-    text.textContent = p.text;
+    if (readFrom) {
+      // The answer's own characters, highlighted. Offsets count code points (Python's), hence Array.from.
+      const chars = Array.from(p.text);
+      const { start, end } = data.source;
+      const answer = document.createElement("mark");
+      answer.textContent = chars.slice(start, end).join("");
+      text.append(chars.slice(0, start).join(""), answer, chars.slice(end).join(""));
+    } else {
+      text.textContent = p.text;
+    }
     item.append(title, meta, load, text);
     list.append(item);
   }
