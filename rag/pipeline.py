@@ -194,7 +194,7 @@ class Pipeline:
         return self.edit_reader
 
     def _read(self, questions: list[str], contexts: list[list[SearchHit]]) -> list[ReadAnswer]:
-        """The reader's answers, each with the index of the passage it was read out of where the reader can tell."""
+        """The reader's answers, each with where in its passages it was read, when the reader can tell (the span reader)."""
         if isinstance(self.reader, SpanReader):
             return self.reader.answer(questions, contexts)
         return [ReadAnswer(text, None) for text in self.reader.generate(questions, contexts)]

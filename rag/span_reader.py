@@ -326,7 +326,7 @@ class SpanReader(torch.nn.Module):
         return out
 
     def answer(self, questions: Sequence[str], passages: Sequence[Sequence[PassageText]]) -> list[ReadAnswer]:
-        """One answer per question, the best span over its passages, with the passage it was read from."""
+        """One answer per question, the best span over its passages, with where it was read (passage, characters)."""
         spans = self.read(questions, passages)
         return [choose_answer(s, ps, self.config.scoring) for s, ps in zip(spans, passages)]
 
